@@ -1,0 +1,307 @@
+//! `sluice backfill`: recompute the batch view for a bucket range from the raw table.
+//!
+//! The raw rows of `[from, to)` (rounded outward to bucket boundaries) stream through the job's
+//! `JobPlan` exactly as micro-batches do in the speed layer: stage 1, then partial states per
+//! (key, window, bucket), merged as they accumulate. The result replaces that bucket range of
+//! the view table in one Delta commit, so re-running a range is idempotent. The commit records
+//! the new cutoff: the batch view covers every bucket before it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{Array, AsArray, RecordBatch, TimestampMicrosecondArray};
+use arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use sluice_core::lake::{CUTOFF_KEY, TableLocation, view_schema};
+use sluice_core::spec::UTC;
+use sluice_core::time::{ceil_to, floor_to, format_time};
+use sluice_core::{BatchTransform, Job, JobPlan, Lake};
+
+use crate::error::{BatchError, Result};
+
+/// Partial rows held before they are merged down, bounding memory during a backfill.
+const MERGE_EVERY_ROWS: usize = 1 << 20;
+
+/// Which range to recompute. `None` bounds default to the raw table's first bucket and the
+/// start of the current (incomplete) bucket.
+#[derive(Debug, Clone, Default)]
+pub struct BackfillRequest {
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    /// Draw a progress bar on stderr (only when it is a terminal).
+    pub progress: bool,
+}
+
+/// What a backfill did; printed by the CLI as text or JSON.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BackfillReport {
+    pub job: String,
+    pub view_table: String,
+    pub from: String,
+    pub to: String,
+    pub rows_read: usize,
+    pub view_rows: usize,
+    pub cutoff: Option<String>,
+    pub cutoff_us: Option<i64>,
+    pub table_version: Option<u64>,
+    pub seconds: f64,
+}
+
+/// The plan a job runs on the batch layer, with its transform's output as the SQL input.
+pub fn compile(job: &Job, transform: Option<&Arc<dyn BatchTransform>>) -> Result<JobPlan> {
+    let source = job.source_schema();
+    let input = match transform {
+        Some(t) => t.output_schema(&source)?,
+        None => source,
+    };
+    Ok(JobPlan::compile(job, input)?)
+}
+
+pub async fn backfill(
+    job: &Job,
+    lake: &Lake,
+    transform: Option<Arc<dyn BatchTransform>>,
+    request: BackfillRequest,
+) -> Result<BackfillReport> {
+    let started = Instant::now();
+    let plan = compile(job, transform.as_ref())?;
+    let raw = TableLocation::new(lake.raw_table(job));
+    let view = TableLocation::new(lake.view_table(job));
+    let bucket = job.bucket_micros();
+    let (from, to) = resolve_range(job, &raw, &request, bucket).await?;
+    let progress = progress_bar(request.progress);
+    let mut fold = Fold::new(&plan, transform);
+    let columns: Vec<String> = job.source_schema().fields().iter().map(|f| f.name().clone()).collect();
+    let mut stream = raw.scan(&columns, &job.spec.source.event_time, Some(from), Some(to)).await?;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|source| BatchError::Scan {
+            job: job.name().to_string(),
+            url: raw.location.clone(),
+            source,
+        })?;
+        let batch = RecordBatch::try_new(job.source_schema(), batch.columns().to_vec()).map_err(|source| {
+            sluice_core::Error::Arrow {
+                during: "reading raw rows with the job's schema",
+                source,
+            }
+        })?;
+        fold.add(&batch)?;
+        progress.inc(batch.num_rows() as u64);
+    }
+    progress.finish_and_clear();
+    let rows = fold.finish()?;
+    let view_rows = rows.num_rows();
+    let previous = view.cutoff().await?;
+    let cutoff = next_cutoff(previous, from, to);
+    let mut metadata = HashMap::from([
+        ("sluice.operation".to_string(), json!("backfill")),
+        ("sluice.job".to_string(), json!(job.name())),
+        ("sluice.from_us".to_string(), json!(from)),
+        ("sluice.to_us".to_string(), json!(to)),
+        ("sluice.rows_read".to_string(), json!(fold.rows_read)),
+        ("sluice.view_rows".to_string(), json!(view_rows)),
+    ]);
+    if let Some(cutoff) = cutoff {
+        metadata.insert(CUTOFF_KEY.to_string(), json!(cutoff));
+    }
+    let written = view.replace_buckets(vec![rows], from, to, metadata).await?;
+    if cutoff == previous && previous.is_some_and(|p| p < from) {
+        tracing::warn!(
+            job = job.name(),
+            cutoff = %format_time(previous.unwrap_or_default()),
+            "backfill left a gap before {}: the cutoff stays until the gap is backfilled",
+            format_time(from)
+        );
+    }
+    Ok(BackfillReport {
+        job: job.name().to_string(),
+        view_table: view.location.clone(),
+        from: format_time(from),
+        to: format_time(to),
+        rows_read: fold.rows_read,
+        view_rows,
+        cutoff: cutoff.map(format_time),
+        cutoff_us: cutoff,
+        table_version: written.version(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The cutoff moves to `to` when the new range starts at or before the old cutoff (the view
+/// stays contiguous) or when there was none; otherwise it stays.
+fn next_cutoff(previous: Option<i64>, from: i64, to: i64) -> Option<i64> {
+    match previous {
+        None => Some(to),
+        Some(previous) if from <= previous => Some(previous.max(to)),
+        Some(previous) => Some(previous),
+    }
+}
+
+async fn resolve_range(job: &Job, raw: &TableLocation, request: &BackfillRequest, bucket: i64) -> Result<(i64, i64)> {
+    let from = match request.from {
+        Some(from) => from,
+        None => earliest_event(job, raw).await?,
+    };
+    let to = match request.to {
+        Some(to) => to,
+        None => floor_to(chrono::Utc::now().timestamp_micros(), bucket),
+    };
+    let (from, to) = (floor_to(from, bucket), ceil_to(to, bucket));
+    if from >= to {
+        return Err(BatchError::Range {
+            job: job.name().to_string(),
+            from: format_time(from),
+            to: format_time(to),
+            why: "the range is empty: --to must be after --from".to_string(),
+        });
+    }
+    Ok((from, to))
+}
+
+async fn earliest_event(job: &Job, raw: &TableLocation) -> Result<i64> {
+    let time = job.spec.source.event_time.clone();
+    let mut stream = raw.scan(std::slice::from_ref(&time), &time, None, None).await?;
+    let mut earliest: Option<i64> = None;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|source| BatchError::Scan {
+            job: job.name().to_string(),
+            url: raw.location.clone(),
+            source,
+        })?;
+        let times = batch.column(0).as_primitive::<TimestampMicrosecondType>();
+        if let Some(min) = arrow::compute::min(times) {
+            earliest = Some(earliest.map_or(min, |e| e.min(min)));
+        }
+    }
+    earliest.ok_or_else(|| BatchError::Range {
+        job: job.name().to_string(),
+        from: "(earliest event)".to_string(),
+        to: "-".to_string(),
+        why: format!("the raw table {} has no rows; load or ingest events first", raw.location),
+    })
+}
+
+fn progress_bar(enabled: bool) -> ProgressBar {
+    if !enabled || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} backfill: {human_pos} rows read ({per_sec}, {elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
+
+/// Runs the plan over raw batches and accumulates the view rows.
+struct Fold<'a> {
+    plan: &'a JobPlan,
+    transform: Option<Arc<dyn BatchTransform>>,
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
+    rows_read: usize,
+}
+
+impl<'a> Fold<'a> {
+    fn new(plan: &'a JobPlan, transform: Option<Arc<dyn BatchTransform>>) -> Fold<'a> {
+        Fold {
+            plan,
+            transform,
+            pending: Vec::new(),
+            pending_rows: 0,
+            rows_read: 0,
+        }
+    }
+
+    fn add(&mut self, raw: &RecordBatch) -> Result<()> {
+        self.rows_read += raw.num_rows();
+        let input = match &self.transform {
+            Some(t) => t.apply(raw)?,
+            None => raw.clone(),
+        };
+        let filtered = self.plan.filter(&input)?;
+        let rows = match self.plan.aggregate() {
+            Some(stage) => stage.partial(&filtered)?,
+            None => stateless_rows(self.plan, &filtered)?,
+        };
+        self.pending_rows += rows.num_rows();
+        self.pending.push(rows);
+        if self.plan.aggregate().is_some() && self.pending_rows > MERGE_EVERY_ROWS {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    fn compact(&mut self) -> Result<()> {
+        if let Some(stage) = self.plan.aggregate() {
+            let merged = stage.merge(&self.pending)?;
+            self.pending_rows = merged.num_rows();
+            self.pending = vec![merged];
+        }
+        Ok(())
+    }
+
+    /// The view rows: finalized columns beside partial states, or a stateless job's rows.
+    fn finish(&mut self) -> Result<RecordBatch> {
+        let schema = view_schema(self.plan);
+        let Some(stage) = self.plan.aggregate() else {
+            return concat(&schema, &self.pending);
+        };
+        let merged = stage.merge(&self.pending)?;
+        let finalized = stage.finalize_rows(&merged)?;
+        let mut columns = finalized.columns().to_vec();
+        columns.extend(merged.columns().iter().cloned());
+        RecordBatch::try_new(schema, columns).map_err(|source| {
+            sluice_core::Error::Arrow {
+                during: "building view rows",
+                source,
+            }
+            .into()
+        })
+    }
+}
+
+/// A stateless job's output rows with the `__bucket` of each row's event time.
+fn stateless_rows(plan: &JobPlan, filtered: &RecordBatch) -> Result<RecordBatch> {
+    let projected = plan.project(filtered)?;
+    let bucket = plan.bucket_micros();
+    let times = filtered.column(plan.event_time_index()).as_primitive::<TimestampMicrosecondType>();
+    let buckets: TimestampMicrosecondArray = times.iter().map(|t| t.map(|t| floor_to(t, bucket))).collect();
+    let mut columns = projected.columns().to_vec();
+    columns.push(Arc::new(buckets.with_timezone(UTC)));
+    RecordBatch::try_new(view_schema(plan), columns).map_err(|source| {
+        sluice_core::Error::Arrow {
+            during: "building stateless view rows",
+            source,
+        }
+        .into()
+    })
+}
+
+fn concat(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch> {
+    arrow::compute::concat_batches(schema, batches).map_err(|source| {
+        sluice_core::Error::Arrow {
+            during: "concatenating view rows",
+            source,
+        }
+        .into()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_cutoff;
+
+    #[test]
+    fn cutoff_moves_only_when_the_view_stays_contiguous() {
+        assert_eq!(next_cutoff(None, 10, 20), Some(20));
+        assert_eq!(next_cutoff(Some(20), 10, 30), Some(30));
+        assert_eq!(next_cutoff(Some(20), 20, 30), Some(30));
+        assert_eq!(next_cutoff(Some(40), 10, 30), Some(40));
+        assert_eq!(next_cutoff(Some(20), 25, 30), Some(20));
+    }
+}

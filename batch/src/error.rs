@@ -1,0 +1,31 @@
+//! The error type of `sluice-batch`.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error(transparent)]
+    Core(#[from] sluice_core::Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("job `{job}`: backfill range {from} .. {to}: {why}")]
+    Range {
+        job: String,
+        from: String,
+        to: String,
+        why: String,
+    },
+    #[error("job `{job}`: reading the raw table {url}: {source}")]
+    Scan {
+        job: String,
+        url: String,
+        #[source]
+        source: datafusion::error::DataFusionError,
+    },
+}
+
+pub type Result<T, E = BatchError> = std::result::Result<T, E>;

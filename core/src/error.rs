@@ -1,0 +1,75 @@
+//! The error type of `sluice-core`.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while reading a job, compiling its plan, decoding records or
+/// running the plan. Each variant carries what a caller needs to act on it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{file}: cannot read job file: {source}")]
+    ReadJob {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML does not match the job schema (unknown key, wrong type, missing key).
+    #[error("{file}: {message}")]
+    ParseJob { file: PathBuf, message: String },
+    /// The TOML parsed but a value is not acceptable.
+    #[error("{file}: field `{field}`: expected {expected}, got {got}")]
+    InvalidField {
+        file: PathBuf,
+        field: String,
+        expected: String,
+        got: String,
+    },
+    /// The SQL transform cannot run as a Sluice job.
+    #[error("job `{job}`: SQL not supported: {what}: {why}")]
+    UnsupportedSql {
+        job: String,
+        what: String,
+        why: String,
+    },
+    /// DataFusion refused the SQL (syntax, unknown column, type error).
+    #[error("job `{job}`: invalid SQL: {source}")]
+    InvalidSql {
+        job: String,
+        #[source]
+        source: datafusion::error::DataFusionError,
+    },
+    #[error("job `{job}`: while {during}: {source}")]
+    Execution {
+        job: String,
+        during: &'static str,
+        #[source]
+        source: datafusion::error::DataFusionError,
+    },
+    #[error("arrow error while {during}: {source}")]
+    Arrow {
+        during: &'static str,
+        #[source]
+        source: arrow::error::ArrowError,
+    },
+    /// A partial state could not be decoded from its binary form.
+    #[error("partial state codec: {0}")]
+    StateCodec(String),
+    #[error("table {url}: {message}")]
+    Table { url: String, message: String },
+    #[error("delta table {url}: {source}")]
+    Delta {
+        url: String,
+        #[source]
+        source: deltalake::DeltaTableError,
+    },
+    /// A Rust record transform (e.g. Polars) failed.
+    #[error("transform `{name}`: {message}")]
+    Transform { name: String, message: String },
+    #[error("invalid time `{value}`: {why}")]
+    InvalidTime { value: String, why: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) fn arrow_err(during: &'static str) -> impl FnOnce(arrow::error::ArrowError) -> Error {
+    move |source| Error::Arrow { during, source }
+}

@@ -1,0 +1,257 @@
+//! The lake's Delta tables and their layouts: the raw table (master dataset) and view tables.
+//!
+//! Raw table: the job's source columns, then `__source_partition` (Int32) and
+//! `__source_offset` (Int64), both null for records loaded from files. Exactly-once appends
+//! carry Delta transaction actions (app id, version) that writers resume from.
+//!
+//! View table (batch view): the finalized SELECT columns of each row, then the partial-state
+//! layout of [`crate::AggregateStage::partial_schema`] (`__key_*`, `__window_start`,
+//! `__window_end`, `__bucket`, `__state_*`). A stateless job's view has its SELECT columns and
+//! `__bucket`. Each backfill replaces a bucket range in one commit whose metadata holds the
+//! cutoff under [`CUTOFF_KEY`] (microseconds since the epoch).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::{Column, ScalarValue};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::{Expr, col, lit};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use deltalake::kernel::Transaction;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::operations::write::SchemaMode;
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableError};
+use futures::TryStreamExt;
+
+use crate::aggregate::BUCKET_COLUMN;
+use crate::error::{Error, Result};
+use crate::plan::JobPlan;
+use crate::spec::{Job, UTC, timestamp_type};
+
+pub const SOURCE_PARTITION_COLUMN: &str = "__source_partition";
+pub const SOURCE_OFFSET_COLUMN: &str = "__source_offset";
+/// Commit metadata key of the batch view's cutoff.
+pub const CUTOFF_KEY: &str = "sluice.cutoff_us";
+
+/// The raw table's schema for `job`.
+pub fn raw_schema(job: &Job) -> SchemaRef {
+    let mut fields: Vec<Field> = job.source_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(SOURCE_PARTITION_COLUMN, DataType::Int32, true));
+    fields.push(Field::new(SOURCE_OFFSET_COLUMN, DataType::Int64, true));
+    Arc::new(Schema::new(fields))
+}
+
+/// The view table's schema for `plan`.
+pub fn view_schema(plan: &JobPlan) -> SchemaRef {
+    let mut fields: Vec<Field> = plan
+        .output_schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    match plan.aggregate() {
+        Some(stage) => fields.extend(stage.partial_schema().fields().iter().map(|f| f.as_ref().clone())),
+        None => fields.push(Field::new(BUCKET_COLUMN, timestamp_type(), false)),
+    }
+    Arc::new(Schema::new(fields))
+}
+
+/// A Delta table location (local path, `file://` or an object-store URL).
+#[derive(Debug, Clone)]
+pub struct TableLocation {
+    pub location: String,
+}
+
+impl TableLocation {
+    pub fn new(location: impl Into<String>) -> TableLocation {
+        TableLocation {
+            location: location.into(),
+        }
+    }
+
+    fn delta(&self) -> impl FnOnce(DeltaTableError) -> Error + '_ {
+        move |source| Error::Delta {
+            url: self.location.clone(),
+            source,
+        }
+    }
+
+    /// The table, or a handle that creates it on first write (`version()` is `None`).
+    pub async fn open(&self) -> Result<DeltaTable> {
+        let url = deltalake::ensure_table_uri(&self.location).map_err(self.delta())?;
+        let mut table = DeltaTable::try_from_url(url).await.map_err(self.delta())?;
+        match table.load().await {
+            Ok(()) | Err(DeltaTableError::NotATable(_)) => Ok(table),
+            Err(e) => Err(self.delta()(e)),
+        }
+    }
+
+    /// Opens an existing table; a missing table is an error that says so.
+    pub async fn open_existing(&self) -> Result<DeltaTable> {
+        let table = self.open().await?;
+        if table.version().is_none() {
+            return Err(Error::Table {
+                url: self.location.clone(),
+                message: "no Delta table here yet".to_string(),
+            });
+        }
+        Ok(table)
+    }
+
+    /// Appends `batches` in one commit with `metadata` and transaction actions.
+    pub async fn append(
+        &self,
+        batches: Vec<RecordBatch>,
+        metadata: HashMap<String, serde_json::Value>,
+        transactions: Vec<(String, i64)>,
+    ) -> Result<DeltaTable> {
+        let table = self.open().await?;
+        let mut properties = CommitProperties::default().with_metadata(metadata);
+        for (app_id, version) in transactions {
+            properties = properties.with_application_transaction(Transaction::new(app_id, version));
+        }
+        table
+            .write(batches)
+            .with_save_mode(SaveMode::Append)
+            .with_schema_mode(SchemaMode::Merge)
+            .with_commit_properties(properties)
+            .await
+            .map_err(self.delta())
+    }
+
+    /// Replaces every row whose `__bucket` is in `[from, to)` with `batches`, in one commit.
+    pub async fn replace_buckets(
+        &self,
+        batches: Vec<RecordBatch>,
+        from: i64,
+        to: i64,
+        metadata: HashMap<String, serde_json::Value>,
+    ) -> Result<DeltaTable> {
+        let table = self.open().await?;
+        let exists = table.version().is_some();
+        let properties = CommitProperties::default().with_metadata(metadata);
+        let builder = table.write(batches).with_commit_properties(properties);
+        let builder = if exists {
+            let predicate = col(BUCKET_COLUMN)
+                .gt_eq(lit(micros(from)))
+                .and(col(BUCKET_COLUMN).lt(lit(micros(to))));
+            builder.with_save_mode(SaveMode::Overwrite).with_replace_where(predicate)
+        } else {
+            builder.with_save_mode(SaveMode::Append)
+        };
+        builder.await.map_err(self.delta())
+    }
+
+    /// The last version written by `app_id` (a Delta transaction action), if any.
+    pub async fn transaction_version(&self, app_id: &str) -> Result<Option<i64>> {
+        let table = self.open().await?;
+        if table.version().is_none() {
+            return Ok(None);
+        }
+        let snapshot = table.snapshot().map_err(self.delta())?;
+        snapshot
+            .transaction_version(table.log_store().as_ref(), app_id)
+            .await
+            .map_err(self.delta())
+    }
+
+    /// The newest value of `key` in commit metadata, searching back through history.
+    pub async fn latest_commit_value(&self, key: &str) -> Result<Option<serde_json::Value>> {
+        let table = self.open().await?;
+        if table.version().is_none() {
+            return Ok(None);
+        }
+        let mut history = table.history(None).await.map_err(self.delta())?;
+        while let Some(commit) = history.try_next().await.map_err(self.delta())? {
+            if let Some(value) = commit.info.get(key) {
+                return Ok(Some(value.clone()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The batch view's cutoff (µs since the epoch), if a backfill has set one.
+    pub async fn cutoff(&self) -> Result<Option<i64>> {
+        Ok(self.latest_commit_value(CUTOFF_KEY).await?.and_then(|v| v.as_i64()))
+    }
+
+    /// A DataFusion session with this table registered as `name` (strings as plain Utf8).
+    pub async fn session(&self, name: &str) -> Result<SessionContext> {
+        let table = self.open_existing().await?;
+        let config = SessionConfig::new().set_bool("datafusion.execution.parquet.schema_force_view_types", false);
+        let ctx = SessionContext::new_with_config(config);
+        let provider = table
+            .table_provider()
+            .with_session(Arc::new(ctx.state()))
+            .await
+            .map_err(|source| self.datafusion_error(source))?;
+        ctx.register_table(name, provider).map_err(|source| self.datafusion_error(source))?;
+        Ok(ctx)
+    }
+
+    /// Streams `columns` of the rows whose `time_column` is in `[from, to)` (µs; None = open).
+    pub async fn scan(
+        &self,
+        columns: &[String],
+        time_column: &str,
+        from: Option<i64>,
+        to: Option<i64>,
+    ) -> Result<SendableRecordBatchStream> {
+        let ctx = self.session("t").await?;
+        let mut frame = ctx.table("t").await.map_err(|e| self.datafusion_error(e))?;
+        let time = || Expr::Column(Column::from_name(time_column));
+        if let Some(from) = from {
+            frame = frame.filter(time().gt_eq(lit(micros(from)))).map_err(|e| self.datafusion_error(e))?;
+        }
+        if let Some(to) = to {
+            frame = frame.filter(time().lt(lit(micros(to)))).map_err(|e| self.datafusion_error(e))?;
+        }
+        let selected: Vec<Expr> = columns.iter().map(|c| Expr::Column(Column::from_name(c))).collect();
+        frame = frame.select(selected).map_err(|e| self.datafusion_error(e))?;
+        frame.execute_stream().await.map_err(|e| self.datafusion_error(e))
+    }
+
+    /// Reads every row of the table.
+    pub async fn read_all(&self) -> Result<Vec<RecordBatch>> {
+        let ctx = self.session("t").await?;
+        let frame = ctx.table("t").await.map_err(|e| self.datafusion_error(e))?;
+        frame.collect().await.map_err(|e| self.datafusion_error(e))
+    }
+
+    /// The partial-state columns of every row of a view table, as partial batches of `plan`.
+    pub async fn read_view_partials(&self, plan: &JobPlan) -> Result<Vec<RecordBatch>> {
+        let Some(stage) = plan.aggregate() else {
+            return Err(Error::Table {
+                url: self.location.clone(),
+                message: format!("job `{}` is stateless: its view has no partial states", plan.job()),
+            });
+        };
+        let columns: Vec<String> = stage.partial_schema().fields().iter().map(|f| f.name().clone()).collect();
+        let stream = self.scan(&columns, BUCKET_COLUMN, None, None).await?;
+        let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(|e| self.datafusion_error(e))?;
+        batches
+            .into_iter()
+            .map(|b| {
+                RecordBatch::try_new(stage.partial_schema().clone(), b.columns().to_vec()).map_err(|e| Error::Table {
+                    url: self.location.clone(),
+                    message: format!("view table does not have the job's partial-state layout: {e}"),
+                })
+            })
+            .collect()
+    }
+
+    fn datafusion_error(&self, source: datafusion::error::DataFusionError) -> Error {
+        Error::Table {
+            url: self.location.clone(),
+            message: source.to_string(),
+        }
+    }
+}
+
+/// A UTC microsecond timestamp literal.
+pub fn micros(value: i64) -> ScalarValue {
+    ScalarValue::TimestampMicrosecond(Some(value), Some(UTC.into()))
+}

@@ -1,0 +1,29 @@
+//! `sluice-core`: everything the layers share, so none of them re-implements the plan.
+//!
+//! It owns the job file ([`spec`]), the JSON decoder ([`decode`]), the plan compiler
+//! ([`JobPlan`]) with its windows ([`window`]) and partial-state aggregation
+//! ([`AggregateStage`]), the stable partial-state codec ([`state_codec`]), Rust UDFs
+//! ([`udf`]), the record-transform contract ([`transform`]), and the lake's Delta table layouts
+//! with their read/write helpers ([`lake`]). It has no Kafka client, RocksDB, HTTP or daemon.
+
+pub mod aggregate;
+pub mod decode;
+pub mod duration;
+pub mod error;
+mod flink_sql;
+pub mod lake;
+pub mod plan;
+pub mod rows;
+pub mod spec;
+pub mod state_codec;
+pub mod time;
+pub mod transform;
+pub mod udf;
+pub mod window;
+
+pub use aggregate::AggregateStage;
+pub use decode::{Decoded, JsonDecoder, RecordError, RecordErrorKind};
+pub use error::{Error, Result};
+pub use plan::JobPlan;
+pub use spec::{Job, Lake};
+pub use transform::{BatchTransform, TransformRegistry};

@@ -1,0 +1,477 @@
+//! The plan compiler: a job's SQL → [`JobPlan`], the one plan every layer runs.
+//!
+//! DataFusion parses, resolves and type-checks the SQL (after [`crate::flink_sql`] turns group
+//! windows into columns). The resulting logical plan must have the shape
+//! `Projection ← [HAVING] ← [Aggregate] ← [WHERE] ← source`; its expressions are lowered to
+//! DataFusion physical expressions and aggregate functions, so every layer evaluates exactly the
+//! same code. Stage 1 (WHERE, and the projection of a stateless job) is in this module; stage 2
+//! (windows, partial states, merge, finalize) is [`crate::aggregate::AggregateStage`].
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::common::{DFSchema, DFSchemaRef};
+use datafusion::datasource::empty::EmptyTable;
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan};
+use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
+use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
+use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::Statement as DFStatement;
+
+use crate::aggregate::{AggregateStage, LoweredAggregateFn};
+use crate::error::{Error, Result, arrow_err};
+use crate::flink_sql::{self, WINDOW_END, WINDOW_START};
+use crate::spec::{Job, timestamp_type};
+use crate::udf;
+
+/// Aggregates whose partial states merge exactly (bit for bit) in any order and grouping.
+const MERGEABLE_AGGREGATES: &[&str] = &[
+    "count", "sum", "avg", "min", "max", "bool_and", "bool_or", "bit_and", "bit_or", "bit_xor",
+];
+/// Aggregates that may take DISTINCT (their distinct state is a mergeable set of values).
+const DISTINCT_AGGREGATES: &[&str] = &["count", "sum", "min", "max"];
+
+/// A compiled job: stage 1 (filter, and projection when stateless) and the optional stage 2.
+#[derive(Debug)]
+pub struct JobPlan {
+    job: String,
+    input_schema: SchemaRef,
+    event_time_index: usize,
+    bucket: i64,
+    filter: Option<Arc<dyn PhysicalExpr>>,
+    kind: PlanKind,
+}
+
+#[derive(Debug)]
+enum PlanKind {
+    Stateless {
+        projection: Vec<Arc<dyn PhysicalExpr>>,
+        output_schema: SchemaRef,
+    },
+    Aggregate(Box<AggregateStage>),
+}
+
+/// What the compiler needs to know about the job beside its SQL.
+struct Compilation<'a> {
+    job: &'a Job,
+    input_schema: SchemaRef,
+    ctx: SessionContext,
+}
+
+impl JobPlan {
+    /// Compiles `job`'s SQL against `input_schema`: the source schema, or the output schema of
+    /// the job's Polars transform when it has one.
+    pub fn compile(job: &Job, input_schema: SchemaRef) -> Result<JobPlan> {
+        let event_time = &job.spec.source.event_time;
+        let event_time_index = input_schema.index_of(event_time).map_err(|_| {
+            refuse(
+                job,
+                format!("input without `{event_time}`"),
+                "the event time column must survive the Polars transform",
+            )
+        })?;
+        if input_schema.field(event_time_index).data_type() != &timestamp_type() {
+            return Err(refuse(
+                job,
+                format!("event time `{event_time}` of type {}", input_schema.field(event_time_index).data_type()),
+                "the event time must stay a UTC timestamp",
+            ));
+        }
+        let compilation = Compilation {
+            job,
+            input_schema: input_schema.clone(),
+            ctx: SessionContext::new(),
+        };
+        let (plan, window) = compilation.logical_plan()?;
+        let mut compiled = compilation.lower(&plan, window)?;
+        compiled.event_time_index = event_time_index;
+        Ok(compiled)
+    }
+
+    pub fn job(&self) -> &str {
+        &self.job
+    }
+
+    /// The schema the plan reads (after any Polars transform).
+    pub fn input_schema(&self) -> &SchemaRef {
+        &self.input_schema
+    }
+
+    /// The schema of finalized result rows.
+    pub fn output_schema(&self) -> SchemaRef {
+        match &self.kind {
+            PlanKind::Stateless { output_schema, .. } => output_schema.clone(),
+            PlanKind::Aggregate(stage) => stage.output_schema().clone(),
+        }
+    }
+
+    pub fn event_time_index(&self) -> usize {
+        self.event_time_index
+    }
+
+    /// The size of the event-time buckets that partial states and view rows are kept in (µs).
+    pub fn bucket_micros(&self) -> i64 {
+        self.bucket
+    }
+
+    /// Stage 2, when the job aggregates.
+    pub fn aggregate(&self) -> Option<&AggregateStage> {
+        match &self.kind {
+            PlanKind::Aggregate(stage) => Some(stage),
+            PlanKind::Stateless { .. } => None,
+        }
+    }
+
+    /// Stage 1's filter: the input rows that pass WHERE, all columns kept.
+    pub fn filter(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        self.check_input(batch)?;
+        let Some(predicate) = &self.filter else {
+            return Ok(batch.clone());
+        };
+        let mask = predicate
+            .evaluate(batch)
+            .and_then(|v| v.into_array(batch.num_rows()))
+            .map_err(|source| self.execution("evaluating WHERE", source))?;
+        let mask = mask.as_boolean_opt().ok_or_else(|| {
+            self.execution(
+                "evaluating WHERE",
+                datafusion::error::DataFusionError::Plan("WHERE is not a boolean".to_string()),
+            )
+        })?;
+        filter_record_batch(batch, mask).map_err(arrow_err("applying WHERE"))
+    }
+
+    /// Stage 1's projection of a stateless job over rows that passed [`JobPlan::filter`].
+    pub fn project(&self, filtered: &RecordBatch) -> Result<RecordBatch> {
+        let PlanKind::Stateless {
+            projection,
+            output_schema,
+        } = &self.kind
+        else {
+            return Err(self.execution(
+                "projecting",
+                datafusion::error::DataFusionError::Internal("project() on an aggregate job".to_string()),
+            ));
+        };
+        let columns = projection
+            .iter()
+            .map(|e| e.evaluate(filtered).and_then(|v| v.into_array(filtered.num_rows())))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| self.execution("evaluating SELECT", source))?;
+        RecordBatch::try_new(output_schema.clone(), columns).map_err(arrow_err("building SELECT output"))
+    }
+
+    /// Stage 1 then stage 2's update: the partial states of `batch` (aggregate jobs only).
+    pub fn partial(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let filtered = self.filter(batch)?;
+        match self.aggregate() {
+            Some(stage) => stage.partial(&filtered),
+            None => Err(self.execution(
+                "computing partial states",
+                datafusion::error::DataFusionError::Internal("partial() on a stateless job".to_string()),
+            )),
+        }
+    }
+
+    fn check_input(&self, batch: &RecordBatch) -> Result<()> {
+        let expected = self.input_schema.fields().iter().map(|f| (f.name(), f.data_type()));
+        let actual = batch.schema_ref().fields().iter().map(|f| (f.name(), f.data_type()));
+        if expected.eq(actual) {
+            return Ok(());
+        }
+        Err(self.execution(
+            "checking the input batch",
+            datafusion::error::DataFusionError::Plan(format!(
+                "input schema {:?} does not match the plan's input schema {:?}",
+                batch.schema(),
+                self.input_schema
+            )),
+        ))
+    }
+
+    fn execution(&self, during: &'static str, source: datafusion::error::DataFusionError) -> Error {
+        Error::Execution {
+            job: self.job.clone(),
+            during,
+            source,
+        }
+    }
+}
+
+fn refuse(job: &Job, what: impl Into<String>, why: impl Into<String>) -> Error {
+    Error::UnsupportedSql {
+        job: job.name().to_string(),
+        what: what.into(),
+        why: why.into(),
+    }
+}
+
+impl Compilation<'_> {
+    fn invalid_sql(&self, source: datafusion::error::DataFusionError) -> Error {
+        Error::InvalidSql {
+            job: self.job.name().to_string(),
+            source,
+        }
+    }
+
+    fn refuse(&self, what: impl Into<String>, why: impl Into<String>) -> Error {
+        refuse(self.job, what, why)
+    }
+
+    /// Rewrites the Flink windows, plans the SQL with DataFusion, and type-coerces the plan.
+    fn logical_plan(&self) -> Result<(LogicalPlan, Option<crate::window::WindowKind>)> {
+        let job = self.job;
+        let rewritten = flink_sql::rewrite(
+            job.name(),
+            &job.spec.transform.sql,
+            &job.table_name(),
+            &job.spec.source.event_time,
+        )?;
+        let mut fields: Vec<Field> = self.input_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        if rewritten.window.is_some() {
+            fields.push(Field::new(WINDOW_START, timestamp_type(), false));
+            fields.push(Field::new(WINDOW_END, timestamp_type(), false));
+        }
+        let table = EmptyTable::new(Arc::new(Schema::new(fields)));
+        self.ctx
+            .register_table(job.table_name().to_ascii_lowercase(), Arc::new(table))
+            .map_err(|e| self.invalid_sql(e))?;
+        udf::register(&self.ctx);
+        let state = self.ctx.state();
+        let statement = DFStatement::Statement(Box::new(rewritten.statement));
+        let plan = futures::executor::block_on(state.statement_to_plan(statement)).map_err(|e| self.invalid_sql(e))?;
+        let plan = state
+            .analyzer()
+            .execute_and_check(plan, state.config_options(), |_, _| {})
+            .map_err(|e| self.invalid_sql(e))?;
+        Ok((plan, rewritten.window))
+    }
+
+    fn physical(&self, expr: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
+        create_physical_expr(expr, schema, self.ctx.state().execution_props(), &PhysicalPlanningContext::default())
+            .map_err(|e| self.invalid_sql(e))
+    }
+
+    fn lower(&self, plan: &LogicalPlan, window: Option<crate::window::WindowKind>) -> Result<JobPlan> {
+        let LogicalPlan::Projection(projection) = plan else {
+            return Err(self.refuse(plan_name(plan), "expected SELECT ... FROM the source"));
+        };
+        let output_schema = Arc::new(projection.schema.as_arrow().clone());
+        for field in output_schema.fields() {
+            if field.name().starts_with("__") {
+                return Err(self.refuse(
+                    format!("output column `{}`", field.name()),
+                    "names starting with `__` are reserved for Sluice's own columns; alias it",
+                ));
+            }
+        }
+        let (having, below) = match projection.input.as_ref() {
+            LogicalPlan::Filter(f) if matches!(f.input.as_ref(), LogicalPlan::Aggregate(_)) => {
+                (Some(&f.predicate), f.input.as_ref())
+            }
+            other => (None, other),
+        };
+        match below {
+            LogicalPlan::Aggregate(aggregate) => {
+                let filter = self.lower_where(&aggregate.input)?;
+                let stage = self.lower_aggregate(aggregate, having, &projection.expr, output_schema, window)?;
+                self.check_view_key(&stage)?;
+                Ok(self.job_plan(filter, PlanKind::Aggregate(Box::new(stage))))
+            }
+            input => {
+                if !self.job.spec.view.key.is_empty() {
+                    return Err(self.refuse(
+                        "view.key on a stateless job",
+                        "a job without GROUP BY has no view key; remove view.key",
+                    ));
+                }
+                let filter = self.lower_where(input)?;
+                let schema = source_schema(input).ok_or_else(|| self.refuse(plan_name(input), "expected FROM the source table"))?;
+                let projection = projection
+                    .expr
+                    .iter()
+                    .map(|e| self.physical(e, schema))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(self.job_plan(filter, PlanKind::Stateless { projection, output_schema }))
+            }
+        }
+    }
+
+    fn job_plan(&self, filter: Option<Arc<dyn PhysicalExpr>>, kind: PlanKind) -> JobPlan {
+        JobPlan {
+            job: self.job.name().to_string(),
+            input_schema: self.input_schema.clone(),
+            event_time_index: 0,
+            bucket: self.job.bucket_micros(),
+            filter,
+            kind,
+        }
+    }
+
+    /// The WHERE below the aggregate or projection, if any.
+    fn lower_where(&self, input: &LogicalPlan) -> Result<Option<Arc<dyn PhysicalExpr>>> {
+        match input {
+            LogicalPlan::Filter(filter) => {
+                let schema = source_schema(&filter.input)
+                    .ok_or_else(|| self.refuse(plan_name(&filter.input), "expected FROM the source table"))?;
+                self.forbid_window_columns(&filter.predicate, "WHERE")?;
+                Ok(Some(self.physical(&filter.predicate, schema)?))
+            }
+            other if source_schema(other).is_some() => Ok(None),
+            other => Err(self.refuse(plan_name(other), "expected WHERE over the source table")),
+        }
+    }
+
+    fn forbid_window_columns(&self, expr: &Expr, clause: &str) -> Result<()> {
+        let refs: HashSet<_> = expr.column_refs().into_iter().map(|c| c.name.clone()).collect();
+        if refs.contains(WINDOW_START) || refs.contains(WINDOW_END) {
+            return Err(self.refuse(
+                format!("window bounds in {clause}"),
+                "windows are assigned after WHERE and grouping keys are evaluated",
+            ));
+        }
+        Ok(())
+    }
+
+    fn lower_aggregate(
+        &self,
+        aggregate: &Aggregate,
+        having: Option<&Expr>,
+        projection: &[Expr],
+        output_schema: SchemaRef,
+        window: Option<crate::window::WindowKind>,
+    ) -> Result<AggregateStage> {
+        if let Some(w) = window.filter(|w| !w.is_session() && w.size() > self.job.bucket_micros()) {
+            return Err(Error::InvalidField {
+                file: self.job.file.clone(),
+                field: "view.bucket".to_string(),
+                expected: format!("at least the {} window size ({}s)", w.sql_name(), w.size() / 1_000_000),
+                got: format!("{}s", self.job.bucket_micros() / 1_000_000),
+            });
+        }
+        let input_schema: &DFSchemaRef = aggregate.input.schema();
+        let window_columns = if window.is_some() { 2 } else { 0 };
+        let key_count = aggregate.group_expr.len().checked_sub(window_columns).ok_or_else(|| {
+            self.refuse("GROUP BY", "the group window must stay in GROUP BY")
+        })?;
+        let mut keys = Vec::with_capacity(key_count);
+        for expr in &aggregate.group_expr[..key_count] {
+            self.forbid_window_columns(expr, "GROUP BY keys")?;
+            keys.push(self.physical(expr, input_schema)?);
+        }
+        let aggregates = aggregate
+            .aggr_expr
+            .iter()
+            .map(|e| self.lower_aggregate_fn(e, input_schema))
+            .collect::<Result<Vec<_>>>()?;
+        let having = having.map(|h| self.physical(h, &aggregate.schema)).transpose()?;
+        let projection = projection
+            .iter()
+            .map(|e| self.physical(e, &aggregate.schema))
+            .collect::<Result<Vec<_>>>()?;
+        AggregateStage::new(crate::aggregate::StageParts {
+            job: self.job.name().to_string(),
+            input_schema: self.input_schema.clone(),
+            event_time_index: self.input_schema.index_of(&self.job.spec.source.event_time).unwrap_or(0),
+            keys,
+            window,
+            bucket: self.job.bucket_micros(),
+            aggregates,
+            aggregate_output_schema: Arc::new(aggregate.schema.as_arrow().clone()),
+            having,
+            projection,
+            output_schema,
+        })
+    }
+
+    fn lower_aggregate_fn(&self, expr: &Expr, input_schema: &DFSchema) -> Result<LoweredAggregateFn> {
+        let Expr::AggregateFunction(function) = expr.clone().unalias() else {
+            return Err(self.refuse(format!("aggregate `{expr}`"), "expected an aggregate function call"));
+        };
+        let name = function.func.name().to_ascii_lowercase();
+        let params = &function.params;
+        if !MERGEABLE_AGGREGATES.contains(&name.as_str()) {
+            return Err(self.refuse(
+                format!("aggregate `{name}`"),
+                format!(
+                    "its partial state does not merge exactly across micro-batches and layers (supported: {})",
+                    MERGEABLE_AGGREGATES.join(", ")
+                ),
+            ));
+        }
+        if params.distinct && !DISTINCT_AGGREGATES.contains(&name.as_str()) {
+            return Err(self.refuse(
+                format!("{name}(DISTINCT ...)"),
+                format!("DISTINCT is supported for {}", DISTINCT_AGGREGATES.join(", ")),
+            ));
+        }
+        if !params.order_by.is_empty() {
+            return Err(self.refuse(format!("{name}(... ORDER BY ...)"), "ordered aggregates depend on arrival order"));
+        }
+        for arg in &params.args {
+            self.forbid_window_columns(arg, "aggregate arguments")?;
+        }
+        let props = self.ctx.state().execution_props().clone();
+        let lowered = LoweredAggregateBuilder::new(
+            expr,
+            input_schema,
+            input_schema.as_arrow(),
+            &props,
+            &PhysicalPlanningContext::default(),
+        )
+        .build()
+        .map_err(|e| self.invalid_sql(e))?;
+        Ok(LoweredAggregateFn {
+            function: lowered.aggregate,
+            filter: lowered.filter,
+        })
+    }
+
+    /// `view.key` must name exactly the GROUP BY keys as they appear in the output.
+    fn check_view_key(&self, stage: &AggregateStage) -> Result<()> {
+        let declared = &self.job.spec.view.key;
+        let output = stage.output_schema();
+        for key in declared {
+            if output.index_of(key).is_err() {
+                return Err(Error::InvalidField {
+                    file: self.job.file.clone(),
+                    field: "view.key".to_string(),
+                    expected: "names of output columns that hold the GROUP BY keys".to_string(),
+                    got: format!("`{key}`, which is not an output column"),
+                });
+            }
+        }
+        if declared.len() != stage.key_count() {
+            return Err(Error::InvalidField {
+                file: self.job.file.clone(),
+                field: "view.key".to_string(),
+                expected: format!("the {} GROUP BY key column(s) of the SELECT", stage.key_count()),
+                got: format!("{declared:?}"),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The schema rows have where WHERE applies: the scan, possibly under a table alias.
+fn source_schema(plan: &LogicalPlan) -> Option<&DFSchema> {
+    match plan {
+        LogicalPlan::TableScan(scan) => Some(scan.projected_schema.as_ref()),
+        LogicalPlan::SubqueryAlias(alias) if source_schema(&alias.input).is_some() => Some(alias.schema.as_ref()),
+        _ => None,
+    }
+}
+
+fn plan_name(plan: &LogicalPlan) -> String {
+    let text = plan.display().to_string();
+    text.split(':').next().unwrap_or(&text).trim().to_string()
+}
+
+/// Whether two arrays hold the same values (used by tests of every layer).
+pub fn same_values(a: &dyn Array, b: &dyn Array) -> bool {
+    a.to_data() == b.to_data()
+}

@@ -1,0 +1,424 @@
+//! The job file: what a user writes once and every layer reads.
+//!
+//! ```toml
+//! name = "orders_per_minute"
+//! [source]
+//! topic = "orders.events"
+//! table = "orders_kafka"          # the name the SQL reads from (default: topic, `.`/`-` → `_`)
+//! event_time = "event_time"       # a `timestamp` field: epoch milliseconds or RFC 3339 text
+//! watermark_delay = "5s"          # default 5s
+//! allowed_lateness = "1m"         # default 0s
+//! fields = [
+//!   { name = "order_id", type = "string", nullable = false },
+//!   { name = "amount", type = "float64" },
+//!   { name = "event_time", type = "timestamp" },
+//! ]
+//! [transform]
+//! sql = "SELECT ... FROM orders_kafka ..."
+//! polars = "normalize_orders"     # optional: a registered Polars transform applied before the SQL
+//! [view]
+//! key = []                        # the GROUP BY columns that identify a view row
+//! bucket = "1h"                   # default 1h; at least the window size
+//! [lake]                          # optional; defaults derive from `--lake` / SLUICE_LAKE / ./lake
+//! raw = "s3://bucket/raw/orders.events"
+//! view = "s3://bucket/views/orders_per_minute"
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use serde::Deserialize;
+
+use crate::duration::serde_duration;
+use crate::error::{Error, Result};
+
+/// The time zone every Sluice timestamp carries.
+pub const UTC: &str = "UTC";
+
+/// The Arrow type of event time and window bounds everywhere after decoding. Delta Lake stores
+/// timestamps in microseconds, so this is the type that survives a lake round trip unchanged.
+pub fn timestamp_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some(UTC.into()))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub name: String,
+    pub source: SourceSpec,
+    pub transform: TransformSpec,
+    #[serde(default)]
+    pub view: ViewSpec,
+    #[serde(default)]
+    pub lake: LakeSpec,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    pub topic: String,
+    #[serde(default)]
+    pub format: SourceFormat,
+    /// The table name the SQL selects from. Default: the topic with `.` and `-` replaced by `_`.
+    pub table: Option<String>,
+    pub event_time: String,
+    #[serde(default = "default_watermark_delay", with = "serde_duration")]
+    pub watermark_delay: Duration,
+    #[serde(default, with = "serde_duration")]
+    pub allowed_lateness: Duration,
+    pub fields: Vec<FieldSpec>,
+}
+
+fn default_watermark_delay() -> Duration {
+    Duration::from_secs(5)
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceFormat {
+    /// One JSON object per record (per Kafka message value, per line of a JSONL file).
+    #[default]
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldSpec {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub data_type: FieldType,
+    #[serde(default = "default_true")]
+    pub nullable: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldType {
+    String,
+    Boolean,
+    Int32,
+    Int64,
+    Float32,
+    Float64,
+    /// Epoch milliseconds (a JSON number) or RFC 3339 text; stored as UTC microseconds.
+    Timestamp,
+    /// `YYYY-MM-DD`.
+    Date,
+}
+
+impl FieldType {
+    /// The Arrow type a record is decoded into (timestamps arrive as epoch milliseconds).
+    pub(crate) fn decode_type(self) -> DataType {
+        match self {
+            FieldType::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, Some(UTC.into())),
+            other => other.arrow_type(),
+        }
+    }
+
+    /// The Arrow type the field has in every batch after decoding.
+    pub fn arrow_type(self) -> DataType {
+        match self {
+            FieldType::String => DataType::Utf8,
+            FieldType::Boolean => DataType::Boolean,
+            FieldType::Int32 => DataType::Int32,
+            FieldType::Int64 => DataType::Int64,
+            FieldType::Float32 => DataType::Float32,
+            FieldType::Float64 => DataType::Float64,
+            FieldType::Timestamp => timestamp_type(),
+            FieldType::Date => DataType::Date32,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformSpec {
+    pub sql: String,
+    /// Name of a Polars transform registered in the `sluice` binary, applied before the SQL.
+    pub polars: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewSpec {
+    /// The GROUP BY output columns that identify a view row (empty for a global aggregate).
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// Partial states are kept per bucket of event time; the batch/speed cutoff is a bucket
+    /// boundary. Default 1h.
+    #[serde(default = "default_bucket", with = "serde_duration")]
+    pub bucket: Duration,
+}
+
+impl Default for ViewSpec {
+    fn default() -> Self {
+        ViewSpec {
+            key: Vec::new(),
+            bucket: default_bucket(),
+        }
+    }
+}
+
+fn default_bucket() -> Duration {
+    Duration::from_secs(3600)
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LakeSpec {
+    /// The raw (master dataset) Delta table. Default `<lake>/raw/<topic>`.
+    pub raw: Option<String>,
+    /// The batch view Delta table. Default `<lake>/views/<job>`.
+    pub view: Option<String>,
+}
+
+/// A parsed and validated job file.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub spec: JobSpec,
+    pub file: PathBuf,
+}
+
+impl Job {
+    pub fn from_file(path: &Path) -> Result<Job> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ReadJob {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Job::from_toml(&text, path)
+    }
+
+    /// Parses job TOML; `file` only names the origin in errors.
+    pub fn from_toml(text: &str, file: &Path) -> Result<Job> {
+        let spec: JobSpec = toml::from_str(text).map_err(|e| Error::ParseJob {
+            file: file.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let job = Job {
+            spec,
+            file: file.to_path_buf(),
+        };
+        job.validate()?;
+        Ok(job)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// The table name the SQL reads from.
+    pub fn table_name(&self) -> String {
+        self.spec
+            .source
+            .table
+            .clone()
+            .unwrap_or_else(|| self.spec.source.topic.replace(['.', '-'], "_"))
+    }
+
+    /// The schema of decoded source records (event time as UTC microseconds, non-null).
+    pub fn source_schema(&self) -> SchemaRef {
+        Arc::new(self.schema_with(FieldType::arrow_type))
+    }
+
+    /// The schema the JSON decoder fills (timestamps as epoch milliseconds).
+    pub(crate) fn decode_schema(&self) -> SchemaRef {
+        Arc::new(self.schema_with(FieldType::decode_type))
+    }
+
+    fn schema_with(&self, data_type: impl Fn(FieldType) -> DataType) -> Schema {
+        let source = &self.spec.source;
+        Schema::new(
+            source
+                .fields
+                .iter()
+                .map(|f| {
+                    let nullable = f.nullable && f.name != source.event_time;
+                    Field::new(&f.name, data_type(f.data_type), nullable)
+                })
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    pub fn bucket_micros(&self) -> i64 {
+        self.spec.view.bucket.as_micros() as i64
+    }
+
+    fn invalid(&self, field: &str, expected: &str, got: impl Into<String>) -> Error {
+        Error::InvalidField {
+            file: self.file.clone(),
+            field: field.to_string(),
+            expected: expected.to_string(),
+            got: got.into(),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let spec = &self.spec;
+        let name_ok = !spec.name.is_empty()
+            && spec
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !name_ok {
+            return Err(self.invalid(
+                "name",
+                "a non-empty name of letters, digits, `_` and `-`",
+                format!("{:?}", spec.name),
+            ));
+        }
+        if spec.source.topic.is_empty() {
+            return Err(self.invalid("source.topic", "a Kafka topic name", "\"\""));
+        }
+        if spec.source.fields.is_empty() {
+            return Err(self.invalid("source.fields", "at least one field", "none"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, field) in spec.source.fields.iter().enumerate() {
+            if field.name.is_empty() || field.name.starts_with("__") {
+                return Err(self.invalid(
+                    &format!("source.fields[{i}].name"),
+                    "a non-empty name not starting with `__` (reserved for Sluice)",
+                    format!("{:?}", field.name),
+                ));
+            }
+            if !seen.insert(field.name.as_str()) {
+                return Err(self.invalid(
+                    &format!("source.fields[{i}].name"),
+                    "a unique field name",
+                    format!("a second `{}`", field.name),
+                ));
+            }
+        }
+        let event_time = spec
+            .source
+            .fields
+            .iter()
+            .find(|f| f.name == spec.source.event_time);
+        match event_time {
+            None => {
+                return Err(self.invalid(
+                    "source.event_time",
+                    "the name of a field in source.fields",
+                    format!("`{}`", spec.source.event_time),
+                ));
+            }
+            Some(f) if f.data_type != FieldType::Timestamp => {
+                return Err(self.invalid(
+                    "source.event_time",
+                    "a field of type \"timestamp\"",
+                    format!("`{}` of type {:?}", f.name, f.data_type),
+                ));
+            }
+            Some(_) => {}
+        }
+        if spec.view.bucket.as_millis() == 0 {
+            return Err(self.invalid("view.bucket", "a positive duration", "0"));
+        }
+        if spec.transform.sql.trim().is_empty() {
+            return Err(self.invalid("transform.sql", "a SELECT statement", "empty text"));
+        }
+        Ok(())
+    }
+}
+
+/// Where the lake lives: `--lake URL`, else `SLUICE_LAKE`, else `./lake`.
+#[derive(Debug, Clone)]
+pub struct Lake {
+    pub root: String,
+}
+
+/// The environment variable that names the lake when `--lake` is absent.
+pub const LAKE_ENV: &str = "SLUICE_LAKE";
+
+impl Lake {
+    pub fn resolve(flag: Option<&str>) -> Lake {
+        let root = flag
+            .map(str::to_string)
+            .or_else(|| std::env::var(LAKE_ENV).ok().filter(|v| !v.is_empty()))
+            .unwrap_or_else(|| "./lake".to_string());
+        Lake {
+            root: root.trim_end_matches('/').to_string(),
+        }
+    }
+
+    pub fn raw_table(&self, job: &Job) -> String {
+        job.spec
+            .lake
+            .raw
+            .clone()
+            .unwrap_or_else(|| format!("{}/raw/{}", self.root, job.spec.source.topic))
+    }
+
+    pub fn view_table(&self, job: &Job) -> String {
+        job.spec
+            .lake
+            .view
+            .clone()
+            .unwrap_or_else(|| format!("{}/views/{}", self.root, job.spec.name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "t"
+[source]
+topic = "orders.events"
+event_time = "ts"
+fields = [ { name = "ts", type = "timestamp" }, { name = "x", type = "int64" } ]
+[transform]
+sql = "SELECT x FROM orders_events"
+"#;
+
+    fn parse(text: &str) -> Result<Job> {
+        Job::from_toml(text, Path::new("job.toml"))
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let job = parse(GOOD).unwrap();
+        assert_eq!(job.table_name(), "orders_events");
+        assert_eq!(job.spec.view.bucket, Duration::from_secs(3600));
+        assert_eq!(job.spec.source.watermark_delay, Duration::from_secs(5));
+        let lake = Lake {
+            root: "/l".to_string(),
+        };
+        assert_eq!(lake.raw_table(&job), "/l/raw/orders.events");
+        assert_eq!(lake.view_table(&job), "/l/views/t");
+        assert!(!job.source_schema().field(0).is_nullable());
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_field() {
+        let err = parse(&GOOD.replace("[transform]", "colour = 1\n[transform]"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("job.toml:"), "{err}");
+        assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_is_explained() {
+        let err = parse(&GOOD.replace("event_time = \"ts\"", "event_time = \"ts\"\nwatermark_delay = \"5 parsecs\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("invalid duration `5 parsecs`"), "{err}");
+    }
+
+    #[test]
+    fn event_time_must_be_a_timestamp_field() {
+        let err = parse(&GOOD.replace("event_time = \"ts\"", "event_time = \"x\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("field `source.event_time`"), "{err}");
+        assert!(err.contains("timestamp"), "{err}");
+    }
+}

@@ -1,0 +1,234 @@
+//! `sluice`: the command line of Sluice, one binary with a subcommand per operation.
+
+use sluice_jobs::{bench, transforms};
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use sluice_batch::{BackfillRequest, backfill, load_jsonl};
+use sluice_core::lake::TableLocation;
+use sluice_core::rows::to_json_lines;
+use sluice_core::time::parse_time;
+use sluice_core::{Job, Lake};
+
+/// Exit code when a command succeeded but rejected some input (e.g. bad JSON lines).
+const EXIT_PARTIAL: u8 = 3;
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Lambda-architecture ETL with one codebase: the same job runs on the stream, the lake and the serving layer.",
+    after_help = "Examples:\n  sluice lake load --job jobs/examples/orders_per_minute.toml orders.jsonl\n  sluice backfill --job jobs/examples/orders_per_minute.toml --from 2024-05-01 --to 2024-05-02\n  sluice view --job jobs/examples/orders_per_minute.toml\n  sluice bench --events 1000000"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "SLUICE_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Work with the lake's raw tables.
+    #[command(subcommand)]
+    Lake(LakeCommand),
+    /// Recompute the batch view for a time range from the raw table and move the cutoff.
+    #[command(after_help = "Examples:\n  sluice backfill --job jobs/examples/orders_per_minute.toml --from 2024-05-01T10:00:00Z --to 2024-05-01T12:00:00Z\n  sluice backfill --job jobs/examples/region_totals.toml --output json\n\nThe range is widened to whole buckets. Re-running a range replaces it. Exit 0 on success, 1 on error.")]
+    Backfill(BackfillArgs),
+    /// Print a job's batch view as finalized JSON rows (partial states merged across buckets).
+    #[command(after_help = "Example:\n  sluice view --job jobs/examples/orders_per_minute.toml")]
+    View(JobArgs),
+    /// Measure JSON decode + the seed 000 plan on synthetic events (prints a table).
+    #[command(after_help = "Example:\n  sluice bench --events 1000000 --batch-size 10000\nBuild with --release for representative figures.")]
+    Bench {
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+        #[arg(long, default_value_t = 10_000)]
+        batch_size: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum LakeCommand {
+    /// Append JSON-lines files to the job's raw Delta table (a file already loaded is skipped).
+    #[command(after_help = "Example:\n  sluice lake load --job jobs/examples/orders_per_minute.toml tests/golden/orders.input.jsonl\n\nBad lines are reported on stderr with line, field and reason, and written to --rejects if given; exit 3 when any line was rejected.")]
+    Load {
+        #[command(flatten)]
+        job: JobArgs,
+        /// JSON-lines files, one record per line.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Write rejected lines here (JSON: line, error, field, reason, record).
+        #[arg(long)]
+        rejects: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct JobArgs {
+    /// The job file (TOML).
+    #[arg(long)]
+    job: PathBuf,
+    /// The lake root: a directory or object-store URL [env: SLUICE_LAKE] [default: ./lake]
+    #[arg(long)]
+    lake: Option<String>,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+#[derive(Args)]
+struct BackfillArgs {
+    #[command(flatten)]
+    job: JobArgs,
+    /// Start (inclusive): RFC 3339, a date, or epoch ms. Default: the raw table's first event.
+    #[arg(long)]
+    from: Option<String>,
+    /// End (exclusive). Default: the start of the current bucket.
+    #[arg(long)]
+    to: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load_job(args: &JobArgs) -> anyhow::Result<(Job, Lake)> {
+    let job = Job::from_file(&args.job)?;
+    Ok((job, Lake::resolve(args.lake.as_deref())))
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Lake(LakeCommand::Load { job, files, rejects }) => lake_load(job, files, rejects).await,
+        Command::Backfill(args) => run_backfill(args).await,
+        Command::View(args) => view(args).await,
+        Command::Bench { events, batch_size } => {
+            let result = bench::run(events, batch_size.max(1))?;
+            bench::print_table(&result);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn lake_load(args: JobArgs, files: Vec<PathBuf>, rejects: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let (job, lake) = load_job(&args)?;
+    let mut rejected_lines = Vec::new();
+    let mut any_rejected = false;
+    for file in &files {
+        let report = load_jsonl(&job, &lake, file).await?;
+        let text = std::fs::read(file).unwrap_or_default();
+        let lines: Vec<&[u8]> = text.split(|b| *b == b'\n').collect();
+        for (line, error) in &report.rejected {
+            any_rejected = true;
+            eprintln!("{}:{line}: {} rejected: {}", file.display(), error.kind.as_str(), error.reason);
+            rejected_lines.push(serde_json::json!({
+                "file": file.display().to_string(), "line": line, "error": error.kind.as_str(),
+                "field": error.field, "reason": error.reason,
+                "record": String::from_utf8_lossy(lines.get(line - 1).copied().unwrap_or_default()),
+            }));
+        }
+        let summary = serde_json::json!({
+            "file": file.display().to_string(), "table": report.table, "rows_loaded": report.rows_loaded,
+            "rejected": report.rejected.len(), "already_loaded": report.already_loaded,
+            "table_version": report.table_version,
+        });
+        match args.output {
+            Output::Json => println!("{summary}"),
+            Output::Text if report.already_loaded => {
+                println!("{}: already loaded into {} (content unchanged), skipped", file.display(), report.table)
+            }
+            Output::Text => println!(
+                "{}: loaded {} rows into {} (version {}), rejected {}",
+                file.display(),
+                report.rows_loaded,
+                report.table,
+                report.table_version.map_or("-".to_string(), |v| v.to_string()),
+                report.rejected.len()
+            ),
+        }
+    }
+    if let Some(path) = rejects {
+        let body: String = rejected_lines.iter().map(|r| format!("{r}\n")).collect();
+        std::fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(if any_rejected { ExitCode::from(EXIT_PARTIAL) } else { ExitCode::SUCCESS })
+}
+
+async fn run_backfill(args: BackfillArgs) -> anyhow::Result<ExitCode> {
+    let (job, lake) = load_job(&args.job)?;
+    let transform = transforms::registry().for_job(&job)?;
+    let request = BackfillRequest {
+        from: args.from.as_deref().map(parse_time).transpose().context("--from")?,
+        to: args.to.as_deref().map(parse_time).transpose().context("--to")?,
+        progress: args.job.output == Output::Text,
+    };
+    let report = backfill(&job, &lake, transform, request).await?;
+    match args.job.output {
+        Output::Json => println!("{}", serde_json::to_string(&report)?),
+        Output::Text => println!(
+            "backfill {}: [{} .. {}) read {} raw rows, wrote {} view rows to {} (version {}), cutoff {} in {:.2}s",
+            report.job,
+            report.from,
+            report.to,
+            report.rows_read,
+            report.view_rows,
+            report.view_table,
+            report.table_version.map_or("-".to_string(), |v| v.to_string()),
+            report.cutoff.as_deref().unwrap_or("-"),
+            report.seconds
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn view(args: JobArgs) -> anyhow::Result<ExitCode> {
+    let (job, lake) = load_job(&args)?;
+    let transform = transforms::registry().for_job(&job)?;
+    let plan = sluice_batch::backfill::compile(&job, transform.as_ref())?;
+    let table = TableLocation::new(lake.view_table(&job));
+    let rows = sluice_batch::view::read_view(&plan, &table).await?;
+    let body = to_json_lines(&[rows])?;
+    use std::io::Write;
+    std::io::stdout().write_all(&body)?;
+    Ok(ExitCode::SUCCESS)
+}

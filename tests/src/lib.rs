@@ -1,0 +1,66 @@
+//! `sluice-e2e`: end-to-end tests across Sluice's layers (in `tests/tests/`), their golden
+//! files (`tests/golden/`), the Python interop tests (`tests/python/`), and the helpers here.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Schema};
+use sluice_core::rows::{sorted, to_json_lines};
+use sluice_core::{Job, Lake};
+
+/// A path relative to the repository root.
+pub fn repo_path(relative: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(relative)
+}
+
+/// One of `jobs/examples/*.toml` by name.
+pub fn example_job(name: &str) -> Job {
+    let path = repo_path(&format!("jobs/examples/{name}.toml"));
+    Job::from_file(&path).unwrap_or_else(|e| panic!("example job {name}: {e}"))
+}
+
+/// A lake in a fresh temporary directory (kept alive by the returned guard).
+pub fn temp_lake() -> (tempfile::TempDir, Lake) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let lake = Lake::resolve(Some(dir.path().to_str().expect("utf-8 temp path")));
+    (dir, lake)
+}
+
+/// Rows as sorted JSON lines with timestamps as integers, for exact comparisons of results
+/// computed by different engines (which may label time zones differently).
+pub fn canonical_rows(batches: &[RecordBatch]) -> Vec<String> {
+    let Some(first) = batches.first() else {
+        return Vec::new();
+    };
+    let fields: Vec<Field> = first
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| {
+            let data_type = match f.data_type() {
+                DataType::Timestamp(_, _) => DataType::Int64,
+                DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
+                other => other.clone(),
+            };
+            Field::new(f.name(), data_type, true)
+        })
+        .collect();
+    let schema = Arc::new(Schema::new(fields));
+    let converted: Vec<RecordBatch> = batches
+        .iter()
+        .map(|b| {
+            let columns: Vec<ArrayRef> = b
+                .columns()
+                .iter()
+                .zip(schema.fields())
+                .map(|(c, f)| cast(c, f.data_type()).expect("cast for comparison"))
+                .collect();
+            RecordBatch::try_new(schema.clone(), columns).expect("comparison batch")
+        })
+        .collect();
+    let all = sorted(&schema, &converted).expect("sort");
+    let text = String::from_utf8(to_json_lines(&[all]).expect("json")).expect("utf-8");
+    text.lines().map(str::to_string).collect()
+}
