@@ -167,6 +167,9 @@ impl AggregateStage {
 
     /// Partial states of rows that passed stage 1, one row per (key, window, bucket).
     pub fn partial(&self, filtered: &RecordBatch) -> Result<RecordBatch> {
+        if filtered.num_rows() == 0 {
+            return Ok(RecordBatch::new_empty(self.partial_schema.clone()));
+        }
         let times = filtered.column(self.event_time_index).as_primitive::<TimestampMicrosecondType>();
         if times.null_count() > 0 {
             return Err(self.error("assigning windows")(DataFusionError::Execution(
@@ -224,6 +227,9 @@ impl AggregateStage {
     /// Merges partial batches into one row per (key, window, bucket).
     pub fn merge(&self, partials: &[RecordBatch]) -> Result<RecordBatch> {
         let all = concat_batches(&self.partial_schema, partials).map_err(arrow_err("concatenating partial states"))?;
+        if all.num_rows() == 0 {
+            return Ok(all);
+        }
         let k = self.keys.len();
         let mut group_columns: Vec<ArrayRef> = all.columns()[..k + 3].to_vec();
         if self.is_session() {
@@ -242,6 +248,9 @@ impl AggregateStage {
     /// HAVING and the SELECT list.
     pub fn finalize(&self, partials: &[RecordBatch]) -> Result<RecordBatch> {
         let all = concat_batches(&self.partial_schema, partials).map_err(arrow_err("concatenating partial states"))?;
+        if all.num_rows() == 0 {
+            return Ok(RecordBatch::new_empty(self.output_schema.clone()));
+        }
         let k = self.keys.len();
         let mut group_columns: Vec<ArrayRef> = all.columns()[..k + 2].to_vec();
         if self.is_session() {
@@ -267,6 +276,9 @@ impl AggregateStage {
     pub fn finalize_rows(&self, partial: &RecordBatch) -> Result<RecordBatch> {
         let k = self.keys.len();
         let n = partial.num_rows();
+        if n == 0 {
+            return Ok(RecordBatch::new_empty(self.output_schema.clone()));
+        }
         let groups = Groups {
             ids: (0..n).collect(),
             firsts: (0..n as u32).collect(),
@@ -300,6 +312,10 @@ impl AggregateStage {
     }
 
     fn partial_batch(&self, group_columns: &[ArrayRef], groups: &Groups, states: Vec<ArrayRef>) -> Result<RecordBatch> {
+        if groups.firsts.is_empty() {
+            // DataFusion's accumulator adapter reports no state columns at all for zero groups.
+            return Ok(RecordBatch::new_empty(self.partial_schema.clone()));
+        }
         let indices = UInt32Array::from(groups.firsts.clone());
         let mut columns = group_columns
             .iter()
@@ -314,6 +330,9 @@ impl AggregateStage {
 
     /// The batch DataFusion's Aggregate would output: keys, window bounds (if windowed), values.
     fn aggregate_output(&self, group_columns: &[ArrayRef], groups: &Groups, values: Vec<Vec<ArrayRef>>) -> Result<RecordBatch> {
+        if groups.firsts.is_empty() {
+            return Ok(RecordBatch::new_empty(self.aggregate_output_schema.clone()));
+        }
         let k = self.keys.len();
         let used = if self.window.is_some() { k + 2 } else { k };
         let indices = UInt32Array::from(groups.firsts.clone());
@@ -383,7 +402,7 @@ fn new_accumulator(function: &Arc<AggregateFunctionExpr>) -> datafusion::error::
 
 /// Casts a column to its declared type when an accumulator reports an equivalent one
 /// (e.g. a differently named list element).
-fn conform(column: ArrayRef, field: &Field) -> Result<ArrayRef> {
+pub(crate) fn conform(column: ArrayRef, field: &Field) -> Result<ArrayRef> {
     if column.data_type() == field.data_type() {
         return Ok(column);
     }

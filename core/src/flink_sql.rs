@@ -125,6 +125,12 @@ fn rewrite_query(cx: &Context, statement: &mut Statement) -> Result<Option<Group
     let mut window = None;
     let mut kept = Vec::with_capacity(group_by.len() + 2);
     for expr in group_by.drain(..) {
+        if matches!(expr, Expr::Rollup(_) | Expr::Cube(_) | Expr::GroupingSets(_)) {
+            return Err(cx.refuse(
+                "ROLLUP/CUBE/GROUPING SETS",
+                "each result row must have one grouping key so partial states merge exactly",
+            ));
+        }
         match parse_group_window(cx, &expr)? {
             Some(found) if window.is_some() => {
                 return Err(cx.refuse(

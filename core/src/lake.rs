@@ -164,7 +164,7 @@ impl TableLocation {
         if table.version().is_none() {
             return Ok(None);
         }
-        let mut history = table.history(None).await.map_err(self.delta())?;
+        let mut history = table.history(None);
         while let Some(commit) = history.try_next().await.map_err(self.delta())? {
             if let Some(value) = commit.info.get(key) {
                 return Ok(Some(value.clone()));
@@ -235,7 +235,14 @@ impl TableLocation {
         batches
             .into_iter()
             .map(|b| {
-                RecordBatch::try_new(stage.partial_schema().clone(), b.columns().to_vec()).map_err(|e| Error::Table {
+                // Delta has no unsigned integers and names list elements `element`: cast back.
+                let columns = b
+                    .columns()
+                    .iter()
+                    .zip(stage.partial_schema().fields())
+                    .map(|(c, f)| crate::aggregate::conform(c.clone(), f))
+                    .collect::<Result<Vec<_>>>()?;
+                RecordBatch::try_new(stage.partial_schema().clone(), columns).map_err(|e| Error::Table {
                     url: self.location.clone(),
                     message: format!("view table does not have the job's partial-state layout: {e}"),
                 })

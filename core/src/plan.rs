@@ -278,8 +278,10 @@ impl Compilation<'_> {
         match below {
             LogicalPlan::Aggregate(aggregate) => {
                 let filter = self.lower_where(&aggregate.input)?;
+                let key_count = aggregate.group_expr.len() - if window.is_some() { 2 } else { 0 };
+                let key_columns = key_output_columns(aggregate, &projection.expr, &output_schema, key_count);
                 let stage = self.lower_aggregate(aggregate, having, &projection.expr, output_schema, window)?;
-                self.check_view_key(&stage)?;
+                self.check_view_key(&stage, &key_columns)?;
                 Ok(self.job_plan(filter, PlanKind::Aggregate(Box::new(stage))))
             }
             input => {
@@ -290,7 +292,7 @@ impl Compilation<'_> {
                     ));
                 }
                 let filter = self.lower_where(input)?;
-                let schema = source_schema(input).ok_or_else(|| self.refuse(plan_name(input), "expected FROM the source table"))?;
+                let schema = input.schema();
                 let projection = projection
                     .expr
                     .iter()
@@ -315,9 +317,8 @@ impl Compilation<'_> {
     /// The WHERE below the aggregate or projection, if any.
     fn lower_where(&self, input: &LogicalPlan) -> Result<Option<Arc<dyn PhysicalExpr>>> {
         match input {
-            LogicalPlan::Filter(filter) => {
-                let schema = source_schema(&filter.input)
-                    .ok_or_else(|| self.refuse(plan_name(&filter.input), "expected FROM the source table"))?;
+            LogicalPlan::Filter(filter) if source_schema(&filter.input).is_some() => {
+                let schema = filter.input.schema();
                 self.forbid_window_columns(&filter.predicate, "WHERE")?;
                 Ok(Some(self.physical(&filter.predicate, schema)?))
             }
@@ -431,30 +432,45 @@ impl Compilation<'_> {
         })
     }
 
-    /// `view.key` must name exactly the GROUP BY keys as they appear in the output.
-    fn check_view_key(&self, stage: &AggregateStage) -> Result<()> {
-        let declared = &self.job.spec.view.key;
-        let output = stage.output_schema();
-        for key in declared {
-            if output.index_of(key).is_err() {
-                return Err(Error::InvalidField {
-                    file: self.job.file.clone(),
-                    field: "view.key".to_string(),
-                    expected: "names of output columns that hold the GROUP BY keys".to_string(),
-                    got: format!("`{key}`, which is not an output column"),
-                });
-            }
+    /// `view.key` must name exactly the output columns that hold the GROUP BY keys, and every
+    /// key must be in the output (otherwise two view rows could not be told apart).
+    fn check_view_key(&self, stage: &AggregateStage, key_columns: &[(usize, String)]) -> Result<()> {
+        let declared: HashSet<&str> = self.job.spec.view.key.iter().map(String::as_str).collect();
+        let outputs: HashSet<&str> = key_columns.iter().map(|(_, name)| name.as_str()).collect();
+        let covered: HashSet<usize> = key_columns.iter().map(|(key, _)| *key).collect();
+        if declared == outputs && covered.len() == stage.key_count() && declared.len() == self.job.spec.view.key.len() {
+            return Ok(());
         }
-        if declared.len() != stage.key_count() {
-            return Err(Error::InvalidField {
-                file: self.job.file.clone(),
-                field: "view.key".to_string(),
-                expected: format!("the {} GROUP BY key column(s) of the SELECT", stage.key_count()),
-                got: format!("{declared:?}"),
-            });
-        }
-        Ok(())
+        let mut names: Vec<&str> = outputs.into_iter().collect();
+        names.sort_unstable();
+        Err(Error::InvalidField {
+            file: self.job.file.clone(),
+            field: "view.key".to_string(),
+            expected: if covered.len() == stage.key_count() {
+                format!("the output columns holding the {} GROUP BY key(s): {names:?}", stage.key_count())
+            } else {
+                format!("every one of the {} GROUP BY keys selected as an output column", stage.key_count())
+            },
+            got: format!("{:?}", self.job.spec.view.key),
+        })
     }
+}
+
+/// Output columns that are plain references to a GROUP BY key: (key index, output name).
+fn key_output_columns(aggregate: &Aggregate, projection: &[Expr], output: &Schema, key_count: usize) -> Vec<(usize, String)> {
+    projection
+        .iter()
+        .enumerate()
+        .filter_map(|(i, expr)| match expr.clone().unalias() {
+            Expr::Column(column) => aggregate
+                .schema
+                .index_of_column(&column)
+                .ok()
+                .filter(|&key| key < key_count)
+                .map(|key| (key, output.field(i).name().clone())),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The schema rows have where WHERE applies: the scan, possibly under a table alias.

@@ -18,7 +18,7 @@
 use std::sync::Arc;
 
 use arrow::array::ArrayRef;
-use arrow::datatypes::{DataType, FieldRef};
+use arrow::datatypes::{DataType, FieldRef, TimeUnit};
 use datafusion::common::ScalarValue;
 
 use crate::error::{Error, Result};
@@ -192,8 +192,14 @@ impl<'a> Reader<'a> {
             DataType::Date64 => ScalarValue::Date64(Some(i64::from_le_bytes(self.array()?))),
             DataType::Decimal128(p, s) => ScalarValue::Decimal128(Some(i128::from_le_bytes(self.array()?)), *p, *s),
             DataType::Timestamp(unit, tz) => {
-                let v = i64::from_le_bytes(self.array()?);
-                ScalarValue::new_timestamp(unit, tz.clone(), v)
+                let v = Some(i64::from_le_bytes(self.array()?));
+                let tz = tz.clone();
+                match unit {
+                    TimeUnit::Second => ScalarValue::TimestampSecond(v, tz),
+                    TimeUnit::Millisecond => ScalarValue::TimestampMillisecond(v, tz),
+                    TimeUnit::Microsecond => ScalarValue::TimestampMicrosecond(v, tz),
+                    TimeUnit::Nanosecond => ScalarValue::TimestampNanosecond(v, tz),
+                }
             }
             DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
                 let len = self.length()?;
