@@ -74,20 +74,27 @@ pub async fn backfill(
     let (from, to) = resolve_range(job, &raw, &request, bucket).await?;
     let progress = progress_bar(request.progress);
     let mut fold = Fold::new(&plan, transform);
-    let columns: Vec<String> = job.source_schema().fields().iter().map(|f| f.name().clone()).collect();
-    let mut stream = raw.scan(&columns, &job.spec.source.event_time, Some(from), Some(to)).await?;
+    let columns: Vec<String> = job
+        .source_schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let mut stream = raw
+        .scan(&columns, &job.spec.source.event_time, Some(from), Some(to))
+        .await?;
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(|source| BatchError::Scan {
             job: job.name().to_string(),
             url: raw.location.clone(),
-            source,
+            source: Box::new(source),
         })?;
-        let batch = RecordBatch::try_new(job.source_schema(), batch.columns().to_vec()).map_err(|source| {
-            sluice_core::Error::Arrow {
+        let batch = RecordBatch::try_new(job.source_schema(), batch.columns().to_vec()).map_err(
+            |source| sluice_core::Error::Arrow {
                 during: "reading raw rows with the job's schema",
-                source,
-            }
-        })?;
+                source: Box::new(source),
+            },
+        )?;
         fold.add(&batch)?;
         progress.inc(batch.num_rows() as u64);
     }
@@ -140,7 +147,12 @@ fn next_cutoff(previous: Option<i64>, from: i64, to: i64) -> Option<i64> {
     }
 }
 
-async fn resolve_range(job: &Job, raw: &TableLocation, request: &BackfillRequest, bucket: i64) -> Result<(i64, i64)> {
+async fn resolve_range(
+    job: &Job,
+    raw: &TableLocation,
+    request: &BackfillRequest,
+    bucket: i64,
+) -> Result<(i64, i64)> {
     let from = match request.from {
         Some(from) => from,
         None => earliest_event(job, raw).await?,
@@ -163,13 +175,15 @@ async fn resolve_range(job: &Job, raw: &TableLocation, request: &BackfillRequest
 
 async fn earliest_event(job: &Job, raw: &TableLocation) -> Result<i64> {
     let time = job.spec.source.event_time.clone();
-    let mut stream = raw.scan(std::slice::from_ref(&time), &time, None, None).await?;
+    let mut stream = raw
+        .scan(std::slice::from_ref(&time), &time, None, None)
+        .await?;
     let mut earliest: Option<i64> = None;
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(|source| BatchError::Scan {
             job: job.name().to_string(),
             url: raw.location.clone(),
-            source,
+            source: Box::new(source),
         })?;
         let times = batch.column(0).as_primitive::<TimestampMicrosecondType>();
         if let Some(min) = arrow::compute::min(times) {
@@ -180,7 +194,10 @@ async fn earliest_event(job: &Job, raw: &TableLocation) -> Result<i64> {
         job: job.name().to_string(),
         from: "(earliest event)".to_string(),
         to: "-".to_string(),
-        why: format!("the raw table {} has no rows; load or ingest events first", raw.location),
+        why: format!(
+            "the raw table {} has no rows; load or ingest events first",
+            raw.location
+        ),
     })
 }
 
@@ -190,8 +207,10 @@ fn progress_bar(enabled: bool) -> ProgressBar {
     }
     let bar = ProgressBar::new_spinner();
     bar.set_style(
-        ProgressStyle::with_template("{spinner} backfill: {human_pos} rows read ({per_sec}, {elapsed})")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        ProgressStyle::with_template(
+            "{spinner} backfill: {human_pos} rows read ({per_sec}, {elapsed})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
     bar
@@ -258,7 +277,7 @@ impl<'a> Fold<'a> {
         RecordBatch::try_new(schema, columns).map_err(|source| {
             sluice_core::Error::Arrow {
                 during: "building view rows",
-                source,
+                source: Box::new(source),
             }
             .into()
         })
@@ -269,14 +288,19 @@ impl<'a> Fold<'a> {
 fn stateless_rows(plan: &JobPlan, filtered: &RecordBatch) -> Result<RecordBatch> {
     let projected = plan.project(filtered)?;
     let bucket = plan.bucket_micros();
-    let times = filtered.column(plan.event_time_index()).as_primitive::<TimestampMicrosecondType>();
-    let buckets: TimestampMicrosecondArray = times.iter().map(|t| t.map(|t| floor_to(t, bucket))).collect();
+    let times = filtered
+        .column(plan.event_time_index())
+        .as_primitive::<TimestampMicrosecondType>();
+    let buckets: TimestampMicrosecondArray = times
+        .iter()
+        .map(|t| t.map(|t| floor_to(t, bucket)))
+        .collect();
     let mut columns = projected.columns().to_vec();
     columns.push(Arc::new(buckets.with_timezone(UTC)));
     RecordBatch::try_new(view_schema(plan), columns).map_err(|source| {
         sluice_core::Error::Arrow {
             during: "building stateless view rows",
-            source,
+            source: Box::new(source),
         }
         .into()
     })
@@ -286,7 +310,7 @@ fn concat(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch> {
     arrow::compute::concat_batches(schema, batches).map_err(|source| {
         sluice_core::Error::Arrow {
             during: "concatenating view rows",
-            source,
+            source: Box::new(source),
         }
         .into()
     })

@@ -24,7 +24,7 @@ pub enum BatchError {
         job: String,
         url: String,
         #[source]
-        source: datafusion::error::DataFusionError,
+        source: Box<datafusion::error::DataFusionError>,
     },
 }
 

@@ -94,12 +94,14 @@ fn with_source_columns(job: &Job, batch: RecordBatch) -> Result<RecordBatch> {
     RecordBatch::try_new(raw_schema(job), columns).map_err(|source| {
         BatchError::Core(sluice_core::Error::Arrow {
             during: "adding source columns",
-            source,
+            source: Box::new(source),
         })
     })
 }
 
 /// FNV-1a, 64 bit: a stable content hash (unlike std's hasher, it never changes between builds).
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| (hash ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }

@@ -12,7 +12,9 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::ipc::reader::FileReader;
 use arrow::ipc::writer::FileWriter;
-use polars::prelude::{CompatLevel, IntoLazy, IpcReader, IpcWriter, LazyFrame, SerReader, SerWriter};
+use polars::prelude::{
+    CompatLevel, IntoLazy, IpcReader, IpcWriter, LazyFrame, SerReader, SerWriter,
+};
 use sluice_core::BatchTransform;
 
 /// A stateless Polars transform registered under a name that job files use.
@@ -24,12 +26,17 @@ pub struct PolarsTransform {
 
 impl std::fmt::Debug for PolarsTransform {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PolarsTransform").field("name", &self.name).finish()
+        f.debug_struct("PolarsTransform")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
 impl PolarsTransform {
-    pub fn new(name: impl Into<String>, function: fn(LazyFrame) -> LazyFrame) -> Arc<dyn BatchTransform> {
+    pub fn named(
+        name: impl Into<String>,
+        function: fn(LazyFrame) -> LazyFrame,
+    ) -> Arc<dyn BatchTransform> {
         Arc::new(PolarsTransform {
             name: name.into(),
             function,
@@ -52,12 +59,17 @@ impl BatchTransform for PolarsTransform {
     fn apply(&self, batch: &RecordBatch) -> sluice_core::Result<RecordBatch> {
         let mut bytes = Vec::new();
         {
-            let mut writer = FileWriter::try_new(&mut bytes, batch.schema_ref()).map_err(|e| self.error(e))?;
+            let mut writer =
+                FileWriter::try_new(&mut bytes, batch.schema_ref()).map_err(|e| self.error(e))?;
             writer.write(batch).map_err(|e| self.error(e))?;
             writer.finish().map_err(|e| self.error(e))?;
         }
-        let frame = IpcReader::new(Cursor::new(bytes)).finish().map_err(|e| self.error(e))?;
-        let mut output = (self.function)(frame.lazy()).collect().map_err(|e| self.error(e))?;
+        let frame = IpcReader::new(Cursor::new(bytes))
+            .finish()
+            .map_err(|e| self.error(e))?;
+        let mut output = (self.function)(frame.lazy())
+            .collect()
+            .map_err(|e| self.error(e))?;
         let mut bytes = Vec::new();
         IpcWriter::new(&mut bytes)
             .with_compat_level(CompatLevel::oldest())
@@ -66,19 +78,32 @@ impl BatchTransform for PolarsTransform {
         let reader = FileReader::try_new(Cursor::new(bytes), None).map_err(|e| self.error(e))?;
         let schema = plain_schema(&reader.schema());
         let batches = reader
-            .map(|b| b.map_err(|e| self.error(e)).and_then(|b| self.to_plain(&schema, &b)))
+            .map(|b| {
+                b.map_err(|e| self.error(e))
+                    .and_then(|b| self.to_plain(&schema, &b))
+            })
             .collect::<sluice_core::Result<Vec<_>>>()?;
         arrow::compute::concat_batches(&schema, &batches).map_err(|e| self.error(e))
     }
 }
 
 impl PolarsTransform {
-    fn to_plain(&self, schema: &SchemaRef, batch: &RecordBatch) -> sluice_core::Result<RecordBatch> {
+    fn to_plain(
+        &self,
+        schema: &SchemaRef,
+        batch: &RecordBatch,
+    ) -> sluice_core::Result<RecordBatch> {
         let columns = batch
             .columns()
             .iter()
             .zip(schema.fields())
-            .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c.clone()) } else { cast(c, f.data_type()) })
+            .map(|(c, f)| {
+                if c.data_type() == f.data_type() {
+                    Ok(c.clone())
+                } else {
+                    cast(c, f.data_type())
+                }
+            })
             .collect::<Result<Vec<ArrayRef>, _>>()
             .map_err(|e| self.error(e))?;
         RecordBatch::try_new(schema.clone(), columns).map_err(|e| self.error(e))

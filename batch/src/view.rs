@@ -17,16 +17,22 @@ pub async fn read_view(plan: &JobPlan, view: &TableLocation) -> Result<RecordBat
         None => {
             let columns: Vec<String> = output.fields().iter().map(|f| f.name().clone()).collect();
             let stream = view.scan(&columns, BUCKET_COLUMN, None, None).await?;
-            let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(|e| sluice_core::Error::Table {
-                url: view.location.clone(),
-                message: e.to_string(),
-            })?;
+            let batches: Vec<RecordBatch> =
+                stream
+                    .try_collect()
+                    .await
+                    .map_err(|e| sluice_core::Error::Table {
+                        url: view.location.clone(),
+                        message: e.to_string(),
+                    })?;
             batches
                 .into_iter()
                 .map(|b| {
-                    RecordBatch::try_new(output.clone(), b.columns().to_vec()).map_err(|source| sluice_core::Error::Arrow {
-                        during: "reading stateless view rows",
-                        source,
+                    RecordBatch::try_new(output.clone(), b.columns().to_vec()).map_err(|source| {
+                        sluice_core::Error::Arrow {
+                            during: "reading stateless view rows",
+                            source: Box::new(source),
+                        }
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?

@@ -86,15 +86,23 @@ impl AggregateStage {
         let df = |source| Error::Execution {
             job: parts.job.clone(),
             during: "building the aggregate stage",
-            source,
+            source: Box::new(source),
         };
         let mut fields = Vec::new();
         for (i, key) in parts.keys.iter().enumerate() {
             let data_type = key.data_type(&parts.input_schema).map_err(df)?;
             fields.push(Arc::new(Field::new(format!("__key_{i}"), data_type, true)));
         }
-        fields.push(Arc::new(Field::new(WINDOW_START_COLUMN, timestamp_type(), true)));
-        fields.push(Arc::new(Field::new(WINDOW_END_COLUMN, timestamp_type(), true)));
+        fields.push(Arc::new(Field::new(
+            WINDOW_START_COLUMN,
+            timestamp_type(),
+            true,
+        )));
+        fields.push(Arc::new(Field::new(
+            WINDOW_END_COLUMN,
+            timestamp_type(),
+            true,
+        )));
         fields.push(Arc::new(Field::new(BUCKET_COLUMN, timestamp_type(), false)));
         let mut state_fields = Vec::new();
         let mut state_widths = Vec::new();
@@ -102,7 +110,11 @@ impl AggregateStage {
             let states = aggregate.function.state_fields().map_err(df)?;
             state_widths.push(states.len());
             for (j, state) in states.iter().enumerate() {
-                let field = Arc::new(Field::new(format!("__state_{i}_{j}"), state.data_type().clone(), true));
+                let field = Arc::new(Field::new(
+                    format!("__state_{i}_{j}"),
+                    state.data_type().clone(),
+                    true,
+                ));
                 state_fields.push(field.clone());
                 fields.push(field);
             }
@@ -161,7 +173,7 @@ impl AggregateStage {
         move |source| Error::Execution {
             job: self.job.clone(),
             during,
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -170,7 +182,9 @@ impl AggregateStage {
         if filtered.num_rows() == 0 {
             return Ok(RecordBatch::new_empty(self.partial_schema.clone()));
         }
-        let times = filtered.column(self.event_time_index).as_primitive::<TimestampMicrosecondType>();
+        let times = filtered
+            .column(self.event_time_index)
+            .as_primitive::<TimestampMicrosecondType>();
         if times.null_count() > 0 {
             return Err(self.error("assigning windows")(DataFusionError::Execution(
                 "event time is null in rows reaching the aggregate".to_string(),
@@ -180,19 +194,34 @@ impl AggregateStage {
             None => (filtered.clone(), times.values().to_vec(), None),
             Some(window) => {
                 let assignment = window.assign(times.values());
-                let expanded_times = assignment.rows.iter().map(|&r| times.value(r as usize)).collect();
+                let expanded_times = assignment
+                    .rows
+                    .iter()
+                    .map(|&r| times.value(r as usize))
+                    .collect();
                 let identity = assignment.rows.len() == filtered.num_rows()
-                    && assignment.rows.iter().enumerate().all(|(i, &r)| i == r as usize);
+                    && assignment
+                        .rows
+                        .iter()
+                        .enumerate()
+                        .all(|(i, &r)| i == r as usize);
                 let rows = if identity {
                     filtered.clone()
                 } else {
                     take_record_batch(filtered, &UInt32Array::from(assignment.rows))
                         .map_err(arrow_err("expanding rows into windows"))?
                 };
-                (rows, expanded_times, Some((assignment.starts, assignment.ends)))
+                (
+                    rows,
+                    expanded_times,
+                    Some((assignment.starts, assignment.ends)),
+                )
             }
         };
-        let buckets: Vec<i64> = times.iter().map(|t| t - t.rem_euclid(self.bucket)).collect();
+        let buckets: Vec<i64> = times
+            .iter()
+            .map(|t| t - t.rem_euclid(self.bucket))
+            .collect();
         let keys = self.evaluate_all(&self.keys, &rows, "evaluating GROUP BY keys")?;
         let bucket_array: ArrayRef = Arc::new(timestamps(buckets));
         let (starts, ends) = match windows {
@@ -203,15 +232,23 @@ impl AggregateStage {
                 (window_array(Some(s)), window_array(Some(e)))
             }
             Some((starts, ends)) => (window_array(Some(starts)), window_array(Some(ends))),
-            None => (new_null_array(&timestamp_type(), rows.num_rows()), new_null_array(&timestamp_type(), rows.num_rows())),
+            None => (
+                new_null_array(&timestamp_type(), rows.num_rows()),
+                new_null_array(&timestamp_type(), rows.num_rows()),
+            ),
         };
         let mut group_columns = keys;
         group_columns.extend([starts, ends, bucket_array]);
         let groups = group_rows(&group_columns)?;
         let mut states = Vec::new();
         for aggregate in &self.aggregates {
-            let mut accumulator = new_accumulator(&aggregate.function).map_err(self.error("creating accumulators"))?;
-            let args = self.evaluate_all(&aggregate.function.expressions(), &rows, "evaluating aggregate arguments")?;
+            let mut accumulator = new_accumulator(&aggregate.function)
+                .map_err(self.error("creating accumulators"))?;
+            let args = self.evaluate_all(
+                &aggregate.function.expressions(),
+                &rows,
+                "evaluating aggregate arguments",
+            )?;
             let filter = match &aggregate.filter {
                 Some(f) => Some(self.evaluate_filter(f, &rows)?),
                 None => None,
@@ -219,14 +256,19 @@ impl AggregateStage {
             accumulator
                 .update_batch(&args, &groups.ids, filter.as_ref(), groups.firsts.len())
                 .map_err(self.error("updating partial states"))?;
-            states.extend(accumulator.state(EmitTo::All).map_err(self.error("reading partial states"))?);
+            states.extend(
+                accumulator
+                    .state(EmitTo::All)
+                    .map_err(self.error("reading partial states"))?,
+            );
         }
         self.partial_batch(&group_columns, &groups, states)
     }
 
     /// Merges partial batches into one row per (key, window, bucket).
     pub fn merge(&self, partials: &[RecordBatch]) -> Result<RecordBatch> {
-        let all = concat_batches(&self.partial_schema, partials).map_err(arrow_err("concatenating partial states"))?;
+        let all = concat_batches(&self.partial_schema, partials)
+            .map_err(arrow_err("concatenating partial states"))?;
         if all.num_rows() == 0 {
             return Ok(all);
         }
@@ -235,31 +277,43 @@ impl AggregateStage {
         if self.is_session() {
             let mut session_keys = group_columns[..k].to_vec();
             session_keys.push(group_columns[k + 2].clone());
-            let (s, e) = self.coalesce_columns(&session_keys, &group_columns[k], &group_columns[k + 1])?;
+            let (s, e) =
+                self.coalesce_columns(&session_keys, &group_columns[k], &group_columns[k + 1])?;
             group_columns[k] = s;
             group_columns[k + 1] = e;
         }
         let groups = group_rows(&group_columns)?;
         let states = self.merge_states(&all, &groups, |acc| acc.state(EmitTo::All))?;
-        self.partial_batch(&group_columns, &groups, states.into_iter().flatten().collect())
+        self.partial_batch(
+            &group_columns,
+            &groups,
+            states.into_iter().flatten().collect(),
+        )
     }
 
     /// Finalized result rows: partial states merged across buckets per (key, window), then
     /// HAVING and the SELECT list.
     pub fn finalize(&self, partials: &[RecordBatch]) -> Result<RecordBatch> {
-        let all = concat_batches(&self.partial_schema, partials).map_err(arrow_err("concatenating partial states"))?;
+        let all = concat_batches(&self.partial_schema, partials)
+            .map_err(arrow_err("concatenating partial states"))?;
         if all.num_rows() == 0 {
             return Ok(RecordBatch::new_empty(self.output_schema.clone()));
         }
         let k = self.keys.len();
         let mut group_columns: Vec<ArrayRef> = all.columns()[..k + 2].to_vec();
         if self.is_session() {
-            let (s, e) = self.coalesce_columns(&group_columns[..k], &group_columns[k], &group_columns[k + 1])?;
+            let (s, e) = self.coalesce_columns(
+                &group_columns[..k],
+                &group_columns[k],
+                &group_columns[k + 1],
+            )?;
             group_columns[k] = s;
             group_columns[k + 1] = e;
         }
         let groups = group_rows(&group_columns)?;
-        let values = self.merge_states(&all, &groups, |acc| acc.evaluate(EmitTo::All).map(|v| vec![v]))?;
+        let values = self.merge_states(&all, &groups, |acc| {
+            acc.evaluate(EmitTo::All).map(|v| vec![v])
+        })?;
         let aggregated = self.aggregate_output(&group_columns, &groups, values)?;
         let aggregated = match &self.having {
             Some(having) => {
@@ -283,7 +337,9 @@ impl AggregateStage {
             ids: (0..n).collect(),
             firsts: (0..n as u32).collect(),
         };
-        let values = self.merge_states(partial, &groups, |acc| acc.evaluate(EmitTo::All).map(|v| vec![v]))?;
+        let values = self.merge_states(partial, &groups, |acc| {
+            acc.evaluate(EmitTo::All).map(|v| vec![v])
+        })?;
         let aggregated = self.aggregate_output(&partial.columns()[..k + 2], &groups, values)?;
         self.project(&aggregated)
     }
@@ -301,9 +357,14 @@ impl AggregateStage {
         let mut column = self.first_state_column();
         let mut out = Vec::with_capacity(self.aggregates.len());
         for (aggregate, &width) in self.aggregates.iter().zip(&self.state_widths) {
-            let mut accumulator = new_accumulator(&aggregate.function).map_err(self.error("creating accumulators"))?;
+            let mut accumulator = new_accumulator(&aggregate.function)
+                .map_err(self.error("creating accumulators"))?;
             accumulator
-                .merge_batch(&all.columns()[column..column + width], &groups.ids, groups.firsts.len())
+                .merge_batch(
+                    &all.columns()[column..column + width],
+                    &groups.ids,
+                    groups.firsts.len(),
+                )
                 .map_err(self.error("merging partial states"))?;
             out.push(emit(&mut accumulator).map_err(self.error("finalizing partial states"))?);
             column += width;
@@ -311,7 +372,12 @@ impl AggregateStage {
         Ok(out)
     }
 
-    fn partial_batch(&self, group_columns: &[ArrayRef], groups: &Groups, states: Vec<ArrayRef>) -> Result<RecordBatch> {
+    fn partial_batch(
+        &self,
+        group_columns: &[ArrayRef],
+        groups: &Groups,
+        states: Vec<ArrayRef>,
+    ) -> Result<RecordBatch> {
         if groups.firsts.is_empty() {
             // DataFusion's accumulator adapter reports no state columns at all for zero groups.
             return Ok(RecordBatch::new_empty(self.partial_schema.clone()));
@@ -325,11 +391,17 @@ impl AggregateStage {
         for (state, field) in states.into_iter().zip(&self.state_fields) {
             columns.push(conform(state, field)?);
         }
-        RecordBatch::try_new(self.partial_schema.clone(), columns).map_err(arrow_err("building partial states"))
+        RecordBatch::try_new(self.partial_schema.clone(), columns)
+            .map_err(arrow_err("building partial states"))
     }
 
     /// The batch DataFusion's Aggregate would output: keys, window bounds (if windowed), values.
-    fn aggregate_output(&self, group_columns: &[ArrayRef], groups: &Groups, values: Vec<Vec<ArrayRef>>) -> Result<RecordBatch> {
+    fn aggregate_output(
+        &self,
+        group_columns: &[ArrayRef],
+        groups: &Groups,
+        values: Vec<Vec<ArrayRef>>,
+    ) -> Result<RecordBatch> {
         if groups.firsts.is_empty() {
             return Ok(RecordBatch::new_empty(self.aggregate_output_schema.clone()));
         }
@@ -348,39 +420,65 @@ impl AggregateStage {
             .zip(schema.fields())
             .map(|(c, f)| conform(c, f))
             .collect::<Result<Vec<_>>>()?;
-        RecordBatch::try_new(schema.clone(), columns).map_err(arrow_err("building aggregate values"))
+        RecordBatch::try_new(schema.clone(), columns)
+            .map_err(arrow_err("building aggregate values"))
     }
 
     fn project(&self, aggregated: &RecordBatch) -> Result<RecordBatch> {
         let columns = self.evaluate_all(&self.projection, aggregated, "evaluating SELECT")?;
-        RecordBatch::try_new(self.output_schema.clone(), columns).map_err(arrow_err("building result rows"))
+        RecordBatch::try_new(self.output_schema.clone(), columns)
+            .map_err(arrow_err("building result rows"))
     }
 
-    fn evaluate_all(&self, exprs: &[Arc<dyn PhysicalExpr>], batch: &RecordBatch, during: &'static str) -> Result<Vec<ArrayRef>> {
+    fn evaluate_all(
+        &self,
+        exprs: &[Arc<dyn PhysicalExpr>],
+        batch: &RecordBatch,
+        during: &'static str,
+    ) -> Result<Vec<ArrayRef>> {
         exprs
             .iter()
-            .map(|e| e.evaluate(batch).and_then(|v| v.into_array(batch.num_rows())))
+            .map(|e| {
+                e.evaluate(batch)
+                    .and_then(|v| v.into_array(batch.num_rows()))
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(self.error(during))
     }
 
-    fn evaluate_filter(&self, expr: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<BooleanArray> {
+    fn evaluate_filter(
+        &self,
+        expr: &Arc<dyn PhysicalExpr>,
+        batch: &RecordBatch,
+    ) -> Result<BooleanArray> {
         let array = expr
             .evaluate(batch)
             .and_then(|v| v.into_array(batch.num_rows()))
             .map_err(self.error("evaluating a filter"))?;
         array.as_boolean_opt().cloned().ok_or_else(|| {
-            self.error("evaluating a filter")(DataFusionError::Plan("filter is not boolean".to_string()))
+            self.error("evaluating a filter")(DataFusionError::Plan(
+                "filter is not boolean".to_string(),
+            ))
         })
     }
 
-    fn coalesce(&self, keys: &[ArrayRef], starts: &[i64], ends: &[i64]) -> Result<(Vec<i64>, Vec<i64>)> {
+    fn coalesce(
+        &self,
+        keys: &[ArrayRef],
+        starts: &[i64],
+        ends: &[i64],
+    ) -> Result<(Vec<i64>, Vec<i64>)> {
         let rows = row_keys(keys)?;
         let groups: Vec<Row<'_>> = rows.iter().collect();
         Ok(coalesce_sessions(&groups, starts, ends))
     }
 
-    fn coalesce_columns(&self, keys: &[ArrayRef], starts: &ArrayRef, ends: &ArrayRef) -> Result<(ArrayRef, ArrayRef)> {
+    fn coalesce_columns(
+        &self,
+        keys: &[ArrayRef],
+        starts: &ArrayRef,
+        ends: &ArrayRef,
+    ) -> Result<(ArrayRef, ArrayRef)> {
         let starts = starts.as_primitive::<TimestampMicrosecondType>().values();
         let ends = ends.as_primitive::<TimestampMicrosecondType>().values();
         let (s, e) = if keys.is_empty() {
@@ -392,12 +490,16 @@ impl AggregateStage {
     }
 }
 
-fn new_accumulator(function: &Arc<AggregateFunctionExpr>) -> datafusion::error::Result<Box<dyn GroupsAccumulator>> {
+fn new_accumulator(
+    function: &Arc<AggregateFunctionExpr>,
+) -> datafusion::error::Result<Box<dyn GroupsAccumulator>> {
     if function.groups_accumulator_supported() {
         return function.create_groups_accumulator();
     }
     let function = function.clone();
-    Ok(Box::new(GroupsAccumulatorAdapter::new(move || function.create_accumulator())))
+    Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
+        function.create_accumulator()
+    })))
 }
 
 /// Casts a column to its declared type when an accumulator reports an equivalent one
@@ -410,14 +512,20 @@ pub(crate) fn conform(column: ArrayRef, field: &Field) -> Result<ArrayRef> {
 }
 
 fn row_keys(columns: &[ArrayRef]) -> Result<arrow::row::Rows> {
-    let fields = columns.iter().map(|c| SortField::new(c.data_type().clone())).collect();
+    let fields = columns
+        .iter()
+        .map(|c| SortField::new(c.data_type().clone()))
+        .collect();
     let converter = RowConverter::new(fields).map_err(arrow_err("encoding group keys"))?;
-    converter.convert_columns(columns).map_err(arrow_err("encoding group keys"))
+    converter
+        .convert_columns(columns)
+        .map_err(arrow_err("encoding group keys"))
 }
 
 fn group_rows(columns: &[ArrayRef]) -> Result<Groups> {
     let rows = row_keys(columns)?;
-    let mut index: hashbrown::HashMap<&[u8], usize> = hashbrown::HashMap::with_capacity(rows.num_rows().min(1 << 16));
+    let mut index: hashbrown::HashMap<&[u8], usize> =
+        hashbrown::HashMap::with_capacity(rows.num_rows().min(1 << 16));
     let mut ids = Vec::with_capacity(rows.num_rows());
     let mut firsts = Vec::new();
     for (i, row) in rows.iter().enumerate() {

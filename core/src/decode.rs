@@ -13,6 +13,7 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow_json::ReaderBuilder;
 
 use crate::error::{Result, arrow_err};
+use crate::flat_json::FlatDecoder;
 use crate::spec::Job;
 
 /// The default largest record accepted, in bytes.
@@ -76,6 +77,7 @@ pub struct JsonDecoder {
     output_schema: SchemaRef,
     required: Vec<usize>,
     max_record_bytes: usize,
+    fast: Option<FlatDecoder>,
 }
 
 impl JsonDecoder {
@@ -92,8 +94,10 @@ impl JsonDecoder {
         let required = (0..output_schema.fields().len())
             .filter(|&i| !output_schema.field(i).is_nullable())
             .collect();
+        let lenient = Arc::new(lenient);
         JsonDecoder {
-            lenient_schema: Arc::new(lenient),
+            fast: FlatDecoder::new(lenient.clone()),
+            lenient_schema: lenient,
             output_schema,
             required,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
@@ -120,7 +124,11 @@ impl JsonDecoder {
                 Err(e) => errors.push(e),
             }
         }
-        let (batch, rows) = match self.decode_together(records, &candidates) {
+        let fast = self
+            .fast
+            .as_ref()
+            .and_then(|f| f.decode(records, &candidates));
+        let (batch, rows) = match fast.or_else(|| self.decode_together(records, &candidates)) {
             Some(batch) => (batch, candidates),
             None => self.decode_one_by_one(records, &candidates, &mut errors)?,
         };
@@ -165,7 +173,10 @@ impl JsonDecoder {
         records: &[R],
         candidates: &[usize],
     ) -> Option<RecordBatch> {
-        let total: usize = candidates.iter().map(|&i| records[i].as_ref().len() + 1).sum();
+        let total: usize = candidates
+            .iter()
+            .map(|&i| records[i].as_ref().len() + 1)
+            .sum();
         let mut buffer = Vec::with_capacity(total);
         for &i in candidates {
             buffer.extend_from_slice(records[i].as_ref());
@@ -210,7 +221,10 @@ impl JsonDecoder {
                     index,
                     kind: RecordErrorKind::MalformedJson,
                     field: None,
-                    reason: format!("expected one JSON object, found {} values", batch.num_rows()),
+                    reason: format!(
+                        "expected one JSON object, found {} values",
+                        batch.num_rows()
+                    ),
                 }),
                 Err(e) => errors.push(classify(index, &e)),
             }
@@ -219,9 +233,9 @@ impl JsonDecoder {
             Some(batch) => Ok((batch, good)),
             None => Err(crate::Error::Arrow {
                 during: "decoding records that decoded one by one",
-                source: arrow::error::ArrowError::JsonError(
+                source: Box::new(arrow::error::ArrowError::JsonError(
                     "records decode alone but not together".to_string(),
-                ),
+                )),
             }),
         }
     }
@@ -300,11 +314,7 @@ fn classify(index: usize, error: &arrow::error::ArrowError) -> RecordError {
     } else {
         RecordErrorKind::MalformedJson
     };
-    let reason = message
-        .rsplit(": ")
-        .next()
-        .unwrap_or(&message)
-        .to_string();
+    let reason = message.rsplit(": ").next().unwrap_or(&message).to_string();
     RecordError {
         index,
         kind,
@@ -349,9 +359,19 @@ sql = "SELECT id FROM t"
             ])
             .unwrap();
         assert!(out.errors.is_empty(), "{:?}", out.errors);
-        let ts = out.batch.column(2).as_any().downcast_ref::<TimestampMicrosecondArray>().unwrap();
+        let ts = out
+            .batch
+            .column(2)
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .unwrap();
         assert_eq!(ts.values(), &[1_000_000, 2_000_000]);
-        let amount = out.batch.column(1).as_any().downcast_ref::<Float64Array>().unwrap();
+        let amount = out
+            .batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .unwrap();
         assert!(amount.is_null(1));
         assert_eq!(out.rows, vec![0, 1]);
     }
@@ -373,12 +393,20 @@ sql = "SELECT id FROM t"
         let out = decoder.decode(&records).unwrap();
         assert_eq!(out.rows, vec![0, 7]);
         assert_eq!(out.batch.num_rows(), 2);
-        let kinds: Vec<_> = out.errors.iter().map(|e| (e.index, e.kind, e.field.clone())).collect();
+        let kinds: Vec<_> = out
+            .errors
+            .iter()
+            .map(|e| (e.index, e.kind, e.field.clone()))
+            .collect();
         assert_eq!(
             kinds,
             vec![
                 (1, RecordErrorKind::MalformedJson, None),
-                (2, RecordErrorKind::SchemaViolation, Some("amount".to_string())),
+                (
+                    2,
+                    RecordErrorKind::SchemaViolation,
+                    Some("amount".to_string())
+                ),
                 (3, RecordErrorKind::MissingField, Some("id".to_string())),
                 (4, RecordErrorKind::MissingField, Some("ts".to_string())),
                 (5, RecordErrorKind::NotUtf8, None),
@@ -388,10 +416,51 @@ sql = "SELECT id FROM t"
     }
 
     #[test]
+    fn fast_path_decodes_exactly_like_arrow_json() {
+        let decoder = JsonDecoder::new(&job());
+        let records = [
+            r#"{"id":"a\"b\\c\u00e9\ud83d\ude00\n","amount":-0.0,"ts":1000}"#,
+            r#" { "id" : "plain" , "amount" : 1e3 , "ts" : "2024-05-01T10:00:00.123Z", "nested": {"x": [1, {"y": null}], "z": "}"} } "#,
+            r#"{"id":"n","amount":null,"ts":"2024-05-01 10:00:00","flag":true}"#,
+            r#"{"ts":5,"id":"reordered","amount":12.345678901234567}"#,
+            r#"{"id":"", "ts": -1500}"#,
+        ];
+        let all: Vec<usize> = (0..records.len()).collect();
+        let fast = decoder
+            .fast
+            .as_ref()
+            .unwrap()
+            .decode(&records, &all)
+            .expect("fast path handles these");
+        let general = decoder.decode_together(&records, &all).unwrap();
+        assert_eq!(fast, general);
+        for bail in [
+            r#"{"id":1,"ts":1}"#,
+            r#"{"id":"a","ts":1.5}"#,
+            r#"{"id":"a","ts":1,"id":"b"}"#,
+            r#"{"id":"a","ts":01}"#,
+            r#"{"id":"a","ts":1} x"#,
+        ] {
+            assert!(
+                decoder
+                    .fast
+                    .as_ref()
+                    .unwrap()
+                    .decode(&[bail], &[0])
+                    .is_none(),
+                "{bail}"
+            );
+        }
+    }
+
+    #[test]
     fn two_objects_in_one_record_is_an_error() {
         let decoder = JsonDecoder::new(&job());
         let out = decoder
-            .decode(&[r#"{"id":"a","ts":1} {"id":"b","ts":2}"#, r#"{"id":"c","ts":3}"#])
+            .decode(&[
+                r#"{"id":"a","ts":1} {"id":"b","ts":2}"#,
+                r#"{"id":"c","ts":3}"#,
+            ])
             .unwrap();
         assert_eq!(out.rows, vec![1]);
         assert_eq!(out.errors[0].index, 0);

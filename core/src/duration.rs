@@ -16,7 +16,9 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         "d" => 86_400_000,
         _ => return None,
     };
-    amount.checked_mul(millis_per_unit).map(Duration::from_millis)
+    amount
+        .checked_mul(millis_per_unit)
+        .map(Duration::from_millis)
 }
 
 /// Serde adapter so job files can say `watermark_delay = "5s"`.

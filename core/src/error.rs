@@ -35,20 +35,20 @@ pub enum Error {
     InvalidSql {
         job: String,
         #[source]
-        source: datafusion::error::DataFusionError,
+        source: Box<datafusion::error::DataFusionError>,
     },
     #[error("job `{job}`: while {during}: {source}")]
     Execution {
         job: String,
         during: &'static str,
         #[source]
-        source: datafusion::error::DataFusionError,
+        source: Box<datafusion::error::DataFusionError>,
     },
     #[error("arrow error while {during}: {source}")]
     Arrow {
         during: &'static str,
         #[source]
-        source: arrow::error::ArrowError,
+        source: Box<arrow::error::ArrowError>,
     },
     /// A partial state could not be decoded from its binary form.
     #[error("partial state codec: {0}")]
@@ -59,7 +59,7 @@ pub enum Error {
     Delta {
         url: String,
         #[source]
-        source: deltalake::DeltaTableError,
+        source: Box<deltalake::DeltaTableError>,
     },
     /// A Rust record transform (e.g. Polars) failed.
     #[error("transform `{name}`: {message}")]
@@ -71,5 +71,8 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 pub(crate) fn arrow_err(during: &'static str) -> impl FnOnce(arrow::error::ArrowError) -> Error {
-    move |source| Error::Arrow { during, source }
+    move |source| Error::Arrow {
+        during,
+        source: Box::new(source),
+    }
 }

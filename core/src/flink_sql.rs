@@ -50,10 +50,11 @@ pub(crate) fn rewrite(job: &str, sql: &str, table: &str, event_time: &str) -> Re
         table,
         event_time,
     };
-    let mut statements = Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| Error::InvalidSql {
-        job: job.to_string(),
-        source: e.into(),
-    })?;
+    let mut statements =
+        Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| Error::InvalidSql {
+            job: job.to_string(),
+            source: Box::new(e.into()),
+        })?;
     if statements.len() != 1 {
         return Err(cx.refuse(
             format!("{} statements", statements.len()),
@@ -83,7 +84,10 @@ fn rewrite_query(cx: &Context, statement: &mut Statement) -> Result<Option<Group
         ));
     };
     if query.with.is_some() {
-        return Err(cx.refuse("WITH", "common table expressions are not supported in a job"));
+        return Err(cx.refuse(
+            "WITH",
+            "common table expressions are not supported in a job",
+        ));
     }
     if query.order_by.is_some() {
         return Err(cx.refuse(
@@ -110,7 +114,10 @@ fn rewrite_query(cx: &Context, statement: &mut Statement) -> Result<Option<Group
         ));
     }
     if select.qualify.is_some() || !select.named_window.is_empty() {
-        return Err(cx.refuse("QUALIFY/WINDOW", "OVER windows are not supported; use group windows (TUMBLE, HOP, SESSION)"));
+        return Err(cx.refuse(
+            "QUALIFY/WINDOW",
+            "OVER windows are not supported; use group windows (TUMBLE, HOP, SESSION)",
+        ));
     }
     check_from(cx, &select.from)?;
     let GroupByExpr::Expressions(group_by, modifiers) = &mut select.group_by else {
@@ -125,7 +132,10 @@ fn rewrite_query(cx: &Context, statement: &mut Statement) -> Result<Option<Group
     let mut window = None;
     let mut kept = Vec::with_capacity(group_by.len() + 2);
     for expr in group_by.drain(..) {
-        if matches!(expr, Expr::Rollup(_) | Expr::Cube(_) | Expr::GroupingSets(_)) {
+        if matches!(
+            expr,
+            Expr::Rollup(_) | Expr::Cube(_) | Expr::GroupingSets(_)
+        ) {
             return Err(cx.refuse(
                 "ROLLUP/CUBE/GROUPING SETS",
                 "each result row must have one grouping key so partial states merge exactly",
@@ -150,17 +160,27 @@ fn rewrite_query(cx: &Context, statement: &mut Statement) -> Result<Option<Group
     Ok(window)
 }
 
-fn check_from(cx: &Context, from: &[datafusion::sql::sqlparser::ast::TableWithJoins]) -> Result<()> {
+fn check_from(
+    cx: &Context,
+    from: &[datafusion::sql::sqlparser::ast::TableWithJoins],
+) -> Result<()> {
     let expected = || format!("a job reads exactly one source table, `{}`", cx.table);
     let [table] = from else {
         return Err(cx.refuse(format!("FROM with {} tables", from.len()), expected()));
     };
     if !table.joins.is_empty() {
-        return Err(cx.refuse("JOIN", "joins are not supported yet; a job reads one source table"));
+        return Err(cx.refuse(
+            "JOIN",
+            "joins are not supported yet; a job reads one source table",
+        ));
     }
     match &table.relation {
         TableFactor::Table { name, .. } => {
-            let last = name.0.last().and_then(|p| p.as_ident()).map(|i| i.value.as_str());
+            let last = name
+                .0
+                .last()
+                .and_then(|p| p.as_ident())
+                .map(|i| i.value.as_str());
             if last.is_some_and(|n| n.eq_ignore_ascii_case(cx.table)) {
                 Ok(())
             } else {
@@ -191,11 +211,16 @@ fn unnamed_args(f: &Function) -> Option<Vec<&Expr>> {
 }
 
 fn args_text(args: &[&Expr]) -> String {
-    args.iter().map(|e| e.to_string().to_ascii_lowercase()).collect::<Vec<_>>().join(", ")
+    args.iter()
+        .map(|e| e.to_string().to_ascii_lowercase())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn parse_group_window(cx: &Context, expr: &Expr) -> Result<Option<GroupWindow>> {
-    let Expr::Function(f) = expr else { return Ok(None) };
+    let Expr::Function(f) = expr else {
+        return Ok(None);
+    };
     let name = function_name(f);
     let arity = match name.as_str() {
         "TUMBLE" | "SESSION" => 2,
@@ -207,9 +232,9 @@ fn parse_group_window(cx: &Context, expr: &Expr) -> Result<Option<GroupWindow>> 
         "SESSION" => "SESSION(<event time>, INTERVAL '<gap>' <unit>)",
         _ => "HOP(<event time>, INTERVAL '<slide>' <unit>, INTERVAL '<size>' <unit>)",
     };
-    let args = unnamed_args(f).filter(|a| a.len() == arity).ok_or_else(|| {
-        cx.refuse(format!("{name}(...)"), format!("expected {usage}"))
-    })?;
+    let args = unnamed_args(f)
+        .filter(|a| a.len() == arity)
+        .ok_or_else(|| cx.refuse(format!("{name}(...)"), format!("expected {usage}")))?;
     let time = match args[0] {
         Expr::Identifier(id) => id.value.clone(),
         Expr::CompoundIdentifier(ids) => ids.last().map(|i| i.value.clone()).unwrap_or_default(),
@@ -218,7 +243,10 @@ fn parse_group_window(cx: &Context, expr: &Expr) -> Result<Option<GroupWindow>> 
     if !time.eq_ignore_ascii_case(cx.event_time) {
         return Err(cx.refuse(
             format!("{name} over `{time}`"),
-            format!("group windows are over the job's event time column `{}`", cx.event_time),
+            format!(
+                "group windows are over the job's event time column `{}`",
+                cx.event_time
+            ),
         ));
     }
     let mut sizes = Vec::with_capacity(arity - 1);
@@ -226,7 +254,9 @@ fn parse_group_window(cx: &Context, expr: &Expr) -> Result<Option<GroupWindow>> 
         let micros = interval_micros(arg).ok_or_else(|| {
             cx.refuse(
                 format!("window interval {arg}"),
-                format!("expected a positive fixed interval such as INTERVAL '1' MINUTE, in {usage}"),
+                format!(
+                    "expected a positive fixed interval such as INTERVAL '1' MINUTE, in {usage}"
+                ),
             )
         })?;
         sizes.push(micros);
@@ -323,7 +353,10 @@ fn replace_window_functions(
         });
         if !matches_group {
             failure = Some(cx.refuse(
-                format!("{name}({})", unnamed_args(f).map(|a| args_text(&a)).unwrap_or_default()),
+                format!(
+                    "{name}({})",
+                    unnamed_args(f).map(|a| args_text(&a)).unwrap_or_default()
+                ),
                 match window {
                     Some(w) => format!(
                         "it must repeat the GROUP BY window exactly: {}_{}({})",
@@ -343,7 +376,10 @@ fn replace_window_functions(
 }
 
 fn first_word(sql: &str) -> String {
-    sql.split_whitespace().next().unwrap_or("").to_ascii_uppercase()
+    sql.split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_ascii_uppercase()
 }
 
 #[cfg(test)]
@@ -356,19 +392,30 @@ mod tests {
 
     #[test]
     fn tumble_becomes_window_columns() {
-        let out = rw("SELECT TUMBLE_START(ts, INTERVAL '1' MINUTE) AS ws, COUNT(*) FROM orders \
-                      WHERE x = 1 GROUP BY TUMBLE(ts, INTERVAL '1' MINUTE)")
+        let out = rw(
+            "SELECT TUMBLE_START(ts, INTERVAL '1' MINUTE) AS ws, COUNT(*) FROM orders \
+                      WHERE x = 1 GROUP BY TUMBLE(ts, INTERVAL '1' MINUTE)",
+        )
         .unwrap();
         assert_eq!(out.window, Some(WindowKind::Tumble { size: 60_000_000 }));
         let sql = out.statement.to_string();
         assert!(sql.contains("__window_start AS ws"), "{sql}");
-        assert!(sql.contains("GROUP BY __window_start, __window_end"), "{sql}");
+        assert!(
+            sql.contains("GROUP BY __window_start, __window_end"),
+            "{sql}"
+        );
     }
 
     #[test]
     fn hop_and_session_parse_both_interval_forms() {
         let out = rw("SELECT k, COUNT(*) FROM orders GROUP BY k, HOP(ts, INTERVAL '30 seconds', INTERVAL '2' MINUTE)").unwrap();
-        assert_eq!(out.window, Some(WindowKind::Hop { slide: 30_000_000, size: 120_000_000 }));
+        assert_eq!(
+            out.window,
+            Some(WindowKind::Hop {
+                slide: 30_000_000,
+                size: 120_000_000
+            })
+        );
         let out = rw("SELECT SESSION_END(ts, INTERVAL '10' SECOND), COUNT(*) FROM orders GROUP BY SESSION(ts, INTERVAL '10' SECOND)").unwrap();
         assert_eq!(out.window, Some(WindowKind::Session { gap: 10_000_000 }));
     }
@@ -380,12 +427,30 @@ mod tests {
             ("SELECT k FROM orders LIMIT 3", "LIMIT"),
             ("SELECT DISTINCT k FROM orders", "SELECT DISTINCT"),
             ("SELECT k FROM other", "FROM other"),
-            ("SELECT a.k FROM orders a JOIN orders b ON a.k = b.k", "JOIN"),
-            ("SELECT k FROM orders UNION SELECT k FROM orders", "set operations"),
-            ("SELECT COUNT(*) FROM orders GROUP BY TUMBLE(other, INTERVAL '1' MINUTE)", "TUMBLE over `other`"),
-            ("SELECT COUNT(*) FROM orders GROUP BY TUMBLE(ts, INTERVAL '1' MONTH)", "window interval"),
-            ("SELECT TUMBLE_START(ts, INTERVAL '2' MINUTE) FROM orders GROUP BY TUMBLE(ts, INTERVAL '1' MINUTE)", "TUMBLE_START"),
-            ("SELECT HOP_START(ts, INTERVAL '1' MINUTE) FROM orders", "no HOP(...) group window"),
+            (
+                "SELECT a.k FROM orders a JOIN orders b ON a.k = b.k",
+                "JOIN",
+            ),
+            (
+                "SELECT k FROM orders UNION SELECT k FROM orders",
+                "set operations",
+            ),
+            (
+                "SELECT COUNT(*) FROM orders GROUP BY TUMBLE(other, INTERVAL '1' MINUTE)",
+                "TUMBLE over `other`",
+            ),
+            (
+                "SELECT COUNT(*) FROM orders GROUP BY TUMBLE(ts, INTERVAL '1' MONTH)",
+                "window interval",
+            ),
+            (
+                "SELECT TUMBLE_START(ts, INTERVAL '2' MINUTE) FROM orders GROUP BY TUMBLE(ts, INTERVAL '1' MINUTE)",
+                "TUMBLE_START",
+            ),
+            (
+                "SELECT HOP_START(ts, INTERVAL '1' MINUTE) FROM orders",
+                "no HOP(...) group window",
+            ),
             ("DELETE FROM orders", "DELETE"),
         ];
         for (sql, expected) in cases {

@@ -38,7 +38,12 @@ pub const CUTOFF_KEY: &str = "sluice.cutoff_us";
 
 /// The raw table's schema for `job`.
 pub fn raw_schema(job: &Job) -> SchemaRef {
-    let mut fields: Vec<Field> = job.source_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut fields: Vec<Field> = job
+        .source_schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
     fields.push(Field::new(SOURCE_PARTITION_COLUMN, DataType::Int32, true));
     fields.push(Field::new(SOURCE_OFFSET_COLUMN, DataType::Int64, true));
     Arc::new(Schema::new(fields))
@@ -53,7 +58,13 @@ pub fn view_schema(plan: &JobPlan) -> SchemaRef {
         .map(|f| f.as_ref().clone().with_nullable(true))
         .collect();
     match plan.aggregate() {
-        Some(stage) => fields.extend(stage.partial_schema().fields().iter().map(|f| f.as_ref().clone())),
+        Some(stage) => fields.extend(
+            stage
+                .partial_schema()
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone()),
+        ),
         None => fields.push(Field::new(BUCKET_COLUMN, timestamp_type(), false)),
     }
     Arc::new(Schema::new(fields))
@@ -75,7 +86,7 @@ impl TableLocation {
     fn delta(&self) -> impl FnOnce(DeltaTableError) -> Error + '_ {
         move |source| Error::Delta {
             url: self.location.clone(),
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -138,7 +149,9 @@ impl TableLocation {
             let predicate = col(BUCKET_COLUMN)
                 .gt_eq(lit(micros(from)))
                 .and(col(BUCKET_COLUMN).lt(lit(micros(to))));
-            builder.with_save_mode(SaveMode::Overwrite).with_replace_where(predicate)
+            builder
+                .with_save_mode(SaveMode::Overwrite)
+                .with_replace_where(predicate)
         } else {
             builder.with_save_mode(SaveMode::Append)
         };
@@ -175,20 +188,27 @@ impl TableLocation {
 
     /// The batch view's cutoff (µs since the epoch), if a backfill has set one.
     pub async fn cutoff(&self) -> Result<Option<i64>> {
-        Ok(self.latest_commit_value(CUTOFF_KEY).await?.and_then(|v| v.as_i64()))
+        Ok(self
+            .latest_commit_value(CUTOFF_KEY)
+            .await?
+            .and_then(|v| v.as_i64()))
     }
 
     /// A DataFusion session with this table registered as `name` (strings as plain Utf8).
     pub async fn session(&self, name: &str) -> Result<SessionContext> {
         let table = self.open_existing().await?;
-        let config = SessionConfig::new().set_bool("datafusion.execution.parquet.schema_force_view_types", false);
+        let config = SessionConfig::new().set_bool(
+            "datafusion.execution.parquet.schema_force_view_types",
+            false,
+        );
         let ctx = SessionContext::new_with_config(config);
         let provider = table
             .table_provider()
             .with_session(Arc::new(ctx.state()))
             .await
             .map_err(|source| self.datafusion_error(source))?;
-        ctx.register_table(name, provider).map_err(|source| self.datafusion_error(source))?;
+        ctx.register_table(name, provider)
+            .map_err(|source| self.datafusion_error(source))?;
         Ok(ctx)
     }
 
@@ -204,14 +224,26 @@ impl TableLocation {
         let mut frame = ctx.table("t").await.map_err(|e| self.datafusion_error(e))?;
         let time = || Expr::Column(Column::from_name(time_column));
         if let Some(from) = from {
-            frame = frame.filter(time().gt_eq(lit(micros(from)))).map_err(|e| self.datafusion_error(e))?;
+            frame = frame
+                .filter(time().gt_eq(lit(micros(from))))
+                .map_err(|e| self.datafusion_error(e))?;
         }
         if let Some(to) = to {
-            frame = frame.filter(time().lt(lit(micros(to)))).map_err(|e| self.datafusion_error(e))?;
+            frame = frame
+                .filter(time().lt(lit(micros(to))))
+                .map_err(|e| self.datafusion_error(e))?;
         }
-        let selected: Vec<Expr> = columns.iter().map(|c| Expr::Column(Column::from_name(c))).collect();
-        frame = frame.select(selected).map_err(|e| self.datafusion_error(e))?;
-        frame.execute_stream().await.map_err(|e| self.datafusion_error(e))
+        let selected: Vec<Expr> = columns
+            .iter()
+            .map(|c| Expr::Column(Column::from_name(c)))
+            .collect();
+        frame = frame
+            .select(selected)
+            .map_err(|e| self.datafusion_error(e))?;
+        frame
+            .execute_stream()
+            .await
+            .map_err(|e| self.datafusion_error(e))
     }
 
     /// Reads every row of the table.
@@ -226,12 +258,23 @@ impl TableLocation {
         let Some(stage) = plan.aggregate() else {
             return Err(Error::Table {
                 url: self.location.clone(),
-                message: format!("job `{}` is stateless: its view has no partial states", plan.job()),
+                message: format!(
+                    "job `{}` is stateless: its view has no partial states",
+                    plan.job()
+                ),
             });
         };
-        let columns: Vec<String> = stage.partial_schema().fields().iter().map(|f| f.name().clone()).collect();
+        let columns: Vec<String> = stage
+            .partial_schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
         let stream = self.scan(&columns, BUCKET_COLUMN, None, None).await?;
-        let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(|e| self.datafusion_error(e))?;
+        let batches: Vec<RecordBatch> = stream
+            .try_collect()
+            .await
+            .map_err(|e| self.datafusion_error(e))?;
         batches
             .into_iter()
             .map(|b| {
@@ -242,9 +285,13 @@ impl TableLocation {
                     .zip(stage.partial_schema().fields())
                     .map(|(c, f)| crate::aggregate::conform(c.clone(), f))
                     .collect::<Result<Vec<_>>>()?;
-                RecordBatch::try_new(stage.partial_schema().clone(), columns).map_err(|e| Error::Table {
-                    url: self.location.clone(),
-                    message: format!("view table does not have the job's partial-state layout: {e}"),
+                RecordBatch::try_new(stage.partial_schema().clone(), columns).map_err(|e| {
+                    Error::Table {
+                        url: self.location.clone(),
+                        message: format!(
+                            "view table does not have the job's partial-state layout: {e}"
+                        ),
+                    }
                 })
             })
             .collect()

@@ -10,6 +10,7 @@ pub mod aggregate;
 pub mod decode;
 pub mod duration;
 pub mod error;
+mod flat_json;
 mod flink_sql;
 pub mod lake;
 pub mod plan;

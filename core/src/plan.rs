@@ -77,7 +77,10 @@ impl JobPlan {
         if input_schema.field(event_time_index).data_type() != &timestamp_type() {
             return Err(refuse(
                 job,
-                format!("event time `{event_time}` of type {}", input_schema.field(event_time_index).data_type()),
+                format!(
+                    "event time `{event_time}` of type {}",
+                    input_schema.field(event_time_index).data_type()
+                ),
                 "the event time must stay a UTC timestamp",
             ));
         }
@@ -154,15 +157,21 @@ impl JobPlan {
         else {
             return Err(self.execution(
                 "projecting",
-                datafusion::error::DataFusionError::Internal("project() on an aggregate job".to_string()),
+                datafusion::error::DataFusionError::Internal(
+                    "project() on an aggregate job".to_string(),
+                ),
             ));
         };
         let columns = projection
             .iter()
-            .map(|e| e.evaluate(filtered).and_then(|v| v.into_array(filtered.num_rows())))
+            .map(|e| {
+                e.evaluate(filtered)
+                    .and_then(|v| v.into_array(filtered.num_rows()))
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|source| self.execution("evaluating SELECT", source))?;
-        RecordBatch::try_new(output_schema.clone(), columns).map_err(arrow_err("building SELECT output"))
+        RecordBatch::try_new(output_schema.clone(), columns)
+            .map_err(arrow_err("building SELECT output"))
     }
 
     /// Stage 1 then stage 2's update: the partial states of `batch` (aggregate jobs only).
@@ -172,14 +181,24 @@ impl JobPlan {
             Some(stage) => stage.partial(&filtered),
             None => Err(self.execution(
                 "computing partial states",
-                datafusion::error::DataFusionError::Internal("partial() on a stateless job".to_string()),
+                datafusion::error::DataFusionError::Internal(
+                    "partial() on a stateless job".to_string(),
+                ),
             )),
         }
     }
 
     fn check_input(&self, batch: &RecordBatch) -> Result<()> {
-        let expected = self.input_schema.fields().iter().map(|f| (f.name(), f.data_type()));
-        let actual = batch.schema_ref().fields().iter().map(|f| (f.name(), f.data_type()));
+        let expected = self
+            .input_schema
+            .fields()
+            .iter()
+            .map(|f| (f.name(), f.data_type()));
+        let actual = batch
+            .schema_ref()
+            .fields()
+            .iter()
+            .map(|f| (f.name(), f.data_type()));
         if expected.eq(actual) {
             return Ok(());
         }
@@ -197,7 +216,7 @@ impl JobPlan {
         Error::Execution {
             job: self.job.clone(),
             during,
-            source,
+            source: Box::new(source),
         }
     }
 }
@@ -214,7 +233,7 @@ impl Compilation<'_> {
     fn invalid_sql(&self, source: datafusion::error::DataFusionError) -> Error {
         Error::InvalidSql {
             job: self.job.name().to_string(),
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -231,7 +250,12 @@ impl Compilation<'_> {
             &job.table_name(),
             &job.spec.source.event_time,
         )?;
-        let mut fields: Vec<Field> = self.input_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        let mut fields: Vec<Field> = self
+            .input_schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
         if rewritten.window.is_some() {
             fields.push(Field::new(WINDOW_START, timestamp_type(), false));
             fields.push(Field::new(WINDOW_END, timestamp_type(), false));
@@ -243,7 +267,8 @@ impl Compilation<'_> {
         udf::register(&self.ctx);
         let state = self.ctx.state();
         let statement = DFStatement::Statement(Box::new(rewritten.statement));
-        let plan = futures::executor::block_on(state.statement_to_plan(statement)).map_err(|e| self.invalid_sql(e))?;
+        let plan = futures::executor::block_on(state.statement_to_plan(statement))
+            .map_err(|e| self.invalid_sql(e))?;
         let plan = state
             .analyzer()
             .execute_and_check(plan, state.config_options(), |_, _| {})
@@ -252,11 +277,20 @@ impl Compilation<'_> {
     }
 
     fn physical(&self, expr: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
-        create_physical_expr(expr, schema, self.ctx.state().execution_props(), &PhysicalPlanningContext::default())
-            .map_err(|e| self.invalid_sql(e))
+        create_physical_expr(
+            expr,
+            schema,
+            self.ctx.state().execution_props(),
+            &PhysicalPlanningContext::default(),
+        )
+        .map_err(|e| self.invalid_sql(e))
     }
 
-    fn lower(&self, plan: &LogicalPlan, window: Option<crate::window::WindowKind>) -> Result<JobPlan> {
+    fn lower(
+        &self,
+        plan: &LogicalPlan,
+        window: Option<crate::window::WindowKind>,
+    ) -> Result<JobPlan> {
         let LogicalPlan::Projection(projection) = plan else {
             return Err(self.refuse(plan_name(plan), "expected SELECT ... FROM the source"));
         };
@@ -279,8 +313,15 @@ impl Compilation<'_> {
             LogicalPlan::Aggregate(aggregate) => {
                 let filter = self.lower_where(&aggregate.input)?;
                 let key_count = aggregate.group_expr.len() - if window.is_some() { 2 } else { 0 };
-                let key_columns = key_output_columns(aggregate, &projection.expr, &output_schema, key_count);
-                let stage = self.lower_aggregate(aggregate, having, &projection.expr, output_schema, window)?;
+                let key_columns =
+                    key_output_columns(aggregate, &projection.expr, &output_schema, key_count);
+                let stage = self.lower_aggregate(
+                    aggregate,
+                    having,
+                    &projection.expr,
+                    output_schema,
+                    window,
+                )?;
                 self.check_view_key(&stage, &key_columns)?;
                 Ok(self.job_plan(filter, PlanKind::Aggregate(Box::new(stage))))
             }
@@ -298,7 +339,13 @@ impl Compilation<'_> {
                     .iter()
                     .map(|e| self.physical(e, schema))
                     .collect::<Result<Vec<_>>>()?;
-                Ok(self.job_plan(filter, PlanKind::Stateless { projection, output_schema }))
+                Ok(self.job_plan(
+                    filter,
+                    PlanKind::Stateless {
+                        projection,
+                        output_schema,
+                    },
+                ))
             }
         }
     }
@@ -328,7 +375,11 @@ impl Compilation<'_> {
     }
 
     fn forbid_window_columns(&self, expr: &Expr, clause: &str) -> Result<()> {
-        let refs: HashSet<_> = expr.column_refs().into_iter().map(|c| c.name.clone()).collect();
+        let refs: HashSet<_> = expr
+            .column_refs()
+            .into_iter()
+            .map(|c| c.name.clone())
+            .collect();
         if refs.contains(WINDOW_START) || refs.contains(WINDOW_END) {
             return Err(self.refuse(
                 format!("window bounds in {clause}"),
@@ -350,15 +401,21 @@ impl Compilation<'_> {
             return Err(Error::InvalidField {
                 file: self.job.file.clone(),
                 field: "view.bucket".to_string(),
-                expected: format!("at least the {} window size ({}s)", w.sql_name(), w.size() / 1_000_000),
+                expected: format!(
+                    "at least the {} window size ({}s)",
+                    w.sql_name(),
+                    w.size() / 1_000_000
+                ),
                 got: format!("{}s", self.job.bucket_micros() / 1_000_000),
             });
         }
         let input_schema: &DFSchemaRef = aggregate.input.schema();
         let window_columns = if window.is_some() { 2 } else { 0 };
-        let key_count = aggregate.group_expr.len().checked_sub(window_columns).ok_or_else(|| {
-            self.refuse("GROUP BY", "the group window must stay in GROUP BY")
-        })?;
+        let key_count = aggregate
+            .group_expr
+            .len()
+            .checked_sub(window_columns)
+            .ok_or_else(|| self.refuse("GROUP BY", "the group window must stay in GROUP BY"))?;
         let mut keys = Vec::with_capacity(key_count);
         for expr in &aggregate.group_expr[..key_count] {
             self.forbid_window_columns(expr, "GROUP BY keys")?;
@@ -369,7 +426,9 @@ impl Compilation<'_> {
             .iter()
             .map(|e| self.lower_aggregate_fn(e, input_schema))
             .collect::<Result<Vec<_>>>()?;
-        let having = having.map(|h| self.physical(h, &aggregate.schema)).transpose()?;
+        let having = having
+            .map(|h| self.physical(h, &aggregate.schema))
+            .transpose()?;
         let projection = projection
             .iter()
             .map(|e| self.physical(e, &aggregate.schema))
@@ -377,7 +436,10 @@ impl Compilation<'_> {
         AggregateStage::new(crate::aggregate::StageParts {
             job: self.job.name().to_string(),
             input_schema: self.input_schema.clone(),
-            event_time_index: self.input_schema.index_of(&self.job.spec.source.event_time).unwrap_or(0),
+            event_time_index: self
+                .input_schema
+                .index_of(&self.job.spec.source.event_time)
+                .unwrap_or(0),
             keys,
             window,
             bucket: self.job.bucket_micros(),
@@ -389,9 +451,16 @@ impl Compilation<'_> {
         })
     }
 
-    fn lower_aggregate_fn(&self, expr: &Expr, input_schema: &DFSchema) -> Result<LoweredAggregateFn> {
+    fn lower_aggregate_fn(
+        &self,
+        expr: &Expr,
+        input_schema: &DFSchema,
+    ) -> Result<LoweredAggregateFn> {
         let Expr::AggregateFunction(function) = expr.clone().unalias() else {
-            return Err(self.refuse(format!("aggregate `{expr}`"), "expected an aggregate function call"));
+            return Err(self.refuse(
+                format!("aggregate `{expr}`"),
+                "expected an aggregate function call",
+            ));
         };
         let name = function.func.name().to_ascii_lowercase();
         let params = &function.params;
@@ -407,11 +476,17 @@ impl Compilation<'_> {
         if params.distinct && !DISTINCT_AGGREGATES.contains(&name.as_str()) {
             return Err(self.refuse(
                 format!("{name}(DISTINCT ...)"),
-                format!("DISTINCT is supported for {}", DISTINCT_AGGREGATES.join(", ")),
+                format!(
+                    "DISTINCT is supported for {}",
+                    DISTINCT_AGGREGATES.join(", ")
+                ),
             ));
         }
         if !params.order_by.is_empty() {
-            return Err(self.refuse(format!("{name}(... ORDER BY ...)"), "ordered aggregates depend on arrival order"));
+            return Err(self.refuse(
+                format!("{name}(... ORDER BY ...)"),
+                "ordered aggregates depend on arrival order",
+            ));
         }
         for arg in &params.args {
             self.forbid_window_columns(arg, "aggregate arguments")?;
@@ -434,11 +509,18 @@ impl Compilation<'_> {
 
     /// `view.key` must name exactly the output columns that hold the GROUP BY keys, and every
     /// key must be in the output (otherwise two view rows could not be told apart).
-    fn check_view_key(&self, stage: &AggregateStage, key_columns: &[(usize, String)]) -> Result<()> {
+    fn check_view_key(
+        &self,
+        stage: &AggregateStage,
+        key_columns: &[(usize, String)],
+    ) -> Result<()> {
         let declared: HashSet<&str> = self.job.spec.view.key.iter().map(String::as_str).collect();
         let outputs: HashSet<&str> = key_columns.iter().map(|(_, name)| name.as_str()).collect();
         let covered: HashSet<usize> = key_columns.iter().map(|(key, _)| *key).collect();
-        if declared == outputs && covered.len() == stage.key_count() && declared.len() == self.job.spec.view.key.len() {
+        if declared == outputs
+            && covered.len() == stage.key_count()
+            && declared.len() == self.job.spec.view.key.len()
+        {
             return Ok(());
         }
         let mut names: Vec<&str> = outputs.into_iter().collect();
@@ -447,9 +529,15 @@ impl Compilation<'_> {
             file: self.job.file.clone(),
             field: "view.key".to_string(),
             expected: if covered.len() == stage.key_count() {
-                format!("the output columns holding the {} GROUP BY key(s): {names:?}", stage.key_count())
+                format!(
+                    "the output columns holding the {} GROUP BY key(s): {names:?}",
+                    stage.key_count()
+                )
             } else {
-                format!("every one of the {} GROUP BY keys selected as an output column", stage.key_count())
+                format!(
+                    "every one of the {} GROUP BY keys selected as an output column",
+                    stage.key_count()
+                )
             },
             got: format!("{:?}", self.job.spec.view.key),
         })
@@ -457,7 +545,12 @@ impl Compilation<'_> {
 }
 
 /// Output columns that are plain references to a GROUP BY key: (key index, output name).
-fn key_output_columns(aggregate: &Aggregate, projection: &[Expr], output: &Schema, key_count: usize) -> Vec<(usize, String)> {
+fn key_output_columns(
+    aggregate: &Aggregate,
+    projection: &[Expr],
+    output: &Schema,
+    key_count: usize,
+) -> Vec<(usize, String)> {
     projection
         .iter()
         .enumerate()
@@ -477,7 +570,9 @@ fn key_output_columns(aggregate: &Aggregate, projection: &[Expr], output: &Schem
 fn source_schema(plan: &LogicalPlan) -> Option<&DFSchema> {
     match plan {
         LogicalPlan::TableScan(scan) => Some(scan.projected_schema.as_ref()),
-        LogicalPlan::SubqueryAlias(alias) if source_schema(&alias.input).is_some() => Some(alias.schema.as_ref()),
+        LogicalPlan::SubqueryAlias(alias) if source_schema(&alias.input).is_some() => {
+            Some(alias.schema.as_ref())
+        }
         _ => None,
     }
 }

@@ -17,7 +17,9 @@ pub fn to_json_lines(batches: &[RecordBatch]) -> Result<Vec<u8>> {
             .with_explicit_nulls(true)
             .build::<_, LineDelimited>(&mut out);
         for batch in batches {
-            writer.write(batch).map_err(arrow_err("writing JSON rows"))?;
+            writer
+                .write(batch)
+                .map_err(arrow_err("writing JSON rows"))?;
         }
         writer.finish().map_err(arrow_err("writing JSON rows"))?;
     }
@@ -49,5 +51,9 @@ pub fn sorted(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch
 
 fn sortable(data_type: &arrow::datatypes::DataType) -> bool {
     use arrow::datatypes::DataType::*;
-    data_type.is_primitive() || matches!(data_type, Boolean | Utf8 | LargeUtf8 | Utf8View | Binary | LargeBinary | BinaryView)
+    data_type.is_primitive()
+        || matches!(
+            data_type,
+            Boolean | Utf8 | LargeUtf8 | Utf8View | Binary | LargeBinary | BinaryView
+        )
 }

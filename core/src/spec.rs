@@ -407,9 +407,12 @@ sql = "SELECT x FROM orders_events"
 
     #[test]
     fn bad_duration_is_explained() {
-        let err = parse(&GOOD.replace("event_time = \"ts\"", "event_time = \"ts\"\nwatermark_delay = \"5 parsecs\""))
-            .unwrap_err()
-            .to_string();
+        let err = parse(&GOOD.replace(
+            "event_time = \"ts\"",
+            "event_time = \"ts\"\nwatermark_delay = \"5 parsecs\"",
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("invalid duration `5 parsecs`"), "{err}");
     }
 

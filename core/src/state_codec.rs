@@ -53,9 +53,12 @@ impl StateCodec {
 
     /// Decodes encoded rows back into one column per state field.
     pub fn decode_rows<B: AsRef<[u8]>>(&self, rows: &[B]) -> Result<Vec<ArrayRef>> {
-        let mut per_field: Vec<Vec<ScalarValue>> = vec![Vec::with_capacity(rows.len()); self.fields.len()];
+        let mut per_field: Vec<Vec<ScalarValue>> =
+            vec![Vec::with_capacity(rows.len()); self.fields.len()];
         for row in rows {
-            let mut reader = Reader { bytes: row.as_ref() };
+            let mut reader = Reader {
+                bytes: row.as_ref(),
+            };
             let version = reader.take(1)?[0];
             if version != VERSION {
                 return Err(Error::StateCodec(format!(
@@ -79,8 +82,9 @@ impl StateCodec {
                 if values.is_empty() {
                     return Ok(arrow::array::new_empty_array(field.data_type()));
                 }
-                ScalarValue::iter_to_array(values)
-                    .map_err(|e| Error::StateCodec(format!("building state column `{}`: {e}", field.name())))
+                ScalarValue::iter_to_array(values).map_err(|e| {
+                    Error::StateCodec(format!("building state column `{}`: {e}", field.name()))
+                })
             })
             .collect()
     }
@@ -96,7 +100,9 @@ fn encode_value(value: &ScalarValue, out: &mut Vec<u8>) -> Result<()> {
         ScalarValue::Boolean(Some(v)) => out.push(*v as u8),
         ScalarValue::Int8(Some(v)) => out.extend_from_slice(&v.to_le_bytes()),
         ScalarValue::Int16(Some(v)) => out.extend_from_slice(&v.to_le_bytes()),
-        ScalarValue::Int32(Some(v)) | ScalarValue::Date32(Some(v)) => out.extend_from_slice(&v.to_le_bytes()),
+        ScalarValue::Int32(Some(v)) | ScalarValue::Date32(Some(v)) => {
+            out.extend_from_slice(&v.to_le_bytes())
+        }
         ScalarValue::Int64(Some(v))
         | ScalarValue::Date64(Some(v))
         | ScalarValue::TimestampSecond(Some(v), _)
@@ -110,12 +116,12 @@ fn encode_value(value: &ScalarValue, out: &mut Vec<u8>) -> Result<()> {
         ScalarValue::Float32(Some(v)) => out.extend_from_slice(&v.to_bits().to_le_bytes()),
         ScalarValue::Float64(Some(v)) => out.extend_from_slice(&v.to_bits().to_le_bytes()),
         ScalarValue::Decimal128(Some(v), _, _) => out.extend_from_slice(&v.to_le_bytes()),
-        ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => {
-            encode_bytes(s.as_bytes(), out)
-        }
-        ScalarValue::Binary(Some(b)) | ScalarValue::LargeBinary(Some(b)) | ScalarValue::BinaryView(Some(b)) => {
-            encode_bytes(b, out)
-        }
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::LargeUtf8(Some(s))
+        | ScalarValue::Utf8View(Some(s)) => encode_bytes(s.as_bytes(), out),
+        ScalarValue::Binary(Some(b))
+        | ScalarValue::LargeBinary(Some(b))
+        | ScalarValue::BinaryView(Some(b)) => encode_bytes(b, out),
         ScalarValue::List(list) => encode_list(list.value(0), out)?,
         ScalarValue::LargeList(list) => encode_list(list.value(0), out)?,
         other => {
@@ -172,7 +178,10 @@ impl<'a> Reader<'a> {
 
     fn value(&mut self, data_type: &DataType) -> Result<ScalarValue> {
         match self.take(1)?[0] {
-            0 => return ScalarValue::try_from(data_type).map_err(|e| Error::StateCodec(e.to_string())),
+            0 => {
+                return ScalarValue::try_from(data_type)
+                    .map_err(|e| Error::StateCodec(e.to_string()));
+            }
             1 => {}
             flag => return Err(Error::StateCodec(format!("bad null flag {flag}"))),
         }
@@ -186,11 +195,17 @@ impl<'a> Reader<'a> {
             DataType::UInt16 => ScalarValue::UInt16(Some(u16::from_le_bytes(self.array()?))),
             DataType::UInt32 => ScalarValue::UInt32(Some(u32::from_le_bytes(self.array()?))),
             DataType::UInt64 => ScalarValue::UInt64(Some(u64::from_le_bytes(self.array()?))),
-            DataType::Float32 => ScalarValue::Float32(Some(f32::from_bits(u32::from_le_bytes(self.array()?)))),
-            DataType::Float64 => ScalarValue::Float64(Some(f64::from_bits(u64::from_le_bytes(self.array()?)))),
+            DataType::Float32 => {
+                ScalarValue::Float32(Some(f32::from_bits(u32::from_le_bytes(self.array()?))))
+            }
+            DataType::Float64 => {
+                ScalarValue::Float64(Some(f64::from_bits(u64::from_le_bytes(self.array()?))))
+            }
             DataType::Date32 => ScalarValue::Date32(Some(i32::from_le_bytes(self.array()?))),
             DataType::Date64 => ScalarValue::Date64(Some(i64::from_le_bytes(self.array()?))),
-            DataType::Decimal128(p, s) => ScalarValue::Decimal128(Some(i128::from_le_bytes(self.array()?)), *p, *s),
+            DataType::Decimal128(p, s) => {
+                ScalarValue::Decimal128(Some(i128::from_le_bytes(self.array()?)), *p, *s)
+            }
             DataType::Timestamp(unit, tz) => {
                 let v = Some(i64::from_le_bytes(self.array()?));
                 let tz = tz.clone();
@@ -232,7 +247,10 @@ impl<'a> Reader<'a> {
                         element.data_type(),
                         element.is_nullable(),
                     )),
-                    _ => ScalarValue::LargeList(ScalarValue::new_large_list(&values, element.data_type())),
+                    _ => ScalarValue::LargeList(ScalarValue::new_large_list(
+                        &values,
+                        element.data_type(),
+                    )),
                 }
             }
             other => {

@@ -36,7 +36,8 @@ pub struct TransformRegistry {
 
 impl TransformRegistry {
     pub fn register(&mut self, transform: Arc<dyn BatchTransform>) {
-        self.transforms.insert(transform.name().to_string(), transform);
+        self.transforms
+            .insert(transform.name().to_string(), transform);
     }
 
     /// The transform `job` names, if any; an unknown name is an error listing the known ones.
@@ -44,18 +45,26 @@ impl TransformRegistry {
         let Some(name) = &job.spec.transform.polars else {
             return Ok(None);
         };
-        self.transforms.get(name).cloned().map(Some).ok_or_else(|| Error::InvalidField {
-            file: job.file.clone(),
-            field: "transform.polars".to_string(),
-            expected: format!(
-                "the name of a transform registered in this sluice binary ({})",
-                if self.transforms.is_empty() {
-                    "none are registered".to_string()
-                } else {
-                    self.transforms.keys().cloned().collect::<Vec<_>>().join(", ")
-                }
-            ),
-            got: format!("`{name}`"),
-        })
+        self.transforms
+            .get(name)
+            .cloned()
+            .map(Some)
+            .ok_or_else(|| Error::InvalidField {
+                file: job.file.clone(),
+                field: "transform.polars".to_string(),
+                expected: format!(
+                    "the name of a transform registered in this sluice binary ({})",
+                    if self.transforms.is_empty() {
+                        "none are registered".to_string()
+                    } else {
+                        self.transforms
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                ),
+                got: format!("`{name}`"),
+            })
     }
 }

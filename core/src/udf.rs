@@ -5,7 +5,9 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, AsArray, StringArray};
 use arrow::datatypes::DataType;
 use datafusion::common::Result;
-use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
 use datafusion::prelude::SessionContext;
 
 /// Registers Sluice's UDFs on a DataFusion session.
@@ -53,7 +55,11 @@ impl ScalarUDFImpl for MaskEmail {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let input: ArrayRef = args.args[0].clone().into_array(args.number_rows)?;
-        let masked: StringArray = input.as_string::<i32>().iter().map(|v| v.map(mask_email)).collect();
+        let masked: StringArray = input
+            .as_string::<i32>()
+            .iter()
+            .map(|v| v.map(mask_email))
+            .collect();
         Ok(ColumnarValue::Array(Arc::new(masked)))
     }
 }

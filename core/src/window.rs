@@ -82,7 +82,11 @@ impl WindowKind {
 
 /// Merges touching or overlapping intervals that share a group (`groups[i]` orders and
 /// identifies the group of interval `i`) and returns each interval's merged bounds.
-pub fn coalesce_sessions<G: Ord>(groups: &[G], starts: &[i64], ends: &[i64]) -> (Vec<i64>, Vec<i64>) {
+pub fn coalesce_sessions<G: Ord>(
+    groups: &[G],
+    starts: &[i64],
+    ends: &[i64],
+) -> (Vec<i64>, Vec<i64>) {
     let mut order: Vec<usize> = (0..starts.len()).collect();
     order.sort_unstable_by(|&a, &b| groups[a].cmp(&groups[b]).then(starts[a].cmp(&starts[b])));
     let mut merged_start = vec![0; starts.len()];

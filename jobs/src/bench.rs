@@ -11,7 +11,13 @@ pub const ORDERS_PER_MINUTE: &str = include_str!("../examples/orders_per_minute.
 pub fn synthetic_orders(count: usize, seed: u64) -> Vec<Vec<u8>> {
     let mut rng = StdRng::seed_from_u64(seed);
     let base_ms: i64 = 1_714_557_600_000;
-    let statuses = ["completed", "completed", "completed", "pending", "cancelled"];
+    let statuses = [
+        "completed",
+        "completed",
+        "completed",
+        "pending",
+        "cancelled",
+    ];
     let regions = ["eu", "us", "apac", "latam"];
     (0..count)
         .map(|i| {
@@ -40,9 +46,14 @@ pub struct BenchResult {
 /// Decodes and aggregates `events` in micro-batches of `batch_size`, folding partial states
 /// the way the speed layer does.
 pub fn run(events: usize, batch_size: usize) -> anyhow::Result<BenchResult> {
-    let job = Job::from_toml(ORDERS_PER_MINUTE, std::path::Path::new("jobs/examples/orders_per_minute.toml"))?;
+    let job = Job::from_toml(
+        ORDERS_PER_MINUTE,
+        std::path::Path::new("jobs/examples/orders_per_minute.toml"),
+    )?;
     let plan = JobPlan::compile(&job, job.source_schema())?;
-    let stage = plan.aggregate().ok_or_else(|| anyhow::anyhow!("bench job has no aggregate"))?;
+    let stage = plan
+        .aggregate()
+        .ok_or_else(|| anyhow::anyhow!("bench job has no aggregate"))?;
     let decoder = JsonDecoder::new(&job);
     let records = synthetic_orders(events, 7);
     let (mut decode_seconds, mut plan_seconds) = (0.0, 0.0);
@@ -73,11 +84,35 @@ pub fn run(events: usize, batch_size: usize) -> anyhow::Result<BenchResult> {
 
 pub fn print_table(r: &BenchResult) {
     let total = r.decode_seconds + r.plan_seconds;
-    let rate = |s: f64| if s > 0.0 { r.events as f64 / s } else { f64::INFINITY };
-    println!("sluice bench: {} synthetic order events, micro-batches of {}, 1 thread", r.events, r.batch_size);
+    let rate = |s: f64| {
+        if s > 0.0 {
+            r.events as f64 / s
+        } else {
+            f64::INFINITY
+        }
+    };
+    println!(
+        "sluice bench: {} synthetic order events, micro-batches of {}, 1 thread",
+        r.events, r.batch_size
+    );
     println!("{:<28} {:>10} {:>16}", "stage", "seconds", "events/s/core");
-    println!("{:<28} {:>10.3} {:>16.0}", "JSON decode", r.decode_seconds, rate(r.decode_seconds));
-    println!("{:<28} {:>10.3} {:>16.0}", "seed 000 plan (partial+merge)", r.plan_seconds, rate(r.plan_seconds));
-    println!("{:<28} {:>10.3} {:>16.0}", "decode + plan", total, rate(total));
+    println!(
+        "{:<28} {:>10.3} {:>16.0}",
+        "JSON decode",
+        r.decode_seconds,
+        rate(r.decode_seconds)
+    );
+    println!(
+        "{:<28} {:>10.3} {:>16.0}",
+        "seed 000 plan (partial+merge)",
+        r.plan_seconds,
+        rate(r.plan_seconds)
+    );
+    println!(
+        "{:<28} {:>10.3} {:>16.0}",
+        "decode + plan",
+        total,
+        rate(total)
+    );
     println!("({} one-minute windows in the result)", r.windows);
 }

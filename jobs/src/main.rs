@@ -49,13 +49,17 @@ enum Command {
     #[command(subcommand)]
     Lake(LakeCommand),
     /// Recompute the batch view for a time range from the raw table and move the cutoff.
-    #[command(after_help = "Examples:\n  sluice backfill --job jobs/examples/orders_per_minute.toml --from 2024-05-01T10:00:00Z --to 2024-05-01T12:00:00Z\n  sluice backfill --job jobs/examples/region_totals.toml --output json\n\nThe range is widened to whole buckets. Re-running a range replaces it. Exit 0 on success, 1 on error.")]
+    #[command(
+        after_help = "Examples:\n  sluice backfill --job jobs/examples/orders_per_minute.toml --from 2024-05-01T10:00:00Z --to 2024-05-01T12:00:00Z\n  sluice backfill --job jobs/examples/region_totals.toml --output json\n\nThe range is widened to whole buckets. Re-running a range replaces it. Exit 0 on success, 1 on error."
+    )]
     Backfill(BackfillArgs),
     /// Print a job's batch view as finalized JSON rows (partial states merged across buckets).
     #[command(after_help = "Example:\n  sluice view --job jobs/examples/orders_per_minute.toml")]
     View(JobArgs),
     /// Measure JSON decode + the seed 000 plan on synthetic events (prints a table).
-    #[command(after_help = "Example:\n  sluice bench --events 1000000 --batch-size 10000\nBuild with --release for representative figures.")]
+    #[command(
+        after_help = "Example:\n  sluice bench --events 1000000 --batch-size 10000\nBuild with --release for representative figures."
+    )]
     Bench {
         #[arg(long, default_value_t = 1_000_000)]
         events: usize,
@@ -67,7 +71,9 @@ enum Command {
 #[derive(Subcommand)]
 enum LakeCommand {
     /// Append JSON-lines files to the job's raw Delta table (a file already loaded is skipped).
-    #[command(after_help = "Example:\n  sluice lake load --job jobs/examples/orders_per_minute.toml tests/golden/orders.input.jsonl\n\nBad lines are reported on stderr with line, field and reason, and written to --rejects if given; exit 3 when any line was rejected.")]
+    #[command(
+        after_help = "Example:\n  sluice lake load --job jobs/examples/orders_per_minute.toml tests/golden/orders.input.jsonl\n\nBad lines are reported on stderr with line, field and reason, and written to --rejects if given; exit 3 when any line was rejected."
+    )]
     Load {
         #[command(flatten)]
         job: JobArgs,
@@ -107,7 +113,10 @@ struct BackfillArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the runtime: {e}");
@@ -124,8 +133,10 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "warn,sluice=info,sluice_jobs=info,sluice_core=info,sluice_batch=info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "warn,buoyant_kernel=off,sluice=info,sluice_jobs=info,sluice_core=info,sluice_batch=info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -139,7 +150,11 @@ fn load_job(args: &JobArgs) -> anyhow::Result<(Job, Lake)> {
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Lake(LakeCommand::Load { job, files, rejects }) => lake_load(job, files, rejects).await,
+        Command::Lake(LakeCommand::Load {
+            job,
+            files,
+            rejects,
+        }) => lake_load(job, files, rejects).await,
         Command::Backfill(args) => run_backfill(args).await,
         Command::View(args) => view(args).await,
         Command::Bench { events, batch_size } => {
@@ -150,7 +165,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn lake_load(args: JobArgs, files: Vec<PathBuf>, rejects: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+async fn lake_load(
+    args: JobArgs,
+    files: Vec<PathBuf>,
+    rejects: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
     let (job, lake) = load_job(&args)?;
     let mut rejected_lines = Vec::new();
     let mut any_rejected = false;
@@ -160,7 +179,12 @@ async fn lake_load(args: JobArgs, files: Vec<PathBuf>, rejects: Option<PathBuf>)
         let lines: Vec<&[u8]> = text.split(|b| *b == b'\n').collect();
         for (line, error) in &report.rejected {
             any_rejected = true;
-            eprintln!("{}:{line}: {} rejected: {}", file.display(), error.kind.as_str(), error.reason);
+            eprintln!(
+                "{}:{line}: {} rejected: {}",
+                file.display(),
+                error.kind.as_str(),
+                error.reason
+            );
             rejected_lines.push(serde_json::json!({
                 "file": file.display().to_string(), "line": line, "error": error.kind.as_str(),
                 "field": error.field, "reason": error.reason,
@@ -175,14 +199,20 @@ async fn lake_load(args: JobArgs, files: Vec<PathBuf>, rejects: Option<PathBuf>)
         match args.output {
             Output::Json => println!("{summary}"),
             Output::Text if report.already_loaded => {
-                println!("{}: already loaded into {} (content unchanged), skipped", file.display(), report.table)
+                println!(
+                    "{}: already loaded into {} (content unchanged), skipped",
+                    file.display(),
+                    report.table
+                )
             }
             Output::Text => println!(
                 "{}: loaded {} rows into {} (version {}), rejected {}",
                 file.display(),
                 report.rows_loaded,
                 report.table,
-                report.table_version.map_or("-".to_string(), |v| v.to_string()),
+                report
+                    .table_version
+                    .map_or("-".to_string(), |v| v.to_string()),
                 report.rejected.len()
             ),
         }
@@ -191,15 +221,29 @@ async fn lake_load(args: JobArgs, files: Vec<PathBuf>, rejects: Option<PathBuf>)
         let body: String = rejected_lines.iter().map(|r| format!("{r}\n")).collect();
         std::fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok(if any_rejected { ExitCode::from(EXIT_PARTIAL) } else { ExitCode::SUCCESS })
+    Ok(if any_rejected {
+        ExitCode::from(EXIT_PARTIAL)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn run_backfill(args: BackfillArgs) -> anyhow::Result<ExitCode> {
     let (job, lake) = load_job(&args.job)?;
     let transform = transforms::registry().for_job(&job)?;
     let request = BackfillRequest {
-        from: args.from.as_deref().map(parse_time).transpose().context("--from")?,
-        to: args.to.as_deref().map(parse_time).transpose().context("--to")?,
+        from: args
+            .from
+            .as_deref()
+            .map(parse_time)
+            .transpose()
+            .context("--from")?,
+        to: args
+            .to
+            .as_deref()
+            .map(parse_time)
+            .transpose()
+            .context("--to")?,
         progress: args.job.output == Output::Text,
     };
     let report = backfill(&job, &lake, transform, request).await?;
@@ -213,7 +257,9 @@ async fn run_backfill(args: BackfillArgs) -> anyhow::Result<ExitCode> {
             report.rows_read,
             report.view_rows,
             report.view_table,
-            report.table_version.map_or("-".to_string(), |v| v.to_string()),
+            report
+                .table_version
+                .map_or("-".to_string(), |v| v.to_string()),
             report.cutoff.as_deref().unwrap_or("-"),
             report.seconds
         ),

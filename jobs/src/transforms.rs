@@ -7,7 +7,10 @@ pub fn registry() -> TransformRegistry {
     #[allow(unused_mut)]
     let mut registry = TransformRegistry::default();
     #[cfg(feature = "polars")]
-    registry.register(sluice_batch::polars::PolarsTransform::new("completed_orders", completed_orders));
+    registry.register(sluice_batch::polars::PolarsTransform::named(
+        "completed_orders",
+        completed_orders,
+    ));
     registry
 }
 

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn repo(relative: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(relative)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(relative)
 }
 
 fn sluice(args: &[&str], lake: &Path) -> Output {
@@ -42,7 +44,10 @@ fn a_bad_job_file_names_file_and_field() {
     let out = sluice(&["view", "--job", job.to_str().unwrap()], dir.path());
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(err.contains("bad.toml") && err.contains("watermark_delay") && err.contains("soon"), "{err}");
+    assert!(
+        err.contains("bad.toml") && err.contains("watermark_delay") && err.contains("soon"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -61,7 +66,15 @@ fn load_reports_bad_lines_and_exits_3_while_good_lines_land() {
     let rejects = dir.path().join("rejects.jsonl");
     let job = repo("jobs/examples/orders_per_minute.toml");
     let out = sluice(
-        &["lake", "load", "--job", job.to_str().unwrap(), input.to_str().unwrap(), "--rejects", rejects.to_str().unwrap()],
+        &[
+            "lake",
+            "load",
+            "--job",
+            job.to_str().unwrap(),
+            input.to_str().unwrap(),
+            "--rejects",
+            rejects.to_str().unwrap(),
+        ],
         dir.path(),
     );
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
@@ -69,10 +82,17 @@ fn load_reports_bad_lines_and_exits_3_while_good_lines_land() {
     assert!(err.contains("in.jsonl:2: schema_violation"), "{err}");
     assert!(err.contains("in.jsonl:3: malformed_json"), "{err}");
     assert!(err.contains("in.jsonl:5: missing_field"), "{err}");
-    assert!(text(&out.stdout).contains("loaded 1 rows"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("loaded 1 rows"),
+        "{}",
+        text(&out.stdout)
+    );
     let rejected = std::fs::read_to_string(&rejects).unwrap();
     assert_eq!(rejected.lines().count(), 3);
-    assert!(rejected.contains("\"field\":\"amount\"") && rejected.contains("not json"), "{rejected}");
+    assert!(
+        rejected.contains("\"field\":\"amount\"") && rejected.contains("not json"),
+        "{rejected}"
+    );
 }
 
 #[test]
@@ -81,18 +101,42 @@ fn load_backfill_view_gives_the_seed_querys_view() {
     let job = repo("jobs/examples/orders_per_minute.toml");
     let job = job.to_str().unwrap();
     let input = repo("tests/golden/orders.input.jsonl");
-    let out = sluice(&["lake", "load", "--job", job, input.to_str().unwrap()], dir.path());
+    let out = sluice(
+        &["lake", "load", "--job", job, input.to_str().unwrap()],
+        dir.path(),
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = sluice(&["backfill", "--job", job, "--from", "2024-05-01", "--to", "2024-05-02", "--output", "json"], dir.path());
+    let out = sluice(
+        &[
+            "backfill",
+            "--job",
+            job,
+            "--from",
+            "2024-05-01",
+            "--to",
+            "2024-05-02",
+            "--output",
+            "json",
+        ],
+        dir.path(),
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["rows_read"], 60);
     assert_eq!(report["cutoff"], "2024-05-02T00:00:00Z");
     let out = sluice(&["view", "--job", job], dir.path());
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let expected = std::fs::read_to_string(repo("tests/golden/orders_per_minute.expected.jsonl")).unwrap();
+    let expected =
+        std::fs::read_to_string(repo("tests/golden/orders_per_minute.expected.jsonl")).unwrap();
     assert_eq!(text(&out.stdout), expected);
-    let out = sluice(&["backfill", "--job", job, "--from", "tomorrow"], dir.path());
+    let out = sluice(
+        &["backfill", "--job", job, "--from", "tomorrow"],
+        dir.path(),
+    );
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("--from"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--from"),
+        "{}",
+        text(&out.stderr)
+    );
 }

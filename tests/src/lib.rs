@@ -12,7 +12,9 @@ use sluice_core::{Job, Lake};
 
 /// A path relative to the repository root.
 pub fn repo_path(relative: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(relative)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(relative)
 }
 
 /// One of `jobs/examples/*.toml` by name.

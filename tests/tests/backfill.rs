@@ -18,45 +18,119 @@ fn range(from: &str, to: &str) -> BackfillRequest {
 }
 
 async fn view_rows(job: &Job, lake: &Lake) -> Vec<String> {
-    canonical_rows(&TableLocation::new(lake.view_table(job)).read_all().await.unwrap())
+    canonical_rows(
+        &TableLocation::new(lake.view_table(job))
+            .read_all()
+            .await
+            .unwrap(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn backfill_twice_gives_identical_tables_and_replaces_exactly_its_range() {
     let (_dir, lake) = temp_lake();
     let job = example_job("orders_per_minute");
-    load_jsonl(&job, &lake, &repo_path("tests/golden/orders.input.jsonl")).await.unwrap();
+    load_jsonl(&job, &lake, &repo_path("tests/golden/orders.input.jsonl"))
+        .await
+        .unwrap();
 
-    let first = backfill(&job, &lake, None, range("2024-05-01T10:00:00Z", "2024-05-01T12:00:00Z")).await.unwrap();
+    let first = backfill(
+        &job,
+        &lake,
+        None,
+        range("2024-05-01T10:00:00Z", "2024-05-01T12:00:00Z"),
+    )
+    .await
+    .unwrap();
     assert_eq!(first.cutoff.as_deref(), Some("2024-05-01T12:00:00Z"));
     let before = view_rows(&job, &lake).await;
     assert_eq!(before.len(), 6, "one row per (window, bucket): {before:#?}");
 
-    let second = backfill(&job, &lake, None, range("2024-05-01T10:00:00Z", "2024-05-01T12:00:00Z")).await.unwrap();
+    let second = backfill(
+        &job,
+        &lake,
+        None,
+        range("2024-05-01T10:00:00Z", "2024-05-01T12:00:00Z"),
+    )
+    .await
+    .unwrap();
     assert!(second.table_version > first.table_version);
-    assert_eq!(view_rows(&job, &lake).await, before, "re-running a range changes nothing");
+    assert_eq!(
+        view_rows(&job, &lake).await,
+        before,
+        "re-running a range changes nothing"
+    );
 
-    backfill(&job, &lake, None, range("2024-05-01T11:00:00Z", "2024-05-01T12:00:00Z")).await.unwrap();
-    assert_eq!(view_rows(&job, &lake).await, before, "re-running a sub-range changes nothing");
+    backfill(
+        &job,
+        &lake,
+        None,
+        range("2024-05-01T11:00:00Z", "2024-05-01T12:00:00Z"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        view_rows(&job, &lake).await,
+        before,
+        "re-running a sub-range changes nothing"
+    );
 
-    let empty = backfill(&job, &lake, None, range("2024-05-01T12:00:00Z", "2024-05-01T13:00:00Z")).await.unwrap();
+    let empty = backfill(
+        &job,
+        &lake,
+        None,
+        range("2024-05-01T12:00:00Z", "2024-05-01T13:00:00Z"),
+    )
+    .await
+    .unwrap();
     assert_eq!((empty.rows_read, empty.view_rows), (0, 0));
-    assert_eq!(empty.cutoff.as_deref(), Some("2024-05-01T13:00:00Z"), "contiguous range moves the cutoff");
+    assert_eq!(
+        empty.cutoff.as_deref(),
+        Some("2024-05-01T13:00:00Z"),
+        "contiguous range moves the cutoff"
+    );
     assert_eq!(view_rows(&job, &lake).await, before);
 
-    let cutoff = TableLocation::new(lake.view_table(&job)).cutoff().await.unwrap();
-    assert_eq!(cutoff, Some(parse_time("2024-05-01T13:00:00Z").unwrap()), "cutoff is read back from commit metadata");
+    let cutoff = TableLocation::new(lake.view_table(&job))
+        .cutoff()
+        .await
+        .unwrap();
+    assert_eq!(
+        cutoff,
+        Some(parse_time("2024-05-01T13:00:00Z").unwrap()),
+        "cutoff is read back from commit metadata"
+    );
 
-    let gap = backfill(&job, &lake, None, range("2024-05-01T15:00:00Z", "2024-05-01T16:00:00Z")).await.unwrap();
-    assert_eq!(gap.cutoff.as_deref(), Some("2024-05-01T13:00:00Z"), "a gap keeps the cutoff");
+    let gap = backfill(
+        &job,
+        &lake,
+        None,
+        range("2024-05-01T15:00:00Z", "2024-05-01T16:00:00Z"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        gap.cutoff.as_deref(),
+        Some("2024-05-01T13:00:00Z"),
+        "a gap keeps the cutoff"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn late_events_are_corrected_by_the_next_backfill_of_their_bucket() {
     let (dir, lake) = temp_lake();
     let job = example_job("orders_per_minute");
-    load_jsonl(&job, &lake, &repo_path("tests/golden/orders.input.jsonl")).await.unwrap();
-    backfill(&job, &lake, None, range("2024-05-01T10:00:00Z", "2024-05-01T12:00:00Z")).await.unwrap();
+    load_jsonl(&job, &lake, &repo_path("tests/golden/orders.input.jsonl"))
+        .await
+        .unwrap();
+    backfill(
+        &job,
+        &lake,
+        None,
+        range("2024-05-01T10:00:00Z", "2024-05-01T12:00:00Z"),
+    )
+    .await
+    .unwrap();
     let before = view_rows(&job, &lake).await;
 
     let late = dir.path().join("late.jsonl");
@@ -64,23 +138,50 @@ async fn late_events_are_corrected_by_the_next_backfill_of_their_bucket() {
     writeln!(file, r#"{{"order_id":"late1","amount":1000.0,"status":"completed","event_time":"2024-05-01T11:01:30Z"}}"#).unwrap();
     drop(file);
     assert_eq!(load_jsonl(&job, &lake, &late).await.unwrap().rows_loaded, 1);
-    assert!(load_jsonl(&job, &lake, &late).await.unwrap().already_loaded, "the same file loads once");
+    assert!(
+        load_jsonl(&job, &lake, &late).await.unwrap().already_loaded,
+        "the same file loads once"
+    );
 
-    backfill(&job, &lake, None, range("2024-05-01T11:00:00Z", "2024-05-01T12:00:00Z")).await.unwrap();
+    backfill(
+        &job,
+        &lake,
+        None,
+        range("2024-05-01T11:00:00Z", "2024-05-01T12:00:00Z"),
+    )
+    .await
+    .unwrap();
     let after = view_rows(&job, &lake).await;
     let changed: Vec<_> = after.iter().filter(|r| !before.contains(r)).collect();
-    assert_eq!(changed.len(), 1, "only the 11:01 window changes: {changed:#?}");
+    assert_eq!(
+        changed.len(),
+        1,
+        "only the 11:01 window changes: {changed:#?}"
+    );
     assert!(changed[0].contains("\"total_orders\":"), "{changed:?}");
-    let unchanged_10h = |rows: &[String]| rows.iter().filter(|r| r.contains("\"__bucket\":1714557600000000")).cloned().collect::<Vec<_>>();
-    assert_eq!(unchanged_10h(&before), unchanged_10h(&after), "the 10:00 bucket is untouched");
+    let unchanged_10h = |rows: &[String]| {
+        rows.iter()
+            .filter(|r| r.contains("\"__bucket\":1714557600000000"))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        unchanged_10h(&before),
+        unchanged_10h(&after),
+        "the 10:00 bucket is untouched"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn default_range_covers_the_raw_table() {
     let (_dir, lake) = temp_lake();
     let job = example_job("region_totals");
-    load_jsonl(&job, &lake, &repo_path("tests/golden/orders.input.jsonl")).await.unwrap();
-    let report = backfill(&job, &lake, None, BackfillRequest::default()).await.unwrap();
+    load_jsonl(&job, &lake, &repo_path("tests/golden/orders.input.jsonl"))
+        .await
+        .unwrap();
+    let report = backfill(&job, &lake, None, BackfillRequest::default())
+        .await
+        .unwrap();
     assert_eq!(report.rows_read, 60);
     assert_eq!(report.from, "2024-05-01T10:00:00Z");
 }
@@ -89,6 +190,12 @@ async fn default_range_covers_the_raw_table() {
 async fn backfill_of_an_empty_lake_says_what_is_missing() {
     let (_dir, lake) = temp_lake();
     let job = example_job("region_totals");
-    let err = backfill(&job, &lake, None, BackfillRequest::default()).await.unwrap_err().to_string();
-    assert!(err.contains("no Delta table here yet") || err.contains("has no rows"), "{err}");
+    let err = backfill(&job, &lake, None, BackfillRequest::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no Delta table here yet") || err.contains("has no rows"),
+        "{err}"
+    );
 }

@@ -11,21 +11,35 @@ use sluice_e2e::{example_job, repo_path, temp_lake};
 async fn golden(name: &str) {
     let (_dir, lake) = temp_lake();
     let job = example_job(name);
-    let report = load_jsonl(&job, &lake, &repo_path("tests/golden/orders.input.jsonl")).await.unwrap();
-    assert_eq!((report.rows_loaded, report.rejected.len()), (60, 0), "{name}: load");
+    let report = load_jsonl(&job, &lake, &repo_path("tests/golden/orders.input.jsonl"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.rows_loaded, report.rejected.len()),
+        (60, 0),
+        "{name}: load"
+    );
     let transform = sluice_jobs::transforms::registry().for_job(&job).unwrap();
     let request = BackfillRequest {
         from: Some(parse_time("2024-05-01").unwrap()),
         to: Some(parse_time("2024-05-02").unwrap()),
         progress: false,
     };
-    let report = backfill(&job, &lake, transform.clone(), request).await.unwrap();
+    let report = backfill(&job, &lake, transform.clone(), request)
+        .await
+        .unwrap();
     assert_eq!(report.rows_read, 60, "{name}: rows read");
     let plan = sluice_batch::backfill::compile(&job, transform.as_ref()).unwrap();
-    let rows = sluice_batch::view::read_view(&plan, &TableLocation::new(lake.view_table(&job))).await.unwrap();
+    let rows = sluice_batch::view::read_view(&plan, &TableLocation::new(lake.view_table(&job)))
+        .await
+        .unwrap();
     let actual = String::from_utf8(to_json_lines(&[rows]).unwrap()).unwrap();
-    let expected = std::fs::read_to_string(repo_path(&format!("tests/golden/{name}.expected.jsonl"))).unwrap();
-    assert_eq!(actual, expected, "{name}: view differs from its golden file");
+    let expected =
+        std::fs::read_to_string(repo_path(&format!("tests/golden/{name}.expected.jsonl"))).unwrap();
+    assert_eq!(
+        actual, expected,
+        "{name}: view differs from its golden file"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -20,7 +20,8 @@ use sluice_core::{Job, JobPlan};
 use sluice_e2e::canonical_rows;
 
 const BASE_MS: i64 = 1_714_557_600_000;
-const AGGS: &str = "COUNT(*) AS n, COUNT(DISTINCT c) AS nc, SUM(a) AS s, AVG(a) AS av, MIN(a) AS mi, MAX(a) AS ma";
+const AGGS: &str =
+    "COUNT(*) AS n, COUNT(DISTINCT c) AS nc, SUM(a) AS s, AVG(a) AS av, MIN(a) AS mi, MAX(a) AS ma";
 const COMPLETED: &str = "(SELECT *, CAST(ts AS BIGINT) AS u FROM t WHERE status = 'completed')";
 
 #[derive(Debug, Clone, Copy)]
@@ -52,7 +53,8 @@ impl Kind {
     }
 
     fn reference_sql(self) -> String {
-        let windowed = |inner: &str| format!("SELECT k, ws, we, {AGGS} FROM ({inner}) GROUP BY k, ws, we");
+        let windowed =
+            |inner: &str| format!("SELECT k, ws, we, {AGGS} FROM ({inner}) GROUP BY k, ws, we");
         match self {
             Kind::Tumble => windowed(&format!(
                 "SELECT k, c, a, u - u % 60000000 AS ws, u - u % 60000000 + 60000000 AS we FROM {COMPLETED}"
@@ -67,7 +69,9 @@ impl Kind {
                      SELECT *, CASE WHEN u - LAG(u) OVER (PARTITION BY k ORDER BY u) <= 45000000 THEN 0 ELSE 1 END AS new_session \
                      FROM {COMPLETED})) GROUP BY k, sid"
             ),
-            Kind::Unwindowed => format!("SELECT k, {AGGS} FROM t WHERE status = 'completed' GROUP BY k"),
+            Kind::Unwindowed => {
+                format!("SELECT k, {AGGS} FROM t WHERE status = 'completed' GROUP BY k")
+            }
         }
     }
 }
@@ -111,29 +115,51 @@ fn events() -> impl Strategy<Value = Vec<Event>> {
         prop::bool::weighted(0.75),
         0i64..3 * 3_600_000,
     )
-        .prop_map(|(key, customer, amount_quarters, completed, offset_ms)| Event {
-            key,
-            customer,
-            amount_quarters,
-            completed,
-            offset_ms,
-        });
+        .prop_map(
+            |(key, customer, amount_quarters, completed, offset_ms)| Event {
+                key,
+                customer,
+                amount_quarters,
+                completed,
+                offset_ms,
+            },
+        );
     prop::collection::vec(event, 0..160)
 }
 
 fn to_batch(job: &Job, events: &[Event]) -> RecordBatch {
-    let keys: StringArray = events.iter().map(|e| e.key.map(|k| format!("key{k}"))).collect();
-    let customers: StringArray = events.iter().map(|e| Some(format!("c{}", e.customer))).collect();
-    let amounts: Float64Array = events.iter().map(|e| e.amount_quarters.map(|q| q as f64 / 4.0)).collect();
+    let keys: StringArray = events
+        .iter()
+        .map(|e| e.key.map(|k| format!("key{k}")))
+        .collect();
+    let customers: StringArray = events
+        .iter()
+        .map(|e| Some(format!("c{}", e.customer)))
+        .collect();
+    let amounts: Float64Array = events
+        .iter()
+        .map(|e| e.amount_quarters.map(|q| q as f64 / 4.0))
+        .collect();
     let status: StringArray = events
         .iter()
         .map(|e| Some(if e.completed { "completed" } else { "pending" }))
         .collect();
-    let times = TimestampMicrosecondArray::from(events.iter().map(|e| (BASE_MS + e.offset_ms) * 1000).collect::<Vec<_>>())
-        .with_timezone("UTC");
+    let times = TimestampMicrosecondArray::from(
+        events
+            .iter()
+            .map(|e| (BASE_MS + e.offset_ms) * 1000)
+            .collect::<Vec<_>>(),
+    )
+    .with_timezone("UTC");
     RecordBatch::try_new(
         job.source_schema(),
-        vec![Arc::new(keys), Arc::new(customers), Arc::new(amounts), Arc::new(status), Arc::new(times)],
+        vec![
+            Arc::new(keys),
+            Arc::new(customers),
+            Arc::new(amounts),
+            Arc::new(status),
+            Arc::new(times),
+        ],
     )
     .unwrap()
 }
@@ -143,7 +169,13 @@ fn reference(runtime: &tokio::runtime::Runtime, kind: Kind, batch: &RecordBatch)
         let ctx = SessionContext::new();
         let table = MemTable::try_new(batch.schema(), vec![vec![batch.clone()]]).unwrap();
         ctx.register_table("t", Arc::new(table)).unwrap();
-        let rows = ctx.sql(&kind.reference_sql()).await.unwrap().collect().await.unwrap();
+        let rows = ctx
+            .sql(&kind.reference_sql())
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
         canonical_rows(&rows)
     })
 }
@@ -153,7 +185,10 @@ fn micro_batches(batch: &RecordBatch, cuts: &[usize]) -> Vec<RecordBatch> {
     let mut points: Vec<usize> = cuts.iter().map(|c| c % (batch.num_rows() + 1)).collect();
     points.extend([0, batch.num_rows()]);
     points.sort_unstable();
-    points.windows(2).map(|w| batch.slice(w[0], w[1] - w[0])).collect()
+    points
+        .windows(2)
+        .map(|w| batch.slice(w[0], w[1] - w[0]))
+        .collect()
 }
 
 /// Merges partials pairwise in an order driven by `seed`, like layers merging in any grouping.
@@ -163,7 +198,9 @@ fn tree_merge(plan: &JobPlan, mut partials: Vec<RecordBatch>, mut seed: u64) -> 
         return stage.merge(&[]).unwrap();
     }
     while partials.len() > 1 {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let i = (seed >> 33) as usize % (partials.len() - 1);
         let right = partials.remove(i + 1);
         let left = partials.remove(i);
@@ -177,35 +214,82 @@ fn folded(plan: &JobPlan, batches: &[RecordBatch], seed: u64) -> RecordBatch {
     tree_merge(plan, partials, seed)
 }
 
-fn check_parity(kind: Kind, bucket: &str, events: &[Event], cuts: &[usize], seed: u64, runtime: &tokio::runtime::Runtime) {
+fn check_parity(
+    kind: Kind,
+    bucket: &str,
+    events: &[Event],
+    cuts: &[usize],
+    seed: u64,
+    runtime: &tokio::runtime::Runtime,
+) {
     let job = job(kind, bucket);
     let plan = JobPlan::compile(&job, job.source_schema()).unwrap();
     let all = to_batch(&job, events);
     let merged = folded(&plan, &micro_batches(&all, cuts), seed);
     let result = plan.aggregate().unwrap().finalize(&[merged]).unwrap();
-    assert_eq!(canonical_rows(&[result]), reference(runtime, kind, &all), "{kind:?}, bucket {bucket}");
+    assert_eq!(
+        canonical_rows(&[result]),
+        reference(runtime, kind, &all),
+        "{kind:?}, bucket {bucket}"
+    );
 }
 
-fn check_merge(kind: Kind, bucket: &str, events: &[Event], cuts: &[usize], cutoff_bucket: i64, runtime: &tokio::runtime::Runtime) {
+fn check_merge(
+    kind: Kind,
+    bucket: &str,
+    events: &[Event],
+    cuts: &[usize],
+    cutoff_bucket: i64,
+    runtime: &tokio::runtime::Runtime,
+) {
     let job = job(kind, bucket);
     let plan = JobPlan::compile(&job, job.source_schema()).unwrap();
     let stage = plan.aggregate().unwrap();
     let all = to_batch(&job, events);
     let bucket_us = job.bucket_micros();
     let cutoff = (BASE_MS * 1000 / bucket_us + cutoff_bucket) * bucket_us;
-    let times = all.column(4).as_any().downcast_ref::<TimestampMicrosecondArray>().unwrap();
-    let before: arrow::array::BooleanArray = times.iter().map(|t| t.map(|t| t - t.rem_euclid(bucket_us) < cutoff)).collect();
+    let times = all
+        .column(4)
+        .as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+        .unwrap();
+    let before: arrow::array::BooleanArray = times
+        .iter()
+        .map(|t| t.map(|t| t - t.rem_euclid(bucket_us) < cutoff))
+        .collect();
     let after = arrow::compute::not(&before).unwrap();
-    let batch_view = plan.partial(&filter_record_batch(&all, &before).unwrap()).unwrap();
-    let speed_view = folded(&plan, &micro_batches(&filter_record_batch(&all, &after).unwrap(), cuts), 7);
+    let batch_view = plan
+        .partial(&filter_record_batch(&all, &before).unwrap())
+        .unwrap();
+    let speed_view = folded(
+        &plan,
+        &micro_batches(&filter_record_batch(&all, &after).unwrap(), cuts),
+        7,
+    );
     let buckets = |b: &RecordBatch| {
-        let column = b.column(stage.key_count() + 2).as_any().downcast_ref::<TimestampMicrosecondArray>().unwrap();
+        let column = b
+            .column(stage.key_count() + 2)
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .unwrap();
         column.values().to_vec()
     };
-    assert!(buckets(&batch_view).iter().all(|&b| b < cutoff), "batch view holds only buckets before C");
-    assert!(buckets(&speed_view).iter().all(|&b| b >= cutoff), "speed view holds only buckets from C");
-    let result = stage.finalize(&[stage.merge(&[batch_view, speed_view]).unwrap()]).unwrap();
-    assert_eq!(canonical_rows(&[result]), reference(runtime, kind, &all), "{kind:?}, bucket {bucket}, cutoff {cutoff}");
+    assert!(
+        buckets(&batch_view).iter().all(|&b| b < cutoff),
+        "batch view holds only buckets before C"
+    );
+    assert!(
+        buckets(&speed_view).iter().all(|&b| b >= cutoff),
+        "speed view holds only buckets from C"
+    );
+    let result = stage
+        .finalize(&[stage.merge(&[batch_view, speed_view]).unwrap()])
+        .unwrap();
+    assert_eq!(
+        canonical_rows(&[result]),
+        reference(runtime, kind, &all),
+        "{kind:?}, bucket {bucket}, cutoff {cutoff}"
+    );
 }
 
 const KINDS: [Kind; 4] = [Kind::Tumble, Kind::Hop, Kind::Session, Kind::Unwindowed];
@@ -258,7 +342,15 @@ fn every_window_kind_has_a_nonempty_case() {
         }
         let job = job(kind, "1h");
         let plan = JobPlan::compile(&job, job.source_schema()).unwrap();
-        let rows = plan.aggregate().unwrap().finalize(&[plan.partial(&to_batch(&job, &events)).unwrap()]).unwrap();
-        assert!(rows.num_rows() > 3, "{kind:?} produced {} rows", rows.num_rows());
+        let rows = plan
+            .aggregate()
+            .unwrap()
+            .finalize(&[plan.partial(&to_batch(&job, &events)).unwrap()])
+            .unwrap();
+        assert!(
+            rows.num_rows() > 3,
+            "{kind:?} produced {} rows",
+            rows.num_rows()
+        );
     }
 }
