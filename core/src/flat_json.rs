@@ -106,6 +106,7 @@ impl FlatDecoder {
     ) -> Result<(), Bail> {
         let mut p = Parser { bytes, at: 0 };
         let mut seen: u64 = 0;
+        let mut next_guess = 0;
         p.skip_ws();
         p.expect(b'{')?;
         p.skip_ws();
@@ -118,7 +119,15 @@ impl FlatDecoder {
                 p.skip_ws();
                 p.expect(b':')?;
                 p.skip_ws();
-                match self.names.iter().position(|n| n.as_slice() == key) {
+                // Producers write fields in a fixed order: try the one after the last first.
+                let guess = next_guess.min(self.names.len().saturating_sub(1));
+                let found = if self.names.get(guess).is_some_and(|n| n.as_slice() == key) {
+                    Some(guess)
+                } else {
+                    self.names.iter().position(|n| n.as_slice() == key)
+                };
+                next_guess = found.map_or(0, |f| f + 1);
+                match found {
                     Some(field) => {
                         if seen & (1 << field) != 0 {
                             return Err(Bail);
@@ -237,6 +246,27 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// A string value without escapes, borrowed; `None` (position unchanged) if it has any.
+    fn plain_string(&mut self) -> Result<Option<&'a [u8]>, Bail> {
+        if self.peek() != Some(b'"') {
+            return Err(Bail);
+        }
+        let start = self.at + 1;
+        let mut end = start;
+        while let Some(&b) = self.bytes.get(end) {
+            match b {
+                b'"' => {
+                    self.at = end + 1;
+                    return Ok(Some(&self.bytes[start..end]));
+                }
+                b'\\' => return Ok(None),
+                b if b < 0x20 => return Err(Bail),
+                _ => end += 1,
+            }
+        }
+        Err(Bail)
+    }
+
     /// A string value, unescaped into `out`.
     fn string(&mut self, out: &mut Vec<u8>) -> Result<(), Bail> {
         out.clear();
@@ -330,10 +360,13 @@ impl<'a> Parser<'a> {
             return Ok(());
         }
         match (kind, builder) {
-            (Kind::Utf8, Builder::Utf8(b)) => {
-                self.string(scratch)?;
-                b.append_value(std::str::from_utf8(scratch).map_err(|_| Bail)?);
-            }
+            (Kind::Utf8, Builder::Utf8(b)) => match self.plain_string()? {
+                Some(text) => b.append_value(std::str::from_utf8(text).map_err(|_| Bail)?),
+                None => {
+                    self.string(scratch)?;
+                    b.append_value(std::str::from_utf8(scratch).map_err(|_| Bail)?);
+                }
+            },
             (Kind::Boolean, Builder::Boolean(b)) => {
                 if self.literal(b"true") {
                     b.append_value(true)
