@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source tests/prereqs.sh
-cargo build --locked --bin sluice
+# Same workspace-wide build as tests/run.sh, so the two commands share one compile.
+cargo build --locked --workspace --all-targets --all-features
 SLUICE="$CARGO_TARGET_DIR/debug/sluice"
 export SLUICE_LAKE=${SLUICE_LAKE:-./lake}
 JOB=jobs/examples/orders_per_minute.toml

@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source tests/prereqs.sh
 
-cargo build --locked --bin sluice
-export SLUICE_BIN="$CARGO_TARGET_DIR/debug/sluice"
+# One build for everything (tests, the binary, the demo): the same workspace-wide features.
 cargo test --locked --workspace --all-features
+export SLUICE_BIN="$CARGO_TARGET_DIR/debug/sluice"
 
 "$SLUICE_VENV/bin/python" -m pytest -q tests/python

@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use sluice_batch::{BackfillRequest, backfill, load_jsonl};
+use sluice_batch::{BackfillReport, BackfillRequest, backfill, load_jsonl};
 use sluice_core::lake::TableLocation;
 use sluice_core::time::parse_time;
 use sluice_core::{Job, Lake};
@@ -15,6 +15,10 @@ fn range(from: &str, to: &str) -> BackfillRequest {
         to: Some(parse_time(to).unwrap()),
         progress: false,
     }
+}
+
+async fn run(job: &Job, lake: &Lake, from: &str, to: &str) -> BackfillReport {
+    backfill(job, lake, None, range(from, to)).await.unwrap()
 }
 
 async fn view_rows(job: &Job, lake: &Lake) -> Vec<String> {
@@ -34,26 +38,12 @@ async fn backfill_twice_gives_identical_tables_and_replaces_exactly_its_range() 
         .await
         .unwrap();
 
-    let first = backfill(
-        &job,
-        &lake,
-        None,
-        range("2024-05-01T10:00:00Z", "2024-05-01T12:00:00Z"),
-    )
-    .await
-    .unwrap();
+    let first = run(&job, &lake, "2024-05-01T10:00:00Z", "2024-05-01T12:00:00Z").await;
     assert_eq!(first.cutoff.as_deref(), Some("2024-05-01T12:00:00Z"));
     let before = view_rows(&job, &lake).await;
     assert_eq!(before.len(), 6, "one row per (window, bucket): {before:#?}");
 
-    let second = backfill(
-        &job,
-        &lake,
-        None,
-        range("2024-05-01T10:00:00Z", "2024-05-01T12:00:00Z"),
-    )
-    .await
-    .unwrap();
+    let second = run(&job, &lake, "2024-05-01T10:00:00Z", "2024-05-01T12:00:00Z").await;
     assert!(second.table_version > first.table_version);
     assert_eq!(
         view_rows(&job, &lake).await,
@@ -61,28 +51,14 @@ async fn backfill_twice_gives_identical_tables_and_replaces_exactly_its_range() 
         "re-running a range changes nothing"
     );
 
-    backfill(
-        &job,
-        &lake,
-        None,
-        range("2024-05-01T11:00:00Z", "2024-05-01T12:00:00Z"),
-    )
-    .await
-    .unwrap();
+    run(&job, &lake, "2024-05-01T11:00:00Z", "2024-05-01T12:00:00Z").await;
     assert_eq!(
         view_rows(&job, &lake).await,
         before,
         "re-running a sub-range changes nothing"
     );
 
-    let empty = backfill(
-        &job,
-        &lake,
-        None,
-        range("2024-05-01T12:00:00Z", "2024-05-01T13:00:00Z"),
-    )
-    .await
-    .unwrap();
+    let empty = run(&job, &lake, "2024-05-01T12:00:00Z", "2024-05-01T13:00:00Z").await;
     assert_eq!((empty.rows_read, empty.view_rows), (0, 0));
     assert_eq!(
         empty.cutoff.as_deref(),
@@ -101,14 +77,7 @@ async fn backfill_twice_gives_identical_tables_and_replaces_exactly_its_range() 
         "cutoff is read back from commit metadata"
     );
 
-    let gap = backfill(
-        &job,
-        &lake,
-        None,
-        range("2024-05-01T15:00:00Z", "2024-05-01T16:00:00Z"),
-    )
-    .await
-    .unwrap();
+    let gap = run(&job, &lake, "2024-05-01T15:00:00Z", "2024-05-01T16:00:00Z").await;
     assert_eq!(
         gap.cutoff.as_deref(),
         Some("2024-05-01T13:00:00Z"),
@@ -123,14 +92,7 @@ async fn late_events_are_corrected_by_the_next_backfill_of_their_bucket() {
     load_jsonl(&job, &lake, &repo_path("tests/golden/orders.input.jsonl"))
         .await
         .unwrap();
-    backfill(
-        &job,
-        &lake,
-        None,
-        range("2024-05-01T10:00:00Z", "2024-05-01T12:00:00Z"),
-    )
-    .await
-    .unwrap();
+    run(&job, &lake, "2024-05-01T10:00:00Z", "2024-05-01T12:00:00Z").await;
     let before = view_rows(&job, &lake).await;
 
     let late = dir.path().join("late.jsonl");
@@ -143,14 +105,7 @@ async fn late_events_are_corrected_by_the_next_backfill_of_their_bucket() {
         "the same file loads once"
     );
 
-    backfill(
-        &job,
-        &lake,
-        None,
-        range("2024-05-01T11:00:00Z", "2024-05-01T12:00:00Z"),
-    )
-    .await
-    .unwrap();
+    run(&job, &lake, "2024-05-01T11:00:00Z", "2024-05-01T12:00:00Z").await;
     let after = view_rows(&job, &lake).await;
     let changed: Vec<_> = after.iter().filter(|r| !before.contains(r)).collect();
     assert_eq!(
