@@ -21,8 +21,9 @@ if ((${#sluice_missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${sluice_missing[@]}" >/dev/null
 fi
 
-# The Python venv for interop tests (the official deltalake reader, pyarrow, pytest).
-sluice_py_reqs="deltalake==1.1.4 pyarrow==21.0.0 pytest==8.4.2"
+# The Python venv: interop tests (the official deltalake reader, pyarrow, pytest), the test
+# harness's Kafka-protocol broker (noida-db) and S3-compatible store (moto's server).
+sluice_py_reqs="deltalake==1.1.4 pyarrow==21.0.0 pytest==8.4.2 noida-db==0.2.3 moto[server]==5.2.5"
 if [ ! -f "$SLUICE_VENV/.sluice-reqs" ] || [ "$(cat "$SLUICE_VENV/.sluice-reqs")" != "$sluice_py_reqs" ]; then
   echo "prereqs: creating the Python venv at $SLUICE_VENV" >&2
   python3 -m venv "$SLUICE_VENV"

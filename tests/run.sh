@@ -5,6 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source tests/prereqs.sh
 
+# A real Kafka-protocol broker for the whole run (tests/broker.sh), stopped at the end.
+if [ -z "${SLUICE_TEST_BOOTSTRAP:-}" ]; then
+  trap 'tests/broker.sh stop' EXIT
+  eval "$(tests/broker.sh start)"
+  export SLUICE_TEST_BOOTSTRAP="$BOOTSTRAP"
+fi
+
 # One build for everything (tests, the binary, the demo): the same workspace-wide features.
 cargo test --locked --workspace --all-features
 export SLUICE_BIN="$CARGO_TARGET_DIR/debug/sluice"

@@ -18,7 +18,7 @@ use serde_json::json;
 use sluice_core::lake::{CUTOFF_KEY, TableLocation, view_schema};
 use sluice_core::spec::UTC;
 use sluice_core::time::{ceil_to, floor_to, format_time};
-use sluice_core::{BatchTransform, Job, JobPlan, Lake};
+use sluice_core::{BatchTransform, Job, JobPlan, Lake, Pipeline};
 
 use crate::error::{BatchError, Result};
 
@@ -51,13 +51,8 @@ pub struct BackfillReport {
 }
 
 /// The plan a job runs on the batch layer, with its transform's output as the SQL input.
-pub fn compile(job: &Job, transform: Option<&Arc<dyn BatchTransform>>) -> Result<JobPlan> {
-    let source = job.source_schema();
-    let input = match transform {
-        Some(t) => t.output_schema(&source)?,
-        None => source,
-    };
-    Ok(JobPlan::compile(job, input)?)
+pub fn compile(job: &Job, transform: Option<Arc<dyn BatchTransform>>) -> Result<Pipeline> {
+    Ok(Pipeline::compile(job, transform)?)
 }
 
 pub async fn backfill(
@@ -67,13 +62,13 @@ pub async fn backfill(
     request: BackfillRequest,
 ) -> Result<BackfillReport> {
     let started = Instant::now();
-    let plan = compile(job, transform.as_ref())?;
+    let pipeline = compile(job, transform)?;
     let raw = TableLocation::new(lake.raw_table(job));
     let view = TableLocation::new(lake.view_table(job));
     let bucket = job.bucket_micros();
     let (from, to) = resolve_range(job, &raw, &request, bucket).await?;
     let progress = progress_bar(request.progress);
-    let mut fold = Fold::new(&plan, transform);
+    let mut fold = Fold::new(&pipeline);
     let columns: Vec<String> = job
         .source_schema()
         .fields()
@@ -218,18 +213,18 @@ fn progress_bar(enabled: bool) -> ProgressBar {
 
 /// Runs the plan over raw batches and accumulates the view rows.
 struct Fold<'a> {
+    pipeline: &'a Pipeline,
     plan: &'a JobPlan,
-    transform: Option<Arc<dyn BatchTransform>>,
     pending: Vec<RecordBatch>,
     pending_rows: usize,
     rows_read: usize,
 }
 
 impl<'a> Fold<'a> {
-    fn new(plan: &'a JobPlan, transform: Option<Arc<dyn BatchTransform>>) -> Fold<'a> {
+    fn new(pipeline: &'a Pipeline) -> Fold<'a> {
         Fold {
-            plan,
-            transform,
+            pipeline,
+            plan: pipeline.plan(),
             pending: Vec::new(),
             pending_rows: 0,
             rows_read: 0,
@@ -238,11 +233,7 @@ impl<'a> Fold<'a> {
 
     fn add(&mut self, raw: &RecordBatch) -> Result<()> {
         self.rows_read += raw.num_rows();
-        let input = match &self.transform {
-            Some(t) => t.apply(raw)?,
-            None => raw.clone(),
-        };
-        let filtered = self.plan.filter(&input)?;
+        let filtered = self.pipeline.filtered(raw)?;
         let rows = match self.plan.aggregate() {
             Some(stage) => stage.partial(&filtered)?,
             None => stateless_rows(self.plan, &filtered)?,

@@ -8,10 +8,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use arrow::array::{RecordBatch, new_null_array};
-use arrow::datatypes::DataType;
 use serde_json::json;
-use sluice_core::lake::{TableLocation, raw_schema};
+use sluice_core::lake::{TableLocation, raw_rows};
 use sluice_core::{Job, JsonDecoder, Lake, RecordError};
 
 use crate::error::{BatchError, Result};
@@ -68,7 +66,7 @@ pub async fn load_jsonl(job: &Job, lake: &Lake, file: &Path) -> Result<LoadRepor
         }
         report.rows_loaded += decoded.batch.num_rows();
         if decoded.batch.num_rows() > 0 {
-            batches.push(with_source_columns(job, decoded.batch)?);
+            batches.push(raw_rows(job, &decoded.batch, None)?);
         }
     }
     if batches.is_empty() {
@@ -83,20 +81,6 @@ pub async fn load_jsonl(job: &Job, lake: &Lake, file: &Path) -> Result<LoadRepor
     let written = table.append(batches, metadata, vec![(app_id, 0)]).await?;
     report.table_version = written.version();
     Ok(report)
-}
-
-/// Adds the raw table's (null) source partition and offset columns.
-fn with_source_columns(job: &Job, batch: RecordBatch) -> Result<RecordBatch> {
-    let rows = batch.num_rows();
-    let mut columns = batch.columns().to_vec();
-    columns.push(new_null_array(&DataType::Int32, rows));
-    columns.push(new_null_array(&DataType::Int64, rows));
-    RecordBatch::try_new(raw_schema(job), columns).map_err(|source| {
-        BatchError::Core(sluice_core::Error::Arrow {
-            during: "adding source columns",
-            source: Box::new(source),
-        })
-    })
 }
 
 /// FNV-1a, 64 bit: a stable content hash (unlike std's hasher, it never changes between builds).

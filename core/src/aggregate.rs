@@ -73,6 +73,8 @@ pub struct AggregateStage {
     having: Option<Arc<dyn PhysicalExpr>>,
     projection: Vec<Arc<dyn PhysicalExpr>>,
     output_schema: SchemaRef,
+    /// Output columns holding a GROUP BY key or a window bound: what identifies a result row.
+    pub(crate) result_key: Vec<String>,
 }
 
 /// Row groups of a set of columns: `ids[row]` is the row's group, `firsts[group]` its first row.
@@ -133,6 +135,7 @@ impl AggregateStage {
             having: parts.having,
             projection: parts.projection,
             output_schema: parts.output_schema,
+            result_key: Vec::new(),
         })
     }
 
@@ -145,6 +148,12 @@ impl AggregateStage {
     /// The finalized result rows' schema (the SELECT list).
     pub fn output_schema(&self) -> &SchemaRef {
         &self.output_schema
+    }
+
+    /// The output columns that identify a finalized row: those holding GROUP BY keys and
+    /// window bounds (a window bound the SELECT leaves out cannot be part of it).
+    pub fn result_key_columns(&self) -> &[String] {
+        &self.result_key
     }
 
     pub fn key_count(&self) -> usize {

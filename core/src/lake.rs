@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
+use arrow::array::{Int32Array, Int64Array, RecordBatch, new_null_array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{Column, ScalarValue};
 use datafusion::execution::SendableRecordBatchStream;
@@ -27,7 +27,7 @@ use deltalake::{DeltaTable, DeltaTableError};
 use futures::TryStreamExt;
 
 use crate::aggregate::BUCKET_COLUMN;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, arrow_err};
 use crate::plan::JobPlan;
 use crate::spec::{Job, UTC, timestamp_type};
 
@@ -47,6 +47,24 @@ pub fn raw_schema(job: &Job) -> SchemaRef {
     fields.push(Field::new(SOURCE_PARTITION_COLUMN, DataType::Int32, true));
     fields.push(Field::new(SOURCE_OFFSET_COLUMN, DataType::Int64, true));
     Arc::new(Schema::new(fields))
+}
+
+/// Decoded source rows as raw-table rows: `origin` gives the Kafka partition and each row's
+/// offset; rows from files (`None`) have null source columns.
+pub fn raw_rows(job: &Job, batch: &RecordBatch, origin: Option<(i32, &[i64])>) -> Result<RecordBatch> {
+    let rows = batch.num_rows();
+    let mut columns = batch.columns().to_vec();
+    match origin {
+        Some((partition, offsets)) => {
+            columns.push(Arc::new(Int32Array::from(vec![partition; rows])));
+            columns.push(Arc::new(Int64Array::from(offsets.to_vec())));
+        }
+        None => {
+            columns.push(new_null_array(&DataType::Int32, rows));
+            columns.push(new_null_array(&DataType::Int64, rows));
+        }
+    }
+    RecordBatch::try_new(raw_schema(job), columns).map_err(arrow_err("adding source columns"))
 }
 
 /// The view table's schema for `plan`.

@@ -4,7 +4,8 @@
 //! ([`JobPlan`]) with its windows ([`window`]) and partial-state aggregation
 //! ([`AggregateStage`]), the stable partial-state codec ([`state_codec`]), Rust UDFs
 //! ([`udf`]), the record-transform contract ([`transform`]), and the lake's Delta table layouts
-//! with their read/write helpers ([`lake`]). It has no Kafka client, RocksDB, HTTP or daemon.
+//! with their read/write helpers ([`lake`]), and the Kafka formats between the layers: topic
+//! names and diverted-record headers ([`topics`]) and the speed changelog records ([`speed`]). It has no Kafka client, RocksDB, HTTP or daemon.
 
 pub mod aggregate;
 pub mod decode;
@@ -13,11 +14,14 @@ pub mod error;
 mod flat_json;
 mod flink_sql;
 pub mod lake;
+pub mod pipeline;
 pub mod plan;
 pub mod rows;
+pub mod speed;
 pub mod spec;
 pub mod state_codec;
 pub mod time;
+pub mod topics;
 pub mod transform;
 pub mod udf;
 pub mod window;
@@ -25,6 +29,7 @@ pub mod window;
 pub use aggregate::AggregateStage;
 pub use decode::{Decoded, JsonDecoder, RecordError, RecordErrorKind};
 pub use error::{Error, Result};
+pub use pipeline::Pipeline;
 pub use plan::JobPlan;
 pub use spec::{Job, Lake};
 pub use transform::{BatchTransform, TransformRegistry};

@@ -315,13 +315,21 @@ impl Compilation<'_> {
                 let key_count = aggregate.group_expr.len() - if window.is_some() { 2 } else { 0 };
                 let key_columns =
                     key_output_columns(aggregate, &projection.expr, &output_schema, key_count);
-                let stage = self.lower_aggregate(
+                let mut result_key = key_output_columns(
+                    aggregate,
+                    &projection.expr,
+                    &output_schema,
+                    aggregate.group_expr.len(),
+                );
+                result_key.sort();
+                let mut stage = self.lower_aggregate(
                     aggregate,
                     having,
                     &projection.expr,
                     output_schema,
                     window,
                 )?;
+                stage.result_key = result_key.into_iter().map(|(_, name)| name).collect();
                 self.check_view_key(&stage, &key_columns)?;
                 Ok(self.job_plan(filter, PlanKind::Aggregate(Box::new(stage))))
             }
@@ -580,9 +588,4 @@ fn source_schema(plan: &LogicalPlan) -> Option<&DFSchema> {
 fn plan_name(plan: &LogicalPlan) -> String {
     let text = plan.display().to_string();
     text.split(':').next().unwrap_or(&text).trim().to_string()
-}
-
-/// Whether two arrays hold the same values (used by tests of every layer).
-pub fn same_values(a: &dyn Array, b: &dyn Array) -> bool {
-    a.to_data() == b.to_data()
 }

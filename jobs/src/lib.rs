@@ -3,4 +3,6 @@
 //! `jobs/examples/`, the Airflow DAG in `jobs/airflow/`.
 
 pub mod bench;
+pub mod bench_stream;
+pub mod stream_cmd;
 pub mod transforms;

@@ -1,6 +1,7 @@
 //! `sluice`: the command line of Sluice, one binary with a subcommand per operation.
 
-use sluice_jobs::{bench, transforms};
+use sluice_jobs::stream_cmd::{self, StreamArgs};
+use sluice_jobs::{bench, bench_stream, transforms};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,7 +22,7 @@ const EXIT_PARTIAL: u8 = 3;
     name = "sluice",
     version,
     about = "Lambda-architecture ETL with one codebase: the same job runs on the stream, the lake and the serving layer.",
-    after_help = "Examples:\n  sluice lake load --job jobs/examples/orders_per_minute.toml orders.jsonl\n  sluice backfill --job jobs/examples/orders_per_minute.toml --from 2024-05-01 --to 2024-05-02\n  sluice view --job jobs/examples/orders_per_minute.toml\n  sluice bench --events 1000000"
+    after_help = "Examples:\n  sluice lake load --job jobs/examples/orders_per_minute.toml orders.jsonl\n  sluice backfill --job jobs/examples/orders_per_minute.toml --from 2024-05-01 --to 2024-05-02\n  sluice view --job jobs/examples/orders_per_minute.toml\n  sluice stream --job jobs/examples/orders_per_minute.toml --brokers 127.0.0.1:9092\n  sluice bench --events 1000000"
 )]
 struct Cli {
     /// Log format on stderr.
@@ -56,6 +57,16 @@ enum Command {
     /// Print a job's batch view as finalized JSON rows (partial states merged across buckets).
     #[command(after_help = "Example:\n  sluice view --job jobs/examples/orders_per_minute.toml")]
     View(JobArgs),
+    /// Run the speed layer: consume the job's topic, keep window state, emit exactly once.
+    #[command(
+        after_help = "Examples:\n  sluice stream --job jobs/examples/orders_per_minute.toml --brokers 127.0.0.1:9092\n  sluice stream --job jobs/examples/orders_per_minute.toml --brokers 127.0.0.1:9092 --metrics-addr 127.0.0.1:9464 --state-dir /var/lib/sluice/opm\n  sluice stream --job job.toml --brokers host:9092 --guarantee at-least-once -X security.protocol=ssl\n\nEach micro-batch is one Kafka transaction: state upserts to <job>.speed, closed windows to\n<job>.results, bad records to <job>.dlq, late ones to <job>.late, and the consumed offsets.\nThe raw-lake sink runs beside it unless --no-lake-sink. SIGINT/SIGTERM finish the current\nmicro-batch and exit 0."
+    )]
+    Stream(StreamArgs),
+    /// Run only the raw-lake sink: land every source record in the raw Delta table, exactly once.
+    #[command(
+        after_help = "Example:\n  sluice ingest --job jobs/examples/orders_per_minute.toml --brokers 127.0.0.1:9092 --lake s3://bucket/lake\n\nEach Delta commit carries a transaction action per partition (app id <job>-p<partition>,\nversion = last offset); a restart resumes after those offsets."
+    )]
+    Ingest(StreamArgs),
     /// Measure JSON decode + the seed 000 plan on synthetic events (prints a table).
     #[command(
         after_help = "Example:\n  sluice bench --events 1000000 --batch-size 10000\nBuild with --release for representative figures."
@@ -65,6 +76,26 @@ enum Command {
         events: usize,
         #[arg(long, default_value_t = 10_000)]
         batch_size: usize,
+    },
+    /// Measure the speed layer through a real broker: events/s with exactly-once on and off,
+    /// and produce -> <job>.speed latency at a fixed rate (prints tables).
+    #[command(
+        name = "bench-stream",
+        after_help = "Example:\n  eval \"$(tests/broker.sh start)\"; sluice bench-stream --brokers $BOOTSTRAP\n\nThe producer and the daemon run in this process and share the machine's cores."
+    )]
+    BenchStream {
+        #[arg(long, env = "SLUICE_BROKERS")]
+        brokers: String,
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        /// Events/s of the latency run.
+        #[arg(long, default_value_t = 20_000)]
+        rate: u64,
+        /// Length of the latency run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
     },
 }
 
@@ -133,7 +164,7 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "warn,buoyant_kernel=off,sluice=info,sluice_jobs=info,sluice_core=info,sluice_batch=info".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "warn,buoyant_kernel=off,sluice=info,sluice_jobs=info,sluice_core=info,sluice_batch=info,sluice_stream=info".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -157,6 +188,25 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }) => lake_load(job, files, rejects).await,
         Command::Backfill(args) => run_backfill(args).await,
         Command::View(args) => view(args).await,
+        Command::BenchStream {
+            brokers,
+            events,
+            partitions,
+            rate,
+            seconds,
+        } => {
+            let args = bench_stream::StreamBenchArgs {
+                brokers,
+                events,
+                partitions: partitions.max(1),
+                rate: rate.max(1),
+                seconds,
+            };
+            tokio::task::spawn_blocking(move || bench_stream::run(&args)).await??;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stream(args) => stream_cmd::stream(args).await,
+        Command::Ingest(args) => stream_cmd::ingest(args).await,
         Command::Bench { events, batch_size } => {
             let result = bench::run(events, batch_size.max(1))?;
             bench::print_table(&result);
@@ -270,9 +320,9 @@ async fn run_backfill(args: BackfillArgs) -> anyhow::Result<ExitCode> {
 async fn view(args: JobArgs) -> anyhow::Result<ExitCode> {
     let (job, lake) = load_job(&args)?;
     let transform = transforms::registry().for_job(&job)?;
-    let plan = sluice_batch::backfill::compile(&job, transform.as_ref())?;
+    let pipeline = sluice_batch::backfill::compile(&job, transform)?;
     let table = TableLocation::new(lake.view_table(&job));
-    let rows = sluice_batch::view::read_view(&plan, &table).await?;
+    let rows = sluice_batch::view::read_view(pipeline.plan(), &table).await?;
     let body = to_json_lines(&[rows])?;
     use std::io::Write;
     std::io::stdout().write_all(&body)?;

@@ -1,6 +1,26 @@
 //! `sluice-stream`: the speed layer.
 //!
-//! It will own the Kafka source, micro-batching, watermarks, RocksDB window state, exactly-once
-//! emit, the DLQ and the raw-lake sink. It runs `sluice_core::JobPlan` on each micro-batch and
-//! folds the partial states of `sluice_core::AggregateStage`; it never re-implements a filter,
-//! window or aggregate. Nothing is implemented here yet: the speed layer is its own issue.
+//! It owns the Kafka side of a job: the consumer-group daemon ([`StreamDaemon`]) that runs each
+//! micro-batch through `sluice_core`'s [`Pipeline`](sluice_core::Pipeline) and commits state,
+//! results, dead letters, late records and offsets in one Kafka transaction; the RocksDB window
+//! state that caches the `<job>.speed` changelog; watermarks; the raw-lake sink
+//! ([`LakeSink`]) that lands every source record in the raw Delta table exactly once; and the
+//! Prometheus metrics. It never re-implements a filter, window or aggregate: the processor only
+//! routes rows and keys state.
+
+mod config;
+mod daemon;
+mod error;
+mod kafka;
+mod metrics;
+mod processor;
+mod sink;
+mod state;
+mod watermark;
+
+pub use config::{Guarantee, StreamConfig, default_transactional_id};
+pub use daemon::{RunSummary, StreamDaemon};
+pub use error::{Result, StreamError};
+pub use metrics::{StreamMetrics, serve_metrics};
+pub use processor::{Diverted, Output, SourceRecord, SpeedRecord};
+pub use sink::{LakeSink, LakeSinkConfig, SinkSummary, lake_app_id};

@@ -29,8 +29,8 @@ async fn golden(name: &str) {
         .await
         .unwrap();
     assert_eq!(report.rows_read, 60, "{name}: rows read");
-    let plan = sluice_batch::backfill::compile(&job, transform.as_ref()).unwrap();
-    let rows = sluice_batch::view::read_view(&plan, &TableLocation::new(lake.view_table(&job)))
+    let pipeline = sluice_batch::backfill::compile(&job, transform).unwrap();
+    let rows = sluice_batch::view::read_view(pipeline.plan(), &TableLocation::new(lake.view_table(&job)))
         .await
         .unwrap();
     let actual = String::from_utf8(to_json_lines(&[rows]).unwrap()).unwrap();

@@ -1,0 +1,253 @@
+//! `sluice bench-stream`: the speed layer through a real broker, in this process.
+//!
+//! Throughput: N synthetic orders are produced as fast as possible while a `StreamDaemon` (the
+//! raw-lake sink off) consumes them; events/s is N over the time until the daemon's committed
+//! offsets reach the end of every partition. Producer and daemon share the machine's cores.
+//! Latency: orders stamped with the wall clock are produced at a fixed rate; each `<job>.speed`
+//! watermark record says the newest event its transaction holds, so read_committed receipt time
+//! minus that event time is the produce → `<job>.speed` latency of that event.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use sluice_core::speed::{PartitionWatermark, WATERMARK_KEY};
+use sluice_core::{Job, Pipeline};
+use sluice_stream::{Guarantee, StreamConfig, StreamDaemon, StreamMetrics};
+
+use crate::bench::{ORDERS_PER_MINUTE, synthetic_orders};
+
+pub struct StreamBenchArgs {
+    pub brokers: String,
+    pub events: usize,
+    pub partitions: i32,
+    pub rate: u64,
+    pub seconds: u64,
+}
+
+pub struct ThroughputRow {
+    pub guarantee: &'static str,
+    pub events: usize,
+    pub seconds: f64,
+}
+
+pub struct LatencyRow {
+    pub rate: u64,
+    pub samples: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+fn bench_job(tag: &str) -> anyhow::Result<Job> {
+    let mut job = Job::from_toml(ORDERS_PER_MINUTE, std::path::Path::new("orders_per_minute.toml"))?;
+    let suffix = format!("{}_{:08x}", std::process::id(), rand::random::<u32>());
+    job.spec.name = format!("bench_{tag}_{suffix}");
+    job.spec.source.topic = format!("bench.{tag}.{suffix}");
+    Ok(job)
+}
+
+fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for result in futures::executor::block_on(admin.create_topics([&topic], &AdminOptions::new()))? {
+        result.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
+    }
+    Ok(())
+}
+
+
+fn producer(brokers: &str) -> anyhow::Result<BaseProducer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?)
+}
+
+fn send(producer: &BaseProducer, topic: &str, partition: i32, value: &[u8]) -> anyhow::Result<()> {
+    let mut record = BaseRecord::<[u8], [u8]>::to(topic).partition(partition).payload(value);
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(_), back)) => {
+                record = back;
+                producer.poll(Duration::from_millis(1));
+            }
+            Err((e, _)) => return Err(e.into()),
+        }
+    }
+}
+
+fn start_daemon(args: &StreamBenchArgs, job: &Job, guarantee: Guarantee, state: &std::path::Path) -> anyhow::Result<(Arc<AtomicBool>, std::thread::JoinHandle<sluice_stream::Result<sluice_stream::RunSummary>>)> {
+    let pipeline = Arc::new(Pipeline::compile(job, None)?);
+    let mut config = StreamConfig::new(job.name(), &args.brokers).with_state_dir(job.name(), state.join(job.name()));
+    config.guarantee = guarantee;
+    let daemon = StreamDaemon::new(job.clone(), pipeline, config, StreamMetrics::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    Ok((stop, std::thread::spawn(move || daemon.run(flag))))
+}
+
+/// Sum over partitions of the group's committed offsets.
+fn committed_total(brokers: &str, group: &str, topic: &str, partitions: i32) -> anyhow::Result<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()?;
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(list, Duration::from_secs(10))?;
+    Ok(committed
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .sum())
+}
+
+pub fn throughput(args: &StreamBenchArgs, guarantee: Guarantee, state: &std::path::Path) -> anyhow::Result<ThroughputRow> {
+    let label = match guarantee {
+        Guarantee::ExactlyOnce => "exactly-once",
+        Guarantee::AtLeastOnce => "at-least-once",
+    };
+    let job = bench_job(if guarantee == Guarantee::ExactlyOnce { "eos" } else { "alo" })?;
+    let topic = job.spec.source.topic.clone();
+    create_topic(&args.brokers, &topic, args.partitions)?;
+    let events = synthetic_orders(args.events, 7);
+    let (stop, handle) = start_daemon(args, &job, guarantee, state)?;
+    let started = Instant::now();
+    let producer = producer(&args.brokers)?;
+    for (i, event) in events.iter().enumerate() {
+        send(&producer, &topic, i as i32 % args.partitions, event)?;
+    }
+    producer.flush(Duration::from_secs(120))?;
+    let group = format!("sluice-{}", job.name());
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while committed_total(&args.brokers, &group, &topic, args.partitions)? < args.events as i64 {
+        anyhow::ensure!(Instant::now() < deadline, "the daemon did not catch up within 10 minutes");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::SeqCst);
+    handle.join().map_err(|_| anyhow::anyhow!("daemon panicked"))??;
+    Ok(ThroughputRow { guarantee: label, events: args.events, seconds })
+}
+
+pub fn latency(args: &StreamBenchArgs, state: &std::path::Path) -> anyhow::Result<LatencyRow> {
+    let job = bench_job("latency")?;
+    let topic = job.spec.source.topic.clone();
+    create_topic(&args.brokers, &topic, args.partitions)?;
+    let (stop, handle) = start_daemon(args, &job, Guarantee::ExactlyOnce, state)?;
+    // Let the group form and the speed topic appear before the clock starts.
+    std::thread::sleep(Duration::from_secs(3));
+    let speed = format!("{}.speed", job.name());
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &args.brokers)
+        .set("group.id", format!("{}-latency", job.name()))
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "10")
+        .create()?;
+    reader.subscribe(&[&speed])?;
+    let producing = Arc::new(AtomicBool::new(true));
+    let writer = {
+        let (brokers, topic, producing) = (args.brokers.clone(), topic.clone(), producing.clone());
+        let (rate, seconds, partitions) = (args.rate, args.seconds, args.partitions);
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            let producer = producer(&brokers)?;
+            let started = Instant::now();
+            let total = rate * seconds;
+            for i in 0..total {
+                let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                let now = chrono::Utc::now().timestamp_millis();
+                let value = format!(r#"{{"order_id":"o{i}","region":"eu","amount":1.5,"status":"completed","event_time":{now}}}"#);
+                send(&producer, &topic, i as i32 % partitions, value.as_bytes())?;
+                producer.poll(Duration::ZERO);
+            }
+            producer.flush(Duration::from_secs(30))?;
+            producing.store(false, Ordering::SeqCst);
+            Ok(())
+        })
+    };
+    let mut samples = Vec::new();
+    let drain_until = |producing: &AtomicBool| producing.load(Ordering::SeqCst);
+    let mut quiet_since = None;
+    loop {
+        if !drain_until(&producing) {
+            let since = *quiet_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > Duration::from_secs(2) {
+                break;
+            }
+        }
+        let Some(Ok(message)) = reader.poll(Duration::from_millis(50)) else {
+            continue;
+        };
+        if message.key() != Some(WATERMARK_KEY) {
+            continue;
+        }
+        let Some(watermark) = message.payload().and_then(|p| PartitionWatermark::decode(p).ok()) else {
+            continue;
+        };
+        let now_us = chrono::Utc::now().timestamp_micros();
+        samples.push((now_us - watermark.max_event_us) as f64 / 1000.0);
+    }
+    writer.join().map_err(|_| anyhow::anyhow!("producer panicked"))??;
+    stop.store(true, Ordering::SeqCst);
+    handle.join().map_err(|_| anyhow::anyhow!("daemon panicked"))??;
+    samples.sort_by(f64::total_cmp);
+    let quantile = |q: f64| samples.get(((samples.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN);
+    Ok(LatencyRow {
+        rate: args.rate,
+        samples: samples.len(),
+        p50_ms: quantile(0.5),
+        p99_ms: quantile(0.99),
+        max_ms: samples.last().copied().unwrap_or(f64::NAN),
+    })
+}
+
+/// Both throughput runs and the latency run, then the tables.
+pub fn run(args: &StreamBenchArgs) -> anyhow::Result<()> {
+    let state = tempfile::tempdir()?;
+    let rows = vec![
+        throughput(args, Guarantee::ExactlyOnce, state.path())?,
+        throughput(args, Guarantee::AtLeastOnce, state.path())?,
+    ];
+    let latency = latency(args, state.path())?;
+    print_tables(&rows, &latency);
+    Ok(())
+}
+
+pub fn print_tables(throughput: &[ThroughputRow], latency: &LatencyRow) {
+    println!("{:<15} {:>10} {:>10} {:>14}", "guarantee", "events", "seconds", "events/s");
+    for row in throughput {
+        println!(
+            "{:<15} {:>10} {:>10.2} {:>14.0}",
+            row.guarantee,
+            row.events,
+            row.seconds,
+            row.events as f64 / row.seconds
+        );
+    }
+    println!();
+    println!("produce -> <job>.speed latency at {} events/s (exactly-once, {} samples)", latency.rate, latency.samples);
+    println!("{:>10} {:>10} {:>10}", "p50 ms", "p99 ms", "max ms");
+    println!("{:>10.1} {:>10.1} {:>10.1}", latency.p50_ms, latency.p99_ms, latency.max_ms);
+}

@@ -1,0 +1,197 @@
+//! `sluice stream` and `sluice ingest`: the speed-layer daemon and the raw-lake sink.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use sluice_core::duration::parse_duration;
+use sluice_core::{Job, Lake, Pipeline};
+use sluice_stream::{
+    Guarantee, LakeSink, LakeSinkConfig, StreamConfig, StreamDaemon, StreamMetrics, serve_metrics,
+};
+
+use crate::transforms;
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+pub enum GuaranteeArg {
+    ExactlyOnce,
+    AtLeastOnce,
+}
+
+#[derive(Args, Debug)]
+pub struct StreamArgs {
+    /// The job file (TOML).
+    #[arg(long)]
+    pub job: PathBuf,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "SLUICE_BROKERS")]
+    pub brokers: String,
+    /// The lake root for the raw-lake sink [env: SLUICE_LAKE] [default: ./lake]
+    #[arg(long)]
+    pub lake: Option<String>,
+    /// Consumer group [default: sluice-<job>]
+    #[arg(long, env = "SLUICE_GROUP")]
+    pub group: Option<String>,
+    #[arg(long, value_enum, default_value_t = GuaranteeArg::ExactlyOnce, env = "SLUICE_GUARANTEE")]
+    pub guarantee: GuaranteeArg,
+    /// RocksDB state directory, a cache of `<job>.speed` [default: ./state/<job>]
+    #[arg(long, env = "SLUICE_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Transactional id; must differ between daemons of one job [default: from job, host, state dir]
+    #[arg(long)]
+    pub transactional_id: Option<String>,
+    /// Records per micro-batch at most.
+    #[arg(long, default_value_t = 10_000)]
+    pub batch_size: usize,
+    /// How long a micro-batch waits for more records after its first.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration_arg)]
+    pub linger: Duration,
+    /// A partition silent this long stops holding the watermark back.
+    #[arg(long, default_value = "30s", value_parser = parse_duration_arg)]
+    pub idle_timeout: Duration,
+    /// Serve Prometheus metrics on this address (GET /metrics).
+    #[arg(long, env = "SLUICE_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Do not run the raw-lake sink in this process (run `sluice ingest` instead).
+    #[arg(long)]
+    pub no_lake_sink: bool,
+    /// The raw-lake sink commits at least this often.
+    #[arg(long, default_value = "10s", value_parser = parse_duration_arg)]
+    pub lake_commit_interval: Duration,
+    /// ... or when this many MiB are buffered.
+    #[arg(long, default_value_t = 64)]
+    pub lake_commit_mb: usize,
+    /// Extra librdkafka property, `key=value` (repeatable).
+    #[arg(short = 'X', value_parser = parse_property)]
+    pub property: Vec<(String, String)>,
+}
+
+fn parse_duration_arg(text: &str) -> Result<Duration, String> {
+    parse_duration(text).ok_or_else(|| format!("expected a duration like 100ms, 5s, 1m or 1h, got `{text}`"))
+}
+
+fn parse_property(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected key=value, got `{text}`"))
+}
+
+impl StreamArgs {
+    fn config(&self, job: &Job) -> StreamConfig {
+        let name = job.name();
+        let mut config = StreamConfig::new(name, &self.brokers);
+        if let Some(dir) = &self.state_dir {
+            config = config.with_state_dir(name, dir.clone());
+        }
+        if let Some(group) = &self.group {
+            config.group_id = group.clone();
+        }
+        if let Some(id) = &self.transactional_id {
+            config.transactional_id = id.clone();
+        }
+        config.guarantee = match self.guarantee {
+            GuaranteeArg::ExactlyOnce => Guarantee::ExactlyOnce,
+            GuaranteeArg::AtLeastOnce => Guarantee::AtLeastOnce,
+        };
+        config.batch_max_records = self.batch_size.max(1);
+        config.batch_linger = self.linger;
+        config.idle_timeout = self.idle_timeout;
+        config.client_overrides = self.property.clone();
+        config
+    }
+
+    fn sink_config(&self) -> LakeSinkConfig {
+        LakeSinkConfig {
+            commit_interval: self.lake_commit_interval,
+            commit_bytes: self.lake_commit_mb.max(1) << 20,
+        }
+    }
+}
+
+/// Sets the returned flag on SIGINT or SIGTERM.
+fn stop_on_signal() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("stopping: finishing the current micro-batch");
+        flag.store(true, Ordering::SeqCst);
+    });
+    stop
+}
+
+fn start_metrics(addr: Option<SocketAddr>, metrics: &StreamMetrics) {
+    if let Some(addr) = addr {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_metrics(addr, metrics).await {
+                tracing::error!(error = %e, "metrics endpoint failed");
+            }
+        });
+    }
+}
+
+pub async fn stream(args: StreamArgs) -> anyhow::Result<ExitCode> {
+    let job = Job::from_file(&args.job)?;
+    let transform = transforms::registry().for_job(&job)?;
+    let pipeline = Arc::new(Pipeline::compile(&job, transform)?);
+    let config = args.config(&job);
+    let metrics = StreamMetrics::new();
+    start_metrics(args.metrics_addr, &metrics);
+    let stop = stop_on_signal();
+    let sink = (!args.no_lake_sink).then(|| {
+        let lake = Lake::resolve(args.lake.as_deref());
+        let sink = LakeSink::new(job.clone(), &lake, config.clone(), args.sink_config(), metrics.clone());
+        let (runtime, stop) = (tokio::runtime::Handle::current(), stop.clone());
+        std::thread::spawn(move || sink.run(runtime, stop))
+    });
+    let daemon = StreamDaemon::new(job, pipeline, config, metrics);
+    let daemon_stop = stop.clone();
+    let summary = tokio::task::spawn_blocking(move || daemon.run(daemon_stop)).await?;
+    stop.store(true, Ordering::SeqCst);
+    if let Some(sink) = sink {
+        match sink.join() {
+            Ok(result) => {
+                result?;
+            }
+            Err(_) => anyhow::bail!("the raw-lake sink thread panicked"),
+        }
+    }
+    let summary = summary?;
+    eprintln!(
+        "stopped: {} micro-batches, {} records, {} dead-lettered, {} late, {} aborted",
+        summary.batches, summary.records_in, summary.dlq, summary.late, summary.aborted
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn ingest(args: StreamArgs) -> anyhow::Result<ExitCode> {
+    let job = Job::from_file(&args.job)?;
+    let config = args.config(&job);
+    let metrics = StreamMetrics::new();
+    start_metrics(args.metrics_addr, &metrics);
+    let stop = stop_on_signal();
+    let lake = Lake::resolve(args.lake.as_deref());
+    let sink = LakeSink::new(job, &lake, config, args.sink_config(), metrics);
+    let runtime = tokio::runtime::Handle::current();
+    let summary = tokio::task::spawn_blocking(move || sink.run(runtime, stop)).await??;
+    eprintln!(
+        "stopped: {} lake commits, {} rows, {} duplicates skipped",
+        summary.commits, summary.rows, summary.skipped_duplicates
+    );
+    Ok(ExitCode::SUCCESS)
+}

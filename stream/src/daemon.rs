@@ -1,0 +1,485 @@
+//! `sluice stream`: the consumer-group daemon that runs micro-batches as Kafka transactions.
+//!
+//! Each cycle polls a micro-batch, hands it to the [`Processor`] and commits everything it
+//! produced (state upserts to `<job>.speed`, closed windows to `<job>.results`, DLQ and late
+//! records) together with the consumed offsets in ONE transaction. The RocksDB store is only a
+//! cache of the committed changelog: on start, on partition assignment and after any failed
+//! transaction, the affected partitions are restored from `<job>.speed`, and the consumer
+//! rewinds to the committed offsets, so a crash anywhere loses and repeats nothing.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use sluice_core::time::format_time;
+use sluice_core::topics::{Topics, header};
+use sluice_core::{Job, Pipeline};
+
+use crate::config::{Guarantee, StreamConfig};
+use crate::error::{Result, kafka};
+use crate::kafka::{Change, GroupContext, REQUEST_TIMEOUT, consumer_config, ensure_topics, partition_count, read_changelog};
+use crate::metrics::StreamMetrics;
+use crate::processor::{Diverted, Output, Processor, SourceRecord};
+use crate::state::StateStore;
+use crate::watermark::Watermarks;
+
+/// How long a restore may take before the daemon gives up on the partition.
+const RESTORE_DEADLINE: Duration = Duration::from_secs(120);
+/// Failed micro-batches in a row before the daemon gives up (each is aborted and retried).
+const MAX_CONSECUTIVE_FAILURES: u32 = 5;
+/// Dead letters and late records larger than this keep only their first bytes.
+const MAX_DIVERTED_PAYLOAD: usize = 512 * 1024;
+/// The largest record the daemon produces (a state row of a huge COUNT DISTINCT, say).
+const MAX_PRODUCED_BYTES: usize = 8 << 20;
+
+/// Counts failed deliveries, so an at-least-once batch whose outputs did not all arrive is not
+/// committed (a transaction fails by itself).
+#[derive(Default)]
+struct DeliveryContext {
+    failed: AtomicU64,
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if result.is_err() {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl DeliveryContext {
+    fn take_failures(&self) -> u64 {
+        self.failed.swap(0, Ordering::SeqCst)
+    }
+}
+
+/// What a daemon run did, reported when it stops.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RunSummary {
+    pub batches: u64,
+    pub records_in: u64,
+    pub dlq: u64,
+    pub late: u64,
+    pub aborted: u64,
+}
+
+/// The speed-layer daemon of one job.
+pub struct StreamDaemon {
+    job: Job,
+    pipeline: Arc<Pipeline>,
+    config: StreamConfig,
+    metrics: StreamMetrics,
+    topics: Topics,
+}
+
+struct Running {
+    consumer: BaseConsumer<GroupContext>,
+    producer: BaseProducer<DeliveryContext>,
+    processor: Processor,
+    assigned: Vec<i32>,
+    summary: RunSummary,
+    consecutive_failures: u32,
+}
+
+impl StreamDaemon {
+    pub fn new(job: Job, pipeline: Arc<Pipeline>, config: StreamConfig, metrics: StreamMetrics) -> StreamDaemon {
+        StreamDaemon {
+            topics: Topics::for_job(&job),
+            job,
+            pipeline,
+            config,
+            metrics,
+        }
+    }
+
+    fn name(&self) -> &str {
+        self.job.name()
+    }
+
+    /// Runs until `stop` is set, then finishes the current micro-batch and returns.
+    /// Blocking: give it its own thread.
+    pub fn run(&self, stop: Arc<AtomicBool>) -> Result<RunSummary> {
+        let mut running = self.start()?;
+        tracing::info!(job = self.name(), topic = %self.topics.source, guarantee = ?self.config.guarantee, "speed layer started");
+        while !stop.load(Ordering::SeqCst) {
+            let records = self.poll_batch(&mut running, &stop)?;
+            let first_record = Instant::now();
+            let output = running.processor.process(records, Instant::now())?;
+            if output.is_empty() {
+                self.observe_idle(&running);
+                continue;
+            }
+            match self.commit(&mut running, &output) {
+                Ok(()) => self.observe_commit(&mut running, &output, first_record),
+                Err(e) => self.recover(&mut running, e)?,
+            }
+        }
+        tracing::info!(job = self.name(), summary = ?running.summary, "speed layer stopped");
+        Ok(running.summary)
+    }
+
+    fn start(&self) -> Result<Running> {
+        let job = self.name();
+        let context = GroupContext::new(job, &self.topics.source, self.metrics.clone());
+        let consumer: BaseConsumer<GroupContext> = consumer_config(&self.config, &self.config.group_id)
+            .create_with_context(context)
+            .map_err(kafka(job, "creating the consumer"))?;
+        let partitions = partition_count(job, &consumer, &self.topics.source)?;
+        ensure_topics(job, &self.config, &self.topics, partitions)?;
+        let producer = self.producer()?;
+        let store = StateStore::open_fresh(job, &self.config.state_dir)?;
+        let watermarks = Watermarks::new(self.job.spec.source.watermark_delay, self.config.idle_timeout);
+        let processor = Processor::new(self.job.clone(), self.pipeline.clone(), store, watermarks);
+        consumer
+            .subscribe(&[&self.topics.source])
+            .map_err(kafka(job, format!("subscribing to `{}`", self.topics.source)))?;
+        Ok(Running {
+            consumer,
+            producer,
+            processor,
+            assigned: Vec::new(),
+            summary: RunSummary::default(),
+            consecutive_failures: 0,
+        })
+    }
+
+    fn producer(&self) -> Result<BaseProducer<DeliveryContext>> {
+        let job = self.name();
+        let mut client = crate::kafka::client(&self.config);
+        client
+            .set("linger.ms", "5")
+            .set("enable.idempotence", "true")
+            .set("compression.type", "lz4")
+            .set("queue.buffering.max.messages", "1000000")
+            .set("message.max.bytes", MAX_PRODUCED_BYTES.to_string());
+        if self.config.guarantee == Guarantee::ExactlyOnce {
+            client
+                .set("transactional.id", &self.config.transactional_id)
+                .set("transaction.timeout.ms", "30000");
+        }
+        crate::kafka::apply_overrides(&mut client, &self.config);
+        let producer: BaseProducer<DeliveryContext> = client
+            .create_with_context(DeliveryContext::default())
+            .map_err(kafka(job, "creating the producer"))?;
+        if self.config.guarantee == Guarantee::ExactlyOnce {
+            // Also aborts whatever transaction a crashed predecessor with this id left open.
+            producer
+                .init_transactions(REQUEST_TIMEOUT)
+                .map_err(kafka(job, "initialising transactions (use --guarantee at-least-once for brokers without them)"))?;
+        }
+        Ok(producer)
+    }
+
+    /// Polls until the batch is full, its linger has passed, or `stop` is set. Rebalances are
+    /// applied as they happen; records of revoked partitions are dropped (their new owner
+    /// reprocesses them from the committed offset).
+    fn poll_batch(&self, running: &mut Running, stop: &AtomicBool) -> Result<Vec<SourceRecord>> {
+        let mut records: Vec<SourceRecord> = Vec::new();
+        let mut deadline = Instant::now() + self.config.batch_linger;
+        let mut first = true;
+        while records.len() < self.config.batch_max_records && !stop.load(Ordering::SeqCst) {
+            let timeout = deadline.saturating_duration_since(Instant::now());
+            if timeout.is_zero() {
+                break;
+            }
+            let polled = match running.consumer.poll(timeout) {
+                None => None,
+                Some(Err(e)) => {
+                    tracing::warn!(job = self.name(), error = %e, "consumer error");
+                    None
+                }
+                Some(Ok(message)) => Some(SourceRecord {
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    timestamp_ms: message.timestamp().to_millis(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    payload: message.payload().map(<[u8]>::to_vec),
+                }),
+            };
+            // Rebalance callbacks ran inside poll: restore or drop partitions before using the record.
+            self.apply_changes(running, &mut records)?;
+            if let Some(record) = polled
+                && running.assigned.contains(&record.partition)
+            {
+                if first {
+                    deadline = Instant::now() + self.config.batch_linger;
+                    first = false;
+                }
+                records.push(record);
+            }
+        }
+        Ok(records)
+    }
+
+    fn apply_changes(&self, running: &mut Running, records: &mut Vec<SourceRecord>) -> Result<()> {
+        for change in running.consumer.context().take_changes() {
+            match change {
+                Change::Assigned(partitions) => {
+                    for partition in partitions {
+                        self.restore(running, partition)?;
+                        running.assigned.push(partition);
+                    }
+                }
+                Change::Revoked(partitions) => {
+                    records.retain(|r| !partitions.contains(&r.partition));
+                    for partition in partitions {
+                        running.processor.revoke(partition)?;
+                        running.assigned.retain(|p| *p != partition);
+                        tracing::info!(job = self.name(), partition, "partition revoked");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn restore(&self, running: &mut Running, partition: i32) -> Result<()> {
+        let started = Instant::now();
+        // With read_committed, fetching committed offsets waits until no transaction of this
+        // group is pending, so the changelog read below includes the last committed batch.
+        let mut list = TopicPartitionList::new();
+        list.add_partition(&self.topics.source, partition);
+        running
+            .consumer
+            .committed_offsets(list, REQUEST_TIMEOUT)
+            .map_err(kafka(self.name(), format!("reading the committed offset of partition {partition}")))?;
+        let changelog = read_changelog(self.name(), &self.config, &self.topics.speed, partition, RESTORE_DEADLINE)?;
+        let records = changelog.len();
+        running.processor.restore(partition, changelog, Instant::now())?;
+        tracing::info!(job = self.name(), partition, records, seconds = started.elapsed().as_secs_f64(), "partition assigned; state restored from the changelog");
+        Ok(())
+    }
+
+    fn commit(&self, running: &mut Running, output: &Output) -> std::result::Result<(), KafkaError> {
+        let exactly_once = self.config.guarantee == Guarantee::ExactlyOnce;
+        if exactly_once {
+            running.producer.begin_transaction()?;
+        }
+        self.produce_all(running, output)?;
+        let offsets = self.offsets(&output.next_offsets)?;
+        if exactly_once {
+            // Without group metadata (not yet in a group) the offsets cannot join the transaction.
+            let group = running
+                .consumer
+                .group_metadata()
+                .ok_or(KafkaError::ConsumerCommit(RDKafkaErrorCode::State))?;
+            if offsets.count() > 0 {
+                running.producer.send_offsets_to_transaction(&offsets, &group, REQUEST_TIMEOUT)?;
+            }
+            running.producer.commit_transaction(REQUEST_TIMEOUT)
+        } else {
+            running.producer.flush(REQUEST_TIMEOUT)?;
+            let failed = running.producer.context().take_failures();
+            if failed > 0 {
+                tracing::warn!(job = self.name(), failed, "deliveries failed; not committing offsets");
+                return Err(KafkaError::MessageProduction(RDKafkaErrorCode::Fail));
+            }
+            if offsets.count() > 0 {
+                running.consumer.commit(&offsets, CommitMode::Sync)?;
+            }
+            Ok(())
+        }
+    }
+
+    fn offsets(&self, next: &BTreeMap<i32, i64>) -> std::result::Result<TopicPartitionList, KafkaError> {
+        let mut list = TopicPartitionList::new();
+        for (&partition, &offset) in next {
+            list.add_partition_offset(&self.topics.source, partition, Offset::Offset(offset))?;
+        }
+        Ok(list)
+    }
+
+    fn produce_all(&self, running: &Running, output: &Output) -> std::result::Result<(), KafkaError> {
+        let producer = &running.producer;
+        for (sent, record) in output.speed.iter().enumerate() {
+            if sent % 1024 == 1023 {
+                producer.poll(Duration::ZERO);
+            }
+            let mut base = BaseRecord::<[u8], [u8]>::to(&self.topics.speed)
+                .partition(record.partition)
+                .key(&record.key);
+            if let Some(value) = &record.value {
+                base = base.payload(value);
+            }
+            send(producer, base)?;
+        }
+        for (key, value) in &output.results {
+            let mut base = BaseRecord::<[u8], [u8]>::to(&self.topics.results).payload(value);
+            if let Some(key) = key {
+                base = base.key(key);
+            }
+            send(producer, base)?;
+        }
+        for diverted in &output.dlq {
+            send(producer, self.diverted_record(&self.topics.dlq, diverted))?;
+        }
+        for diverted in &output.late {
+            send(producer, self.diverted_record(&self.topics.late, diverted))?;
+        }
+        Ok(())
+    }
+
+    fn diverted_record<'a>(&self, topic: &'a str, diverted: &'a Diverted) -> BaseRecord<'a, [u8], [u8]> {
+        let record = &diverted.record;
+        let partition = record.partition.to_string();
+        let offset = record.offset.to_string();
+        let mut headers = OwnedHeaders::new()
+            .insert(Header { key: header::SOURCE_TOPIC, value: Some(&self.topics.source) })
+            .insert(Header { key: header::SOURCE_PARTITION, value: Some(&partition) })
+            .insert(Header { key: header::SOURCE_OFFSET, value: Some(&offset) })
+            .insert(Header { key: header::ERROR_TYPE, value: Some(&diverted.error_type) })
+            .insert(Header { key: header::ERROR_MESSAGE, value: Some(&diverted.message) });
+        let optional = [
+            (header::SOURCE_TIMESTAMP, record.timestamp_ms.map(|t| t.to_string())),
+            (header::ERROR_FIELD, diverted.field.clone()),
+            (header::WATERMARK, diverted.watermark_us.map(format_time)),
+            (header::EVENT_TIME, diverted.event_time_us.map(format_time)),
+        ];
+        for (key, value) in optional {
+            if let Some(value) = value {
+                headers = headers.insert(Header { key, value: Some(&value) });
+            }
+        }
+        let payload = record.payload.as_deref().unwrap_or_default();
+        if payload.len() > MAX_DIVERTED_PAYLOAD {
+            // Kafka's default record limit is about 1 MB: keep the record's head, say so.
+            let size = payload.len().to_string();
+            headers = headers
+                .insert(Header { key: header::TRUNCATED, value: Some("true") })
+                .insert(Header { key: header::ORIGINAL_SIZE, value: Some(&size) });
+        }
+        let mut base = BaseRecord::<[u8], [u8]>::to(topic).headers(headers);
+        if let Some(key) = &record.key {
+            base = base.key(key);
+        }
+        if let Some(payload) = &record.payload {
+            base = base.payload(&payload[..payload.len().min(MAX_DIVERTED_PAYLOAD)]);
+        }
+        base
+    }
+
+    /// A failed transaction: abort it, rewind every assigned partition to its committed offset
+    /// and restore its state, so the batch is redone from committed facts only.
+    fn recover(&self, running: &mut Running, error: KafkaError) -> Result<()> {
+        let job = self.name();
+        if let KafkaError::Transaction(e) = &error
+            && e.is_fatal()
+        {
+            return Err(kafka(job, "committing a micro-batch (fatal; another instance fenced this one?)")(error));
+        }
+        tracing::warn!(job, error = %error, "micro-batch failed; aborting and rewinding");
+        self.metrics.transaction_aborts.with_label_values(&[job]).inc();
+        running.summary.aborted += 1;
+        if self.config.guarantee == Guarantee::ExactlyOnce {
+            self.abort(running)?;
+        }
+        running.producer.context().take_failures();
+        running.consecutive_failures += 1;
+        if running.consecutive_failures > MAX_CONSECUTIVE_FAILURES {
+            return Err(kafka(job, format!("committing a micro-batch ({MAX_CONSECUTIVE_FAILURES} attempts in a row failed)"))(error));
+        }
+        std::thread::sleep(Duration::from_millis(200) * running.consecutive_failures);
+        let committed = running
+            .consumer
+            .committed(REQUEST_TIMEOUT)
+            .map_err(kafka(job, "reading committed offsets"))?;
+        running.processor.forget_emitted();
+        for partition in running.assigned.clone() {
+            let offset = committed
+                .find_partition(&self.topics.source, partition)
+                .map(|e| e.offset())
+                .filter(|o| matches!(o, Offset::Offset(_)))
+                .unwrap_or(Offset::Beginning);
+            // A partition assigned during the failed batch is not fetching yet (seek refuses);
+            // it will start from the committed offset anyway.
+            if let Err(e) = running.consumer.seek(&self.topics.source, partition, offset, REQUEST_TIMEOUT) {
+                tracing::warn!(job, partition, error = %e, "could not rewind; the partition starts from its committed offset");
+            }
+            running.processor.revoke(partition)?;
+            self.restore(running, partition)?;
+        }
+        Ok(())
+    }
+
+    /// Aborts the open transaction. librdkafka waits for outstanding deliveries first, and with
+    /// the event API those only complete while someone serves the queue: flush does.
+    fn abort(&self, running: &Running) -> Result<()> {
+        let job = self.name();
+        let _ = running.producer.flush(REQUEST_TIMEOUT);
+        let mut attempts = 0;
+        loop {
+            match running.producer.abort_transaction(REQUEST_TIMEOUT) {
+                Ok(()) => return Ok(()),
+                Err(KafkaError::Transaction(e)) if e.is_retriable() && attempts < 3 => attempts += 1,
+                Err(e) => return Err(kafka(job, "aborting a failed micro-batch")(e)),
+            }
+        }
+    }
+
+    fn observe_commit(&self, running: &mut Running, output: &Output, first_record: Instant) {
+        running.consecutive_failures = 0;
+        let job = self.name();
+        let summary = &mut running.summary;
+        summary.batches += 1;
+        summary.records_in += output.consumed.values().sum::<u64>();
+        summary.dlq += output.dlq.len() as u64;
+        summary.late += output.late.len() as u64;
+        let m = &self.metrics;
+        m.batch_latency.with_label_values(&[job]).observe(first_record.elapsed().as_secs_f64());
+        for (topic, count) in [
+            (&self.topics.speed, output.speed.len()),
+            (&self.topics.results, output.results.len()),
+            (&self.topics.dlq, output.dlq.len()),
+            (&self.topics.late, output.late.len()),
+        ] {
+            m.records_out.with_label_values(&[job, topic]).inc_by(count as u64);
+        }
+        for diverted in &output.dlq {
+            m.dlq_records.with_label_values(&[job, &diverted.error_type]).inc();
+        }
+        m.late_records.with_label_values(&[job]).inc_by(output.late.len() as u64);
+        for (partition, count) in &output.consumed {
+            m.records_in
+                .with_label_values(&[job, &self.topics.source, &partition.to_string()])
+                .inc_by(*count);
+        }
+        self.observe_idle(running);
+    }
+
+    fn observe_idle(&self, running: &Running) {
+        let job = self.name();
+        self.metrics.state_keys.with_label_values(&[job]).set(running.processor.state_keys() as i64);
+        if let Some(watermark) = running.processor.job_watermark() {
+            let now = chrono::Utc::now().timestamp_micros();
+            self.metrics
+                .watermark_lag
+                .with_label_values(&[job])
+                .set((now - watermark) as f64 / 1e6);
+        }
+    }
+}
+
+/// Produces one record, serving delivery reports while the local queue is full.
+fn send(producer: &BaseProducer<DeliveryContext>, mut record: BaseRecord<'_, [u8], [u8]>) -> std::result::Result<(), KafkaError> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                producer.poll(Duration::from_millis(10));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}

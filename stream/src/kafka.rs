@@ -1,0 +1,260 @@
+//! Kafka client settings, topic creation and changelog reads shared by the daemon and the
+//! raw-lake sink.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::statistics::Statistics;
+use rdkafka::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use sluice_core::topics::Topics;
+
+use crate::config::StreamConfig;
+use crate::error::{Result, StreamError, kafka};
+use crate::metrics::StreamMetrics;
+
+/// How long a metadata or admin request may take before the daemon gives up.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(crate) fn client(config: &StreamConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", &config.brokers);
+    client
+}
+
+pub(crate) fn apply_overrides(client: &mut ClientConfig, config: &StreamConfig) {
+    for (key, value) in &config.client_overrides {
+        client.set(key, value);
+    }
+}
+
+/// Partition changes the rebalance callbacks report to the loop.
+#[derive(Debug)]
+pub(crate) enum Change {
+    Assigned(Vec<i32>),
+    Revoked(Vec<i32>),
+}
+
+/// The consumer context of the daemon and the sink: reports partition changes to the loop and
+/// consumer lag to the metrics.
+pub(crate) struct GroupContext {
+    pub(crate) job: String,
+    pub(crate) topic: String,
+    pub(crate) changes: Mutex<Vec<Change>>,
+    pub(crate) metrics: StreamMetrics,
+}
+
+impl ClientContext for GroupContext {
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        for (partition, stats) in &topic.partitions {
+            if *partition >= 0 && stats.consumer_lag >= 0 {
+                self.metrics
+                    .consumer_lag
+                    .with_label_values(&[&self.job, &self.topic, &partition.to_string()])
+                    .set(stats.consumer_lag);
+            }
+        }
+    }
+}
+
+impl GroupContext {
+    pub(crate) fn new(job: &str, topic: &str, metrics: StreamMetrics) -> GroupContext {
+        GroupContext {
+            job: job.to_string(),
+            topic: topic.to_string(),
+            changes: Mutex::new(Vec::new()),
+            metrics,
+        }
+    }
+
+    /// The changes reported since the last call.
+    pub(crate) fn take_changes(&self) -> Vec<Change> {
+        match self.changes.lock() {
+            Ok(mut changes) => changes.drain(..).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let partitions = |list: &TopicPartitionList| {
+            list.elements_for_topic(&self.topic)
+                .iter()
+                .map(|e| e.partition())
+                .collect::<Vec<_>>()
+        };
+        let change = match rebalance {
+            Rebalance::Assign(list) => Change::Assigned(partitions(list)),
+            Rebalance::Revoke(list) => Change::Revoked(partitions(list)),
+            Rebalance::Error(e) => {
+                tracing::warn!(job = %self.job, error = %e, "rebalance error");
+                return;
+            }
+        };
+        if let Ok(mut changes) = self.changes.lock() {
+            changes.push(change);
+        }
+    }
+}
+
+/// A consumer that reads committed records only and commits offsets by hand.
+pub(crate) fn consumer_config(config: &StreamConfig, group: &str) -> ClientConfig {
+    let mut client = client(config);
+    client
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        // Bounds the prefetched records held per partition (the memory bound's main term).
+        .set("queued.max.messages.kbytes", "16384")
+        .set("statistics.interval.ms", "1000");
+    apply_overrides(&mut client, config);
+    client
+}
+
+/// The number of partitions of `topic`.
+pub(crate) fn partition_count(job: &str, consumer: &BaseConsumer<impl rdkafka::consumer::ConsumerContext>, topic: &str) -> Result<usize> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+        .map_err(kafka(job, format!("reading the metadata of `{topic}`")))?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map(|t| t.partitions().len())
+        .unwrap_or(0);
+    if partitions == 0 {
+        return Err(StreamError::Config {
+            job: job.to_string(),
+            message: format!("source topic `{topic}` does not exist (or has no partitions)"),
+        });
+    }
+    Ok(partitions)
+}
+
+/// Creates the job's output topics if they are missing: `<job>.speed` compacted with one
+/// partition per source partition (partition `p` holds source partition `p`'s state), the
+/// others with as many partitions as the source.
+pub(crate) fn ensure_topics(job: &str, config: &StreamConfig, topics: &Topics, partitions: usize) -> Result<()> {
+    let mut settings = client(config);
+    apply_overrides(&mut settings, config);
+    let admin: AdminClient<DefaultClientContext> = settings
+        .create()
+        .map_err(kafka(job, "creating an admin client"))?;
+    let partitions = partitions as i32;
+    let new_topics = [
+        NewTopic::new(&topics.speed, partitions, TopicReplication::Fixed(1))
+            .set("cleanup.policy", "compact"),
+        NewTopic::new(&topics.results, partitions, TopicReplication::Fixed(1)),
+        NewTopic::new(&topics.dlq, partitions, TopicReplication::Fixed(1)),
+        NewTopic::new(&topics.late, partitions, TopicReplication::Fixed(1)),
+    ];
+    let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
+    let results = futures::executor::block_on(admin.create_topics(&new_topics, &options))
+        .map_err(kafka(job, "creating the job's topics"))?;
+    for result in results {
+        match result {
+            Ok(_) => {}
+            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) if topic == topics.speed => {
+                check_speed_partitions(job, config, &topic, partitions)?;
+            }
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(kafka(job, format!("creating topic `{topic}`"))(
+                    KafkaError::AdminOp(code),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `<job>.speed` partition `p` holds source partition `p`'s state, so it needs at least as
+/// many partitions as the source.
+fn check_speed_partitions(job: &str, config: &StreamConfig, topic: &str, needed: i32) -> Result<()> {
+    let mut settings = client(config);
+    apply_overrides(&mut settings, config);
+    let consumer: BaseConsumer = settings.create().map_err(kafka(job, "creating a metadata client"))?;
+    let found = partition_count(job, &consumer, topic)? as i32;
+    if found < needed {
+        return Err(StreamError::Config {
+            job: job.to_string(),
+            message: format!(
+                "`{topic}` has {found} partitions but the source has {needed}; add partitions to it (kafka-topics --alter --partitions {needed})"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Every committed record of `<job>.speed` partition `partition`, oldest first: the
+/// changelog a restore replays. Reads until the end of the partition as read_committed sees it.
+pub(crate) fn read_changelog(
+    job: &str,
+    config: &StreamConfig,
+    topic: &str,
+    partition: i32,
+    deadline: Duration,
+) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>> {
+    let restore_error = |message: String| StreamError::Restore {
+        job: job.to_string(),
+        topic: topic.to_string(),
+        partition,
+        message,
+    };
+    let mut client = client(config);
+    client
+        .set("group.id", format!("{}-restore", config.group_id))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true");
+    apply_overrides(&mut client, config);
+    let consumer: BaseConsumer = client.create().map_err(kafka(job, "creating a restore consumer"))?;
+    let (low, high) = consumer
+        .fetch_watermarks(topic, partition, REQUEST_TIMEOUT)
+        .map_err(kafka(job, format!("reading the offsets of `{topic}` [{partition}]")))?;
+    let mut records = Vec::new();
+    if high <= low {
+        return Ok(records);
+    }
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, partition, Offset::Beginning)
+        .map_err(kafka(job, "assigning the changelog"))?;
+    consumer.assign(&assignment).map_err(kafka(job, "assigning the changelog"))?;
+    let started = Instant::now();
+    loop {
+        if started.elapsed() > deadline {
+            return Err(restore_error(format!(
+                "not at the end after {deadline:?} ({} records read; high watermark {high})",
+                records.len()
+            )));
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            None => continue,
+            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(records),
+            Some(Err(e)) => return Err(restore_error(e.to_string())),
+            Some(Ok(message)) => {
+                let key = message.key().unwrap_or_default().to_vec();
+                records.push((key, message.payload().map(<[u8]>::to_vec)));
+                if message.offset() + 1 >= high {
+                    return Ok(records);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The speed layer's Prometheus metrics (`sluice_<noun>_<unit>`, labels job/topic/partition)
+//! and the `/metrics` endpoint that serves a registry.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::http::header::CONTENT_TYPE;
+use axum::routing::get;
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::error::{Result, StreamError};
+
+/// The metrics of one `sluice stream` process.
+#[derive(Clone)]
+pub struct StreamMetrics {
+    pub registry: Registry,
+    pub records_in: IntCounterVec,
+    pub records_out: IntCounterVec,
+    pub dlq_records: IntCounterVec,
+    pub late_records: IntCounterVec,
+    pub consumer_lag: IntGaugeVec,
+    pub watermark_lag: GaugeVec,
+    pub batch_latency: HistogramVec,
+    pub state_keys: IntGaugeVec,
+    pub transaction_aborts: IntCounterVec,
+    pub lake_rows: IntCounterVec,
+    pub lake_commits: IntCounterVec,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry.register(Box::new(metric.clone())).expect("unique metric");
+    metric
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry.register(Box::new(metric.clone())).expect("unique metric");
+    metric
+}
+
+impl StreamMetrics {
+    pub fn new() -> StreamMetrics {
+        let registry = Registry::new();
+        let watermark_lag = GaugeVec::new(
+            Opts::new(
+                "sluice_watermark_lag_seconds",
+                "Wall-clock time minus the job watermark.",
+            ),
+            &["job"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(watermark_lag.clone()))
+            .expect("unique metric");
+        let batch_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "sluice_batch_latency_seconds",
+                "Time from a micro-batch's first record to its committed transaction.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0,
+            ]),
+            &["job"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(batch_latency.clone()))
+            .expect("unique metric");
+        StreamMetrics {
+            records_in: counter(&registry, "sluice_records_in_total", "Source records consumed.", &["job", "topic", "partition"]),
+            records_out: counter(&registry, "sluice_records_out_total", "Records produced, by topic.", &["job", "topic"]),
+            dlq_records: counter(&registry, "sluice_dlq_records_total", "Records sent to the DLQ, by error type.", &["job", "error_type"]),
+            late_records: counter(&registry, "sluice_late_records_total", "Records later than the allowed lateness.", &["job"]),
+            consumer_lag: gauge(&registry, "sluice_consumer_lag_records", "Records behind the partition's end.", &["job", "topic", "partition"]),
+            state_keys: gauge(&registry, "sluice_state_keys", "Keys in the RocksDB state store (estimate).", &["job"]),
+            transaction_aborts: counter(&registry, "sluice_transaction_aborts_total", "Aborted micro-batch transactions.", &["job"]),
+            lake_rows: counter(&registry, "sluice_lake_rows_total", "Rows committed to the raw Delta table.", &["job", "partition"]),
+            lake_commits: counter(&registry, "sluice_lake_commits_total", "Delta commits of the raw-lake sink.", &["job"]),
+            watermark_lag,
+            batch_latency,
+            registry,
+        }
+    }
+
+    /// The registry in Prometheus' text format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let encoder = TextEncoder::new();
+        if encoder.encode(&self.registry.gather(), &mut out).is_err() {
+            return String::new();
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for StreamMetrics {
+    fn default() -> Self {
+        StreamMetrics::new()
+    }
+}
+
+/// Serves `GET /metrics` on `addr` until the process ends.
+pub async fn serve_metrics(addr: SocketAddr, metrics: StreamMetrics) -> Result<()> {
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let body = metrics.render();
+            async move { ([(CONTENT_TYPE, "text/plain; version=0.0.4")], body) }
+        }),
+    );
+    let error = |source| StreamError::Metrics {
+        addr: addr.to_string(),
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(error)?;
+    axum::serve(listener, app).await.map_err(error)
+}

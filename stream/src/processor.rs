@@ -1,0 +1,766 @@
+//! One micro-batch through the shared plan: decode, divert bad and late records, fold partial
+//! states into keyed state, emit closed windows, purge expired ones.
+//!
+//! The processor knows nothing of Kafka clients: it takes records and returns everything the
+//! micro-batch's transaction must hold ([`Output`]). Every filter, window and aggregate comes
+//! from `sluice_core` ([`Pipeline`], [`AggregateStage`]); the processor only decides which rows
+//! go where and keeps the state keyed by (source partition, view key, window, bucket).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{AsArray, RecordBatch, UInt32Array};
+use arrow::compute::take_record_batch;
+use arrow::datatypes::TimestampMicrosecondType;
+use sluice_core::rows::to_json_lines;
+use sluice_core::speed::{KeyPrefix, PartitionWatermark, SpeedCodec, WATERMARK_KEY};
+use sluice_core::{AggregateStage, Job, JsonDecoder, Pipeline};
+
+use crate::error::Result;
+use crate::state::{StateStore, StateWrite};
+use crate::watermark::Watermarks;
+
+/// A record as read from the source topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+}
+
+/// A record sent to `<job>.dlq` or `<job>.late`, bytes unchanged, with why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diverted {
+    pub record: SourceRecord,
+    pub error_type: String,
+    pub message: String,
+    pub field: Option<String>,
+    /// Late records: the job watermark and the record's event time (µs).
+    pub watermark_us: Option<i64>,
+    pub event_time_us: Option<i64>,
+}
+
+/// One `<job>.speed` record: a state row upsert, a tombstone, or a watermark.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpeedRecord {
+    pub partition: i32,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// What one micro-batch's transaction holds.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub speed: Vec<SpeedRecord>,
+    /// `<job>.results`: (key, value) JSON.
+    pub results: Vec<(Option<Vec<u8>>, Vec<u8>)>,
+    pub dlq: Vec<Diverted>,
+    pub late: Vec<Diverted>,
+    /// The next offset to consume per source partition.
+    pub next_offsets: BTreeMap<i32, i64>,
+    /// Records that reached the plan.
+    pub rows_in: usize,
+    /// Records consumed per source partition.
+    pub consumed: BTreeMap<i32, u64>,
+}
+
+impl Output {
+    pub fn is_empty(&self) -> bool {
+        self.speed.is_empty()
+            && self.results.is_empty()
+            && self.dlq.is_empty()
+            && self.late.is_empty()
+            && self.next_offsets.is_empty()
+    }
+}
+
+pub(crate) struct Processor {
+    job: Job,
+    pipeline: Arc<Pipeline>,
+    decoder: JsonDecoder,
+    event_time_index: usize,
+    lateness_us: i64,
+    codec: Option<SpeedCodec>,
+    store: StateStore,
+    watermarks: Watermarks,
+    /// Window end → (partition, window prefix) of windows still held in the store.
+    open_windows: BTreeMap<i64, BTreeSet<(i32, Vec<u8>)>>,
+    /// Per partition: its windows that ended by this job watermark have been emitted, and
+    /// those that ended `allowed_lateness` before it purged. It only grows, and it is the bound
+    /// lateness is judged by: a record of the partition whose windows all ended
+    /// `allowed_lateness` before it is late. (The job watermark itself may step back when a
+    /// partition with older data is assigned; that pauses emission, it never reopens windows.)
+    emitted_us: BTreeMap<i32, i64>,
+    /// The job watermark after the last micro-batch, for metrics.
+    last_watermark: Option<i64>,
+}
+
+impl Processor {
+    pub(crate) fn new(
+        job: Job,
+        pipeline: Arc<Pipeline>,
+        store: StateStore,
+        watermarks: Watermarks,
+    ) -> Processor {
+        let source = job.source_schema();
+        let event_time_index = source
+            .index_of(&job.spec.source.event_time)
+            .unwrap_or_default();
+        Processor {
+            decoder: JsonDecoder::new(&job),
+            event_time_index,
+            lateness_us: job.spec.source.allowed_lateness.as_micros() as i64,
+            codec: pipeline.plan().aggregate().map(SpeedCodec::new),
+            job,
+            pipeline,
+            store,
+            watermarks,
+            open_windows: BTreeMap::new(),
+            emitted_us: BTreeMap::new(),
+            last_watermark: None,
+        }
+    }
+
+    pub(crate) fn job_watermark(&self) -> Option<i64> {
+        self.last_watermark
+    }
+
+    pub(crate) fn state_keys(&self) -> u64 {
+        self.store.estimated_keys()
+    }
+
+    /// Loads `partition`'s committed changelog (`(key, value)`; `None` value = tombstone).
+    pub(crate) fn restore(
+        &mut self,
+        partition: i32,
+        changelog: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        now: Instant,
+    ) -> Result<()> {
+        self.store.drop_partition(partition)?;
+        let mut watermark = None;
+        let mut writes = Vec::new();
+        for (key, value) in changelog {
+            if key == WATERMARK_KEY {
+                watermark = value.as_deref().map(PartitionWatermark::decode).transpose()?;
+                continue;
+            }
+            writes.push(match value {
+                Some(value) => StateWrite::Put { partition, key, value },
+                None => StateWrite::Delete { partition, key },
+            });
+        }
+        self.store.apply(&writes)?;
+        self.watermarks.assign(partition, watermark, now);
+        match watermark.and_then(|w| w.emitted_us) {
+            Some(emitted) => {
+                self.emitted_us.insert(partition, emitted);
+            }
+            None => {
+                self.emitted_us.remove(&partition);
+            }
+        };
+        self.index_partition(partition)
+    }
+
+    fn index_partition(&mut self, partition: i32) -> Result<()> {
+        let Some(codec) = &self.codec else {
+            return Ok(());
+        };
+        for (key, _) in self.store.scan(partition, b"")? {
+            if let (_, Some(end)) = codec.key_times(&key)? {
+                let prefix = codec.window_prefix_of(&key).to_vec();
+                self.open_windows.entry(end).or_default().insert((partition, prefix));
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets which windows were emitted; the restores that follow set it again from the
+    /// committed watermark records (after an aborted micro-batch).
+    pub(crate) fn forget_emitted(&mut self) {
+        self.emitted_us.clear();
+    }
+
+    /// Forgets a revoked partition; its new owner restores it from the changelog.
+    pub(crate) fn revoke(&mut self, partition: i32) -> Result<()> {
+        self.watermarks.revoke(partition);
+        self.emitted_us.remove(&partition);
+        for windows in self.open_windows.values_mut() {
+            windows.retain(|(p, _)| *p != partition);
+        }
+        self.store.drop_partition(partition)
+    }
+
+    /// Runs one micro-batch (possibly empty: idle partitions can still close windows).
+    pub(crate) fn process(&mut self, records: Vec<SourceRecord>, now: Instant) -> Result<Output> {
+        let mut output = Output::default();
+        for record in &records {
+            output.next_offsets.insert(record.partition, record.offset + 1);
+            *output.consumed.entry(record.partition).or_default() += 1;
+        }
+        let before = self.watermarks.job_watermark(now);
+        let (batch, origin) = self.decode(&records, &mut output)?;
+        let times: Vec<i64> = batch
+            .column(self.event_time_index)
+            .as_primitive::<TimestampMicrosecondType>()
+            .values()
+            .to_vec();
+        let keep = self.divert_late(&times, &origin, &mut output);
+        let mut moved = BTreeSet::new();
+        let mut seen = max_event_per_partition(&times, &origin);
+        for &partition in output.next_offsets.keys() {
+            seen.entry(partition).or_default();
+        }
+        for (partition, max_event) in seen {
+            if self.watermarks.observe(partition, max_event, now).is_some() {
+                moved.insert(partition);
+            }
+        }
+        for (partition, rows) in rows_per_partition(&keep, &origin) {
+            let part = take_record_batch(&batch, &UInt32Array::from(rows.clone()))
+                .map_err(arrow_error("selecting a partition's rows"))?;
+            output.rows_in += part.num_rows();
+            self.run_plan(partition, &part, &rows, &origin, &mut output)?;
+        }
+        let after = self.watermarks.job_watermark(now);
+        self.last_watermark = after;
+        let emitted = self.emit_and_purge(after, &mut output)?;
+        if emitted || !moved.is_empty() || after != before {
+            self.watermark_records(&mut output);
+        }
+        Ok(output)
+    }
+
+    /// Decodes the payloads; undecodable records go to the DLQ. Returns the good rows and,
+    /// per row, the record it came from.
+    fn decode<'r>(
+        &self,
+        records: &'r [SourceRecord],
+        output: &mut Output,
+    ) -> Result<(RecordBatch, Vec<&'r SourceRecord>)> {
+        let (with_value, without): (Vec<&SourceRecord>, Vec<&SourceRecord>) =
+            records.iter().partition(|r| r.payload.is_some());
+        for record in without {
+            output.dlq.push(Diverted {
+                record: record.clone(),
+                error_type: "malformed_json".to_string(),
+                message: "the record has no value (a tombstone)".to_string(),
+                field: None,
+                watermark_us: None,
+                event_time_us: None,
+            });
+        }
+        let payloads: Vec<&[u8]> = with_value
+            .iter()
+            .map(|r| r.payload.as_deref().unwrap_or_default())
+            .collect();
+        let decoded = self.decoder.decode(&payloads)?;
+        for error in decoded.errors {
+            output.dlq.push(Diverted {
+                record: (*with_value[error.index]).clone(),
+                error_type: error.kind.as_str().to_string(),
+                message: error.reason,
+                field: error.field,
+                watermark_us: None,
+                event_time_us: None,
+            });
+        }
+        let origin = decoded.rows.iter().map(|&i| with_value[i]).collect();
+        Ok((decoded.batch, origin))
+    }
+
+    /// Marks which rows go on to the plan; late rows go to `<job>.late`. (The decoder already
+    /// dead-lettered records without an event time: it is always a required field.)
+    fn divert_late(&self, times: &[i64], origin: &[&SourceRecord], output: &mut Output) -> Vec<bool> {
+        let mut keep = vec![true; times.len()];
+        for (partition, rows) in rows_per_partition(&keep.clone(), origin) {
+            let Some(&bound) = self.emitted_us.get(&partition) else {
+                continue;
+            };
+            let part_times: Vec<i64> = rows.iter().map(|&r| times[r as usize]).collect();
+            let late = self.pipeline.late_rows(&part_times, bound, self.lateness_us);
+            for (&row, _) in rows.iter().zip(late).filter(|(_, late)| *late) {
+                let row = row as usize;
+                keep[row] = false;
+                output.late.push(Diverted {
+                    record: (*origin[row]).clone(),
+                    error_type: "late".to_string(),
+                    message: "every window of the event closed more than the allowed lateness ago"
+                        .to_string(),
+                    field: None,
+                    watermark_us: Some(bound),
+                    event_time_us: Some(times[row]),
+                });
+            }
+        }
+        keep
+    }
+
+    /// Stage 1 and 2 on one partition's rows. If the plan fails on the batch (a UDF or
+    /// transform error), each row is tried alone and the failing ones go to the DLQ.
+    fn run_plan(
+        &mut self,
+        partition: i32,
+        part: &RecordBatch,
+        rows: &[u32],
+        origin: &[&SourceRecord],
+        output: &mut Output,
+    ) -> Result<()> {
+        match self.evaluate(part) {
+            Ok(evaluated) => self.absorb(partition, evaluated, output),
+            Err(batch_error) => {
+                tracing::debug!(job = self.job.name(), partition, error = %batch_error, "plan failed on a micro-batch; isolating the bad rows");
+                for (i, &row) in rows.iter().enumerate() {
+                    match self.evaluate(&part.slice(i, 1)) {
+                        Ok(evaluated) => self.absorb(partition, evaluated, output)?,
+                        Err(e) => output.dlq.push(Diverted {
+                            record: (*origin[row as usize]).clone(),
+                            error_type: "transform_error".to_string(),
+                            message: e.to_string(),
+                            field: None,
+                            watermark_us: None,
+                            event_time_us: None,
+                        }),
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Partial states of an aggregate job, or the output rows of a stateless one.
+    fn evaluate(&self, part: &RecordBatch) -> sluice_core::Result<RecordBatch> {
+        let filtered = self.pipeline.filtered(part)?;
+        match self.pipeline.plan().aggregate() {
+            Some(stage) => stage.partial(&filtered),
+            None => self.pipeline.plan().project(&filtered),
+        }
+    }
+
+    fn absorb(&mut self, partition: i32, evaluated: RecordBatch, output: &mut Output) -> Result<()> {
+        match self.pipeline.plan().aggregate() {
+            None => {
+                let lines = to_json_lines(&[evaluated])?;
+                for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                    output.results.push((None, line.to_vec()));
+                }
+                Ok(())
+            }
+            Some(_) => {
+                let open = self.drop_expired_windows(evaluated, self.emitted_us.get(&partition).copied())?;
+                self.fold(partition, open, output)
+            }
+        }
+    }
+
+    /// A HOP event can belong to a window that already expired beside one still open; the
+    /// expired window's state is final (and purged), so its partial row is left out.
+    fn drop_expired_windows(&self, partial: RecordBatch, bound: Option<i64>) -> Result<RecordBatch> {
+        let (Some(watermark), Some(stage)) = (bound, self.pipeline.plan().aggregate()) else {
+            return Ok(partial);
+        };
+        if stage.window().is_none() {
+            return Ok(partial);
+        }
+        let ends = partial
+            .column(stage.key_count() + 1)
+            .as_primitive::<TimestampMicrosecondType>();
+        let keep: Vec<u32> = (0..partial.num_rows() as u32)
+            .filter(|&r| ends.value(r as usize).saturating_add(self.lateness_us) > watermark)
+            .collect();
+        if keep.len() == partial.num_rows() {
+            return Ok(partial);
+        }
+        take_record_batch(&partial, &UInt32Array::from(keep)).map_err(arrow_error("dropping expired windows"))
+    }
+
+    /// Merges `partial` into `partition`'s state; changed rows become speed records.
+    fn fold(&mut self, partition: i32, partial: RecordBatch, output: &mut Output) -> Result<()> {
+        let (Some(codec), Some(stage)) = (&self.codec, self.pipeline.plan().aggregate()) else {
+            return Ok(());
+        };
+        if partial.num_rows() == 0 {
+            return Ok(());
+        }
+        let existing = existing_rows(&self.store, codec, stage, partition, &partial)?;
+        let merged = stage.merge(&[codec.decode(&existing)?, partial])?;
+        let old: HashMap<Vec<u8>, Vec<u8>> = existing.into_iter().collect();
+        let mut writes = Vec::new();
+        let mut kept = BTreeSet::new();
+        for row in 0..merged.num_rows() {
+            let key = codec.key(&merged, row)?;
+            let value = codec.value(&merged, row)?;
+            kept.insert(key.clone());
+            if old.get(&key) == Some(&value) {
+                continue;
+            }
+            if let (_, Some(end)) = codec.key_times(&key)? {
+                let prefix = codec.window_prefix_of(&key).to_vec();
+                self.open_windows.entry(end).or_default().insert((partition, prefix));
+            }
+            output.speed.push(SpeedRecord { partition, key: key.clone(), value: Some(value.clone()) });
+            writes.push(StateWrite::Put { partition, key, value });
+        }
+        for key in old.into_keys().filter(|k| !kept.contains(k)) {
+            output.speed.push(SpeedRecord { partition, key: key.clone(), value: None });
+            writes.push(StateWrite::Delete { partition, key });
+        }
+        self.store.apply(&writes)
+    }
+
+    /// Emits the rows of windows that closed (or changed after closing) and forgets windows
+    /// past their lateness. A job without a group window emits every changed key.
+    /// Returns whether any partition's emitted bound moved (it must then be recorded).
+    fn emit_and_purge(&mut self, after: Option<i64>, output: &mut Output) -> Result<bool> {
+        let (Some(codec), Some(stage)) = (self.codec.clone(), self.pipeline.plan().aggregate()) else {
+            return Ok(false);
+        };
+        let changed: BTreeSet<Vec<u8>> = output
+            .speed
+            .iter()
+            .filter(|r| r.value.is_some())
+            .map(|r| codec.window_prefix_of(&r.key).to_vec())
+            .collect();
+        let due: BTreeSet<Vec<u8>> = if stage.window().is_none() {
+            changed
+        } else {
+            let Some(after) = after else {
+                return Ok(false);
+            };
+            let mut due = BTreeSet::new();
+            for (&end, windows) in self.open_windows.range(..=after) {
+                for (partition, prefix) in windows {
+                    let emitted = self.emitted_us.get(partition).is_some_and(|&e| end <= e);
+                    if !emitted || changed.contains(prefix) {
+                        due.insert(prefix.clone());
+                    }
+                }
+            }
+            due
+        };
+        self.emit(&codec, stage, &due, output)?;
+        let mut moved = false;
+        if stage.window().is_some()
+            && let Some(after) = after
+        {
+            let partitions: Vec<i32> = self.watermarks.partitions().map(|(p, _)| p).collect();
+            for partition in partitions {
+                let emitted = self.emitted_us.entry(partition).or_insert(i64::MIN);
+                if *emitted < after {
+                    *emitted = after;
+                    moved = true;
+                }
+            }
+            self.purge()?;
+        }
+        Ok(moved)
+    }
+
+    fn emit(
+        &self,
+        codec: &SpeedCodec,
+        stage: &AggregateStage,
+        due: &BTreeSet<Vec<u8>>,
+        output: &mut Output,
+    ) -> Result<()> {
+        if due.is_empty() {
+            return Ok(());
+        }
+        let partitions: Vec<i32> = self.watermarks.partitions().map(|(p, _)| p).collect();
+        let mut rows = Vec::new();
+        for prefix in due {
+            for &partition in &partitions {
+                rows.extend(self.store.scan(partition, prefix)?);
+            }
+        }
+        let finalized = stage.finalize(&[codec.decode(&rows)?])?;
+        let keys = finalized
+            .project(
+                &stage
+                    .result_key_columns()
+                    .iter()
+                    .filter_map(|k| finalized.schema().index_of(k).ok())
+                    .collect::<Vec<_>>(),
+            )
+            .map_err(arrow_error("selecting the view key of result rows"))?;
+        let values = to_json_lines(&[finalized])?;
+        let keys = to_json_lines(&[keys])?;
+        for (key, value) in keys.split(|b| *b == b'\n').zip(values.split(|b| *b == b'\n')) {
+            if !value.is_empty() {
+                output.results.push((Some(key.to_vec()), value.to_vec()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops windows whose end plus the allowed lateness the watermark has passed. They stay in
+    /// `<job>.speed` (the serving layer still needs them until a backfill covers them), so a
+    /// restore brings them back until the next purge.
+    fn purge(&mut self) -> Result<()> {
+        let Some(&highest) = self.emitted_us.values().max() else {
+            return Ok(());
+        };
+        let candidates: Vec<i64> = self
+            .open_windows
+            .range(..=highest.saturating_sub(self.lateness_us))
+            .map(|(&end, _)| end)
+            .collect();
+        let mut writes = Vec::new();
+        for end in candidates {
+            let Some(windows) = self.open_windows.get_mut(&end) else {
+                continue;
+            };
+            let emitted = &self.emitted_us;
+            let lateness = self.lateness_us;
+            let expired: Vec<(i32, Vec<u8>)> = windows
+                .iter()
+                .filter(|(p, _)| emitted.get(p).is_some_and(|&e| end.saturating_add(lateness) <= e))
+                .cloned()
+                .collect();
+            for window in &expired {
+                windows.remove(window);
+            }
+            if windows.is_empty() {
+                self.open_windows.remove(&end);
+            }
+            for (partition, prefix) in expired {
+                for (key, _) in self.store.scan(partition, &prefix)? {
+                    writes.push(StateWrite::Delete { partition, key });
+                }
+            }
+        }
+        self.store.apply(&writes)
+    }
+
+    /// Every assigned partition's progress, so a restore resumes where this batch ends.
+    fn watermark_records(&self, output: &mut Output) {
+        let delay = self.watermarks.delay_us();
+        for (partition, max_event) in self.watermarks.partitions() {
+            let Some(max_event_us) = max_event else {
+                continue;
+            };
+            let watermark = PartitionWatermark {
+                max_event_us,
+                watermark_us: max_event_us.saturating_sub(delay),
+                emitted_us: self.emitted_us.get(&partition).copied(),
+            };
+            output.speed.push(SpeedRecord {
+                partition,
+                key: WATERMARK_KEY.to_vec(),
+                value: Some(watermark.encode()),
+            });
+        }
+    }
+}
+
+/// The stored rows `partial`'s rows merge with: the same (key, window, bucket), or for
+/// session windows every session of the same view key (a new event may bridge two).
+fn existing_rows(
+    store: &StateStore,
+    codec: &SpeedCodec,
+    stage: &AggregateStage,
+    partition: i32,
+    partial: &RecordBatch,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let sessions = stage.window().is_some_and(|w| w.is_session());
+    if sessions {
+        let prefixes: BTreeSet<Vec<u8>> = (0..partial.num_rows())
+            .map(|r| codec.prefix(partial, r, KeyPrefix::ViewKey))
+            .collect::<sluice_core::Result<_>>()?;
+        let mut rows = Vec::new();
+        for prefix in prefixes {
+            rows.extend(store.scan(partition, &prefix)?);
+        }
+        return Ok(rows);
+    }
+    let keys: Vec<Vec<u8>> = (0..partial.num_rows())
+        .map(|r| codec.key(partial, r))
+        .collect::<sluice_core::Result<_>>()?;
+    let values = store.get_many(partition, &keys)?;
+    Ok(keys
+        .into_iter()
+        .zip(values)
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect())
+}
+
+fn max_event_per_partition(times: &[i64], origin: &[&SourceRecord]) -> BTreeMap<i32, Option<i64>> {
+    let mut out: BTreeMap<i32, Option<i64>> = BTreeMap::new();
+    for (&time, record) in times.iter().zip(origin) {
+        let slot = out.entry(record.partition).or_default();
+        *slot = Some(slot.map_or(time, |t| t.max(time)));
+    }
+    out
+}
+
+fn rows_per_partition(keep: &[bool], origin: &[&SourceRecord]) -> BTreeMap<i32, Vec<u32>> {
+    let mut out: BTreeMap<i32, Vec<u32>> = BTreeMap::new();
+    for (row, record) in origin.iter().enumerate() {
+        if keep[row] {
+            out.entry(record.partition).or_default().push(row as u32);
+        }
+    }
+    out
+}
+
+fn arrow_error(during: &'static str) -> impl FnOnce(arrow::error::ArrowError) -> crate::error::StreamError {
+    move |source| {
+        sluice_core::Error::Arrow {
+            during,
+            source: Box::new(source),
+        }
+        .into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::time::Duration;
+
+    const JOB: &str = r#"
+name = "opm"
+[source]
+topic = "orders"
+event_time = "ts"
+watermark_delay = "0s"
+allowed_lateness = "1m"
+fields = [
+  { name = "region", type = "string" },
+  { name = "amount", type = "float64" },
+  { name = "status", type = "string" },
+  { name = "ts", type = "timestamp" },
+]
+[transform]
+sql = """SELECT region, TUMBLE_START(ts, INTERVAL '1' MINUTE) AS ws,
+  COUNT(*) AS n, SUM(amount) AS total, AVG(amount) AS mean
+  FROM orders WHERE status = 'completed'
+  GROUP BY region, TUMBLE(ts, INTERVAL '1' MINUTE)"""
+[view]
+key = ["region"]
+bucket = "1h"
+"#;
+
+    const MINUTE_MS: i64 = 60_000;
+    const T0: i64 = 1_714_557_600_000;
+
+    fn processor(dir: &Path) -> Processor {
+        let job = Job::from_toml(JOB, Path::new("opm.toml")).unwrap();
+        let pipeline = Arc::new(Pipeline::compile(&job, None).unwrap());
+        let store = StateStore::open_fresh("opm", dir).unwrap();
+        let watermarks = Watermarks::new(Duration::ZERO, Duration::from_secs(3600));
+        Processor::new(job, pipeline, store, watermarks)
+    }
+
+    fn record(partition: i32, offset: i64, payload: &str) -> SourceRecord {
+        SourceRecord {
+            partition,
+            offset,
+            timestamp_ms: Some(1),
+            key: Some(b"k".to_vec()),
+            payload: Some(payload.as_bytes().to_vec()),
+        }
+    }
+
+    fn order(partition: i32, offset: i64, region: &str, amount: f64, at_ms: i64) -> SourceRecord {
+        record(
+            partition,
+            offset,
+            &format!(r#"{{"region":"{region}","amount":{amount},"status":"completed","ts":{at_ms}}}"#),
+        )
+    }
+
+    fn results(outputs: &[Output]) -> BTreeMap<String, String> {
+        outputs
+            .iter()
+            .flat_map(|o| o.results.iter())
+            .map(|(k, v)| {
+                (
+                    String::from_utf8(k.clone().unwrap()).unwrap(),
+                    String::from_utf8(v.clone()).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn batches() -> Vec<Vec<SourceRecord>> {
+        vec![
+            vec![
+                order(0, 0, "eu", 10.0, T0),
+                order(1, 0, "eu", 2.0, T0 + 1_000),
+                order(0, 1, "us", 4.0, T0 + 30_000),
+                record(0, 2, "{not json"),
+            ],
+            vec![order(0, 3, "eu", 6.0, T0 + MINUTE_MS + 5), order(1, 1, "eu", 1.0, T0 + MINUTE_MS)],
+            // Within lateness: updates and re-emits the first minute.
+            vec![order(1, 2, "eu", 3.0, T0 + 2_000), order(0, 4, "eu", 1.0, T0 + 3 * MINUTE_MS)],
+            vec![order(1, 3, "us", 1.0, T0 + 3 * MINUTE_MS)],
+            // Beyond lateness: the first minute ended 3 minutes before the watermark.
+            vec![order(0, 5, "eu", 100.0, T0 + 10)],
+        ]
+    }
+
+    #[test]
+    fn windows_emit_when_the_watermark_passes_and_late_records_are_diverted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = processor(&dir.path().join("s"));
+        let now = Instant::now();
+        p.restore(0, Vec::new(), now).unwrap();
+        p.restore(1, Vec::new(), now).unwrap();
+        let outputs: Vec<Output> = batches().into_iter().map(|b| p.process(b, now).unwrap()).collect();
+        assert_eq!(outputs[0].dlq.len(), 1);
+        assert_eq!(outputs[0].dlq[0].error_type, "malformed_json");
+        assert_eq!(outputs[0].dlq[0].record.offset, 2);
+        assert!(outputs[0].results.is_empty(), "nothing closed yet");
+        let first = r#"{"region":"eu","ws":"2024-05-01T10:00:00Z"}"#;
+        assert_eq!(
+            results(&outputs[1..2]).get(first).map(String::as_str),
+            Some(r#"{"region":"eu","ws":"2024-05-01T10:00:00Z","n":2,"total":12.0,"mean":6.0}"#),
+            "the watermark passed 10:01 in partition 0 and 1"
+        );
+        assert_eq!(
+            results(&outputs[2..3]).get(first).map(String::as_str),
+            Some(r#"{"region":"eu","ws":"2024-05-01T10:00:00Z","n":3,"total":15.0,"mean":5.0}"#),
+            "a record within the allowed lateness re-emits its window"
+        );
+        let late = &outputs[4].late;
+        assert_eq!(late.len(), 1);
+        assert_eq!(late[0].record.payload, order(0, 5, "eu", 100.0, T0 + 10).payload);
+        assert!(!results(&outputs[4..]).contains_key(first));
+        assert_eq!(outputs[4].next_offsets.get(&0), Some(&6));
+    }
+
+    #[test]
+    fn restoring_from_the_changelog_continues_exactly_where_the_state_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Instant::now();
+        let mut straight = processor(&dir.path().join("a"));
+        straight.restore(0, Vec::new(), now).unwrap();
+        straight.restore(1, Vec::new(), now).unwrap();
+        let all = batches();
+        let expected: Vec<Output> = all.iter().map(|b| straight.process(b.clone(), now).unwrap()).collect();
+
+        let mut first = processor(&dir.path().join("b"));
+        first.restore(0, Vec::new(), now).unwrap();
+        first.restore(1, Vec::new(), now).unwrap();
+        let mut changelog: BTreeMap<i32, Vec<(Vec<u8>, Option<Vec<u8>>)>> = BTreeMap::new();
+        for batch in &all[..2] {
+            for r in first.process(batch.clone(), now).unwrap().speed {
+                changelog.entry(r.partition).or_default().push((r.key, r.value));
+            }
+        }
+        drop(first);
+        let mut resumed = processor(&dir.path().join("b"));
+        for partition in [0, 1] {
+            resumed.restore(partition, changelog.remove(&partition).unwrap_or_default(), now).unwrap();
+        }
+        let rest: Vec<Output> = all[2..].iter().map(|b| resumed.process(b.clone(), now).unwrap()).collect();
+        assert_eq!(results(&rest), results(&expected[2..]));
+        let speed = |o: &[Output]| o.iter().flat_map(|o| o.speed.clone()).collect::<Vec<_>>();
+        assert_eq!(speed(&rest), speed(&expected[2..]));
+    }
+}

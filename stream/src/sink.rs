@@ -1,0 +1,282 @@
+//! The raw-lake sink: every decodable source record lands in the job's raw Delta table, once.
+//!
+//! The sink is its own consumer group (`<group>.lake`), because the lake commits on a slower
+//! clock (every N seconds or M bytes) than the speed layer's transactions. Its position is the
+//! lake itself: each Delta commit carries one transaction action per source partition
+//! (app id `<job>-p<partition>`, version = the last offset written). When it is assigned a
+//! partition it reads that version and seeks just past it; records at or below it are skipped,
+//! so a crash or rebalance never writes an offset twice. Kafka offsets are committed after each
+//! Delta commit only so that lag shows up in the usual tools.
+//!
+//! Backpressure and memory: while a Delta commit runs, the sink pauses all its partitions, so
+//! librdkafka stops fetching; it resumes when the commit is done. The sink holds at most
+//! `commit_bytes` of buffered payloads plus librdkafka's fetch queue
+//! (`queued.max.messages.kbytes`, 16 MiB per partition by default).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::json;
+use sluice_core::lake::{TableLocation, raw_rows};
+use sluice_core::{Job, JsonDecoder, Lake};
+
+use crate::config::StreamConfig;
+use crate::error::{Result, kafka};
+use crate::kafka::{Change, GroupContext, REQUEST_TIMEOUT, consumer_config};
+use crate::metrics::StreamMetrics;
+
+/// When the sink commits.
+#[derive(Debug, Clone)]
+pub struct LakeSinkConfig {
+    /// Commit at least this often while records arrive (default 10 s).
+    pub commit_interval: Duration,
+    /// ... or as soon as this many payload bytes are buffered (default 64 MiB), which also
+    /// sizes the Parquet files.
+    pub commit_bytes: usize,
+}
+
+impl Default for LakeSinkConfig {
+    fn default() -> Self {
+        LakeSinkConfig {
+            commit_interval: Duration::from_secs(10),
+            commit_bytes: 64 << 20,
+        }
+    }
+}
+
+/// The Delta transaction app id of a source partition.
+pub fn lake_app_id(job: &Job, partition: i32) -> String {
+    format!("{}-p{partition}", job.name())
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SinkSummary {
+    pub commits: u64,
+    pub rows: u64,
+    pub skipped_duplicates: u64,
+}
+
+pub struct LakeSink {
+    job: Job,
+    config: StreamConfig,
+    sink: LakeSinkConfig,
+    table: TableLocation,
+    metrics: StreamMetrics,
+}
+
+struct Pending {
+    /// Per partition: (offset, payload) in offset order.
+    records: BTreeMap<i32, Vec<(i64, Vec<u8>)>>,
+    bytes: usize,
+    since: Option<Instant>,
+}
+
+impl LakeSink {
+    pub fn new(job: Job, lake: &Lake, config: StreamConfig, sink: LakeSinkConfig, metrics: StreamMetrics) -> LakeSink {
+        LakeSink {
+            table: TableLocation::new(lake.raw_table(&job)),
+            job,
+            config,
+            sink,
+            metrics,
+        }
+    }
+
+    fn name(&self) -> &str {
+        self.job.name()
+    }
+
+    /// Runs until `stop` is set, committing what it holds before returning. Blocking: give it
+    /// its own thread; Delta I/O runs on `runtime`.
+    pub fn run(&self, runtime: tokio::runtime::Handle, stop: Arc<AtomicBool>) -> Result<SinkSummary> {
+        let job = self.name();
+        let topic = &self.job.spec.source.topic;
+        let group = format!("{}.lake", self.config.group_id);
+        let consumer: BaseConsumer<GroupContext> = consumer_config(&self.config, &group)
+            .create_with_context(GroupContext::new(job, topic, self.metrics.clone()))
+            .map_err(kafka(job, "creating the lake sink's consumer"))?;
+        consumer
+            .subscribe(&[topic])
+            .map_err(kafka(job, format!("subscribing the lake sink to `{topic}`")))?;
+        let mut versions: HashMap<i32, i64> = HashMap::new();
+        let mut pending = Pending { records: BTreeMap::new(), bytes: 0, since: None };
+        let mut summary = SinkSummary::default();
+        tracing::info!(job, table = %self.table.location, "raw lake sink started");
+        while !stop.load(Ordering::SeqCst) {
+            let polled = consumer.poll(Duration::from_millis(100));
+            self.apply_changes(&consumer, &runtime, &mut versions, &mut pending)?;
+            if let Some(Ok(message)) = polled {
+                let partition = message.partition();
+                if let Some(&version) = versions.get(&partition).filter(|&&v| message.offset() <= v) {
+                    summary.skipped_duplicates += 1;
+                    // The partition is fetching now, so a seek works: skip the rest at once.
+                    if message.offset() < version
+                        && let Err(e) = consumer.seek(topic, partition, Offset::Offset(version + 1), REQUEST_TIMEOUT)
+                    {
+                        tracing::debug!(job, partition, error = %e, "lake sink could not seek; skipping instead");
+                    }
+                } else if let Some(payload) = message.payload() {
+                    pending.bytes += payload.len();
+                    pending.since.get_or_insert_with(Instant::now);
+                    pending.records.entry(partition).or_default().push((message.offset(), payload.to_vec()));
+                }
+            } else if let Some(Err(e)) = polled {
+                tracing::warn!(job, error = %e, "lake sink consumer error");
+            }
+            let due = pending.bytes >= self.sink.commit_bytes
+                || pending.since.is_some_and(|s| s.elapsed() >= self.sink.commit_interval);
+            if due {
+                self.commit(&consumer, &runtime, &mut versions, &mut pending, &mut summary)?;
+            }
+        }
+        self.commit(&consumer, &runtime, &mut versions, &mut pending, &mut summary)?;
+        tracing::info!(job, ?summary, "raw lake sink stopped");
+        Ok(summary)
+    }
+
+    fn apply_changes(
+        &self,
+        consumer: &BaseConsumer<GroupContext>,
+        runtime: &tokio::runtime::Handle,
+        versions: &mut HashMap<i32, i64>,
+        pending: &mut Pending,
+    ) -> Result<()> {
+        let job = self.name();
+        
+        for change in consumer.context().take_changes() {
+            match change {
+                Change::Assigned(partitions) => {
+                    for partition in partitions {
+                        let app_id = lake_app_id(&self.job, partition);
+                        let Some(version) = runtime.block_on(self.table.transaction_version(&app_id))? else {
+                            versions.remove(&partition);
+                            continue;
+                        };
+                        versions.insert(partition, version);
+                        tracing::info!(job, partition, version, "lake sink resumes after the last offset in the lake");
+                    }
+                }
+                Change::Revoked(partitions) => {
+                    for partition in partitions {
+                        if let Some(dropped) = pending.records.remove(&partition) {
+                            pending.bytes -= dropped.iter().map(|(_, p)| p.len()).sum::<usize>();
+                        }
+                        versions.remove(&partition);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One Delta commit of everything pending, with a transaction action per partition.
+    fn commit(
+        &self,
+        consumer: &BaseConsumer<GroupContext>,
+        runtime: &tokio::runtime::Handle,
+        versions: &mut HashMap<i32, i64>,
+        pending: &mut Pending,
+        summary: &mut SinkSummary,
+    ) -> Result<()> {
+        if pending.records.is_empty() {
+            return Ok(());
+        }
+        let job = self.name();
+        let records = std::mem::take(&mut pending.records);
+        pending.bytes = 0;
+        pending.since = None;
+        let records = self.still_ours(runtime, consumer, versions, records)?;
+        let (batches, transactions, rows) = self.raw_batches(&records)?;
+        if batches.is_empty() {
+            // Only undecodable records (the speed layer dead-letters them): nothing to land.
+            return Ok(());
+        }
+        let assignment = consumer.assignment().map_err(kafka(job, "reading the assignment"))?;
+        consumer.pause(&assignment).map_err(kafka(job, "pausing while the lake commits"))?;
+        let metadata = HashMap::from([
+            ("sluice.operation".to_string(), json!("stream ingest")),
+            ("sluice.job".to_string(), json!(job)),
+            ("sluice.rows".to_string(), json!(rows)),
+        ]);
+        let written = runtime.block_on(self.table.append(batches, metadata, transactions.clone()));
+        consumer.resume(&assignment).map_err(kafka(job, "resuming after the lake commit"))?;
+        written?;
+        summary.commits += 1;
+        summary.rows += rows as u64;
+        self.metrics.lake_commits.with_label_values(&[job]).inc();
+        let mut offsets = TopicPartitionList::new();
+        for (partition, last) in records.iter().filter_map(|(p, r)| r.last().map(|(o, _)| (*p, *o))) {
+            versions.insert(partition, last);
+            let written_rows = records[&partition].len() as u64;
+            self.metrics.lake_rows.with_label_values(&[job, &partition.to_string()]).inc_by(written_rows);
+            let _ = offsets.add_partition_offset(&self.job.spec.source.topic, partition, Offset::Offset(last + 1));
+        }
+        if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
+            tracing::debug!(job, error = %e, "committing lake sink offsets (for lag only)");
+        }
+        Ok(())
+    }
+
+    /// Drops partitions whose lake version moved since this sink read it: another sink took
+    /// the partition over (this one was evicted during a long commit) and wrote them already.
+    fn still_ours(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        consumer: &BaseConsumer<GroupContext>,
+        versions: &mut HashMap<i32, i64>,
+        mut records: BTreeMap<i32, Vec<(i64, Vec<u8>)>>,
+    ) -> Result<BTreeMap<i32, Vec<(i64, Vec<u8>)>>> {
+        for partition in records.keys().copied().collect::<Vec<_>>() {
+            let app_id = lake_app_id(&self.job, partition);
+            let current = runtime.block_on(self.table.transaction_version(&app_id))?;
+            if current != versions.get(&partition).copied() {
+                tracing::warn!(job = self.name(), partition, ?current, "another sink wrote this partition; dropping the buffer");
+                records.remove(&partition);
+                let resume = match current {
+                    Some(v) => {
+                        versions.insert(partition, v);
+                        Offset::Offset(v + 1)
+                    }
+                    None => {
+                        versions.remove(&partition);
+                        Offset::Beginning
+                    }
+                };
+                let topic = &self.job.spec.source.topic;
+                if let Err(e) = consumer.seek(topic, partition, resume, REQUEST_TIMEOUT) {
+                    tracing::warn!(job = self.name(), partition, error = %e, "could not rewind the lake sink");
+                }
+            }
+        }
+        Ok(records)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn raw_batches(
+        &self,
+        records: &BTreeMap<i32, Vec<(i64, Vec<u8>)>>,
+    ) -> Result<(Vec<arrow::array::RecordBatch>, Vec<(String, i64)>, usize)> {
+        let decoder = JsonDecoder::new(&self.job);
+        let mut batches = Vec::new();
+        let mut transactions = Vec::new();
+        let mut rows = 0;
+        for (&partition, records) in records {
+            let payloads: Vec<&[u8]> = records.iter().map(|(_, p)| p.as_slice()).collect();
+            let decoded = decoder.decode(&payloads)?;
+            let offsets: Vec<i64> = decoded.rows.iter().map(|&i| records[i].0).collect();
+            if decoded.batch.num_rows() > 0 {
+                rows += decoded.batch.num_rows();
+                batches.push(raw_rows(&self.job, &decoded.batch, Some((partition, &offsets)))?);
+            }
+            if let Some((last, _)) = records.last() {
+                transactions.push((lake_app_id(&self.job, partition), *last));
+            }
+        }
+        Ok((batches, transactions, rows))
+    }
+}

@@ -1,0 +1,233 @@
+//! The Kafka side of the end-to-end harness: the broker of the test run, per-test topics,
+//! producing events, reading topics to their end (read_committed), and `sluice` child processes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::repo_path;
+
+/// The bootstrap address of the run's broker: `SLUICE_TEST_BOOTSTRAP` (set by `tests/run.sh`,
+/// or pointing at your own Kafka), else one started with `tests/broker.sh start` (left running
+/// for the next test binary; `tests/broker.sh stop` stops it).
+pub fn bootstrap() -> String {
+    static BOOTSTRAP: OnceLock<String> = OnceLock::new();
+    BOOTSTRAP
+        .get_or_init(|| {
+            if let Ok(address) = std::env::var("SLUICE_TEST_BOOTSTRAP") {
+                return address;
+            }
+            let output = Command::new(repo_path("tests/broker.sh"))
+                .arg("start")
+                .output()
+                .expect("running tests/broker.sh start");
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("BOOTSTRAP="))
+                .unwrap_or_else(|| panic!("tests/broker.sh start printed no BOOTSTRAP: {stdout} {}", String::from_utf8_lossy(&output.stderr)))
+                .to_string()
+        })
+        .clone()
+}
+
+/// A topic name no other test uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}-{:08x}", std::process::id(), rand::random::<u32>())
+}
+
+pub fn create_topic(topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("admin client");
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let results = futures::executor::block_on(admin.create_topics([&new], &AdminOptions::new()))
+        .expect("create topic");
+    for result in results {
+        result.unwrap_or_else(|(t, e)| panic!("creating {t}: {e}"));
+    }
+}
+
+/// Produces `(partition, key, value)` records and waits for every delivery.
+pub fn produce(topic: &str, records: &[(i32, Option<Vec<u8>>, Vec<u8>)]) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .set("message.max.bytes", "4000000")
+        .create()
+        .expect("producer");
+    for (partition, key, value) in records {
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic).partition(*partition).payload(value);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(_), back)) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(5));
+                }
+                Err((e, _)) => panic!("produce: {e}"),
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(60)).expect("flush");
+}
+
+/// A record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Read {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Every committed record of `topic` (read_committed), up to its end now.
+pub fn read_all(topic: &str) -> Vec<Read> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .create()
+        .expect("consumer");
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let partitions: Vec<i32> = metadata.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    let mut list = TopicPartitionList::new();
+    let mut open = 0;
+    for &p in &partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks");
+        if high > low {
+            list.add_partition_offset(topic, p, Offset::Beginning).expect("assign");
+            open += 1;
+        }
+    }
+    let mut out = Vec::new();
+    if open == 0 {
+        return out;
+    }
+    consumer.assign(&list).expect("assign");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while open > 0 {
+        assert!(Instant::now() < deadline, "reading {topic} took over 60 s");
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(_))) => open -= 1,
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            Some(Ok(m)) => {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push(Read {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().map(<[u8]>::to_vec),
+                    headers,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The committed offset of `group` on each partition of `topic` (-1 when none).
+pub fn committed_offsets(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(list, Duration::from_secs(10)).expect("committed");
+    (0..partitions)
+        .map(|p| match committed.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => -1,
+        })
+        .collect()
+}
+
+/// The `sluice` binary next to the test executable (built by `cargo test --workspace`).
+pub fn sluice_bin() -> PathBuf {
+    if let Ok(bin) = std::env::var("SLUICE_BIN") {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().expect("test executable");
+    let debug = exe.parent().and_then(Path::parent).expect("target dir");
+    debug.join("sluice")
+}
+
+/// `sluice stream` for `job_file` as a child process, logging to `log`.
+pub fn spawn_stream(job_file: &Path, lake: &Path, state_dir: &Path, log: &Path, extra: &[&str]) -> Child {
+    let log_file = std::fs::File::create(log).expect("log file");
+    Command::new(sluice_bin())
+        .arg("stream")
+        .arg("--job")
+        .arg(job_file)
+        .arg("--brokers")
+        .arg(bootstrap())
+        .arg("--lake")
+        .arg(lake)
+        .arg("--state-dir")
+        .arg(state_dir)
+        .args(["--idle-timeout", "2s", "--lake-commit-interval", "1s"])
+        .args(extra)
+        .env("SLUICE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .expect("spawning sluice stream")
+}
+
+/// Waits until `check` holds, polling every 200 ms, or panics after `limit` with `what`.
+pub fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The latest value per key (what a compacted topic or an upsert consumer keeps); tombstones
+/// remove the key.
+pub fn latest_by_key(records: &[Read]) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for r in records {
+        let key = r.key.clone().unwrap_or_default();
+        match &r.value {
+            Some(v) => {
+                out.insert(key, v.clone());
+            }
+            None => {
+                out.remove(&key);
+            }
+        }
+    }
+    out
+}
