@@ -65,6 +65,9 @@ pub struct StreamArgs {
     /// ... or when this many MiB are buffered.
     #[arg(long, default_value_t = 64)]
     pub lake_commit_mb: usize,
+    /// Records larger than this many bytes go to the DLQ as `oversized`.
+    #[arg(long, default_value_t = sluice_core::decode::DEFAULT_MAX_RECORD_BYTES)]
+    pub max_record_bytes: usize,
     /// Extra librdkafka property, `key=value` (repeatable).
     #[arg(short = 'X', value_parser = parse_property)]
     pub property: Vec<(String, String)>,
@@ -100,6 +103,7 @@ impl StreamArgs {
         config.batch_max_records = self.batch_size.max(1);
         config.batch_linger = self.linger;
         config.idle_timeout = self.idle_timeout;
+        config.max_record_bytes = self.max_record_bytes.max(1);
         config.client_overrides = self.property.clone();
         config
     }

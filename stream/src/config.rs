@@ -35,6 +35,8 @@ pub struct StreamConfig {
     /// RocksDB state directory (default `./state/<job>`). It is a cache of `<job>.speed`:
     /// wiped on start and restored from the changelog.
     pub state_dir: PathBuf,
+    /// Larger records are dead-lettered as `oversized` (default 1 MiB).
+    pub max_record_bytes: usize,
     /// Extra librdkafka properties (`-X key=value`), applied last.
     pub client_overrides: Vec<(String, String)>,
 }
@@ -51,6 +53,7 @@ impl StreamConfig {
             batch_linger: Duration::from_millis(100),
             idle_timeout: Duration::from_secs(30),
             state_dir,
+            max_record_bytes: sluice_core::decode::DEFAULT_MAX_RECORD_BYTES,
             client_overrides: Vec::new(),
         }
     }

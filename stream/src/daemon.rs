@@ -140,7 +140,13 @@ impl StreamDaemon {
         let producer = self.producer()?;
         let store = StateStore::open_fresh(job, &self.config.state_dir)?;
         let watermarks = Watermarks::new(self.job.spec.source.watermark_delay, self.config.idle_timeout);
-        let processor = Processor::new(self.job.clone(), self.pipeline.clone(), store, watermarks);
+        let processor = Processor::new(
+            self.job.clone(),
+            self.pipeline.clone(),
+            store,
+            watermarks,
+            self.config.max_record_bytes,
+        );
         consumer
             .subscribe(&[&self.topics.source])
             .map_err(kafka(job, format!("subscribing to `{}`", self.topics.source)))?;

@@ -121,6 +121,9 @@ pub(crate) fn consumer_config(config: &StreamConfig, group: &str) -> ClientConfi
         .set("heartbeat.interval.ms", "1000")
         // Bounds the prefetched records held per partition (the memory bound's main term).
         .set("queued.max.messages.kbytes", "16384")
+        // A record over the decoder's limit must still arrive (to be dead-lettered): some
+        // brokers do not hand out a record larger than this limit.
+        .set("max.partition.fetch.bytes", "8388608")
         .set("statistics.interval.ms", "1000");
     apply_overrides(&mut client, config);
     client

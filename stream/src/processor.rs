@@ -104,13 +104,14 @@ impl Processor {
         pipeline: Arc<Pipeline>,
         store: StateStore,
         watermarks: Watermarks,
+        max_record_bytes: usize,
     ) -> Processor {
         let source = job.source_schema();
         let event_time_index = source
             .index_of(&job.spec.source.event_time)
             .unwrap_or_default();
         Processor {
-            decoder: JsonDecoder::new(&job),
+            decoder: JsonDecoder::new(&job).with_max_record_bytes(max_record_bytes),
             event_time_index,
             lateness_us: job.spec.source.allowed_lateness.as_micros() as i64,
             codec: pipeline.plan().aggregate().map(SpeedCodec::new),
@@ -653,7 +654,7 @@ bucket = "1h"
         let pipeline = Arc::new(Pipeline::compile(&job, None).unwrap());
         let store = StateStore::open_fresh("opm", dir).unwrap();
         let watermarks = Watermarks::new(Duration::ZERO, Duration::from_secs(3600));
-        Processor::new(job, pipeline, store, watermarks)
+        Processor::new(job, pipeline, store, watermarks, 1 << 20)
     }
 
     fn record(partition: i32, offset: i64, payload: &str) -> SourceRecord {

@@ -261,7 +261,7 @@ impl LakeSink {
         &self,
         records: &BTreeMap<i32, Vec<(i64, Vec<u8>)>>,
     ) -> Result<(Vec<arrow::array::RecordBatch>, Vec<(String, i64)>, usize)> {
-        let decoder = JsonDecoder::new(&self.job);
+        let decoder = JsonDecoder::new(&self.job).with_max_record_bytes(self.config.max_record_bytes);
         let mut batches = Vec::new();
         let mut transactions = Vec::new();
         let mut rows = 0;

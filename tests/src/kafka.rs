@@ -25,7 +25,9 @@ pub fn bootstrap() -> String {
     static BOOTSTRAP: OnceLock<String> = OnceLock::new();
     BOOTSTRAP
         .get_or_init(|| {
-            if let Ok(address) = std::env::var("SLUICE_TEST_BOOTSTRAP") {
+            if let Ok(address) = std::env::var("SLUICE_TEST_BOOTSTRAP")
+                && !address.trim().is_empty()
+            {
                 return address;
             }
             let output = Command::new(repo_path("tests/broker.sh"))
@@ -66,7 +68,6 @@ pub fn produce(topic: &str, records: &[(i32, Option<Vec<u8>>, Vec<u8>)]) {
         .set("bootstrap.servers", bootstrap())
         .set("linger.ms", "5")
         .set("enable.idempotence", "true")
-        .set("message.max.bytes", "4000000")
         .create()
         .expect("producer");
     for (partition, key, value) in records {
@@ -183,8 +184,50 @@ pub fn sluice_bin() -> PathBuf {
     debug.join("sluice")
 }
 
+/// A `sluice` child process, killed (SIGKILL) if still running when dropped, so a failing test
+/// leaves no daemon behind.
+pub struct Daemon(pub Child);
+
+impl Daemon {
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// SIGKILL and wait.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    /// SIGTERM, then waits up to 30 s for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { kill(self.0.id() as i32, 15) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.0.try_wait().expect("waiting for sluice") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "sluice did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            self.kill();
+        }
+    }
+}
+
+unsafe extern "C" {
+    fn kill(pid: i32, signal: i32) -> i32;
+}
+
 /// `sluice stream` for `job_file` as a child process, logging to `log`.
-pub fn spawn_stream(job_file: &Path, lake: &Path, state_dir: &Path, log: &Path, extra: &[&str]) -> Child {
+pub fn spawn_stream(job_file: &Path, lake: &Path, state_dir: &Path, log: &Path, extra: &[&str]) -> Daemon {
     let log_file = std::fs::File::create(log).expect("log file");
     Command::new(sluice_bin())
         .arg("stream")
@@ -196,12 +239,12 @@ pub fn spawn_stream(job_file: &Path, lake: &Path, state_dir: &Path, log: &Path, 
         .arg(lake)
         .arg("--state-dir")
         .arg(state_dir)
-        .args(["--idle-timeout", "2s", "--lake-commit-interval", "1s"])
+        .args(["--idle-timeout", "2s", "--lake-commit-interval", "1s", "--max-record-bytes", "10000"])
         .args(extra)
-        .env("SLUICE_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log_file)
         .spawn()
+        .map(Daemon)
         .expect("spawning sluice stream")
 }
 

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::Child;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -13,11 +12,14 @@ use sluice_core::rows::to_json_lines;
 use sluice_core::speed::{SpeedCodec, WATERMARK_KEY};
 use sluice_core::{Job, JsonDecoder, Lake, Pipeline};
 use sluice_e2e::kafka::{
-    Read, committed_offsets, create_topic, latest_by_key, produce, read_all, spawn_stream, unique,
+    Daemon, Read, committed_offsets, create_topic, latest_by_key, produce, read_all, spawn_stream, unique,
     wait_until,
 };
 
 const T0_MS: i64 = 1_714_557_600_000;
+/// The `--max-record-bytes` that `spawn_stream` gives every daemon: small, so `oversized` needs
+/// no huge records.
+const RECORD_LIMIT: usize = 10_000;
 const REGIONS: [&str; 6] = ["eu", "us", "apac", "latam", "mea", "anz"];
 
 /// One test's job, topic and directories.
@@ -86,7 +88,7 @@ bucket = "10m"
         self.dir.path().join("lake")
     }
 
-    fn spawn(&self, instance: &str, extra: &[&str]) -> Child {
+    fn spawn(&self, instance: &str, extra: &[&str]) -> Daemon {
         let log = self.dir.path().join(format!("{instance}.log"));
         spawn_stream(
             &self.job_file,
@@ -139,7 +141,8 @@ fn truth(job: &Job, events: &[(i32, Option<Vec<u8>>, Vec<u8>)]) -> BTreeSet<Stri
     let pipeline = Pipeline::compile(job, None).unwrap();
     let stage = pipeline.plan().aggregate().unwrap();
     let payloads: Vec<&[u8]> = events.iter().map(|(_, _, v)| v.as_slice()).collect();
-    let decoded = JsonDecoder::new(job).decode(&payloads).unwrap();
+    // The same record limit the daemons run with in these tests.
+    let decoded = JsonDecoder::new(job).with_max_record_bytes(RECORD_LIMIT).decode(&payloads).unwrap();
     let partial = stage.partial(&pipeline.filtered(&decoded.batch).unwrap()).unwrap();
     lines(&to_json_lines(&[stage.finalize(&[partial]).unwrap()]).unwrap())
 }
@@ -205,24 +208,6 @@ fn assert_lake_holds_every_offset_once(s: &Scenario, expected: usize) {
     assert_eq!(offsets.len(), expected, "rows in the raw table");
 }
 
-fn stop(child: &mut Child) -> std::process::ExitStatus {
-    // SAFETY: plain kill(2) on our own child's pid.
-    unsafe { libc_kill(child.id() as i32, 15) };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(std::time::Instant::now() < deadline, "sluice stream did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, signal: i32) -> i32;
-}
-
 fn wait_for_results(s: &Scenario, expected: &BTreeSet<String>, limit: Duration) {
     let mut last = BTreeSet::new();
     let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -232,8 +217,9 @@ fn wait_for_results(s: &Scenario, expected: &BTreeSet<String>, limit: Duration) 
         })
     }));
     if done.is_err() {
-        let missing: Vec<_> = expected.difference(&last).take(5).collect();
-        let extra: Vec<_> = last.difference(expected).take(5).collect();
+        let short = |row: &String| row.chars().take(300).collect::<String>();
+        let missing: Vec<_> = expected.difference(&last).take(5).map(short).collect();
+        let extra: Vec<_> = last.difference(expected).take(5).map(short).collect();
         panic!(
             "results differ from the truth ({} vs {} rows)\nmissing: {missing:#?}\nunexpected: {extra:#?}\nlog:\n{}",
             last.len(),
@@ -254,7 +240,7 @@ fn results_equal_the_batch_truth_and_bad_and_late_records_are_diverted() {
         (1, None, br#"{"order_id":"x2","region":"eu","amount":"lots","status":"completed","event_time":1714557600000}"#.to_vec(), "schema_violation"),
         (2, None, br#"{"region":"eu","amount":1.0,"status":"completed","event_time":1714557600000}"#.to_vec(), "missing_field"),
         (0, None, vec![b'{', 0xff, 0xfe, b'}'], "not_utf8"),
-        (1, None, format!(r#"{{"order_id":"x5","region":"{}","amount":1,"status":"completed","event_time":1714557600000}}"#, "e".repeat(1_100_000)).into_bytes(), "oversized"),
+        (1, None, format!(r#"{{"order_id":"x5","region":"{}","amount":1,"status":"completed","event_time":1714557600000}}"#, "e".repeat(20_000)).into_bytes(), "oversized"),
         (2, None, br#"{"order_id":"x6","region":"eu","amount":1,"status":"completed","event_time":null}"#.to_vec(), "missing_field"),
     ];
     // Bad records sit between good ones.
@@ -303,7 +289,7 @@ fn results_equal_the_batch_truth_and_bad_and_late_records_are_diverted() {
 
     // Good orders, 3 watermark pushers and the late one; no bad record reaches the lake.
     assert_lake_holds_every_offset_once(&s, good + 3 + 1);
-    assert!(stop(&mut daemon).success(), "SIGTERM exits 0");
+    assert!(daemon.terminate().success(), "SIGTERM exits 0");
     let group = format!("sluice-{}", s.job.name());
     let ends: Vec<i64> = (0..3).map(|p| events.iter().filter(|e| e.0 == p).count() as i64 + i64::from(p == 0)).collect();
     assert_eq!(committed_offsets(&group, s.topic(), 3), ends, "every record's offset is committed");
@@ -312,7 +298,7 @@ fn results_equal_the_batch_truth_and_bad_and_late_records_are_diverted() {
     let mut again = s.spawn("b", &[]);
     wait_until(Duration::from_secs(30), "the restarted daemon to restore", || s.log("b").contains("state restored"));
     std::thread::sleep(Duration::from_secs(2));
-    assert!(stop(&mut again).success());
+    assert!(again.terminate().success());
     assert!(s.log("b").contains("stopped: 0 micro-batches, 0 records"), "{}", s.log("b"));
 }
 
@@ -337,8 +323,7 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     for round in 0..5 {
         let mut child = s.spawn("a", &["--batch-size", "2000"]);
         std::thread::sleep(Duration::from_millis(rng.random_range(1_000..4_000)));
-        child.kill().unwrap();
-        child.wait().unwrap();
+        child.kill();
         eprintln!("killed sluice stream (round {round})");
     }
     producer.join().unwrap();
@@ -349,7 +334,7 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     let keys: BTreeSet<&Option<Vec<u8>>> = emitted.iter().map(|r| &r.key).collect();
     assert_eq!(keys.len(), emitted.len(), "a window was emitted twice");
     assert_lake_holds_every_offset_once(&s, events.len());
-    assert!(stop(&mut child).success());
+    assert!(child.terminate().success());
 }
 
 #[test]
@@ -368,12 +353,11 @@ fn a_second_daemon_takes_over_the_partitions_of_a_killed_one() {
     });
     produce(s.topic(), first);
     std::thread::sleep(Duration::from_secs(3));
-    a.kill().unwrap();
-    a.wait().unwrap();
+    a.kill();
     produce(s.topic(), second);
     produce(s.topic(), &watermark_pushers(4, last_ms + 600_000));
     wait_for_results(&s, &expected, Duration::from_secs(180));
     assert_eq!(speed_view(&s), expected);
     assert_lake_holds_every_offset_once(&s, all.len());
-    assert!(stop(&mut b).success());
+    assert!(b.terminate().success());
 }
