@@ -132,7 +132,10 @@ impl StreamDaemon {
     fn start(&self) -> Result<Running> {
         let job = self.name();
         let context = GroupContext::new(job, &self.topics.source, self.metrics.clone());
+        // Static membership: a restarted daemon takes its old member's place (and partitions)
+        // at once instead of waiting for a rebalance.
         let consumer: BaseConsumer<GroupContext> = consumer_config(&self.config, &self.config.group_id)
+            .set("group.instance.id", &self.config.transactional_id)
             .create_with_context(context)
             .map_err(kafka(job, "creating the consumer"))?;
         let partitions = partition_count(job, &consumer, &self.topics.source)?;

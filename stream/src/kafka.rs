@@ -119,6 +119,9 @@ pub(crate) fn consumer_config(config: &StreamConfig, group: &str) -> ClientConfi
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
+        // A rebalance waits this long for members that stopped polling (a killed daemon), so
+        // it bounds how long a takeover can take; the loop polls every micro-batch.
+        .set("max.poll.interval.ms", "60000")
         // Bounds the prefetched records held per partition (the memory bound's main term).
         .set("queued.max.messages.kbytes", "16384")
         // A record over the decoder's limit must still arrive (to be dead-lettered): some

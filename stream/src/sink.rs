@@ -98,6 +98,7 @@ impl LakeSink {
         let topic = &self.job.spec.source.topic;
         let group = format!("{}.lake", self.config.group_id);
         let consumer: BaseConsumer<GroupContext> = consumer_config(&self.config, &group)
+            .set("group.instance.id", format!("{}.lake", self.config.transactional_id))
             .create_with_context(GroupContext::new(job, topic, self.metrics.clone()))
             .map_err(kafka(job, "creating the lake sink's consumer"))?;
         consumer

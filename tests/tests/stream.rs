@@ -201,7 +201,7 @@ fn lake_offsets(s: &Scenario) -> Vec<(i32, i64)> {
 }
 
 fn assert_lake_holds_every_offset_once(s: &Scenario, expected: usize) {
-    wait_until(Duration::from_secs(60), "the raw lake to hold every event", || lake_offsets(s).len() >= expected);
+    wait_until(Duration::from_secs(120), "the raw lake to hold every event", || lake_offsets(s).len() >= expected);
     let offsets = lake_offsets(s);
     let distinct: BTreeSet<(i32, i64)> = offsets.iter().copied().collect();
     assert_eq!(distinct.len(), offsets.len(), "an offset was written to the lake twice");
