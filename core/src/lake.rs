@@ -51,7 +51,11 @@ pub fn raw_schema(job: &Job) -> SchemaRef {
 
 /// Decoded source rows as raw-table rows: `origin` gives the Kafka partition and each row's
 /// offset; rows from files (`None`) have null source columns.
-pub fn raw_rows(job: &Job, batch: &RecordBatch, origin: Option<(i32, &[i64])>) -> Result<RecordBatch> {
+pub fn raw_rows(
+    job: &Job,
+    batch: &RecordBatch,
+    origin: Option<(i32, &[i64])>,
+) -> Result<RecordBatch> {
     let rows = batch.num_rows();
     let mut columns = batch.columns().to_vec();
     match origin {

@@ -46,7 +46,12 @@ impl Pipeline {
     /// Which events are too late for the speed layer: every window they belong to ended at
     /// least `allowed_lateness` before `watermark` (all µs). Without a group window nothing
     /// ever closes, so nothing is late.
-    pub fn late_rows(&self, event_times: &[i64], watermark: i64, allowed_lateness: i64) -> Vec<bool> {
+    pub fn late_rows(
+        &self,
+        event_times: &[i64],
+        watermark: i64,
+        allowed_lateness: i64,
+    ) -> Vec<bool> {
         let Some(window) = self.plan.aggregate().and_then(|stage| stage.window()) else {
             return vec![false; event_times.len()];
         };
@@ -92,7 +97,10 @@ sql = "SELECT COUNT(*) AS n FROM t GROUP BY {window}"
             tumble.late_rows(&[1_000_000, 12_000_000], 15_000_000, 5_000_000),
             vec![true, false]
         );
-        assert_eq!(tumble.late_rows(&[1_000_000], 14_999_999, 5_000_000), vec![false]);
+        assert_eq!(
+            tumble.late_rows(&[1_000_000], 14_999_999, 5_000_000),
+            vec![false]
+        );
         // HOP: the event also belongs to a later window that is still open.
         let hop = pipeline("HOP(ts, INTERVAL '10' SECOND, INTERVAL '20' SECOND)");
         assert_eq!(hop.late_rows(&[1_000_000], 15_000_000, 0), vec![false]);

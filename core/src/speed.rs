@@ -112,7 +112,10 @@ impl SpeedCodec {
     }
 
     /// Rebuilds a partial batch from `(key, value)` records (no tombstones, no watermark keys).
-    pub fn decode<K: AsRef<[u8]>, V: AsRef<[u8]>>(&self, records: &[(K, V)]) -> Result<RecordBatch> {
+    pub fn decode<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        &self,
+        records: &[(K, V)],
+    ) -> Result<RecordBatch> {
         if records.is_empty() {
             return Ok(RecordBatch::new_empty(self.stage_partial_schema.clone()));
         }
@@ -201,7 +204,12 @@ bucket = "1h"
         let stage = plan.aggregate().expect("aggregate job");
         let codec = SpeedCodec::new(stage);
         let records: Vec<(Vec<u8>, Vec<u8>)> = (0..partial.num_rows())
-            .map(|r| (codec.key(&partial, r).unwrap(), codec.value(&partial, r).unwrap()))
+            .map(|r| {
+                (
+                    codec.key(&partial, r).unwrap(),
+                    codec.value(&partial, r).unwrap(),
+                )
+            })
             .collect();
         assert!(partial.num_rows() >= 6, "HOP assigns two windows per event");
         let decoded = codec.decode(&records).expect("decode");

@@ -48,7 +48,10 @@ pub struct LatencyRow {
 }
 
 fn bench_job(tag: &str) -> anyhow::Result<Job> {
-    let mut job = Job::from_toml(ORDERS_PER_MINUTE, std::path::Path::new("orders_per_minute.toml"))?;
+    let mut job = Job::from_toml(
+        ORDERS_PER_MINUTE,
+        std::path::Path::new("orders_per_minute.toml"),
+    )?;
     let suffix = format!("{}_{:08x}", std::process::id(), rand::random::<u32>());
     job.spec.name = format!("bench_{tag}_{suffix}");
     job.spec.source.topic = format!("bench.{tag}.{suffix}");
@@ -56,15 +59,16 @@ fn bench_job(tag: &str) -> anyhow::Result<Job> {
 }
 
 fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
     let topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-    for result in futures::executor::block_on(admin.create_topics([&topic], &AdminOptions::new()))? {
+    for result in futures::executor::block_on(admin.create_topics([&topic], &AdminOptions::new()))?
+    {
         result.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
     }
     Ok(())
 }
-
 
 fn producer(brokers: &str) -> anyhow::Result<BaseProducer> {
     Ok(ClientConfig::new()
@@ -76,7 +80,9 @@ fn producer(brokers: &str) -> anyhow::Result<BaseProducer> {
 }
 
 fn send(producer: &BaseProducer, topic: &str, partition: i32, value: &[u8]) -> anyhow::Result<()> {
-    let mut record = BaseRecord::<[u8], [u8]>::to(topic).partition(partition).payload(value);
+    let mut record = BaseRecord::<[u8], [u8]>::to(topic)
+        .partition(partition)
+        .payload(value);
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),
@@ -89,9 +95,18 @@ fn send(producer: &BaseProducer, topic: &str, partition: i32, value: &[u8]) -> a
     }
 }
 
-fn start_daemon(args: &StreamBenchArgs, job: &Job, guarantee: Guarantee, state: &std::path::Path) -> anyhow::Result<(Arc<AtomicBool>, std::thread::JoinHandle<sluice_stream::Result<sluice_stream::RunSummary>>)> {
+fn start_daemon(
+    args: &StreamBenchArgs,
+    job: &Job,
+    guarantee: Guarantee,
+    state: &std::path::Path,
+) -> anyhow::Result<(
+    Arc<AtomicBool>,
+    std::thread::JoinHandle<sluice_stream::Result<sluice_stream::RunSummary>>,
+)> {
     let pipeline = Arc::new(Pipeline::compile(job, None)?);
-    let mut config = StreamConfig::new(job.name(), &args.brokers).with_state_dir(job.name(), state.join(job.name()));
+    let mut config = StreamConfig::new(job.name(), &args.brokers)
+        .with_state_dir(job.name(), state.join(job.name()));
     config.guarantee = guarantee;
     let daemon = StreamDaemon::new(job.clone(), pipeline, config, StreamMetrics::new());
     let stop = Arc::new(AtomicBool::new(false));
@@ -100,7 +115,12 @@ fn start_daemon(args: &StreamBenchArgs, job: &Job, guarantee: Guarantee, state: 
 }
 
 /// Sum over partitions of the group's committed offsets.
-fn committed_total(brokers: &str, group: &str, topic: &str, partitions: i32) -> anyhow::Result<i64> {
+fn committed_total(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<i64> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
@@ -120,12 +140,20 @@ fn committed_total(brokers: &str, group: &str, topic: &str, partitions: i32) -> 
         .sum())
 }
 
-pub fn throughput(args: &StreamBenchArgs, guarantee: Guarantee, state: &std::path::Path) -> anyhow::Result<ThroughputRow> {
+pub fn throughput(
+    args: &StreamBenchArgs,
+    guarantee: Guarantee,
+    state: &std::path::Path,
+) -> anyhow::Result<ThroughputRow> {
     let label = match guarantee {
         Guarantee::ExactlyOnce => "exactly-once",
         Guarantee::AtLeastOnce => "at-least-once",
     };
-    let job = bench_job(if guarantee == Guarantee::ExactlyOnce { "eos" } else { "alo" })?;
+    let job = bench_job(if guarantee == Guarantee::ExactlyOnce {
+        "eos"
+    } else {
+        "alo"
+    })?;
     let topic = job.spec.source.topic.clone();
     create_topic(&args.brokers, &topic, args.partitions)?;
     let events = synthetic_orders(args.events, 7);
@@ -139,13 +167,22 @@ pub fn throughput(args: &StreamBenchArgs, guarantee: Guarantee, state: &std::pat
     let group = format!("sluice-{}", job.name());
     let deadline = Instant::now() + Duration::from_secs(600);
     while committed_total(&args.brokers, &group, &topic, args.partitions)? < args.events as i64 {
-        anyhow::ensure!(Instant::now() < deadline, "the daemon did not catch up within 10 minutes");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the daemon did not catch up within 10 minutes"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let seconds = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::SeqCst);
-    handle.join().map_err(|_| anyhow::anyhow!("daemon panicked"))??;
-    Ok(ThroughputRow { guarantee: label, events: args.events, seconds })
+    handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("daemon panicked"))??;
+    Ok(ThroughputRow {
+        guarantee: label,
+        events: args.events,
+        seconds,
+    })
 }
 
 pub fn latency(args: &StreamBenchArgs, state: &std::path::Path) -> anyhow::Result<LatencyRow> {
@@ -178,7 +215,9 @@ pub fn latency(args: &StreamBenchArgs, state: &std::path::Path) -> anyhow::Resul
                     std::thread::sleep(wait);
                 }
                 let now = chrono::Utc::now().timestamp_millis();
-                let value = format!(r#"{{"order_id":"o{i}","region":"eu","amount":1.5,"status":"completed","event_time":{now}}}"#);
+                let value = format!(
+                    r#"{{"order_id":"o{i}","region":"eu","amount":1.5,"status":"completed","event_time":{now}}}"#
+                );
                 send(&producer, &topic, i as i32 % partitions, value.as_bytes())?;
                 producer.poll(Duration::ZERO);
             }
@@ -203,17 +242,29 @@ pub fn latency(args: &StreamBenchArgs, state: &std::path::Path) -> anyhow::Resul
         if message.key() != Some(WATERMARK_KEY) {
             continue;
         }
-        let Some(watermark) = message.payload().and_then(|p| PartitionWatermark::decode(p).ok()) else {
+        let Some(watermark) = message
+            .payload()
+            .and_then(|p| PartitionWatermark::decode(p).ok())
+        else {
             continue;
         };
         let now_us = chrono::Utc::now().timestamp_micros();
         samples.push((now_us - watermark.max_event_us) as f64 / 1000.0);
     }
-    writer.join().map_err(|_| anyhow::anyhow!("producer panicked"))??;
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("producer panicked"))??;
     stop.store(true, Ordering::SeqCst);
-    handle.join().map_err(|_| anyhow::anyhow!("daemon panicked"))??;
+    handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("daemon panicked"))??;
     samples.sort_by(f64::total_cmp);
-    let quantile = |q: f64| samples.get(((samples.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN);
+    let quantile = |q: f64| {
+        samples
+            .get(((samples.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
     Ok(LatencyRow {
         rate: args.rate,
         samples: samples.len(),
@@ -236,7 +287,10 @@ pub fn run(args: &StreamBenchArgs) -> anyhow::Result<()> {
 }
 
 pub fn print_tables(throughput: &[ThroughputRow], latency: &LatencyRow) {
-    println!("{:<15} {:>10} {:>10} {:>14}", "guarantee", "events", "seconds", "events/s");
+    println!(
+        "{:<15} {:>10} {:>10} {:>14}",
+        "guarantee", "events", "seconds", "events/s"
+    );
     for row in throughput {
         println!(
             "{:<15} {:>10} {:>10.2} {:>14.0}",
@@ -247,7 +301,13 @@ pub fn print_tables(throughput: &[ThroughputRow], latency: &LatencyRow) {
         );
     }
     println!();
-    println!("produce -> <job>.speed latency at {} events/s (exactly-once, {} samples)", latency.rate, latency.samples);
+    println!(
+        "produce -> <job>.speed latency at {} events/s (exactly-once, {} samples)",
+        latency.rate, latency.samples
+    );
     println!("{:>10} {:>10} {:>10}", "p50 ms", "p99 ms", "max ms");
-    println!("{:>10.1} {:>10.1} {:>10.1}", latency.p50_ms, latency.p99_ms, latency.max_ms);
+    println!(
+        "{:>10.1} {:>10.1} {:>10.1}",
+        latency.p50_ms, latency.p99_ms, latency.max_ms
+    );
 }

@@ -65,6 +65,11 @@ pub struct StreamArgs {
     /// ... or when this many MiB are buffered.
     #[arg(long, default_value_t = 64)]
     pub lake_commit_mb: usize,
+    /// Leave the group when stopping instead of keeping a static membership (by default a
+    /// restarted daemon takes its old partitions back at once; with this, a stopped daemon's
+    /// partitions move to the other daemons immediately).
+    #[arg(long)]
+    pub dynamic_membership: bool,
     /// Records larger than this many bytes go to the DLQ as `oversized`.
     #[arg(long, default_value_t = sluice_core::decode::DEFAULT_MAX_RECORD_BYTES)]
     pub max_record_bytes: usize,
@@ -74,7 +79,8 @@ pub struct StreamArgs {
 }
 
 fn parse_duration_arg(text: &str) -> Result<Duration, String> {
-    parse_duration(text).ok_or_else(|| format!("expected a duration like 100ms, 5s, 1m or 1h, got `{text}`"))
+    parse_duration(text)
+        .ok_or_else(|| format!("expected a duration like 100ms, 5s, 1m or 1h, got `{text}`"))
 }
 
 fn parse_property(text: &str) -> Result<(String, String), String> {
@@ -104,6 +110,7 @@ impl StreamArgs {
         config.batch_linger = self.linger;
         config.idle_timeout = self.idle_timeout;
         config.max_record_bytes = self.max_record_bytes.max(1);
+        config.static_membership = !self.dynamic_membership;
         config.client_overrides = self.property.clone();
         config
     }
@@ -121,13 +128,14 @@ fn stop_on_signal() -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -159,7 +167,13 @@ pub async fn stream(args: StreamArgs) -> anyhow::Result<ExitCode> {
     let stop = stop_on_signal();
     let sink = (!args.no_lake_sink).then(|| {
         let lake = Lake::resolve(args.lake.as_deref());
-        let sink = LakeSink::new(job.clone(), &lake, config.clone(), args.sink_config(), metrics.clone());
+        let sink = LakeSink::new(
+            job.clone(),
+            &lake,
+            config.clone(),
+            args.sink_config(),
+            metrics.clone(),
+        );
         let (runtime, stop) = (tokio::runtime::Handle::current(), stop.clone());
         std::thread::spawn(move || sink.run(runtime, stop))
     });

@@ -35,6 +35,11 @@ pub struct StreamConfig {
     /// RocksDB state directory (default `./state/<job>`). It is a cache of `<job>.speed`:
     /// wiped on start and restored from the changelog.
     pub state_dir: PathBuf,
+    /// Static group membership (`group.instance.id` = the transactional id; default on): a
+    /// restarted daemon takes its old place and partitions at once instead of waiting for the
+    /// broker to expire the dead member. Off, a daemon that stops leaves the group and its
+    /// partitions move to the others immediately.
+    pub static_membership: bool,
     /// Larger records are dead-lettered as `oversized` (default 1 MiB).
     pub max_record_bytes: usize,
     /// Extra librdkafka properties (`-X key=value`), applied last.
@@ -53,6 +58,7 @@ impl StreamConfig {
             batch_linger: Duration::from_millis(100),
             idle_timeout: Duration::from_secs(30),
             state_dir,
+            static_membership: true,
             max_record_bytes: sluice_core::decode::DEFAULT_MAX_RECORD_BYTES,
             client_overrides: Vec::new(),
         }

@@ -8,8 +8,8 @@
 //! rewinds to the committed offsets, so a crash anywhere loses and repeats nothing.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -24,7 +24,10 @@ use sluice_core::{Job, Pipeline};
 
 use crate::config::{Guarantee, StreamConfig};
 use crate::error::{Result, kafka};
-use crate::kafka::{Change, GroupContext, REQUEST_TIMEOUT, consumer_config, ensure_topics, partition_count, read_changelog};
+use crate::kafka::{
+    Change, GroupContext, REQUEST_TIMEOUT, consumer_config, ensure_topics, partition_count,
+    read_changelog,
+};
 use crate::metrics::StreamMetrics;
 use crate::processor::{Diverted, Output, Processor, SourceRecord};
 use crate::state::StateStore;
@@ -93,7 +96,12 @@ struct Running {
 }
 
 impl StreamDaemon {
-    pub fn new(job: Job, pipeline: Arc<Pipeline>, config: StreamConfig, metrics: StreamMetrics) -> StreamDaemon {
+    pub fn new(
+        job: Job,
+        pipeline: Arc<Pipeline>,
+        config: StreamConfig,
+        metrics: StreamMetrics,
+    ) -> StreamDaemon {
         StreamDaemon {
             topics: Topics::for_job(&job),
             job,
@@ -132,17 +140,18 @@ impl StreamDaemon {
     fn start(&self) -> Result<Running> {
         let job = self.name();
         let context = GroupContext::new(job, &self.topics.source, self.metrics.clone());
-        // Static membership: a restarted daemon takes its old member's place (and partitions)
-        // at once instead of waiting for a rebalance.
-        let consumer: BaseConsumer<GroupContext> = consumer_config(&self.config, &self.config.group_id)
-            .set("group.instance.id", &self.config.transactional_id)
-            .create_with_context(context)
-            .map_err(kafka(job, "creating the consumer"))?;
+        let consumer: BaseConsumer<GroupContext> =
+            consumer_config(&self.config, &self.config.group_id, "")
+                .create_with_context(context)
+                .map_err(kafka(job, "creating the consumer"))?;
         let partitions = partition_count(job, &consumer, &self.topics.source)?;
         ensure_topics(job, &self.config, &self.topics, partitions)?;
         let producer = self.producer()?;
         let store = StateStore::open_fresh(job, &self.config.state_dir)?;
-        let watermarks = Watermarks::new(self.job.spec.source.watermark_delay, self.config.idle_timeout);
+        let watermarks = Watermarks::new(
+            self.job.spec.source.watermark_delay,
+            self.config.idle_timeout,
+        );
         let processor = Processor::new(
             self.job.clone(),
             self.pipeline.clone(),
@@ -150,9 +159,10 @@ impl StreamDaemon {
             watermarks,
             self.config.max_record_bytes,
         );
-        consumer
-            .subscribe(&[&self.topics.source])
-            .map_err(kafka(job, format!("subscribing to `{}`", self.topics.source)))?;
+        consumer.subscribe(&[&self.topics.source]).map_err(kafka(
+            job,
+            format!("subscribing to `{}`", self.topics.source),
+        ))?;
         Ok(Running {
             consumer,
             producer,
@@ -262,15 +272,36 @@ impl StreamDaemon {
         running
             .consumer
             .committed_offsets(list, REQUEST_TIMEOUT)
-            .map_err(kafka(self.name(), format!("reading the committed offset of partition {partition}")))?;
-        let changelog = read_changelog(self.name(), &self.config, &self.topics.speed, partition, RESTORE_DEADLINE)?;
+            .map_err(kafka(
+                self.name(),
+                format!("reading the committed offset of partition {partition}"),
+            ))?;
+        let changelog = read_changelog(
+            self.name(),
+            &self.config,
+            &self.topics.speed,
+            partition,
+            RESTORE_DEADLINE,
+        )?;
         let records = changelog.len();
-        running.processor.restore(partition, changelog, Instant::now())?;
-        tracing::info!(job = self.name(), partition, records, seconds = started.elapsed().as_secs_f64(), "partition assigned; state restored from the changelog");
+        running
+            .processor
+            .restore(partition, changelog, Instant::now())?;
+        tracing::info!(
+            job = self.name(),
+            partition,
+            records,
+            seconds = started.elapsed().as_secs_f64(),
+            "partition assigned; state restored from the changelog"
+        );
         Ok(())
     }
 
-    fn commit(&self, running: &mut Running, output: &Output) -> std::result::Result<(), KafkaError> {
+    fn commit(
+        &self,
+        running: &mut Running,
+        output: &Output,
+    ) -> std::result::Result<(), KafkaError> {
         let exactly_once = self.config.guarantee == Guarantee::ExactlyOnce;
         if exactly_once {
             running.producer.begin_transaction()?;
@@ -284,14 +315,20 @@ impl StreamDaemon {
                 .group_metadata()
                 .ok_or(KafkaError::ConsumerCommit(RDKafkaErrorCode::State))?;
             if offsets.count() > 0 {
-                running.producer.send_offsets_to_transaction(&offsets, &group, REQUEST_TIMEOUT)?;
+                running
+                    .producer
+                    .send_offsets_to_transaction(&offsets, &group, REQUEST_TIMEOUT)?;
             }
             running.producer.commit_transaction(REQUEST_TIMEOUT)
         } else {
             running.producer.flush(REQUEST_TIMEOUT)?;
             let failed = running.producer.context().take_failures();
             if failed > 0 {
-                tracing::warn!(job = self.name(), failed, "deliveries failed; not committing offsets");
+                tracing::warn!(
+                    job = self.name(),
+                    failed,
+                    "deliveries failed; not committing offsets"
+                );
                 return Err(KafkaError::MessageProduction(RDKafkaErrorCode::Fail));
             }
             if offsets.count() > 0 {
@@ -301,7 +338,10 @@ impl StreamDaemon {
         }
     }
 
-    fn offsets(&self, next: &BTreeMap<i32, i64>) -> std::result::Result<TopicPartitionList, KafkaError> {
+    fn offsets(
+        &self,
+        next: &BTreeMap<i32, i64>,
+    ) -> std::result::Result<TopicPartitionList, KafkaError> {
         let mut list = TopicPartitionList::new();
         for (&partition, &offset) in next {
             list.add_partition_offset(&self.topics.source, partition, Offset::Offset(offset))?;
@@ -309,7 +349,11 @@ impl StreamDaemon {
         Ok(list)
     }
 
-    fn produce_all(&self, running: &Running, output: &Output) -> std::result::Result<(), KafkaError> {
+    fn produce_all(
+        &self,
+        running: &Running,
+        output: &Output,
+    ) -> std::result::Result<(), KafkaError> {
         let producer = &running.producer;
         for (sent, record) in output.speed.iter().enumerate() {
             if sent % 1024 == 1023 {
@@ -339,25 +383,50 @@ impl StreamDaemon {
         Ok(())
     }
 
-    fn diverted_record<'a>(&self, topic: &'a str, diverted: &'a Diverted) -> BaseRecord<'a, [u8], [u8]> {
+    fn diverted_record<'a>(
+        &self,
+        topic: &'a str,
+        diverted: &'a Diverted,
+    ) -> BaseRecord<'a, [u8], [u8]> {
         let record = &diverted.record;
         let partition = record.partition.to_string();
         let offset = record.offset.to_string();
         let mut headers = OwnedHeaders::new()
-            .insert(Header { key: header::SOURCE_TOPIC, value: Some(&self.topics.source) })
-            .insert(Header { key: header::SOURCE_PARTITION, value: Some(&partition) })
-            .insert(Header { key: header::SOURCE_OFFSET, value: Some(&offset) })
-            .insert(Header { key: header::ERROR_TYPE, value: Some(&diverted.error_type) })
-            .insert(Header { key: header::ERROR_MESSAGE, value: Some(&diverted.message) });
+            .insert(Header {
+                key: header::SOURCE_TOPIC,
+                value: Some(&self.topics.source),
+            })
+            .insert(Header {
+                key: header::SOURCE_PARTITION,
+                value: Some(&partition),
+            })
+            .insert(Header {
+                key: header::SOURCE_OFFSET,
+                value: Some(&offset),
+            })
+            .insert(Header {
+                key: header::ERROR_TYPE,
+                value: Some(&diverted.error_type),
+            })
+            .insert(Header {
+                key: header::ERROR_MESSAGE,
+                value: Some(&diverted.message),
+            });
         let optional = [
-            (header::SOURCE_TIMESTAMP, record.timestamp_ms.map(|t| t.to_string())),
+            (
+                header::SOURCE_TIMESTAMP,
+                record.timestamp_ms.map(|t| t.to_string()),
+            ),
             (header::ERROR_FIELD, diverted.field.clone()),
             (header::WATERMARK, diverted.watermark_us.map(format_time)),
             (header::EVENT_TIME, diverted.event_time_us.map(format_time)),
         ];
         for (key, value) in optional {
             if let Some(value) = value {
-                headers = headers.insert(Header { key, value: Some(&value) });
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(&value),
+                });
             }
         }
         let payload = record.payload.as_deref().unwrap_or_default();
@@ -365,8 +434,14 @@ impl StreamDaemon {
             // Kafka's default record limit is about 1 MB: keep the record's head, say so.
             let size = payload.len().to_string();
             headers = headers
-                .insert(Header { key: header::TRUNCATED, value: Some("true") })
-                .insert(Header { key: header::ORIGINAL_SIZE, value: Some(&size) });
+                .insert(Header {
+                    key: header::TRUNCATED,
+                    value: Some("true"),
+                })
+                .insert(Header {
+                    key: header::ORIGINAL_SIZE,
+                    value: Some(&size),
+                });
         }
         let mut base = BaseRecord::<[u8], [u8]>::to(topic).headers(headers);
         if let Some(key) = &record.key {
@@ -385,10 +460,16 @@ impl StreamDaemon {
         if let KafkaError::Transaction(e) = &error
             && e.is_fatal()
         {
-            return Err(kafka(job, "committing a micro-batch (fatal; another instance fenced this one?)")(error));
+            return Err(kafka(
+                job,
+                "committing a micro-batch (fatal; another instance fenced this one?)",
+            )(error));
         }
         tracing::warn!(job, error = %error, "micro-batch failed; aborting and rewinding");
-        self.metrics.transaction_aborts.with_label_values(&[job]).inc();
+        self.metrics
+            .transaction_aborts
+            .with_label_values(&[job])
+            .inc();
         running.summary.aborted += 1;
         if self.config.guarantee == Guarantee::ExactlyOnce {
             self.abort(running)?;
@@ -396,7 +477,12 @@ impl StreamDaemon {
         running.producer.context().take_failures();
         running.consecutive_failures += 1;
         if running.consecutive_failures > MAX_CONSECUTIVE_FAILURES {
-            return Err(kafka(job, format!("committing a micro-batch ({MAX_CONSECUTIVE_FAILURES} attempts in a row failed)"))(error));
+            return Err(kafka(
+                job,
+                format!(
+                    "committing a micro-batch ({MAX_CONSECUTIVE_FAILURES} attempts in a row failed)"
+                ),
+            )(error));
         }
         std::thread::sleep(Duration::from_millis(200) * running.consecutive_failures);
         let committed = running
@@ -412,7 +498,11 @@ impl StreamDaemon {
                 .unwrap_or(Offset::Beginning);
             // A partition assigned during the failed batch is not fetching yet (seek refuses);
             // it will start from the committed offset anyway.
-            if let Err(e) = running.consumer.seek(&self.topics.source, partition, offset, REQUEST_TIMEOUT) {
+            if let Err(e) =
+                running
+                    .consumer
+                    .seek(&self.topics.source, partition, offset, REQUEST_TIMEOUT)
+            {
                 tracing::warn!(job, partition, error = %e, "could not rewind; the partition starts from its committed offset");
             }
             running.processor.revoke(partition)?;
@@ -430,7 +520,9 @@ impl StreamDaemon {
         loop {
             match running.producer.abort_transaction(REQUEST_TIMEOUT) {
                 Ok(()) => return Ok(()),
-                Err(KafkaError::Transaction(e)) if e.is_retriable() && attempts < 3 => attempts += 1,
+                Err(KafkaError::Transaction(e)) if e.is_retriable() && attempts < 3 => {
+                    attempts += 1
+                }
                 Err(e) => return Err(kafka(job, "aborting a failed micro-batch")(e)),
             }
         }
@@ -445,19 +537,27 @@ impl StreamDaemon {
         summary.dlq += output.dlq.len() as u64;
         summary.late += output.late.len() as u64;
         let m = &self.metrics;
-        m.batch_latency.with_label_values(&[job]).observe(first_record.elapsed().as_secs_f64());
+        m.batch_latency
+            .with_label_values(&[job])
+            .observe(first_record.elapsed().as_secs_f64());
         for (topic, count) in [
             (&self.topics.speed, output.speed.len()),
             (&self.topics.results, output.results.len()),
             (&self.topics.dlq, output.dlq.len()),
             (&self.topics.late, output.late.len()),
         ] {
-            m.records_out.with_label_values(&[job, topic]).inc_by(count as u64);
+            m.records_out
+                .with_label_values(&[job, topic])
+                .inc_by(count as u64);
         }
         for diverted in &output.dlq {
-            m.dlq_records.with_label_values(&[job, &diverted.error_type]).inc();
+            m.dlq_records
+                .with_label_values(&[job, &diverted.error_type])
+                .inc();
         }
-        m.late_records.with_label_values(&[job]).inc_by(output.late.len() as u64);
+        m.late_records
+            .with_label_values(&[job])
+            .inc_by(output.late.len() as u64);
         for (partition, count) in &output.consumed {
             m.records_in
                 .with_label_values(&[job, &self.topics.source, &partition.to_string()])
@@ -468,7 +568,10 @@ impl StreamDaemon {
 
     fn observe_idle(&self, running: &Running) {
         let job = self.name();
-        self.metrics.state_keys.with_label_values(&[job]).set(running.processor.state_keys() as i64);
+        self.metrics
+            .state_keys
+            .with_label_values(&[job])
+            .set(running.processor.state_keys() as i64);
         if let Some(watermark) = running.processor.job_watermark() {
             let now = chrono::Utc::now().timestamp_micros();
             self.metrics
@@ -480,7 +583,10 @@ impl StreamDaemon {
 }
 
 /// Produces one record, serving delivery reports while the local queue is full.
-fn send(producer: &BaseProducer<DeliveryContext>, mut record: BaseRecord<'_, [u8], [u8]>) -> std::result::Result<(), KafkaError> {
+fn send(
+    producer: &BaseProducer<DeliveryContext>,
+    mut record: BaseRecord<'_, [u8], [u8]>,
+) -> std::result::Result<(), KafkaError> {
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),

@@ -41,7 +41,10 @@ pub enum StreamError {
 
 pub type Result<T, E = StreamError> = std::result::Result<T, E>;
 
-pub(crate) fn kafka(job: &str, during: impl Into<String>) -> impl FnOnce(KafkaError) -> StreamError {
+pub(crate) fn kafka(
+    job: &str,
+    during: impl Into<String>,
+) -> impl FnOnce(KafkaError) -> StreamError {
     let job = job.to_string();
     let during = during.into();
     move |source| StreamError::Kafka {

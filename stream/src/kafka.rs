@@ -5,13 +5,13 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
+use rdkafka::ClientContext;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::statistics::Statistics;
-use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_core::topics::Topics;
 
@@ -107,9 +107,16 @@ impl ConsumerContext for GroupContext {
     }
 }
 
-/// A consumer that reads committed records only and commits offsets by hand.
-pub(crate) fn consumer_config(config: &StreamConfig, group: &str) -> ClientConfig {
+/// A consumer that reads committed records only and commits offsets by hand. `instance`
+/// distinguishes the daemon's and the sink's static memberships.
+pub(crate) fn consumer_config(config: &StreamConfig, group: &str, instance: &str) -> ClientConfig {
     let mut client = client(config);
+    if config.static_membership {
+        client.set(
+            "group.instance.id",
+            format!("{}{instance}", config.transactional_id),
+        );
+    }
     client
         .set("group.id", group)
         .set("enable.auto.commit", "false")
@@ -133,7 +140,11 @@ pub(crate) fn consumer_config(config: &StreamConfig, group: &str) -> ClientConfi
 }
 
 /// The number of partitions of `topic`.
-pub(crate) fn partition_count(job: &str, consumer: &BaseConsumer<impl rdkafka::consumer::ConsumerContext>, topic: &str) -> Result<usize> {
+pub(crate) fn partition_count(
+    job: &str,
+    consumer: &BaseConsumer<impl rdkafka::consumer::ConsumerContext>,
+    topic: &str,
+) -> Result<usize> {
     let metadata = consumer
         .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
         .map_err(kafka(job, format!("reading the metadata of `{topic}`")))?;
@@ -155,7 +166,12 @@ pub(crate) fn partition_count(job: &str, consumer: &BaseConsumer<impl rdkafka::c
 /// Creates the job's output topics if they are missing: `<job>.speed` compacted with one
 /// partition per source partition (partition `p` holds source partition `p`'s state), the
 /// others with as many partitions as the source.
-pub(crate) fn ensure_topics(job: &str, config: &StreamConfig, topics: &Topics, partitions: usize) -> Result<()> {
+pub(crate) fn ensure_topics(
+    job: &str,
+    config: &StreamConfig,
+    topics: &Topics,
+    partitions: usize,
+) -> Result<()> {
     let mut settings = client(config);
     apply_overrides(&mut settings, config);
     let admin: AdminClient<DefaultClientContext> = settings
@@ -191,10 +207,17 @@ pub(crate) fn ensure_topics(job: &str, config: &StreamConfig, topics: &Topics, p
 
 /// `<job>.speed` partition `p` holds source partition `p`'s state, so it needs at least as
 /// many partitions as the source.
-fn check_speed_partitions(job: &str, config: &StreamConfig, topic: &str, needed: i32) -> Result<()> {
+fn check_speed_partitions(
+    job: &str,
+    config: &StreamConfig,
+    topic: &str,
+    needed: i32,
+) -> Result<()> {
     let mut settings = client(config);
     apply_overrides(&mut settings, config);
-    let consumer: BaseConsumer = settings.create().map_err(kafka(job, "creating a metadata client"))?;
+    let consumer: BaseConsumer = settings
+        .create()
+        .map_err(kafka(job, "creating a metadata client"))?;
     let found = partition_count(job, &consumer, topic)? as i32;
     if found < needed {
         return Err(StreamError::Config {
@@ -229,10 +252,15 @@ pub(crate) fn read_changelog(
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true");
     apply_overrides(&mut client, config);
-    let consumer: BaseConsumer = client.create().map_err(kafka(job, "creating a restore consumer"))?;
+    let consumer: BaseConsumer = client
+        .create()
+        .map_err(kafka(job, "creating a restore consumer"))?;
     let (low, high) = consumer
         .fetch_watermarks(topic, partition, REQUEST_TIMEOUT)
-        .map_err(kafka(job, format!("reading the offsets of `{topic}` [{partition}]")))?;
+        .map_err(kafka(
+            job,
+            format!("reading the offsets of `{topic}` [{partition}]"),
+        ))?;
     let mut records = Vec::new();
     if high <= low {
         return Ok(records);
@@ -241,7 +269,9 @@ pub(crate) fn read_changelog(
     assignment
         .add_partition_offset(topic, partition, Offset::Beginning)
         .map_err(kafka(job, "assigning the changelog"))?;
-    consumer.assign(&assignment).map_err(kafka(job, "assigning the changelog"))?;
+    consumer
+        .assign(&assignment)
+        .map_err(kafka(job, "assigning the changelog"))?;
     let started = Instant::now();
     loop {
         if started.elapsed() > deadline {

@@ -32,13 +32,17 @@ pub struct StreamMetrics {
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry.register(Box::new(metric.clone())).expect("unique metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
     metric
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry.register(Box::new(metric.clone())).expect("unique metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
     metric
 }
 
@@ -71,15 +75,60 @@ impl StreamMetrics {
             .register(Box::new(batch_latency.clone()))
             .expect("unique metric");
         StreamMetrics {
-            records_in: counter(&registry, "sluice_records_in_total", "Source records consumed.", &["job", "topic", "partition"]),
-            records_out: counter(&registry, "sluice_records_out_total", "Records produced, by topic.", &["job", "topic"]),
-            dlq_records: counter(&registry, "sluice_dlq_records_total", "Records sent to the DLQ, by error type.", &["job", "error_type"]),
-            late_records: counter(&registry, "sluice_late_records_total", "Records later than the allowed lateness.", &["job"]),
-            consumer_lag: gauge(&registry, "sluice_consumer_lag_records", "Records behind the partition's end.", &["job", "topic", "partition"]),
-            state_keys: gauge(&registry, "sluice_state_keys", "Keys in the RocksDB state store (estimate).", &["job"]),
-            transaction_aborts: counter(&registry, "sluice_transaction_aborts_total", "Aborted micro-batch transactions.", &["job"]),
-            lake_rows: counter(&registry, "sluice_lake_rows_total", "Rows committed to the raw Delta table.", &["job", "partition"]),
-            lake_commits: counter(&registry, "sluice_lake_commits_total", "Delta commits of the raw-lake sink.", &["job"]),
+            records_in: counter(
+                &registry,
+                "sluice_records_in_total",
+                "Source records consumed.",
+                &["job", "topic", "partition"],
+            ),
+            records_out: counter(
+                &registry,
+                "sluice_records_out_total",
+                "Records produced, by topic.",
+                &["job", "topic"],
+            ),
+            dlq_records: counter(
+                &registry,
+                "sluice_dlq_records_total",
+                "Records sent to the DLQ, by error type.",
+                &["job", "error_type"],
+            ),
+            late_records: counter(
+                &registry,
+                "sluice_late_records_total",
+                "Records later than the allowed lateness.",
+                &["job"],
+            ),
+            consumer_lag: gauge(
+                &registry,
+                "sluice_consumer_lag_records",
+                "Records behind the partition's end.",
+                &["job", "topic", "partition"],
+            ),
+            state_keys: gauge(
+                &registry,
+                "sluice_state_keys",
+                "Keys in the RocksDB state store (estimate).",
+                &["job"],
+            ),
+            transaction_aborts: counter(
+                &registry,
+                "sluice_transaction_aborts_total",
+                "Aborted micro-batch transactions.",
+                &["job"],
+            ),
+            lake_rows: counter(
+                &registry,
+                "sluice_lake_rows_total",
+                "Rows committed to the raw Delta table.",
+                &["job", "partition"],
+            ),
+            lake_commits: counter(
+                &registry,
+                "sluice_lake_commits_total",
+                "Delta commits of the raw-lake sink.",
+                &["job"],
+            ),
             watermark_lag,
             batch_latency,
             registry,

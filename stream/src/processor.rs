@@ -145,11 +145,18 @@ impl Processor {
         let mut writes = Vec::new();
         for (key, value) in changelog {
             if key == WATERMARK_KEY {
-                watermark = value.as_deref().map(PartitionWatermark::decode).transpose()?;
+                watermark = value
+                    .as_deref()
+                    .map(PartitionWatermark::decode)
+                    .transpose()?;
                 continue;
             }
             writes.push(match value {
-                Some(value) => StateWrite::Put { partition, key, value },
+                Some(value) => StateWrite::Put {
+                    partition,
+                    key,
+                    value,
+                },
                 None => StateWrite::Delete { partition, key },
             });
         }
@@ -173,7 +180,10 @@ impl Processor {
         for (key, _) in self.store.scan(partition, b"")? {
             if let (_, Some(end)) = codec.key_times(&key)? {
                 let prefix = codec.window_prefix_of(&key).to_vec();
-                self.open_windows.entry(end).or_default().insert((partition, prefix));
+                self.open_windows
+                    .entry(end)
+                    .or_default()
+                    .insert((partition, prefix));
             }
         }
         Ok(())
@@ -199,7 +209,9 @@ impl Processor {
     pub(crate) fn process(&mut self, records: Vec<SourceRecord>, now: Instant) -> Result<Output> {
         let mut output = Output::default();
         for record in &records {
-            output.next_offsets.insert(record.partition, record.offset + 1);
+            output
+                .next_offsets
+                .insert(record.partition, record.offset + 1);
             *output.consumed.entry(record.partition).or_default() += 1;
         }
         let before = self.watermarks.job_watermark(now);
@@ -275,14 +287,21 @@ impl Processor {
 
     /// Marks which rows go on to the plan; late rows go to `<job>.late`. (The decoder already
     /// dead-lettered records without an event time: it is always a required field.)
-    fn divert_late(&self, times: &[i64], origin: &[&SourceRecord], output: &mut Output) -> Vec<bool> {
+    fn divert_late(
+        &self,
+        times: &[i64],
+        origin: &[&SourceRecord],
+        output: &mut Output,
+    ) -> Vec<bool> {
         let mut keep = vec![true; times.len()];
         for (partition, rows) in rows_per_partition(&keep.clone(), origin) {
             let Some(&bound) = self.emitted_us.get(&partition) else {
                 continue;
             };
             let part_times: Vec<i64> = rows.iter().map(|&r| times[r as usize]).collect();
-            let late = self.pipeline.late_rows(&part_times, bound, self.lateness_us);
+            let late = self
+                .pipeline
+                .late_rows(&part_times, bound, self.lateness_us);
             for (&row, _) in rows.iter().zip(late).filter(|(_, late)| *late) {
                 let row = row as usize;
                 keep[row] = false;
@@ -341,7 +360,12 @@ impl Processor {
         }
     }
 
-    fn absorb(&mut self, partition: i32, evaluated: RecordBatch, output: &mut Output) -> Result<()> {
+    fn absorb(
+        &mut self,
+        partition: i32,
+        evaluated: RecordBatch,
+        output: &mut Output,
+    ) -> Result<()> {
         match self.pipeline.plan().aggregate() {
             None => {
                 let lines = to_json_lines(&[evaluated])?;
@@ -351,7 +375,8 @@ impl Processor {
                 Ok(())
             }
             Some(_) => {
-                let open = self.drop_expired_windows(evaluated, self.emitted_us.get(&partition).copied())?;
+                let open =
+                    self.drop_expired_windows(evaluated, self.emitted_us.get(&partition).copied())?;
                 self.fold(partition, open, output)
             }
         }
@@ -359,7 +384,11 @@ impl Processor {
 
     /// A HOP event can belong to a window that already expired beside one still open; the
     /// expired window's state is final (and purged), so its partial row is left out.
-    fn drop_expired_windows(&self, partial: RecordBatch, bound: Option<i64>) -> Result<RecordBatch> {
+    fn drop_expired_windows(
+        &self,
+        partial: RecordBatch,
+        bound: Option<i64>,
+    ) -> Result<RecordBatch> {
         let (Some(watermark), Some(stage)) = (bound, self.pipeline.plan().aggregate()) else {
             return Ok(partial);
         };
@@ -375,7 +404,8 @@ impl Processor {
         if keep.len() == partial.num_rows() {
             return Ok(partial);
         }
-        take_record_batch(&partial, &UInt32Array::from(keep)).map_err(arrow_error("dropping expired windows"))
+        take_record_batch(&partial, &UInt32Array::from(keep))
+            .map_err(arrow_error("dropping expired windows"))
     }
 
     /// Merges `partial` into `partition`'s state; changed rows become speed records.
@@ -400,13 +430,28 @@ impl Processor {
             }
             if let (_, Some(end)) = codec.key_times(&key)? {
                 let prefix = codec.window_prefix_of(&key).to_vec();
-                self.open_windows.entry(end).or_default().insert((partition, prefix));
+                self.open_windows
+                    .entry(end)
+                    .or_default()
+                    .insert((partition, prefix));
             }
-            output.speed.push(SpeedRecord { partition, key: key.clone(), value: Some(value.clone()) });
-            writes.push(StateWrite::Put { partition, key, value });
+            output.speed.push(SpeedRecord {
+                partition,
+                key: key.clone(),
+                value: Some(value.clone()),
+            });
+            writes.push(StateWrite::Put {
+                partition,
+                key,
+                value,
+            });
         }
         for key in old.into_keys().filter(|k| !kept.contains(k)) {
-            output.speed.push(SpeedRecord { partition, key: key.clone(), value: None });
+            output.speed.push(SpeedRecord {
+                partition,
+                key: key.clone(),
+                value: None,
+            });
             writes.push(StateWrite::Delete { partition, key });
         }
         self.store.apply(&writes)
@@ -416,7 +461,8 @@ impl Processor {
     /// past their lateness. A job without a group window emits every changed key.
     /// Returns whether any partition's emitted bound moved (it must then be recorded).
     fn emit_and_purge(&mut self, after: Option<i64>, output: &mut Output) -> Result<bool> {
-        let (Some(codec), Some(stage)) = (self.codec.clone(), self.pipeline.plan().aggregate()) else {
+        let (Some(codec), Some(stage)) = (self.codec.clone(), self.pipeline.plan().aggregate())
+        else {
             return Ok(false);
         };
         let changed: BTreeSet<Vec<u8>> = output
@@ -489,7 +535,10 @@ impl Processor {
             .map_err(arrow_error("selecting the view key of result rows"))?;
         let values = to_json_lines(&[finalized])?;
         let keys = to_json_lines(&[keys])?;
-        for (key, value) in keys.split(|b| *b == b'\n').zip(values.split(|b| *b == b'\n')) {
+        for (key, value) in keys
+            .split(|b| *b == b'\n')
+            .zip(values.split(|b| *b == b'\n'))
+        {
             if !value.is_empty() {
                 output.results.push((Some(key.to_vec()), value.to_vec()));
             }
@@ -518,7 +567,11 @@ impl Processor {
             let lateness = self.lateness_us;
             let expired: Vec<(i32, Vec<u8>)> = windows
                 .iter()
-                .filter(|(p, _)| emitted.get(p).is_some_and(|&e| end.saturating_add(lateness) <= e))
+                .filter(|(p, _)| {
+                    emitted
+                        .get(p)
+                        .is_some_and(|&e| end.saturating_add(lateness) <= e)
+                })
                 .cloned()
                 .collect();
             for window in &expired {
@@ -607,7 +660,9 @@ fn rows_per_partition(keep: &[bool], origin: &[&SourceRecord]) -> BTreeMap<i32, 
     out
 }
 
-fn arrow_error(during: &'static str) -> impl FnOnce(arrow::error::ArrowError) -> crate::error::StreamError {
+fn arrow_error(
+    during: &'static str,
+) -> impl FnOnce(arrow::error::ArrowError) -> crate::error::StreamError {
     move |source| {
         sluice_core::Error::Arrow {
             during,
@@ -671,7 +726,9 @@ bucket = "1h"
         record(
             partition,
             offset,
-            &format!(r#"{{"region":"{region}","amount":{amount},"status":"completed","ts":{at_ms}}}"#),
+            &format!(
+                r#"{{"region":"{region}","amount":{amount},"status":"completed","ts":{at_ms}}}"#
+            ),
         )
     }
 
@@ -696,9 +753,15 @@ bucket = "1h"
                 order(0, 1, "us", 4.0, T0 + 30_000),
                 record(0, 2, "{not json"),
             ],
-            vec![order(0, 3, "eu", 6.0, T0 + MINUTE_MS + 5), order(1, 1, "eu", 1.0, T0 + MINUTE_MS)],
+            vec![
+                order(0, 3, "eu", 6.0, T0 + MINUTE_MS + 5),
+                order(1, 1, "eu", 1.0, T0 + MINUTE_MS),
+            ],
             // Within lateness: updates and re-emits the first minute.
-            vec![order(1, 2, "eu", 3.0, T0 + 2_000), order(0, 4, "eu", 1.0, T0 + 3 * MINUTE_MS)],
+            vec![
+                order(1, 2, "eu", 3.0, T0 + 2_000),
+                order(0, 4, "eu", 1.0, T0 + 3 * MINUTE_MS),
+            ],
             vec![order(1, 3, "us", 1.0, T0 + 3 * MINUTE_MS)],
             // Beyond lateness: the first minute ended 3 minutes before the watermark.
             vec![order(0, 5, "eu", 100.0, T0 + 10)],
@@ -712,7 +775,10 @@ bucket = "1h"
         let now = Instant::now();
         p.restore(0, Vec::new(), now).unwrap();
         p.restore(1, Vec::new(), now).unwrap();
-        let outputs: Vec<Output> = batches().into_iter().map(|b| p.process(b, now).unwrap()).collect();
+        let outputs: Vec<Output> = batches()
+            .into_iter()
+            .map(|b| p.process(b, now).unwrap())
+            .collect();
         assert_eq!(outputs[0].dlq.len(), 1);
         assert_eq!(outputs[0].dlq[0].error_type, "malformed_json");
         assert_eq!(outputs[0].dlq[0].record.offset, 2);
@@ -730,7 +796,10 @@ bucket = "1h"
         );
         let late = &outputs[4].late;
         assert_eq!(late.len(), 1);
-        assert_eq!(late[0].record.payload, order(0, 5, "eu", 100.0, T0 + 10).payload);
+        assert_eq!(
+            late[0].record.payload,
+            order(0, 5, "eu", 100.0, T0 + 10).payload
+        );
         assert!(!results(&outputs[4..]).contains_key(first));
         assert_eq!(outputs[4].next_offsets.get(&0), Some(&6));
     }
@@ -743,7 +812,10 @@ bucket = "1h"
         straight.restore(0, Vec::new(), now).unwrap();
         straight.restore(1, Vec::new(), now).unwrap();
         let all = batches();
-        let expected: Vec<Output> = all.iter().map(|b| straight.process(b.clone(), now).unwrap()).collect();
+        let expected: Vec<Output> = all
+            .iter()
+            .map(|b| straight.process(b.clone(), now).unwrap())
+            .collect();
 
         let mut first = processor(&dir.path().join("b"));
         first.restore(0, Vec::new(), now).unwrap();
@@ -751,15 +823,27 @@ bucket = "1h"
         let mut changelog: BTreeMap<i32, Vec<(Vec<u8>, Option<Vec<u8>>)>> = BTreeMap::new();
         for batch in &all[..2] {
             for r in first.process(batch.clone(), now).unwrap().speed {
-                changelog.entry(r.partition).or_default().push((r.key, r.value));
+                changelog
+                    .entry(r.partition)
+                    .or_default()
+                    .push((r.key, r.value));
             }
         }
         drop(first);
         let mut resumed = processor(&dir.path().join("b"));
         for partition in [0, 1] {
-            resumed.restore(partition, changelog.remove(&partition).unwrap_or_default(), now).unwrap();
+            resumed
+                .restore(
+                    partition,
+                    changelog.remove(&partition).unwrap_or_default(),
+                    now,
+                )
+                .unwrap();
         }
-        let rest: Vec<Output> = all[2..].iter().map(|b| resumed.process(b.clone(), now).unwrap()).collect();
+        let rest: Vec<Output> = all[2..]
+            .iter()
+            .map(|b| resumed.process(b.clone(), now).unwrap())
+            .collect();
         assert_eq!(results(&rest), results(&expected[2..]));
         let speed = |o: &[Output]| o.iter().flat_map(|o| o.speed.clone()).collect::<Vec<_>>();
         assert_eq!(speed(&rest), speed(&expected[2..]));

@@ -77,7 +77,13 @@ struct Pending {
 }
 
 impl LakeSink {
-    pub fn new(job: Job, lake: &Lake, config: StreamConfig, sink: LakeSinkConfig, metrics: StreamMetrics) -> LakeSink {
+    pub fn new(
+        job: Job,
+        lake: &Lake,
+        config: StreamConfig,
+        sink: LakeSinkConfig,
+        metrics: StreamMetrics,
+    ) -> LakeSink {
         LakeSink {
             table: TableLocation::new(lake.raw_table(&job)),
             job,
@@ -93,19 +99,27 @@ impl LakeSink {
 
     /// Runs until `stop` is set, committing what it holds before returning. Blocking: give it
     /// its own thread; Delta I/O runs on `runtime`.
-    pub fn run(&self, runtime: tokio::runtime::Handle, stop: Arc<AtomicBool>) -> Result<SinkSummary> {
+    pub fn run(
+        &self,
+        runtime: tokio::runtime::Handle,
+        stop: Arc<AtomicBool>,
+    ) -> Result<SinkSummary> {
         let job = self.name();
         let topic = &self.job.spec.source.topic;
         let group = format!("{}.lake", self.config.group_id);
-        let consumer: BaseConsumer<GroupContext> = consumer_config(&self.config, &group)
-            .set("group.instance.id", format!("{}.lake", self.config.transactional_id))
+        let consumer: BaseConsumer<GroupContext> = consumer_config(&self.config, &group, ".lake")
             .create_with_context(GroupContext::new(job, topic, self.metrics.clone()))
             .map_err(kafka(job, "creating the lake sink's consumer"))?;
-        consumer
-            .subscribe(&[topic])
-            .map_err(kafka(job, format!("subscribing the lake sink to `{topic}`")))?;
+        consumer.subscribe(&[topic]).map_err(kafka(
+            job,
+            format!("subscribing the lake sink to `{topic}`"),
+        ))?;
         let mut versions: HashMap<i32, i64> = HashMap::new();
-        let mut pending = Pending { records: BTreeMap::new(), bytes: 0, since: None };
+        let mut pending = Pending {
+            records: BTreeMap::new(),
+            bytes: 0,
+            since: None,
+        };
         let mut summary = SinkSummary::default();
         tracing::info!(job, table = %self.table.location, "raw lake sink started");
         while !stop.load(Ordering::SeqCst) {
@@ -113,29 +127,53 @@ impl LakeSink {
             self.apply_changes(&consumer, &runtime, &mut versions, &mut pending)?;
             if let Some(Ok(message)) = polled {
                 let partition = message.partition();
-                if let Some(&version) = versions.get(&partition).filter(|&&v| message.offset() <= v) {
+                if let Some(&version) = versions.get(&partition).filter(|&&v| message.offset() <= v)
+                {
                     summary.skipped_duplicates += 1;
                     // The partition is fetching now, so a seek works: skip the rest at once.
                     if message.offset() < version
-                        && let Err(e) = consumer.seek(topic, partition, Offset::Offset(version + 1), REQUEST_TIMEOUT)
+                        && let Err(e) = consumer.seek(
+                            topic,
+                            partition,
+                            Offset::Offset(version + 1),
+                            REQUEST_TIMEOUT,
+                        )
                     {
                         tracing::debug!(job, partition, error = %e, "lake sink could not seek; skipping instead");
                     }
                 } else if let Some(payload) = message.payload() {
                     pending.bytes += payload.len();
                     pending.since.get_or_insert_with(Instant::now);
-                    pending.records.entry(partition).or_default().push((message.offset(), payload.to_vec()));
+                    pending
+                        .records
+                        .entry(partition)
+                        .or_default()
+                        .push((message.offset(), payload.to_vec()));
                 }
             } else if let Some(Err(e)) = polled {
                 tracing::warn!(job, error = %e, "lake sink consumer error");
             }
             let due = pending.bytes >= self.sink.commit_bytes
-                || pending.since.is_some_and(|s| s.elapsed() >= self.sink.commit_interval);
+                || pending
+                    .since
+                    .is_some_and(|s| s.elapsed() >= self.sink.commit_interval);
             if due {
-                self.commit(&consumer, &runtime, &mut versions, &mut pending, &mut summary)?;
+                self.commit(
+                    &consumer,
+                    &runtime,
+                    &mut versions,
+                    &mut pending,
+                    &mut summary,
+                )?;
             }
         }
-        self.commit(&consumer, &runtime, &mut versions, &mut pending, &mut summary)?;
+        self.commit(
+            &consumer,
+            &runtime,
+            &mut versions,
+            &mut pending,
+            &mut summary,
+        )?;
         tracing::info!(job, ?summary, "raw lake sink stopped");
         Ok(summary)
     }
@@ -148,18 +186,25 @@ impl LakeSink {
         pending: &mut Pending,
     ) -> Result<()> {
         let job = self.name();
-        
+
         for change in consumer.context().take_changes() {
             match change {
                 Change::Assigned(partitions) => {
                     for partition in partitions {
                         let app_id = lake_app_id(&self.job, partition);
-                        let Some(version) = runtime.block_on(self.table.transaction_version(&app_id))? else {
+                        let Some(version) =
+                            runtime.block_on(self.table.transaction_version(&app_id))?
+                        else {
                             versions.remove(&partition);
                             continue;
                         };
                         versions.insert(partition, version);
-                        tracing::info!(job, partition, version, "lake sink resumes after the last offset in the lake");
+                        tracing::info!(
+                            job,
+                            partition,
+                            version,
+                            "lake sink resumes after the last offset in the lake"
+                        );
                     }
                 }
                 Change::Revoked(partitions) => {
@@ -197,25 +242,41 @@ impl LakeSink {
             // Only undecodable records (the speed layer dead-letters them): nothing to land.
             return Ok(());
         }
-        let assignment = consumer.assignment().map_err(kafka(job, "reading the assignment"))?;
-        consumer.pause(&assignment).map_err(kafka(job, "pausing while the lake commits"))?;
+        let assignment = consumer
+            .assignment()
+            .map_err(kafka(job, "reading the assignment"))?;
+        consumer
+            .pause(&assignment)
+            .map_err(kafka(job, "pausing while the lake commits"))?;
         let metadata = HashMap::from([
             ("sluice.operation".to_string(), json!("stream ingest")),
             ("sluice.job".to_string(), json!(job)),
             ("sluice.rows".to_string(), json!(rows)),
         ]);
         let written = runtime.block_on(self.table.append(batches, metadata, transactions.clone()));
-        consumer.resume(&assignment).map_err(kafka(job, "resuming after the lake commit"))?;
+        consumer
+            .resume(&assignment)
+            .map_err(kafka(job, "resuming after the lake commit"))?;
         written?;
         summary.commits += 1;
         summary.rows += rows as u64;
         self.metrics.lake_commits.with_label_values(&[job]).inc();
         let mut offsets = TopicPartitionList::new();
-        for (partition, last) in records.iter().filter_map(|(p, r)| r.last().map(|(o, _)| (*p, *o))) {
+        for (partition, last) in records
+            .iter()
+            .filter_map(|(p, r)| r.last().map(|(o, _)| (*p, *o)))
+        {
             versions.insert(partition, last);
             let written_rows = records[&partition].len() as u64;
-            self.metrics.lake_rows.with_label_values(&[job, &partition.to_string()]).inc_by(written_rows);
-            let _ = offsets.add_partition_offset(&self.job.spec.source.topic, partition, Offset::Offset(last + 1));
+            self.metrics
+                .lake_rows
+                .with_label_values(&[job, &partition.to_string()])
+                .inc_by(written_rows);
+            let _ = offsets.add_partition_offset(
+                &self.job.spec.source.topic,
+                partition,
+                Offset::Offset(last + 1),
+            );
         }
         if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
             tracing::debug!(job, error = %e, "committing lake sink offsets (for lag only)");
@@ -236,7 +297,12 @@ impl LakeSink {
             let app_id = lake_app_id(&self.job, partition);
             let current = runtime.block_on(self.table.transaction_version(&app_id))?;
             if current != versions.get(&partition).copied() {
-                tracing::warn!(job = self.name(), partition, ?current, "another sink wrote this partition; dropping the buffer");
+                tracing::warn!(
+                    job = self.name(),
+                    partition,
+                    ?current,
+                    "another sink wrote this partition; dropping the buffer"
+                );
                 records.remove(&partition);
                 let resume = match current {
                     Some(v) => {
@@ -262,7 +328,8 @@ impl LakeSink {
         &self,
         records: &BTreeMap<i32, Vec<(i64, Vec<u8>)>>,
     ) -> Result<(Vec<arrow::array::RecordBatch>, Vec<(String, i64)>, usize)> {
-        let decoder = JsonDecoder::new(&self.job).with_max_record_bytes(self.config.max_record_bytes);
+        let decoder =
+            JsonDecoder::new(&self.job).with_max_record_bytes(self.config.max_record_bytes);
         let mut batches = Vec::new();
         let mut transactions = Vec::new();
         let mut rows = 0;
@@ -272,7 +339,11 @@ impl LakeSink {
             let offsets: Vec<i64> = decoded.rows.iter().map(|&i| records[i].0).collect();
             if decoded.batch.num_rows() > 0 {
                 rows += decoded.batch.num_rows();
-                batches.push(raw_rows(&self.job, &decoded.batch, Some((partition, &offsets)))?);
+                batches.push(raw_rows(
+                    &self.job,
+                    &decoded.batch,
+                    Some((partition, &offsets)),
+                )?);
             }
             if let Some((last, _)) = records.last() {
                 transactions.push((lake_app_id(&self.job, partition), *last));

@@ -16,8 +16,15 @@ use crate::error::{Result, StreamError};
 /// One change to apply to the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum StateWrite {
-    Put { partition: i32, key: Vec<u8>, value: Vec<u8> },
-    Delete { partition: i32, key: Vec<u8> },
+    Put {
+        partition: i32,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        partition: i32,
+        key: Vec<u8>,
+    },
 }
 
 pub(crate) struct StateStore {
@@ -64,7 +71,11 @@ impl StateStore {
     }
 
     /// The values of `keys` in `partition` (None where absent).
-    pub(crate) fn get_many(&self, partition: i32, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+    pub(crate) fn get_many(
+        &self,
+        partition: i32,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>> {
         self.db
             .multi_get(keys.iter().map(|k| store_key(partition, k)))
             .into_iter()
@@ -140,18 +151,42 @@ mod tests {
             value: value.to_vec(),
         };
         store
-            .apply(&[put(0, b"ab1", b"x"), put(0, b"ab2", b"y"), put(0, b"ac", b"z"), put(1, b"ab1", b"w")])
+            .apply(&[
+                put(0, b"ab1", b"x"),
+                put(0, b"ab2", b"y"),
+                put(0, b"ac", b"z"),
+                put(1, b"ab1", b"w"),
+            ])
             .unwrap();
         let scanned = store.scan(0, b"ab").unwrap();
-        assert_eq!(scanned.iter().map(|(k, _)| k.as_slice()).collect::<Vec<_>>(), [b"ab1", b"ab2"]);
-        assert_eq!(store.get_many(1, &[b"ab1".to_vec(), b"ab2".to_vec()]).unwrap(), vec![Some(b"w".to_vec()), None]);
+        assert_eq!(
+            scanned
+                .iter()
+                .map(|(k, _)| k.as_slice())
+                .collect::<Vec<_>>(),
+            [b"ab1", b"ab2"]
+        );
+        assert_eq!(
+            store
+                .get_many(1, &[b"ab1".to_vec(), b"ab2".to_vec()])
+                .unwrap(),
+            vec![Some(b"w".to_vec()), None]
+        );
         store.drop_partition(0).unwrap();
         assert!(store.scan(0, b"").unwrap().is_empty());
         assert_eq!(store.scan(1, b"").unwrap().len(), 1);
-        store.apply(&[StateWrite::Delete { partition: 1, key: b"ab1".to_vec() }]).unwrap();
+        store
+            .apply(&[StateWrite::Delete {
+                partition: 1,
+                key: b"ab1".to_vec(),
+            }])
+            .unwrap();
         assert!(store.scan(1, b"").unwrap().is_empty());
         drop(store);
         let reopened = StateStore::open_fresh("t", &dir.path().join("s")).unwrap();
-        assert!(reopened.scan(0, b"").unwrap().is_empty(), "a fresh open forgets the cache");
+        assert!(
+            reopened.scan(0, b"").unwrap().is_empty(),
+            "a fresh open forgets the cache"
+        );
     }
 }

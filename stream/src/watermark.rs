@@ -33,7 +33,12 @@ impl Watermarks {
     }
 
     /// A newly assigned partition, with its watermark restored from the changelog if it had one.
-    pub(crate) fn assign(&mut self, partition: i32, restored: Option<PartitionWatermark>, now: Instant) {
+    pub(crate) fn assign(
+        &mut self,
+        partition: i32,
+        restored: Option<PartitionWatermark>,
+        now: Instant,
+    ) {
         self.partitions.insert(
             partition,
             PartitionProgress {
@@ -45,7 +50,9 @@ impl Watermarks {
 
     /// The assigned partitions with their latest event time.
     pub(crate) fn partitions(&self) -> impl Iterator<Item = (i32, Option<i64>)> + '_ {
-        self.partitions.iter().map(|(p, progress)| (*p, progress.max_event_us))
+        self.partitions
+            .iter()
+            .map(|(p, progress)| (*p, progress.max_event_us))
     }
 
     pub(crate) fn delay_us(&self) -> i64 {
@@ -65,10 +72,13 @@ impl Watermarks {
         now: Instant,
     ) -> Option<PartitionWatermark> {
         let delay = self.delay_us;
-        let progress = self.partitions.entry(partition).or_insert(PartitionProgress {
-            max_event_us: None,
-            last_record: now,
-        });
+        let progress = self
+            .partitions
+            .entry(partition)
+            .or_insert(PartitionProgress {
+                max_event_us: None,
+                last_record: now,
+            });
         progress.last_record = now;
         let seen = max_event_us?;
         if progress.max_event_us.is_some_and(|m| m >= seen) {
@@ -84,7 +94,8 @@ impl Watermarks {
 
     /// The job watermark (µs), or `None` while an active partition has no events yet.
     pub(crate) fn job_watermark(&self, now: Instant) -> Option<i64> {
-        let watermark = |p: &PartitionProgress| p.max_event_us.map(|m| m.saturating_sub(self.delay_us));
+        let watermark =
+            |p: &PartitionProgress| p.max_event_us.map(|m| m.saturating_sub(self.delay_us));
         let active: Vec<&PartitionProgress> = self
             .partitions
             .values()
@@ -94,7 +105,12 @@ impl Watermarks {
             // Everything is idle: hold at the slowest partition that has any progress.
             return self.partitions.values().filter_map(watermark).min();
         }
-        active.into_iter().map(watermark).collect::<Option<Vec<_>>>()?.into_iter().min()
+        active
+            .into_iter()
+            .map(watermark)
+            .collect::<Option<Vec<_>>>()?
+            .into_iter()
+            .min()
     }
 }
 
@@ -108,16 +124,31 @@ mod tests {
         let mut w = Watermarks::new(Duration::from_micros(5), Duration::from_secs(10));
         w.assign(0, None, start);
         w.assign(1, None, start);
-        assert_eq!(w.observe(0, Some(100), start).map(|p| p.watermark_us), Some(95));
-        assert_eq!(w.job_watermark(start), None, "partition 1 has no events yet");
+        assert_eq!(
+            w.observe(0, Some(100), start).map(|p| p.watermark_us),
+            Some(95)
+        );
+        assert_eq!(
+            w.job_watermark(start),
+            None,
+            "partition 1 has no events yet"
+        );
         w.observe(1, Some(50), start);
         assert_eq!(w.job_watermark(start), Some(45));
-        assert_eq!(w.observe(1, Some(40), start), None, "watermarks never go back");
+        assert_eq!(
+            w.observe(1, Some(40), start),
+            None,
+            "watermarks never go back"
+        );
         let later = start + Duration::from_secs(11);
         w.observe(0, Some(120), later);
         assert_eq!(w.job_watermark(later), Some(115), "partition 1 is idle");
         w.revoke(0);
-        assert_eq!(w.job_watermark(later), Some(45), "all idle: the slowest progress");
+        assert_eq!(
+            w.job_watermark(later),
+            Some(45),
+            "all idle: the slowest progress"
+        );
         let restored = PartitionWatermark {
             max_event_us: 500,
             watermark_us: 495,

@@ -38,7 +38,12 @@ pub fn bootstrap() -> String {
             stdout
                 .lines()
                 .find_map(|l| l.strip_prefix("BOOTSTRAP="))
-                .unwrap_or_else(|| panic!("tests/broker.sh start printed no BOOTSTRAP: {stdout} {}", String::from_utf8_lossy(&output.stderr)))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "tests/broker.sh start printed no BOOTSTRAP: {stdout} {}",
+                        String::from_utf8_lossy(&output.stderr)
+                    )
+                })
                 .to_string()
         })
         .clone()
@@ -46,7 +51,11 @@ pub fn bootstrap() -> String {
 
 /// A topic name no other test uses.
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}-{:08x}", std::process::id(), rand::random::<u32>())
+    format!(
+        "{prefix}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
 }
 
 pub fn create_topic(topic: &str, partitions: i32) {
@@ -71,7 +80,9 @@ pub fn produce(topic: &str, records: &[(i32, Option<Vec<u8>>, Vec<u8>)]) {
         .create()
         .expect("producer");
     for (partition, key, value) in records {
-        let mut record = BaseRecord::<[u8], [u8]>::to(topic).partition(*partition).payload(value);
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic)
+            .partition(*partition)
+            .payload(value);
         if let Some(key) = key {
             record = record.key(key);
         }
@@ -109,14 +120,23 @@ pub fn read_all(topic: &str) -> Vec<Read> {
         .set("enable.partition.eof", "true")
         .create()
         .expect("consumer");
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
-    let partitions: Vec<i32> = metadata.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let partitions: Vec<i32> = metadata.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| p.id())
+        .collect();
     let mut list = TopicPartitionList::new();
     let mut open = 0;
     for &p in &partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks");
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .expect("watermarks");
         if high > low {
-            list.add_partition_offset(topic, p, Offset::Beginning).expect("assign");
+            list.add_partition_offset(topic, p, Offset::Beginning)
+                .expect("assign");
             open += 1;
         }
     }
@@ -137,7 +157,13 @@ pub fn read_all(topic: &str) -> Vec<Read> {
                     .headers()
                     .map(|h| {
                         h.iter()
-                            .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
                             .collect()
                     })
                     .unwrap_or_default();
@@ -165,12 +191,16 @@ pub fn committed_offsets(group: &str, topic: &str, partitions: i32) -> Vec<i64> 
     for p in 0..partitions {
         list.add_partition(topic, p);
     }
-    let committed = consumer.committed_offsets(list, Duration::from_secs(10)).expect("committed");
+    let committed = consumer
+        .committed_offsets(list, Duration::from_secs(10))
+        .expect("committed");
     (0..partitions)
-        .map(|p| match committed.find_partition(topic, p).map(|e| e.offset()) {
-            Some(Offset::Offset(o)) => o,
-            _ => -1,
-        })
+        .map(
+            |p| match committed.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => -1,
+            },
+        )
         .collect()
 }
 
@@ -227,7 +257,13 @@ unsafe extern "C" {
 }
 
 /// `sluice stream` for `job_file` as a child process, logging to `log`.
-pub fn spawn_stream(job_file: &Path, lake: &Path, state_dir: &Path, log: &Path, extra: &[&str]) -> Daemon {
+pub fn spawn_stream(
+    job_file: &Path,
+    lake: &Path,
+    state_dir: &Path,
+    log: &Path,
+    extra: &[&str],
+) -> Daemon {
     let log_file = std::fs::File::create(log).expect("log file");
     Command::new(sluice_bin())
         .arg("stream")
@@ -239,7 +275,14 @@ pub fn spawn_stream(job_file: &Path, lake: &Path, state_dir: &Path, log: &Path, 
         .arg(lake)
         .arg("--state-dir")
         .arg(state_dir)
-        .args(["--idle-timeout", "2s", "--lake-commit-interval", "1s", "--max-record-bytes", "10000"])
+        .args([
+            "--idle-timeout",
+            "2s",
+            "--lake-commit-interval",
+            "1s",
+            "--max-record-bytes",
+            "10000",
+        ])
         .args(extra)
         .stdout(Stdio::null())
         .stderr(log_file)
@@ -252,7 +295,10 @@ pub fn spawn_stream(job_file: &Path, lake: &Path, state_dir: &Path, log: &Path, 
 pub fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !check() {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }

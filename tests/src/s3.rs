@@ -16,9 +16,11 @@ impl S3Server {
     /// Starts moto_server from `$SLUICE_VENV` (default `~/.cache/sluice/venv`, made by
     /// `tests/prereqs.sh`).
     pub fn start() -> S3Server {
-        let venv = std::env::var("SLUICE_VENV").map(PathBuf::from).unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/sluice/venv")
-        });
+        let venv = std::env::var("SLUICE_VENV")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| {
+                PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/sluice/venv")
+            });
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -51,7 +53,10 @@ impl S3Server {
         .expect("send");
         let mut response = String::new();
         stream.read_to_string(&mut response).expect("read");
-        assert!(response.starts_with("HTTP/1.1 200"), "creating bucket {bucket}: {response}");
+        assert!(
+            response.starts_with("HTTP/1.1 200"),
+            "creating bucket {bucket}: {response}"
+        );
     }
 
     /// The environment a `sluice` process needs to use this store.

@@ -30,9 +30,10 @@ async fn golden(name: &str) {
         .unwrap();
     assert_eq!(report.rows_read, 60, "{name}: rows read");
     let pipeline = sluice_batch::backfill::compile(&job, transform).unwrap();
-    let rows = sluice_batch::view::read_view(pipeline.plan(), &TableLocation::new(lake.view_table(&job)))
-        .await
-        .unwrap();
+    let rows =
+        sluice_batch::view::read_view(pipeline.plan(), &TableLocation::new(lake.view_table(&job)))
+            .await
+            .unwrap();
     let actual = String::from_utf8(to_json_lines(&[rows]).unwrap()).unwrap();
     let expected =
         std::fs::read_to_string(repo_path(&format!("tests/golden/{name}.expected.jsonl"))).unwrap();

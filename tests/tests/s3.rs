@@ -30,11 +30,28 @@ fn load_backfill_view_work_on_an_s3_lake() {
     };
     let job = job.to_str().unwrap();
     run(&["lake", "load", "--job", job, input.to_str().unwrap()]);
-    run(&["backfill", "--job", job, "--from", "2024-05-01", "--to", "2024-05-02"]);
+    run(&[
+        "backfill",
+        "--job",
+        job,
+        "--from",
+        "2024-05-01",
+        "--to",
+        "2024-05-02",
+    ]);
     let view = run(&["view", "--job", job]);
     let expected =
-        std::fs::read_to_string(repo_path("tests/golden/orders_per_minute.expected.jsonl")).unwrap();
+        std::fs::read_to_string(repo_path("tests/golden/orders_per_minute.expected.jsonl"))
+            .unwrap();
     assert_eq!(view, expected);
-    let again = run(&["lake", "load", "--job", job, input.to_str().unwrap(), "--output", "json"]);
+    let again = run(&[
+        "lake",
+        "load",
+        "--job",
+        job,
+        input.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
     assert!(again.contains("\"already_loaded\":true"), "{again}");
 }

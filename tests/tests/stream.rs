@@ -12,8 +12,8 @@ use sluice_core::rows::to_json_lines;
 use sluice_core::speed::{SpeedCodec, WATERMARK_KEY};
 use sluice_core::{Job, JsonDecoder, Lake, Pipeline};
 use sluice_e2e::kafka::{
-    Daemon, Read, committed_offsets, create_topic, latest_by_key, produce, read_all, spawn_stream, unique,
-    wait_until,
+    Daemon, Read, committed_offsets, create_topic, latest_by_key, produce, read_all, spawn_stream,
+    unique, wait_until,
 };
 
 const T0_MS: i64 = 1_714_557_600_000;
@@ -142,13 +142,21 @@ fn truth(job: &Job, events: &[(i32, Option<Vec<u8>>, Vec<u8>)]) -> BTreeSet<Stri
     let stage = pipeline.plan().aggregate().unwrap();
     let payloads: Vec<&[u8]> = events.iter().map(|(_, _, v)| v.as_slice()).collect();
     // The same record limit the daemons run with in these tests.
-    let decoded = JsonDecoder::new(job).with_max_record_bytes(RECORD_LIMIT).decode(&payloads).unwrap();
-    let partial = stage.partial(&pipeline.filtered(&decoded.batch).unwrap()).unwrap();
+    let decoded = JsonDecoder::new(job)
+        .with_max_record_bytes(RECORD_LIMIT)
+        .decode(&payloads)
+        .unwrap();
+    let partial = stage
+        .partial(&pipeline.filtered(&decoded.batch).unwrap())
+        .unwrap();
     lines(&to_json_lines(&[stage.finalize(&[partial]).unwrap()]).unwrap())
 }
 
 fn lines(bytes: &[u8]) -> BTreeSet<String> {
-    String::from_utf8_lossy(bytes).lines().map(str::to_string).collect()
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// `<job>.results` as an upsert table: the latest row per key.
@@ -167,7 +175,11 @@ fn speed_view(s: &Scenario) -> BTreeSet<String> {
     let records = read_all(&s.output("speed"));
     let mut partials = Vec::new();
     for p in 0..s.partitions {
-        let mine: Vec<Read> = records.iter().filter(|r| r.partition == p).cloned().collect();
+        let mine: Vec<Read> = records
+            .iter()
+            .filter(|r| r.partition == p)
+            .cloned()
+            .collect();
         let rows: Vec<(Vec<u8>, Vec<u8>)> = latest_by_key(&mine)
             .into_iter()
             .filter(|(k, _)| k.as_slice() != WATERMARK_KEY)
@@ -189,10 +201,24 @@ fn lake_offsets(s: &Scenario) -> Vec<(i32, i64)> {
     let mut out = Vec::new();
     for batch in batches {
         let schema = batch.schema();
-        let partitions = arrow::compute::cast(batch.column(schema.index_of(SOURCE_PARTITION_COLUMN).unwrap()), &arrow::datatypes::DataType::Int64).unwrap();
-        let offsets = arrow::compute::cast(batch.column(schema.index_of(SOURCE_OFFSET_COLUMN).unwrap()), &arrow::datatypes::DataType::Int64).unwrap();
-        let partitions = partitions.as_any().downcast_ref::<arrow::array::Int64Array>().unwrap();
-        let offsets = offsets.as_any().downcast_ref::<arrow::array::Int64Array>().unwrap();
+        let partitions = arrow::compute::cast(
+            batch.column(schema.index_of(SOURCE_PARTITION_COLUMN).unwrap()),
+            &arrow::datatypes::DataType::Int64,
+        )
+        .unwrap();
+        let offsets = arrow::compute::cast(
+            batch.column(schema.index_of(SOURCE_OFFSET_COLUMN).unwrap()),
+            &arrow::datatypes::DataType::Int64,
+        )
+        .unwrap();
+        let partitions = partitions
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap();
+        let offsets = offsets
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap();
         for i in 0..batch.num_rows() {
             out.push((partitions.value(i) as i32, offsets.value(i)));
         }
@@ -201,10 +227,18 @@ fn lake_offsets(s: &Scenario) -> Vec<(i32, i64)> {
 }
 
 fn assert_lake_holds_every_offset_once(s: &Scenario, expected: usize) {
-    wait_until(Duration::from_secs(120), "the raw lake to hold every event", || lake_offsets(s).len() >= expected);
+    wait_until(
+        Duration::from_secs(120),
+        "the raw lake to hold every event",
+        || lake_offsets(s).len() >= expected,
+    );
     let offsets = lake_offsets(s);
     let distinct: BTreeSet<(i32, i64)> = offsets.iter().copied().collect();
-    assert_eq!(distinct.len(), offsets.len(), "an offset was written to the lake twice");
+    assert_eq!(
+        distinct.len(),
+        offsets.len(),
+        "an offset was written to the lake twice"
+    );
     assert_eq!(offsets.len(), expected, "rows in the raw table");
 }
 
@@ -221,10 +255,21 @@ fn wait_for_results(s: &Scenario, expected: &BTreeSet<String>, limit: Duration) 
         let missing: Vec<_> = expected.difference(&last).take(5).map(short).collect();
         let extra: Vec<_> = last.difference(expected).take(5).map(short).collect();
         panic!(
-            "results differ from the truth ({} vs {} rows)\nmissing: {missing:#?}\nunexpected: {extra:#?}\nlog:\n{}",
+            "results differ from the truth ({} vs {} rows)\nmissing: {missing:#?}\nunexpected: {extra:#?}\nlog a:\n{}\nlog b:\n{}",
             last.len(),
             expected.len(),
-            s.log("a").lines().rev().take(40).collect::<Vec<_>>().join("\n")
+            s.log("a")
+                .lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .join("\n"),
+            s.log("b")
+                .lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .join("\n"),
         );
     }
 }
@@ -252,10 +297,17 @@ fn results_equal_the_batch_truth_and_bad_and_late_records_are_diverted() {
     produce(s.topic(), &events);
     let mut daemon = s.spawn("a", &[]);
     wait_for_results(&s, &expected, Duration::from_secs(120));
-    assert_eq!(speed_view(&s), expected, "the speed view merged across partitions");
+    assert_eq!(
+        speed_view(&s),
+        expected,
+        "the speed view merged across partitions"
+    );
 
     let dlq = read_all(&s.output("dlq"));
-    let mut kinds: Vec<&str> = dlq.iter().map(|r| r.headers["sluice.error.type"].as_str()).collect();
+    let mut kinds: Vec<&str> = dlq
+        .iter()
+        .map(|r| r.headers["sluice.error.type"].as_str())
+        .collect();
     kinds.sort();
     let mut wanted: Vec<&str> = bad.iter().map(|b| b.3).collect();
     wanted.sort();
@@ -268,7 +320,10 @@ fn results_equal_the_batch_truth_and_bad_and_late_records_are_diverted() {
             .find(|b| b.2 == value || (truncated && b.2.starts_with(&value)))
             .expect("DLQ records keep their bytes unchanged (or their head, when too large)");
         if truncated {
-            assert_eq!(record.headers["sluice.payload.size"], original.len().to_string());
+            assert_eq!(
+                record.headers["sluice.payload.size"],
+                original.len().to_string()
+            );
         }
         assert_eq!(record.headers["sluice.source.topic"], s.topic());
         assert!(record.headers.contains_key("sluice.source.offset"));
@@ -278,7 +333,9 @@ fn results_equal_the_batch_truth_and_bad_and_late_records_are_diverted() {
     // Far behind the watermark and its 30 s lateness: to `<job>.late`, untouched.
     let late_value = br#"{"order_id":"late1","region":"eu","amount":5,"status":"completed","event_time":1714557600000}"#.to_vec();
     produce(s.topic(), &[(0, Some(b"eu".to_vec()), late_value.clone())]);
-    wait_until(Duration::from_secs(30), "the late record", || !read_all(&s.output("late")).is_empty());
+    wait_until(Duration::from_secs(30), "the late record", || {
+        !read_all(&s.output("late")).is_empty()
+    });
     let late = read_all(&s.output("late"));
     assert_eq!(late.len(), 1);
     assert_eq!(late[0].value.as_ref(), Some(&late_value));
@@ -291,15 +348,29 @@ fn results_equal_the_batch_truth_and_bad_and_late_records_are_diverted() {
     assert_lake_holds_every_offset_once(&s, good + 3 + 1);
     assert!(daemon.terminate().success(), "SIGTERM exits 0");
     let group = format!("sluice-{}", s.job.name());
-    let ends: Vec<i64> = (0..3).map(|p| events.iter().filter(|e| e.0 == p).count() as i64 + i64::from(p == 0)).collect();
-    assert_eq!(committed_offsets(&group, s.topic(), 3), ends, "every record's offset is committed");
+    let ends: Vec<i64> = (0..3)
+        .map(|p| events.iter().filter(|e| e.0 == p).count() as i64 + i64::from(p == 0))
+        .collect();
+    assert_eq!(
+        committed_offsets(&group, s.topic(), 3),
+        ends,
+        "every record's offset is committed"
+    );
 
     // A restart after SIGTERM reprocesses nothing.
     let mut again = s.spawn("b", &[]);
-    wait_until(Duration::from_secs(30), "the restarted daemon to restore", || s.log("b").contains("state restored"));
+    wait_until(
+        Duration::from_secs(30),
+        "the restarted daemon to restore",
+        || s.log("b").contains("state restored"),
+    );
     std::thread::sleep(Duration::from_secs(2));
     assert!(again.terminate().success());
-    assert!(s.log("b").contains("stopped: 0 micro-batches, 0 records"), "{}", s.log("b"));
+    assert!(
+        s.log("b").contains("stopped: 0 micro-batches, 0 records"),
+        "{}",
+        s.log("b")
+    );
 }
 
 #[test]
@@ -338,7 +409,7 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
 }
 
 #[test]
-fn a_second_daemon_takes_over_the_partitions_of_a_killed_one() {
+fn a_second_daemon_takes_over_the_partitions_of_a_stopped_one() {
     let s = Scenario::new(4);
     let events = orders(60_000, 4, 5);
     let (first, second) = events.split_at(30_000);
@@ -346,14 +417,18 @@ fn a_second_daemon_takes_over_the_partitions_of_a_killed_one() {
     let mut all = events.clone();
     all.extend(watermark_pushers(4, last_ms + 600_000));
     let expected = truth(&s.job, &all);
-    let mut a = s.spawn("a", &[]);
-    let mut b = s.spawn("b", &[]);
-    wait_until(Duration::from_secs(60), "both daemons to own partitions", || {
-        s.log("a").contains("state restored") && s.log("b").contains("state restored")
-    });
+    // Dynamic membership: a stopped daemon leaves the group, so the other takes over at once
+    // (with static membership the broker must first expire the dead member's session).
+    let mut a = s.spawn("a", &["--dynamic-membership"]);
+    let mut b = s.spawn("b", &["--dynamic-membership"]);
+    wait_until(
+        Duration::from_secs(60),
+        "both daemons to own partitions",
+        || s.log("a").contains("state restored") && s.log("b").contains("state restored"),
+    );
     produce(s.topic(), first);
     std::thread::sleep(Duration::from_secs(3));
-    a.kill();
+    assert!(a.terminate().success());
     produce(s.topic(), second);
     produce(s.topic(), &watermark_pushers(4, last_ms + 600_000));
     wait_for_results(&s, &expected, Duration::from_secs(180));
