@@ -13,7 +13,7 @@ pub enum StreamError {
         job: String,
         during: String,
         #[source]
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     #[error("job `{job}`: state store {path}: {source}")]
     State {
@@ -50,6 +50,6 @@ pub(crate) fn kafka(
     move |source| StreamError::Kafka {
         job,
         during,
-        source,
+        source: Box::new(source),
     }
 }

@@ -18,6 +18,7 @@ use sluice_core::topics::Topics;
 use crate::config::StreamConfig;
 use crate::error::{Result, StreamError, kafka};
 use crate::metrics::StreamMetrics;
+use crate::processor::ChangelogRecord;
 
 /// How long a metadata or admin request may take before the daemon gives up.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -238,7 +239,7 @@ pub(crate) fn read_changelog(
     topic: &str,
     partition: i32,
     deadline: Duration,
-) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>> {
+) -> Result<Vec<ChangelogRecord>> {
     let restore_error = |message: String| StreamError::Restore {
         job: job.to_string(),
         topic: topic.to_string(),

@@ -21,6 +21,9 @@ use crate::error::Result;
 use crate::state::{StateStore, StateWrite};
 use crate::watermark::Watermarks;
 
+/// One `<job>.speed` record as read back: key and value (`None` = tombstone).
+pub(crate) type ChangelogRecord = (Vec<u8>, Option<Vec<u8>>);
+
 /// A record as read from the source topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceRecord {
@@ -137,7 +140,7 @@ impl Processor {
     pub(crate) fn restore(
         &mut self,
         partition: i32,
-        changelog: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        changelog: Vec<ChangelogRecord>,
         now: Instant,
     ) -> Result<()> {
         self.store.drop_partition(partition)?;
@@ -820,7 +823,7 @@ bucket = "1h"
         let mut first = processor(&dir.path().join("b"));
         first.restore(0, Vec::new(), now).unwrap();
         first.restore(1, Vec::new(), now).unwrap();
-        let mut changelog: BTreeMap<i32, Vec<(Vec<u8>, Option<Vec<u8>>)>> = BTreeMap::new();
+        let mut changelog: BTreeMap<i32, Vec<ChangelogRecord>> = BTreeMap::new();
         for batch in &all[..2] {
             for r in first.process(batch.clone(), now).unwrap().speed {
                 changelog

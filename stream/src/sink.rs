@@ -30,6 +30,17 @@ use crate::error::{Result, kafka};
 use crate::kafka::{Change, GroupContext, REQUEST_TIMEOUT, consumer_config};
 use crate::metrics::StreamMetrics;
 
+/// Buffered payloads per partition: (offset, value) in offset order.
+type Buffered = BTreeMap<i32, Vec<(i64, Vec<u8>)>>;
+
+/// What one Delta commit of the sink writes.
+struct LakeCommit {
+    batches: Vec<arrow::array::RecordBatch>,
+    /// (app id, last offset) per partition.
+    transactions: Vec<(String, i64)>,
+    rows: usize,
+}
+
 /// When the sink commits.
 #[derive(Debug, Clone)]
 pub struct LakeSinkConfig {
@@ -71,7 +82,7 @@ pub struct LakeSink {
 
 struct Pending {
     /// Per partition: (offset, payload) in offset order.
-    records: BTreeMap<i32, Vec<(i64, Vec<u8>)>>,
+    records: Buffered,
     bytes: usize,
     since: Option<Instant>,
 }
@@ -237,7 +248,11 @@ impl LakeSink {
         pending.bytes = 0;
         pending.since = None;
         let records = self.still_ours(runtime, consumer, versions, records)?;
-        let (batches, transactions, rows) = self.raw_batches(&records)?;
+        let LakeCommit {
+            batches,
+            transactions,
+            rows,
+        } = self.raw_batches(&records)?;
         if batches.is_empty() {
             // Only undecodable records (the speed layer dead-letters them): nothing to land.
             return Ok(());
@@ -291,8 +306,8 @@ impl LakeSink {
         runtime: &tokio::runtime::Handle,
         consumer: &BaseConsumer<GroupContext>,
         versions: &mut HashMap<i32, i64>,
-        mut records: BTreeMap<i32, Vec<(i64, Vec<u8>)>>,
-    ) -> Result<BTreeMap<i32, Vec<(i64, Vec<u8>)>>> {
+        mut records: Buffered,
+    ) -> Result<Buffered> {
         for partition in records.keys().copied().collect::<Vec<_>>() {
             let app_id = lake_app_id(&self.job, partition);
             let current = runtime.block_on(self.table.transaction_version(&app_id))?;
@@ -323,11 +338,7 @@ impl LakeSink {
         Ok(records)
     }
 
-    #[allow(clippy::type_complexity)]
-    fn raw_batches(
-        &self,
-        records: &BTreeMap<i32, Vec<(i64, Vec<u8>)>>,
-    ) -> Result<(Vec<arrow::array::RecordBatch>, Vec<(String, i64)>, usize)> {
+    fn raw_batches(&self, records: &Buffered) -> Result<LakeCommit> {
         let decoder =
             JsonDecoder::new(&self.job).with_max_record_bytes(self.config.max_record_bytes);
         let mut batches = Vec::new();
@@ -349,6 +360,10 @@ impl LakeSink {
                 transactions.push((lake_app_id(&self.job, partition), *last));
             }
         }
-        Ok((batches, transactions, rows))
+        Ok(LakeCommit {
+            batches,
+            transactions,
+            rows,
+        })
     }
 }

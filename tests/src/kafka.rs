@@ -72,7 +72,10 @@ pub fn create_topic(topic: &str, partitions: i32) {
 }
 
 /// Produces `(partition, key, value)` records and waits for every delivery.
-pub fn produce(topic: &str, records: &[(i32, Option<Vec<u8>>, Vec<u8>)]) {
+/// A record to produce: (partition, key, value).
+pub type Outgoing = (i32, Option<Vec<u8>>, Vec<u8>);
+
+pub fn produce(topic: &str, records: &[Outgoing]) {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .set("linger.ms", "5")

@@ -12,8 +12,8 @@ use sluice_core::rows::to_json_lines;
 use sluice_core::speed::{SpeedCodec, WATERMARK_KEY};
 use sluice_core::{Job, JsonDecoder, Lake, Pipeline};
 use sluice_e2e::kafka::{
-    Daemon, Read, committed_offsets, create_topic, latest_by_key, produce, read_all, spawn_stream,
-    unique, wait_until,
+    Daemon, Outgoing, Read, committed_offsets, create_topic, latest_by_key, produce, read_all,
+    spawn_stream, unique, wait_until,
 };
 
 const T0_MS: i64 = 1_714_557_600_000;
@@ -106,7 +106,7 @@ bucket = "10m"
 
 /// Orders keyed and partitioned by region (so each view key lives in one partition), event
 /// times rising with up to 3 s of disorder (less than the 5 s watermark delay: nothing is late).
-fn orders(count: usize, partitions: i32, seed: u64) -> Vec<(i32, Option<Vec<u8>>, Vec<u8>)> {
+fn orders(count: usize, partitions: i32, seed: u64) -> Vec<Outgoing> {
     let mut rng = StdRng::seed_from_u64(seed);
     (0..count)
         .map(|i| {
@@ -125,7 +125,7 @@ fn orders(count: usize, partitions: i32, seed: u64) -> Vec<(i32, Option<Vec<u8>>
 
 /// One record per partition far after `last_ms`: filtered out by the job, but it moves every
 /// partition's watermark past all earlier windows.
-fn watermark_pushers(partitions: i32, at_ms: i64) -> Vec<(i32, Option<Vec<u8>>, Vec<u8>)> {
+fn watermark_pushers(partitions: i32, at_ms: i64) -> Vec<Outgoing> {
     (0..partitions)
         .map(|p| {
             let value = format!(
@@ -137,7 +137,7 @@ fn watermark_pushers(partitions: i32, at_ms: i64) -> Vec<(i32, Option<Vec<u8>>, 
 }
 
 /// The ground truth: every event through the shared plan at once, finalized, as JSON lines.
-fn truth(job: &Job, events: &[(i32, Option<Vec<u8>>, Vec<u8>)]) -> BTreeSet<String> {
+fn truth(job: &Job, events: &[Outgoing]) -> BTreeSet<String> {
     let pipeline = Pipeline::compile(job, None).unwrap();
     let stage = pipeline.plan().aggregate().unwrap();
     let payloads: Vec<&[u8]> = events.iter().map(|(_, _, v)| v.as_slice()).collect();
@@ -242,6 +242,29 @@ fn assert_lake_holds_every_offset_once(s: &Scenario, expected: usize) {
     assert_eq!(offsets.len(), expected, "rows in the raw table");
 }
 
+fn free_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// A plain HTTP/1.1 GET; the body as text.
+fn http_get(address: &str, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
+}
+
 fn wait_for_results(s: &Scenario, expected: &BTreeSet<String>, limit: Duration) {
     let mut last = BTreeSet::new();
     let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -280,23 +303,49 @@ fn results_equal_the_batch_truth_and_bad_and_late_records_are_diverted() {
     let mut events = orders(20_000, 3, 7);
     let good = events.len();
     let last_ms = T0_MS + good as i64 * 40;
-    let bad: Vec<(i32, Option<Vec<u8>>, Vec<u8>, &str)> = vec![
-        (0, None, b"{\"order_id\": \"x1\", \"region\": ".to_vec(), "malformed_json"),
-        (1, None, br#"{"order_id":"x2","region":"eu","amount":"lots","status":"completed","event_time":1714557600000}"#.to_vec(), "schema_violation"),
-        (2, None, br#"{"region":"eu","amount":1.0,"status":"completed","event_time":1714557600000}"#.to_vec(), "missing_field"),
-        (0, None, vec![b'{', 0xff, 0xfe, b'}'], "not_utf8"),
-        (1, None, format!(r#"{{"order_id":"x5","region":"{}","amount":1,"status":"completed","event_time":1714557600000}}"#, "e".repeat(20_000)).into_bytes(), "oversized"),
-        (2, None, br#"{"order_id":"x6","region":"eu","amount":1,"status":"completed","event_time":null}"#.to_vec(), "missing_field"),
+    // (partition, value, the DLQ error type it must get)
+    let bad: Vec<(i32, Vec<u8>, &str)> = vec![
+        (0, b"{\"order_id\": \"x1\", \"region\": ".to_vec(), "malformed_json"),
+        (1, br#"{"order_id":"x2","region":"eu","amount":"lots","status":"completed","event_time":1714557600000}"#.to_vec(), "schema_violation"),
+        (2, br#"{"region":"eu","amount":1.0,"status":"completed","event_time":1714557600000}"#.to_vec(), "missing_field"),
+        (0, vec![b'{', 0xff, 0xfe, b'}'], "not_utf8"),
+        (1, format!(r#"{{"order_id":"x5","region":"{}","amount":1,"status":"completed","event_time":1714557600000}}"#, "e".repeat(20_000)).into_bytes(), "oversized"),
+        (2, br#"{"order_id":"x6","region":"eu","amount":1,"status":"completed","event_time":null}"#.to_vec(), "missing_field"),
     ];
     // Bad records sit between good ones.
-    for (i, (partition, key, value, _)) in bad.iter().enumerate() {
-        events.insert(i * 1000 + 1, (*partition, key.clone(), value.clone()));
+    for (i, (partition, value, _)) in bad.iter().enumerate() {
+        events.insert(i * 1000 + 1, (*partition, None, value.clone()));
     }
     events.extend(watermark_pushers(3, last_ms + 600_000));
     let expected = truth(&s.job, &events);
     produce(s.topic(), &events);
-    let mut daemon = s.spawn("a", &[]);
+    let metrics_addr = free_address();
+    let mut daemon = s.spawn("a", &["--metrics-addr", &metrics_addr]);
     wait_for_results(&s, &expected, Duration::from_secs(120));
+    let metrics = http_get(&metrics_addr, "/metrics");
+    for line in [
+        format!(
+            "sluice_dlq_records_total{{error_type=\"malformed_json\",job=\"{}\"}} 1",
+            s.job.name()
+        ),
+        format!(
+            "sluice_dlq_records_total{{error_type=\"oversized\",job=\"{}\"}} 1",
+            s.job.name()
+        ),
+    ] {
+        assert!(metrics.contains(&line), "{line} not in:\n{metrics}");
+    }
+    for name in [
+        "sluice_records_in_total",
+        "sluice_records_out_total",
+        "sluice_consumer_lag_records",
+        "sluice_watermark_lag_seconds",
+        "sluice_batch_latency_seconds_bucket",
+        "sluice_state_keys",
+        "sluice_lake_commits_total",
+    ] {
+        assert!(metrics.contains(name), "{name} not in:\n{metrics}");
+    }
     assert_eq!(
         speed_view(&s),
         expected,
@@ -309,15 +358,15 @@ fn results_equal_the_batch_truth_and_bad_and_late_records_are_diverted() {
         .map(|r| r.headers["sluice.error.type"].as_str())
         .collect();
     kinds.sort();
-    let mut wanted: Vec<&str> = bad.iter().map(|b| b.3).collect();
+    let mut wanted: Vec<&str> = bad.iter().map(|b| b.2).collect();
     wanted.sort();
     assert_eq!(kinds, wanted, "every bad record is in the DLQ, once");
     for record in &dlq {
         let value = record.value.clone().unwrap_or_default();
-        let truncated = record.headers.get("sluice.payload.truncated").is_some();
-        let (_, _, original, _) = bad
+        let truncated = record.headers.contains_key("sluice.payload.truncated");
+        let (_, original, _) = bad
             .iter()
-            .find(|b| b.2 == value || (truncated && b.2.starts_with(&value)))
+            .find(|b| b.1 == value || (truncated && b.1.starts_with(&value)))
             .expect("DLQ records keep their bytes unchanged (or their head, when too large)");
         if truncated {
             assert_eq!(
