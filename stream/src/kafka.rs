@@ -57,11 +57,13 @@ impl ClientContext for GroupContext {
             return;
         };
         for (partition, stats) in &topic.partitions {
-            if *partition >= 0 && stats.consumer_lag >= 0 {
+            // librdkafka's own `consumer_lag` counts from offsets the consumer committed, and
+            // ours are committed by the producer's transactions: measure from what was fetched.
+            if *partition >= 0 && stats.app_offset >= 0 && stats.ls_offset >= 0 {
                 self.metrics
                     .consumer_lag
                     .with_label_values(&[&self.job, &self.topic, &partition.to_string()])
-                    .set(stats.consumer_lag);
+                    .set((stats.ls_offset - stats.app_offset).max(0));
             }
         }
     }
