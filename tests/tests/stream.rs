@@ -469,12 +469,18 @@ fn a_second_daemon_takes_over_the_partitions_of_a_stopped_one() {
     let expected = truth(&s.job, &all);
     // Dynamic membership: a stopped daemon leaves the group, so the other takes over at once
     // (with static membership the broker must first expire the dead member's session).
+    // One joins, then the other, as daemons are usually started.
     let mut a = s.spawn("a", &["--dynamic-membership"]);
-    let mut b = s.spawn("b", &["--dynamic-membership"]);
     wait_until(
         Duration::from_secs(60),
-        "both daemons to own partitions",
-        || s.log("a").contains("state restored") && s.log("b").contains("state restored"),
+        "the first daemon to own partitions",
+        || s.log("a").contains("state restored"),
+    );
+    let mut b = s.spawn("b", &["--dynamic-membership"]);
+    wait_until(
+        Duration::from_secs(90),
+        "the second daemon to own partitions",
+        || s.log("b").contains("state restored"),
     );
     produce(s.topic(), first);
     std::thread::sleep(Duration::from_secs(3));
