@@ -322,7 +322,16 @@ fn results_equal_the_batch_truth_and_bad_and_late_records_are_diverted() {
     let metrics_addr = free_address();
     let mut daemon = s.spawn("a", &["--metrics-addr", &metrics_addr]);
     wait_for_results(&s, &expected, Duration::from_secs(120));
-    let metrics = http_get(&metrics_addr, "/metrics");
+    // The lake sink commits on its own clock; wait for its first commit to show.
+    let mut metrics = String::new();
+    wait_until(
+        Duration::from_secs(30),
+        "the lake sink's first commit metric",
+        || {
+            metrics = http_get(&metrics_addr, "/metrics");
+            metrics.contains("sluice_lake_commits_total")
+        },
+    );
     for line in [
         format!(
             "sluice_dlq_records_total{{error_type=\"malformed_json\",job=\"{}\"}} 1",
