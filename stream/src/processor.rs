@@ -181,13 +181,7 @@ impl Processor {
             return Ok(());
         };
         for (key, _) in self.store.scan(partition, b"")? {
-            if let (_, Some(end)) = codec.key_times(&key)? {
-                let prefix = codec.window_prefix_of(&key).to_vec();
-                self.open_windows
-                    .entry(end)
-                    .or_default()
-                    .insert((partition, prefix));
-            }
+            track_window(&mut self.open_windows, codec, partition, &key)?;
         }
         Ok(())
     }
@@ -431,13 +425,7 @@ impl Processor {
             if old.get(&key) == Some(&value) {
                 continue;
             }
-            if let (_, Some(end)) = codec.key_times(&key)? {
-                let prefix = codec.window_prefix_of(&key).to_vec();
-                self.open_windows
-                    .entry(end)
-                    .or_default()
-                    .insert((partition, prefix));
-            }
+            track_window(&mut self.open_windows, codec, partition, &key)?;
             output.speed.push(SpeedRecord {
                 partition,
                 key: key.clone(),
@@ -611,6 +599,23 @@ impl Processor {
             });
         }
     }
+}
+
+/// Indexes the window of a state row key by its end (rows without a group window have none).
+fn track_window(
+    open_windows: &mut BTreeMap<i64, BTreeSet<(i32, Vec<u8>)>>,
+    codec: &SpeedCodec,
+    partition: i32,
+    key: &[u8],
+) -> Result<()> {
+    if let (_, Some(end)) = codec.key_times(key)? {
+        let prefix = codec.window_prefix_of(key).to_vec();
+        open_windows
+            .entry(end)
+            .or_default()
+            .insert((partition, prefix));
+    }
+    Ok(())
 }
 
 /// The stored rows `partial`'s rows merge with: the same (key, window, bucket), or for
