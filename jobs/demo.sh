@@ -1,19 +1,12 @@
 #!/usr/bin/env bash
-# The demo on the embedded default: a local lake directory, no servers. Builds sluice, loads
-# sample orders into ./lake, backfills the seed query's view and prints it.
-# (The live streaming demo, `sluice demo`, arrives with the speed and serving layers.)
+# The demo: builds sluice and runs `sluice demo`, which starts everything in one process (an
+# in-process Kafka, an order generator, the speed layer, the raw-lake sink into
+# ./sluice-demo/lake, a backfill every 15 s and the serving layer on http://127.0.0.1:8080)
+# and shows a live summary. Ctrl-C stops it. Arguments go to `sluice demo`
+# (e.g. `jobs/demo.sh --bind 127.0.0.1:9000 --rate 1000`; see `sluice demo --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source tests/prereqs.sh
 # Same workspace-wide build as tests/run.sh, so the two commands share one compile.
 cargo build --locked --workspace --all-targets --all-features
-SLUICE="$CARGO_TARGET_DIR/debug/sluice"
-export SLUICE_LAKE=${SLUICE_LAKE:-./lake}
-JOB=jobs/examples/orders_per_minute.toml
-
-echo "== load sample orders into the raw Delta table ($SLUICE_LAKE/raw/orders.events)"
-"$SLUICE" lake load --job "$JOB" tests/golden/orders.input.jsonl
-echo "== backfill the batch view ($SLUICE_LAKE/views/orders_per_minute)"
-"$SLUICE" backfill --job "$JOB" --from 2024-05-01T10:00:00Z --to 2024-05-01T12:00:00Z
-echo "== the seed query's view (orders per minute)"
-"$SLUICE" view --job "$JOB"
+exec "$CARGO_TARGET_DIR/debug/sluice" demo "$@"

@@ -69,30 +69,7 @@ pub async fn backfill(
     let (from, to) = resolve_range(job, &raw, &request, bucket).await?;
     let progress = progress_bar(request.progress);
     let mut fold = Fold::new(&pipeline);
-    let columns: Vec<String> = job
-        .source_schema()
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect();
-    let mut stream = raw
-        .scan(&columns, &job.spec.source.event_time, Some(from), Some(to))
-        .await?;
-    while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(|source| BatchError::Scan {
-            job: job.name().to_string(),
-            url: raw.location.clone(),
-            source: Box::new(source),
-        })?;
-        let batch = RecordBatch::try_new(job.source_schema(), batch.columns().to_vec()).map_err(
-            |source| sluice_core::Error::Arrow {
-                during: "reading raw rows with the job's schema",
-                source: Box::new(source),
-            },
-        )?;
-        fold.add(&batch)?;
-        progress.inc(batch.num_rows() as u64);
-    }
+    fold_raw(job, &raw, &mut fold, (Some(from), Some(to)), &progress).await?;
     progress.finish_and_clear();
     let rows = fold.finish()?;
     let view_rows = rows.num_rows();
@@ -130,6 +107,60 @@ pub async fn backfill(
         table_version: written.version(),
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Runs the raw rows with event time in `range` through `fold`.
+async fn fold_raw(
+    job: &Job,
+    raw: &TableLocation,
+    fold: &mut Fold<'_>,
+    range: (Option<i64>, Option<i64>),
+    progress: &ProgressBar,
+) -> Result<()> {
+    let columns: Vec<String> = job
+        .source_schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let mut stream = raw
+        .scan(&columns, &job.spec.source.event_time, range.0, range.1)
+        .await?;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|source| BatchError::Scan {
+            job: job.name().to_string(),
+            url: raw.location.clone(),
+            source: Box::new(source),
+        })?;
+        let batch = RecordBatch::try_new(job.source_schema(), batch.columns().to_vec()).map_err(
+            |source| sluice_core::Error::Arrow {
+                during: "reading raw rows with the job's schema",
+                source: Box::new(source),
+            },
+        )?;
+        fold.add(&batch)?;
+        progress.inc(batch.num_rows() as u64);
+    }
+    Ok(())
+}
+
+/// The partial states of every raw row, merged per (key, window, bucket): the whole view
+/// recomputed with the batch path and written nowhere (`sluice verify`). Aggregate jobs only.
+pub async fn recompute_partials(
+    job: &Job,
+    lake: &Lake,
+    pipeline: &Pipeline,
+) -> Result<RecordBatch> {
+    let raw = TableLocation::new(lake.raw_table(job));
+    let mut fold = Fold::new(pipeline);
+    fold_raw(job, &raw, &mut fold, (None, None), &ProgressBar::hidden()).await?;
+    let Some(stage) = pipeline.plan().aggregate() else {
+        return Err(BatchError::Stateless {
+            job: job.name().to_string(),
+            what: "recompute",
+        });
+    };
+    Ok(stage.merge(&fold.pending)?)
 }
 
 /// The cutoff moves to `to` when the new range starts at or before the old cutoff (the view

@@ -19,6 +19,8 @@ pub enum BatchError {
         to: String,
         why: String,
     },
+    #[error("job `{job}` is stateless: it has no partial states to {what}")]
+    Stateless { job: String, what: &'static str },
     #[error("job `{job}`: reading the raw table {url}: {source}")]
     Scan {
         job: String,

@@ -13,6 +13,6 @@ pub mod load;
 pub mod polars;
 pub mod view;
 
-pub use backfill::{BackfillReport, BackfillRequest, backfill};
+pub use backfill::{BackfillReport, BackfillRequest, backfill, recompute_partials};
 pub use error::{BatchError, Result};
 pub use load::{LoadReport, load_jsonl};

@@ -77,6 +77,24 @@ pub struct AggregateStage {
     pub(crate) result_key: Vec<String>,
 }
 
+/// Result rows with, per row, the bit set of sources that contributed (bit `i` = source `i`
+/// of [`AggregateStage::finalize_sources`]) and the window start (µs; `None` without a window).
+#[derive(Debug, Clone)]
+pub struct Finalized {
+    pub rows: RecordBatch,
+    pub sources: Vec<u8>,
+    pub window_starts: Vec<Option<i64>>,
+}
+
+fn retain<T>(values: Vec<T>, mask: &BooleanArray) -> Vec<T> {
+    values
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| mask.is_valid(*i) && mask.value(*i))
+        .map(|(_, v)| v)
+        .collect()
+}
+
 /// Row groups of a set of columns: `ids[row]` is the row's group, `firsts[group]` its first row.
 struct Groups {
     ids: Vec<usize>,
@@ -303,11 +321,31 @@ impl AggregateStage {
     /// Finalized result rows: partial states merged across buckets per (key, window), then
     /// HAVING and the SELECT list.
     pub fn finalize(&self, partials: &[RecordBatch]) -> Result<RecordBatch> {
-        let all = concat_batches(&self.partial_schema, partials)
+        Ok(self.finalize_sources(&[partials])?.rows)
+    }
+
+    /// [`AggregateStage::finalize`] over partial batches from several sources (e.g. the batch
+    /// and the speed view), saying for each result row which sources contributed to it and
+    /// where its window starts.
+    pub fn finalize_sources(&self, sources: &[&[RecordBatch]]) -> Result<Finalized> {
+        let partials: Vec<RecordBatch> = sources.iter().flat_map(|s| s.iter().cloned()).collect();
+        let all = concat_batches(&self.partial_schema, &partials)
             .map_err(arrow_err("concatenating partial states"))?;
         if all.num_rows() == 0 {
-            return Ok(RecordBatch::new_empty(self.output_schema.clone()));
+            return Ok(Finalized {
+                rows: RecordBatch::new_empty(self.output_schema.clone()),
+                sources: Vec::new(),
+                window_starts: Vec::new(),
+            });
         }
+        let row_source: Vec<u8> = sources
+            .iter()
+            .enumerate()
+            .flat_map(|(i, batches)| {
+                let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+                std::iter::repeat_n(1u8 << i.min(7), rows)
+            })
+            .collect();
         let k = self.keys.len();
         let mut group_columns: Vec<ArrayRef> = all.columns()[..k + 2].to_vec();
         if self.is_session() {
@@ -323,15 +361,35 @@ impl AggregateStage {
         let values = self.merge_states(&all, &groups, |acc| {
             acc.evaluate(EmitTo::All).map(|v| vec![v])
         })?;
+        let mut group_sources = vec![0u8; groups.firsts.len()];
+        for (&group, &source) in groups.ids.iter().zip(&row_source) {
+            group_sources[group] |= source;
+        }
+        let starts = group_columns[k].as_primitive::<TimestampMicrosecondType>();
+        let mut window_starts: Vec<Option<i64>> = groups
+            .firsts
+            .iter()
+            .map(|&first| {
+                starts
+                    .is_valid(first as usize)
+                    .then(|| starts.value(first as usize))
+            })
+            .collect();
         let aggregated = self.aggregate_output(&group_columns, &groups, values)?;
         let aggregated = match &self.having {
             Some(having) => {
                 let mask = self.evaluate_filter(having, &aggregated)?;
+                group_sources = retain(group_sources, &mask);
+                window_starts = retain(window_starts, &mask);
                 filter_record_batch(&aggregated, &mask).map_err(arrow_err("applying HAVING"))?
             }
             None => aggregated,
         };
-        self.project(&aggregated)
+        Ok(Finalized {
+            rows: self.project(&aggregated)?,
+            sources: group_sources,
+            window_starts,
+        })
     }
 
     /// One finalized row per partial row (no merging across buckets, no HAVING): what a view
@@ -351,6 +409,27 @@ impl AggregateStage {
         })?;
         let aggregated = self.aggregate_output(&partial.columns()[..k + 2], &groups, values)?;
         self.project(&aggregated)
+    }
+
+    /// The rows of a partial batch whose bucket is in `[from, to)` (µs; `None` = open).
+    pub fn buckets_in(
+        &self,
+        partial: &RecordBatch,
+        from: Option<i64>,
+        to: Option<i64>,
+    ) -> Result<RecordBatch> {
+        if from.is_none() && to.is_none() {
+            return Ok(partial.clone());
+        }
+        let buckets = partial
+            .column(self.keys.len() + 2)
+            .as_primitive::<TimestampMicrosecondType>();
+        let mask: BooleanArray = buckets
+            .values()
+            .iter()
+            .map(|&b| Some(from.is_none_or(|f| b >= f) && to.is_none_or(|t| b < t)))
+            .collect();
+        filter_record_batch(partial, &mask).map_err(arrow_err("selecting buckets"))
     }
 
     fn is_session(&self) -> bool {

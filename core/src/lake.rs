@@ -92,6 +92,14 @@ pub fn view_schema(plan: &JobPlan) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
+/// A table's newest commit, as [`TableLocation::last_commit`] reads it.
+#[derive(Debug, Clone)]
+pub struct CommitSummary {
+    pub version: u64,
+    pub timestamp_ms: Option<i64>,
+    pub info: HashMap<String, serde_json::Value>,
+}
+
 /// A Delta table location (local path, `file://` or an object-store URL).
 #[derive(Debug, Clone)]
 pub struct TableLocation {
@@ -206,6 +214,21 @@ impl TableLocation {
             }
         }
         Ok(None)
+    }
+
+    /// The table's version and newest commit (time and metadata); `None` before the first.
+    pub async fn last_commit(&self) -> Result<Option<CommitSummary>> {
+        let table = self.open().await?;
+        let Some(version) = table.version() else {
+            return Ok(None);
+        };
+        let mut history = table.history(Some(1));
+        let commit = history.try_next().await.map_err(self.delta())?;
+        Ok(Some(CommitSummary {
+            version,
+            timestamp_ms: commit.as_ref().and_then(|c| c.timestamp),
+            info: commit.map(|c| c.info).unwrap_or_default(),
+        }))
     }
 
     /// The batch view's cutoff (µs since the epoch), if a backfill has set one.

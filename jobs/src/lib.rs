@@ -1,8 +1,20 @@
-//! The `sluice` binary's library half: the job definitions that are code rather than files
-//! (the Polars transforms registered by name) and the built-in benchmark. Job files live in
+//! The `sluice` binary's library half: the subcommands that run a layer (`stream_cmd`,
+//! `serve_cmd`, `verify`, `demo`), the job definitions that are code rather than files (the
+//! Polars transforms registered by name) and the built-in benchmarks. Job files live in
 //! `jobs/examples/`, the Airflow DAG in `jobs/airflow/`.
 
 pub mod bench;
+pub mod bench_serve;
 pub mod bench_stream;
+pub mod demo;
+pub mod serve_cmd;
 pub mod stream_cmd;
 pub mod transforms;
+pub mod verify;
+
+/// How a command prints its result.
+#[derive(Clone, Copy, Debug, clap::ValueEnum, PartialEq, Eq)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}

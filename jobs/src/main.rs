@@ -1,6 +1,9 @@
 //! `sluice`: the command line of Sluice, one binary with a subcommand per operation.
 
+use sluice_jobs::demo::{self, DemoArgs};
+use sluice_jobs::serve_cmd::{self, ServeArgs};
 use sluice_jobs::stream_cmd::{self, StreamArgs};
+use sluice_jobs::verify::{self, VerifyArgs};
 use sluice_jobs::{bench, bench_stream, transforms};
 
 use std::path::PathBuf;
@@ -22,7 +25,7 @@ const EXIT_PARTIAL: u8 = 3;
     name = "sluice",
     version,
     about = "Lambda-architecture ETL with one codebase: the same job runs on the stream, the lake and the serving layer.",
-    after_help = "Examples:\n  sluice lake load --job jobs/examples/orders_per_minute.toml orders.jsonl\n  sluice backfill --job jobs/examples/orders_per_minute.toml --from 2024-05-01 --to 2024-05-02\n  sluice view --job jobs/examples/orders_per_minute.toml\n  sluice stream --job jobs/examples/orders_per_minute.toml --brokers 127.0.0.1:9092\n  sluice bench --events 1000000"
+    after_help = "Examples:\n  sluice demo\n  sluice lake load --job jobs/examples/orders_per_minute.toml orders.jsonl\n  sluice backfill --job jobs/examples/orders_per_minute.toml --from 2024-05-01 --to 2024-05-02\n  sluice view --job jobs/examples/orders_per_minute.toml\n  sluice stream --job jobs/examples/orders_per_minute.toml --brokers 127.0.0.1:9092\n  sluice bench --events 1000000"
 )]
 struct Cli {
     /// Log format on stderr.
@@ -38,11 +41,7 @@ enum LogFormat {
     Json,
 }
 
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-enum Output {
-    Text,
-    Json,
-}
+use sluice_jobs::OutputFormat as Output;
 
 #[derive(Subcommand)]
 enum Command {
@@ -67,6 +66,28 @@ enum Command {
         after_help = "Example:\n  sluice ingest --job jobs/examples/orders_per_minute.toml --brokers 127.0.0.1:9092 --lake s3://bucket/lake\n\nEach Delta commit carries a transaction action per partition (app id <job>-p<partition>,\nversion = last offset); a restart resumes after those offsets."
     )]
     Ingest(StreamArgs),
+    /// Measure `/view` point lookups against a running server (prints a table).
+    #[command(
+        name = "bench-serve",
+        after_help = "Example (while `sluice demo` runs):\n  sluice bench-serve --addr 127.0.0.1:8080 --job orders_demo --keys eu,us,apac --connections 8 --seconds 10"
+    )]
+    BenchServe(sluice_jobs::bench_serve::BenchServeArgs),
+    /// Serve the merged views (batch below the cutoff, speed above it) over HTTP.
+    #[command(
+        after_help = "Examples:\n  sluice serve --job jobs/examples/orders_per_minute.toml --brokers 127.0.0.1:9092\n  sluice serve --job a.toml --job b.toml --brokers host:9092 --lake s3://bucket/lake --bind 0.0.0.0:8080 --token $TOKEN\n  curl 'http://127.0.0.1:8080/v1/jobs/orders_per_minute/view?from=2024-05-01T10:00:00Z&limit=10'\n  curl -XPOST http://127.0.0.1:8080/v1/sql -d '{\"sql\": \"SELECT * FROM orders_per_minute LIMIT 5\"}'\n\nPrints `listening on http://ADDR` once bound. The API is described at /openapi.yaml.\nSIGINT/SIGTERM stop it (exit 0)."
+    )]
+    Serve(ServeArgs),
+    /// Recompute the view from the raw table and compare it with the serving layer's merge.
+    #[command(
+        after_help = "Example:\n  sluice verify --job jobs/examples/orders_per_minute.toml --brokers 127.0.0.1:9092 --lake ./lake\n\nExit 0: identical. Exit 1: different (a summary names the rows). Exit 2: could not run.\nEvents later than the allowed lateness whose bucket is at or after the cutoff are in the\nlake but not in the speed view until the next backfill: verify reports them until then."
+    )]
+    Verify(VerifyArgs),
+    /// Run the whole pipeline in this process: Kafka, an order generator, the speed layer, the
+    /// raw-lake sink, periodic backfills and the serving layer, with a live summary.
+    #[command(
+        after_help = "Examples:\n  sluice demo\n  sluice demo --bind 127.0.0.1:0 --rate 1000 --backfill-every 30s\n  sluice demo --dir /tmp/sluice-demo --events 20000 --plain\n  sluice demo --brokers 127.0.0.1:9092\n\nWithout --brokers, Kafka is librdkafka's in-process mock cluster and the speed layer runs\nat-least-once (the mock writes no transaction markers). The first stdout line is\n`listening on http://ADDR`; then come example requests and the `sluice verify` command line.\n<dir>/lake and <dir>/state are recreated on start (kept when the last run used the same\n--brokers). SLUICE_BROKERS in the environment counts as --brokers. Ctrl-C stops everything (exit 0)."
+    )]
+    Demo(DemoArgs),
     /// Measure JSON decode + the seed 000 plan on synthetic events (prints a table).
     #[command(
         after_help = "Example:\n  sluice bench --events 1000000 --batch-size 10000\nBuild with --release for representative figures."
@@ -164,7 +185,7 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "warn,buoyant_kernel=off,sluice=info,sluice_jobs=info,sluice_core=info,sluice_batch=info,sluice_stream=info".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "warn,buoyant_kernel=off,sluice=info,sluice_jobs=info,sluice_core=info,sluice_batch=info,sluice_stream=info,sluice_serving=info".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -207,6 +228,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Stream(args) => stream_cmd::stream(args).await,
         Command::Ingest(args) => stream_cmd::ingest(args).await,
+        Command::Serve(args) => serve_cmd::serve(args).await,
+        Command::BenchServe(args) => {
+            tokio::task::spawn_blocking(move || sluice_jobs::bench_serve::run(&args)).await??;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify(args) => verify::run(args).await,
+        Command::Demo(args) => demo::run(args).await,
         Command::Bench { events, batch_size } => {
             let result = bench::run(events, batch_size.max(1))?;
             bench::print_table(&result);

@@ -78,12 +78,12 @@ pub struct StreamArgs {
     pub property: Vec<(String, String)>,
 }
 
-fn parse_duration_arg(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration_arg(text: &str) -> Result<Duration, String> {
     parse_duration(text)
         .ok_or_else(|| format!("expected a duration like 100ms, 5s, 1m or 1h, got `{text}`"))
 }
 
-fn parse_property(text: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_property(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("expected key=value, got `{text}`"))

@@ -1,5 +1,30 @@
 //! `sluice-serving`: the serving layer.
 //!
-//! It will own the HTTP API that merges the batch view (read with `sluice_core::lake`) and the
-//! speed view with `sluice_core::AggregateStage::merge`/`finalize`. Nothing is implemented here
-//! yet: the serving layer is its own issue.
+//! It owns the merged view of each job, merge(batch(< cutoff), speed(≥ cutoff)): the batch
+//! view's partial states below the view table's cutoff (`batch_view`), the speed view's
+//! partial states from the committed `<job>.speed` changelog (`speed_view`), and their merge
+//! through `sluice_core`'s aggregate stage into one snapshot per change (`snapshot`). The HTTP
+//! API ([`Server`]) answers job state, view lookups by key and time range, read-only SQL over
+//! every merged view, Prometheus metrics and health, and says which layer each row came from
+//! and how fresh it is. It never re-implements an aggregate: merging and finalizing are core's.
+
+mod api;
+mod batch_view;
+mod error;
+mod metrics;
+mod query;
+mod server;
+mod service;
+mod snapshot;
+mod speed_view;
+mod sql;
+
+pub use api::OPENAPI;
+pub use error::{Result, ServingError};
+pub use query::{DEFAULT_LIMIT, MAX_LIMIT, ViewAnswer, ViewQuery, ViewRow};
+pub use server::{ServeConfig, Server};
+pub use service::{BatchRun, JobStatus, PartialRows, ServedJob};
+pub use snapshot::{ORIGIN_COLUMN, Origin, OriginCounts};
+pub use sql::{MAX_SQL_ROWS, SqlAnswer};
+
+pub use service::{MergedView, merge_once};

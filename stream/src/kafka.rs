@@ -181,13 +181,25 @@ pub(crate) fn ensure_topics(
         .create()
         .map_err(kafka(job, "creating an admin client"))?;
     let partitions = partitions as i32;
-    let new_topics = [
+    // Only ask for the missing topics: a broker without the CreateTopics request (librdkafka's
+    // mock cluster, used by `sluice demo`) works when the topics were made beforehand.
+    let existing = existing_topics(job, config)?;
+    if existing.iter().any(|name| name == &topics.speed) {
+        check_speed_partitions(job, config, &topics.speed, partitions)?;
+    }
+    let new_topics: Vec<NewTopic> = [
         NewTopic::new(&topics.speed, partitions, TopicReplication::Fixed(1))
             .set("cleanup.policy", "compact"),
         NewTopic::new(&topics.results, partitions, TopicReplication::Fixed(1)),
         NewTopic::new(&topics.dlq, partitions, TopicReplication::Fixed(1)),
         NewTopic::new(&topics.late, partitions, TopicReplication::Fixed(1)),
-    ];
+    ]
+    .into_iter()
+    .filter(|topic| !existing.iter().any(|name| name == topic.name))
+    .collect();
+    if new_topics.is_empty() {
+        return Ok(());
+    }
     let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
     let results = futures::executor::block_on(admin.create_topics(&new_topics, &options))
         .map_err(kafka(job, "creating the job's topics"))?;
@@ -206,6 +218,24 @@ pub(crate) fn ensure_topics(
         }
     }
     Ok(())
+}
+
+/// The names of the topics the cluster has.
+fn existing_topics(job: &str, config: &StreamConfig) -> Result<Vec<String>> {
+    let mut settings = client(config);
+    apply_overrides(&mut settings, config);
+    let consumer: BaseConsumer = settings
+        .create()
+        .map_err(kafka(job, "creating a metadata client"))?;
+    let metadata = consumer
+        .fetch_metadata(None, REQUEST_TIMEOUT)
+        .map_err(kafka(job, "listing the cluster's topics"))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.name().to_string())
+        .collect())
 }
 
 /// `<job>.speed` partition `p` holds source partition `p`'s state, so it needs at least as

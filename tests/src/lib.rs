@@ -1,8 +1,10 @@
 //! `sluice-e2e`: end-to-end tests across Sluice's layers (in `tests/tests/`), their golden
 //! files (`tests/golden/`), the Python interop tests (`tests/python/`), and the helpers here.
 
+pub mod http;
 pub mod kafka;
 pub mod s3;
+pub mod serve;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,0 +1,1263 @@
+//! The serving layer end to end: real `sluice stream` and `sluice serve` processes against the
+//! run's real broker and a real lake directory, checked against full recomputes of the same
+//! events (an independent `sluice lake load` + `sluice backfill` + `sluice view` into a scratch
+//! lake, or the shared plan run in-process), before and after batch runs move the cutoff.
+//!
+//! Rows are compared as canonical JSON text (keys sorted, RFC 3339 times normalized, numbers
+//! normalized). Amounts are multiples of 0.25, so every SUM is exact whatever order the two
+//! layers add in, and AVG (count and sum states, then one division) is exact too: no tolerance.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch};
+use arrow::compute::{cast, concat_batches, filter_record_batch};
+use arrow::datatypes::{DataType, Int64Type};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use sluice_core::lake::{CUTOFF_KEY, TableLocation};
+use sluice_core::rows::to_json_lines;
+use sluice_core::time::{format_time, parse_time};
+use sluice_core::{Job, JsonDecoder, Lake, Pipeline};
+use sluice_e2e::http::{get, post_json, post_raw, try_get};
+use sluice_e2e::kafka::{
+    Daemon, Outgoing, bootstrap, committed_offsets, create_topic, produce, read_all, spawn_stream,
+    unique, wait_until,
+};
+use sluice_e2e::serve::{
+    job_status, log_tail, serve_log, sluice, sluice_ok, spawn_demo, spawn_serve, wait_caught_up,
+    wait_healthy, wait_status,
+};
+
+/// 2024-05-01T10:00:00Z: every event of these tests is long past, so cutoffs are meaningful.
+const T0_MS: i64 = 1_714_557_600_000;
+const MINUTE_MS: i64 = 60_000;
+const HOUR_MS: i64 = 3_600_000;
+const REGIONS: [&str; 6] = ["eu", "us", "apac", "latam", "mea", "anz"];
+const TOKEN: &str = "secret";
+const LONG: Duration = Duration::from_secs(120);
+
+// ---------------------------------------------------------------------------------------------
+// Jobs and events
+
+#[derive(Clone, Copy)]
+enum Kind {
+    /// Completed orders per region and one-minute tumbling window (view key `region`).
+    RegionPerMinute,
+    /// Completed orders per one-minute tumbling window: seed 000's query (no view key).
+    PerMinute,
+    /// A running total per region, no window (view key `region`).
+    RegionTotals,
+}
+
+/// A job file with a unique name in a test's directory.
+struct JobFile {
+    path: PathBuf,
+    job: Job,
+}
+
+impl JobFile {
+    fn name(&self) -> &str {
+        self.job.name()
+    }
+}
+
+fn write_job(dir: &Path, kind: Kind, topic: &str) -> JobFile {
+    let name = unique("srv").replace('-', "_");
+    let (sql, key) = match kind {
+        Kind::RegionPerMinute => (
+            "SELECT region, TUMBLE_START(event_time, INTERVAL '1' MINUTE) AS window_start,
+  TUMBLE_END(event_time, INTERVAL '1' MINUTE) AS window_end,
+  COUNT(*) AS total_orders, SUM(amount) AS total_revenue, AVG(amount) AS avg_order_value
+FROM orders WHERE status = 'completed'
+GROUP BY region, TUMBLE(event_time, INTERVAL '1' MINUTE)",
+            r#"["region"]"#,
+        ),
+        Kind::PerMinute => (
+            "SELECT TUMBLE_START(event_time, INTERVAL '1' MINUTE) AS window_start,
+  TUMBLE_END(event_time, INTERVAL '1' MINUTE) AS window_end,
+  COUNT(*) AS total_orders, SUM(amount) AS total_revenue, AVG(amount) AS avg_order_value
+FROM orders WHERE status = 'completed'
+GROUP BY TUMBLE(event_time, INTERVAL '1' MINUTE)",
+            "[]",
+        ),
+        Kind::RegionTotals => (
+            "SELECT region, SUM(amount) AS total, COUNT(*) AS orders
+FROM orders WHERE status = 'completed'
+GROUP BY region",
+            r#"["region"]"#,
+        ),
+    };
+    let toml = format!(
+        r#"
+name = "{name}"
+[source]
+topic = "{topic}"
+table = "orders"
+event_time = "event_time"
+watermark_delay = "5s"
+allowed_lateness = "30s"
+fields = [
+  {{ name = "order_id", type = "string", nullable = false }},
+  {{ name = "region", type = "string" }},
+  {{ name = "amount", type = "float64" }},
+  {{ name = "status", type = "string" }},
+  {{ name = "event_time", type = "timestamp" }},
+]
+[transform]
+sql = """
+{sql}
+"""
+[view]
+key = {key}
+bucket = "1h"
+"#
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, toml).unwrap();
+    let job = Job::from_file(&path).unwrap();
+    JobFile { path, job }
+}
+
+/// `count` orders from `start_ms`, `step_ms` apart, each up to 3 s early (less than the 5 s
+/// watermark delay: nothing is late), keyed and partitioned by region. Amounts are multiples
+/// of 0.25, so sums are exact in any order.
+fn orders(count: usize, partitions: i32, start_ms: i64, step_ms: i64, seed: u64) -> Vec<Outgoing> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..count)
+        .map(|i| {
+            let region = REGIONS[rng.random_range(0..REGIONS.len())];
+            let partition =
+                REGIONS.iter().position(|r| *r == region).unwrap_or(0) as i32 % partitions;
+            let at = (start_ms + i as i64 * step_ms - rng.random_range(0..=3_000)).max(start_ms);
+            let status = if rng.random_bool(0.8) { "completed" } else { "pending" };
+            let amount = rng.random_range(1..4000) as f64 * 0.25;
+            let value = format!(
+                r#"{{"order_id":"o{seed}-{i}","region":"{region}","amount":{amount},"status":"{status}","event_time":{at}}}"#
+            );
+            (partition, Some(region.as_bytes().to_vec()), value.into_bytes())
+        })
+        .collect()
+}
+
+/// One record per partition at `at_ms`: filtered out by every job (status `push`), but it
+/// moves each partition's watermark past all earlier windows.
+fn pushers(partitions: i32, at_ms: i64) -> Vec<Outgoing> {
+    (0..partitions)
+        .map(|p| {
+            let value = format!(
+                r#"{{"order_id":"push{p}","region":"eu","amount":0,"status":"push","event_time":{at_ms}}}"#
+            );
+            (p, None, value.into_bytes())
+        })
+        .collect()
+}
+
+fn completed(events: &[Outgoing]) -> Vec<Value> {
+    events
+        .iter()
+        .map(|(_, _, v)| serde_json::from_slice::<Value>(v).unwrap())
+        .filter(|v| v["status"] == "completed")
+        .collect()
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("UTF-8 path")
+}
+
+fn write_jsonl(path: &Path, events: &[Outgoing]) {
+    let mut text = Vec::new();
+    for (_, _, value) in events {
+        text.extend_from_slice(value);
+        text.push(b'\n');
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ground truth
+
+/// Canonical JSON text of a value: object keys sorted, RFC 3339 strings as
+/// `sluice_core::time::format_time` renders them, integral numbers as integers.
+fn canonical(value: &Value) -> String {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            let fields: Vec<String> = keys
+                .iter()
+                .map(|k| {
+                    format!(
+                        "{}:{}",
+                        Value::String((*k).clone()),
+                        canonical(&map[k.as_str()])
+                    )
+                })
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        }
+        Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(canonical).collect::<Vec<_>>().join(",")
+        ),
+        Value::String(text) => match chrono::DateTime::parse_from_rfc3339(text) {
+            Ok(t) => Value::String(format_time(t.timestamp_micros())).to_string(),
+            Err(_) => value.to_string(),
+        },
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                i.to_string()
+            } else if let Some(u) = n.as_u64() {
+                u.to_string()
+            } else {
+                let f = n.as_f64().unwrap_or(f64::NAN);
+                if f.fract() == 0.0 && f.abs() < 1e15 {
+                    (f as i64).to_string()
+                } else {
+                    format!("{f:?}")
+                }
+            }
+        }
+        _ => value.to_string(),
+    }
+}
+
+/// JSON lines as sorted canonical rows.
+fn canonical_lines(text: &str) -> Vec<String> {
+    let mut rows: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            canonical(
+                &serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON row ({e}): {l}")),
+            )
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// The full recompute, independent of the speed and serving layers: the events loaded from a
+/// file into a scratch lake with `sluice lake load`, `sluice backfill` over all of it, and the
+/// finalized rows printed by `sluice view`.
+fn recompute_with_cli(dir: &Path, job_file: &Path, events: &[Outgoing]) -> Vec<String> {
+    let scratch = dir.join("recompute-lake");
+    let input = dir.join("recompute.jsonl");
+    write_jsonl(&input, events);
+    let (job, lake, input) = (path_str(job_file), path_str(&scratch), path_str(&input));
+    sluice_ok(&["lake", "load", "--job", job, "--lake", lake, input]);
+    sluice_ok(&["backfill", "--job", job, "--lake", lake]);
+    canonical_lines(&sluice_ok(&["view", "--job", job, "--lake", lake]))
+}
+
+/// The full recompute in-process: every event through the shared plan at once, finalized.
+fn truth(job: &Job, events: &[Outgoing]) -> Vec<String> {
+    let pipeline = Pipeline::compile(job, None).unwrap();
+    let stage = pipeline.plan().aggregate().unwrap();
+    let payloads: Vec<&[u8]> = events.iter().map(|(_, _, v)| v.as_slice()).collect();
+    let decoded = JsonDecoder::new(job).decode(&payloads).unwrap();
+    assert!(decoded.errors.is_empty(), "{:?}", decoded.errors);
+    let partial = stage
+        .partial(&pipeline.filtered(&decoded.batch).unwrap())
+        .unwrap();
+    let rows = stage.finalize(&[partial]).unwrap();
+    canonical_lines(&String::from_utf8(to_json_lines(&[rows]).unwrap()).unwrap())
+}
+
+fn assert_same_rows(actual: &[String], expected: &[String], what: &str) {
+    if actual == expected {
+        return;
+    }
+    let a: BTreeSet<&String> = actual.iter().collect();
+    let e: BTreeSet<&String> = expected.iter().collect();
+    let missing: Vec<_> = e.difference(&a).take(5).collect();
+    let unexpected: Vec<_> = a.difference(&e).take(5).collect();
+    panic!(
+        "{what}: {} rows served ({} distinct), {} expected\nmissing: {missing:#?}\nunexpected: {unexpected:#?}",
+        actual.len(),
+        a.len(),
+        expected.len()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes, the lake and the serving API
+
+/// Waits until the speed daemon's group (`sluice-<job>`) has committed every one of `total`
+/// records of the job's fresh topic.
+fn wait_stream_caught_up(job: &JobFile, partitions: i32, total: usize, stream_log: &Path) {
+    let group = format!("sluice-{}", job.name());
+    let topic = job.job.spec.source.topic.clone();
+    let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_until(LONG, "the speed daemon to commit every record", || {
+            let committed: i64 = committed_offsets(&group, &topic, partitions)
+                .iter()
+                .filter(|o| **o > 0)
+                .sum();
+            committed == total as i64
+        })
+    }));
+    if done.is_err() {
+        panic!("sluice stream log:\n{}", log_tail(stream_log, 40));
+    }
+}
+
+fn spawn_stream_for(dir: &Path, job: &JobFile, lake: &Path, extra: &[&str]) -> (Daemon, PathBuf) {
+    let log = dir.join(format!("stream-{}.log", job.name()));
+    let daemon = spawn_stream(
+        &job.path,
+        lake,
+        &dir.join(format!("state-{}", job.name())),
+        &log,
+        extra,
+    );
+    (daemon, log)
+}
+
+/// Rows of the job's raw Delta table (0 while it does not exist).
+fn raw_rows(lake: &Path, job: &Job) -> usize {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let lake = Lake::resolve(Some(path_str(lake)));
+    match runtime.block_on(TableLocation::new(lake.raw_table(job)).read_all()) {
+        Ok(batches) => batches.iter().map(RecordBatch::num_rows).sum(),
+        Err(_) => 0,
+    }
+}
+
+fn wait_raw_rows(lake: &Path, job: &Job, expected: usize) {
+    wait_until(LONG, "the raw-lake sink to land every record", || {
+        raw_rows(lake, job) >= expected
+    });
+    assert_eq!(raw_rows(lake, job), expected, "rows in the raw table");
+}
+
+/// `sluice backfill --output json` on `lake`, to `to` (default: up to now); the report.
+fn backfill(job: &JobFile, lake: &Path, to: Option<&str>) -> Value {
+    let mut args = vec![
+        "backfill",
+        "--job",
+        path_str(&job.path),
+        "--lake",
+        path_str(lake),
+        "--output",
+        "json",
+    ];
+    if let Some(to) = to {
+        args.extend(["--to", to]);
+    }
+    let out = sluice_ok(&args);
+    let line = out.lines().rev().find(|l| l.trim_start().starts_with('{'));
+    serde_json::from_str(line.unwrap_or_else(|| panic!("no JSON report from backfill: {out}")))
+        .unwrap()
+}
+
+/// `GET /v1/jobs/{job}/view?{query}` (200 asserted), checking the answer's shape.
+fn view(addr: &str, job: &str, query: &str, token: Option<&str>) -> Value {
+    let r = get(addr, &format!("/v1/jobs/{job}/view?{query}"), token);
+    assert_eq!(r.status, 200, "view of {job} with `{query}`: {}", r.body);
+    let answer = r.json();
+    for field in [
+        "job",
+        "cutoff",
+        "cutoff_us",
+        "watermark",
+        "watermark_us",
+        "freshness_ms",
+        "count",
+        "truncated",
+        "rows",
+    ] {
+        assert!(
+            answer.get(field).is_some(),
+            "view answer lacks `{field}`: {answer}"
+        );
+    }
+    assert_eq!(answer["job"], job);
+    for row in answer["rows"].as_array().expect("rows array") {
+        let origin = row["origin"].as_str().expect("origin");
+        assert!(
+            ["batch", "speed", "merged"].contains(&origin),
+            "origin {origin}"
+        );
+        assert!(row["row"].is_object(), "row object: {row}");
+    }
+    answer
+}
+
+/// The whole view (limit 100000): not truncated, `count` = rows returned.
+fn full_view(addr: &str, job: &str, token: Option<&str>) -> Value {
+    let answer = view(addr, job, "limit=100000", token);
+    assert_eq!(answer["truncated"], false, "a full view is not truncated");
+    assert_eq!(
+        answer["count"].as_u64(),
+        Some(answer["rows"].as_array().unwrap().len() as u64),
+        "count = rows returned"
+    );
+    answer
+}
+
+fn served_rows(answer: &Value) -> Vec<String> {
+    let mut rows: Vec<String> = answer["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| canonical(&r["row"]))
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// Polls the full view until its rows equal `expected`; on timeout, panics with the difference.
+fn wait_for_view(addr: &str, job: &str, expected: &[String], what: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = full_view(addr, job, None);
+        let rows = served_rows(&answer);
+        if rows == expected {
+            return answer;
+        }
+        if Instant::now() > deadline {
+            assert_same_rows(&rows, expected, what);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits until both the job status and a view answer carry `cutoff_us`; the view answer.
+fn wait_for_cutoff(addr: &str, job: &str, cutoff_us: i64) -> Value {
+    let status = wait_status(
+        addr,
+        job,
+        None,
+        Duration::from_secs(60),
+        "the new cutoff",
+        |s| s["cutoff_us"].as_i64() == Some(cutoff_us),
+    );
+    assert_eq!(
+        status["cutoff"].as_str().map(|c| parse_time(c).unwrap()),
+        Some(cutoff_us),
+        "cutoff (RFC 3339) and cutoff_us agree: {status}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = full_view(addr, job, None);
+        if answer["cutoff_us"].as_i64() == Some(cutoff_us) {
+            return answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the view answer never showed cutoff {cutoff_us}: {}",
+            answer["cutoff_us"]
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn window_start_us(row: &Value) -> i64 {
+    parse_time(row["window_start"].as_str().expect("window_start text")).unwrap()
+}
+
+/// Every row's origin follows from its window and the cutoff: one-minute windows never
+/// straddle an hour bucket, so a row is `batch` before the cutoff and `speed` from it on.
+fn assert_origins(answer: &Value, cutoff_us: Option<i64>) {
+    for r in answer["rows"].as_array().unwrap() {
+        let start = window_start_us(&r["row"]);
+        let expected = match cutoff_us {
+            Some(c) if start < c => "batch",
+            _ => "speed",
+        };
+        assert_eq!(
+            r["origin"],
+            expected,
+            "origin of the row at {} with cutoff {cutoff_us:?}: {r}",
+            format_time(start)
+        );
+    }
+}
+
+fn origin_counts(answer: &Value) -> (usize, usize, usize) {
+    let rows = answer["rows"].as_array().unwrap();
+    let count = |o: &str| rows.iter().filter(|r| r["origin"] == o).count();
+    (count("batch"), count("speed"), count("merged"))
+}
+
+fn assert_status_rows(status: &Value, (batch, speed, merged): (usize, usize, usize)) {
+    assert_eq!(
+        (
+            status["rows"]["batch"].as_u64(),
+            status["rows"]["speed"].as_u64(),
+            status["rows"]["merged"].as_u64()
+        ),
+        (Some(batch as u64), Some(speed as u64), Some(merged as u64)),
+        "rows by origin in the job status: {status}"
+    );
+}
+
+/// The served row of view key `region` and window start `start_us`: (origin, row).
+fn row_at(answer: &Value, region: &str, start_us: i64) -> Option<(String, Value)> {
+    answer["rows"].as_array().unwrap().iter().find_map(|r| {
+        (r["row"]["region"] == region && window_start_us(&r["row"]) == start_us)
+            .then(|| (r["origin"].as_str().unwrap().to_string(), r["row"].clone()))
+    })
+}
+
+fn assert_error(response: &sluice_e2e::http::Response, status: u16, codes: &[&str], what: &str) {
+    assert_eq!(response.status, status, "{what}: {}", response.body);
+    let body = response.json();
+    let code = body["error"].as_str().unwrap_or_default();
+    assert!(
+        codes.contains(&code),
+        "{what}: error `{code}`, expected one of {codes:?}: {body}"
+    );
+    assert!(
+        !body["message"].as_str().unwrap_or_default().is_empty(),
+        "{what}: errors carry a message: {body}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+#[test]
+fn merged_view_equals_full_recompute_before_and_after_backfill() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("orders");
+    create_topic(&topic, 2);
+    let job = write_job(dir.path(), Kind::RegionPerMinute, &topic);
+    let name = job.name().to_string();
+    // Four hours of event time, 2024-05-01 10:00 to 14:00.
+    let events = orders(6_000, 2, T0_MS, 2_400, 21);
+    let expected = recompute_with_cli(dir.path(), &job.path, &events);
+    assert!(expected.len() > 1000, "{} rows", expected.len());
+
+    produce(&topic, &events);
+    let lake = dir.path().join("lake");
+    let (mut stream, stream_log) = spawn_stream_for(dir.path(), &job, &lake, &[]);
+    wait_stream_caught_up(&job, 2, events.len(), &stream_log);
+    let (mut serve, addr) = spawn_serve(&[&job.path], &lake, &["--batch-poll", "500ms"]);
+    let health = wait_healthy(&addr, LONG);
+    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(health["jobs"][&name]["ready"], true, "{health}");
+    wait_caught_up(&addr, &name, None, LONG);
+
+    // No batch run yet: everything comes from the speed layer.
+    let answer = wait_for_view(
+        &addr,
+        &name,
+        &expected,
+        "the merged view before any backfill",
+    );
+    assert!(
+        answer["cutoff"].is_null() && answer["cutoff_us"].is_null(),
+        "{}",
+        answer["cutoff"]
+    );
+    assert_origins(&answer, None);
+    let status = job_status(&addr, &name, None);
+    assert_status_rows(&status, (0, expected.len(), 0));
+    assert!(
+        status["cutoff_us"].is_null() && status["last_batch_run"].is_null(),
+        "{status}"
+    );
+    assert!(status["watermark_us"].as_i64().is_some(), "{status}");
+    // Sorted by key, then window start.
+    let order: Vec<(String, i64)> = answer["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["row"]["region"].as_str().unwrap().to_string(),
+                window_start_us(&r["row"]),
+            )
+        })
+        .collect();
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "rows sorted by key then window start"
+    );
+
+    // The batch layer takes the first two hours: the cutoff moves into the middle.
+    wait_raw_rows(&lake, &job.job, events.len());
+    let mid_us = parse_time("2024-05-01T12:00:00Z").unwrap();
+    let report = backfill(&job, &lake, Some("2024-05-01T12:00:00Z"));
+    assert_eq!(report["cutoff_us"].as_i64(), Some(mid_us), "{report}");
+    let answer = wait_for_cutoff(&addr, &name, mid_us);
+    assert_same_rows(
+        &served_rows(&answer),
+        &expected,
+        "the merged view with the cutoff at 12:00",
+    );
+    assert_origins(&answer, Some(mid_us));
+    let (batch, speed, merged) = origin_counts(&answer);
+    assert!(
+        batch > 0 && speed > 0 && merged == 0,
+        "{batch} batch, {speed} speed rows"
+    );
+    let status = wait_status(
+        &addr,
+        &name,
+        None,
+        Duration::from_secs(30),
+        "row counts",
+        |s| s["rows"]["batch"].as_u64() == Some(batch as u64),
+    );
+    assert_status_rows(&status, (batch, speed, 0));
+    assert!(
+        status["last_batch_run"]["version"].as_i64().is_some(),
+        "last_batch_run after a backfill: {status}"
+    );
+
+    // Filters: one key; a window range across the cutoff (RFC 3339 and epoch ms); a date.
+    let eu = view(&addr, &name, "key=eu&limit=100000", None);
+    let expected_eu: Vec<String> = expected
+        .iter()
+        .filter(|r| r.contains(r#""region":"eu""#))
+        .cloned()
+        .collect();
+    assert!(!expected_eu.is_empty());
+    assert_same_rows(&served_rows(&eu), &expected_eu, "key=eu");
+    let (from_us, to_us) = (
+        mid_us - 30 * MINUTE_MS * 1000,
+        mid_us + 30 * MINUTE_MS * 1000,
+    );
+    let ranged = view(
+        &addr,
+        &name,
+        &format!("from=2024-05-01T11:30:00Z&to={}&limit=100000", to_us / 1000),
+        None,
+    );
+    let in_range: Vec<String> = expected
+        .iter()
+        .filter(|r| {
+            let start = window_start_us(&serde_json::from_str(r).unwrap());
+            (from_us..to_us).contains(&start)
+        })
+        .cloned()
+        .collect();
+    assert_same_rows(&served_rows(&ranged), &in_range, "from 11:30 to 12:30");
+    let (b, s, _) = origin_counts(&ranged);
+    assert!(b > 0 && s > 0, "the range spans both layers");
+    let whole_day = view(
+        &addr,
+        &name,
+        "from=2024-05-01&to=2024-05-02&limit=100000",
+        None,
+    );
+    assert_same_rows(&served_rows(&whole_day), &expected, "a date range");
+    let limited = view(&addr, &name, "limit=10", None);
+    assert_eq!(limited["rows"].as_array().unwrap().len(), 10);
+    assert_eq!(limited["truncated"], true);
+
+    // A backfill up to now: every row from the batch layer, still the same rows.
+    let report = backfill(&job, &lake, None);
+    let full_us = report["cutoff_us"]
+        .as_i64()
+        .expect("cutoff after a full backfill");
+    assert!(full_us >= (T0_MS + 5 * HOUR_MS) * 1000, "{report}");
+    let answer = wait_for_cutoff(&addr, &name, full_us);
+    assert_same_rows(
+        &served_rows(&answer),
+        &expected,
+        "the merged view after a full backfill",
+    );
+    assert_origins(&answer, Some(full_us));
+    assert_eq!(origin_counts(&answer), (expected.len(), 0, 0));
+
+    assert!(
+        serve.terminate().success(),
+        "sluice serve exits 0 on SIGTERM:\n{}",
+        log_tail(&serve_log(&lake), 30)
+    );
+    assert!(stream.terminate().success());
+}
+
+#[test]
+fn late_event_is_absent_from_speed_until_the_next_backfill() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("orders");
+    create_topic(&topic, 1);
+    let job = write_job(dir.path(), Kind::RegionPerMinute, &topic);
+    let name = job.name().to_string();
+    // Two hours (10:00 to 12:00), then a record at 12:10 that closes every window.
+    let mut events = orders(1_200, 1, T0_MS, 6_000, 5);
+    events.extend(pushers(1, T0_MS + 2 * HOUR_MS + 10 * MINUTE_MS));
+    // Far behind the watermark (12:09:55) and its 30 s lateness, in the 10:00 window.
+    let window_us = T0_MS * 1000;
+    let late: Outgoing = (
+        0,
+        Some(b"eu".to_vec()),
+        format!(
+            r#"{{"order_id":"late-1","region":"eu","amount":1000.25,"status":"completed","event_time":{}}}"#,
+            T0_MS + 30_000
+        )
+        .into_bytes(),
+    );
+    let without_late = truth(&job.job, &events);
+    let mut all = events.clone();
+    all.push(late.clone());
+    let with_late = truth(&job.job, &all);
+    assert_ne!(without_late, with_late);
+
+    produce(&topic, &events);
+    let lake = dir.path().join("lake");
+    let (mut stream, stream_log) = spawn_stream_for(dir.path(), &job, &lake, &[]);
+    wait_stream_caught_up(&job, 1, events.len(), &stream_log);
+    let (mut serve, addr) = spawn_serve(&[&job.path], &lake, &["--batch-poll", "500ms"]);
+    wait_healthy(&addr, LONG);
+    wait_caught_up(&addr, &name, None, LONG);
+    let before = wait_for_view(
+        &addr,
+        &name,
+        &without_late,
+        "the speed view before the late event",
+    );
+    assert_origins(&before, None);
+    let window_before = row_at(&before, "eu", window_us);
+
+    produce(&topic, std::slice::from_ref(&late));
+    let late_topic = format!("{name}.late");
+    wait_until(
+        Duration::from_secs(60),
+        "the late event in <job>.late",
+        || !read_all(&late_topic).is_empty(),
+    );
+    assert_eq!(read_all(&late_topic).len(), 1);
+    wait_stream_caught_up(&job, 1, events.len() + 1, &stream_log);
+    wait_caught_up(&addr, &name, None, LONG);
+    let after_late = full_view(&addr, &name, None);
+    assert_same_rows(
+        &served_rows(&after_late),
+        &without_late,
+        "the view after a late event (the speed layer leaves it out)",
+    );
+    assert_eq!(
+        row_at(&after_late, "eu", window_us),
+        window_before,
+        "the 10:00 eu row is unchanged"
+    );
+
+    // The raw sink landed it; a backfill of its bucket brings it in.
+    wait_raw_rows(&lake, &job.job, all.len());
+    let cutoff_us = parse_time("2024-05-01T11:00:00Z").unwrap();
+    let report = backfill(&job, &lake, Some("2024-05-01T11:00:00Z"));
+    assert_eq!(report["cutoff_us"].as_i64(), Some(cutoff_us), "{report}");
+    let answer = wait_for_cutoff(&addr, &name, cutoff_us);
+    assert_same_rows(
+        &served_rows(&answer),
+        &with_late,
+        "the view after the backfill",
+    );
+    assert_origins(&answer, Some(cutoff_us));
+    let (origin, row) = row_at(&answer, "eu", window_us).expect("the 10:00 eu row");
+    assert_eq!(origin, "batch");
+    let count_before = window_before.map_or(0, |(_, r)| r["total_orders"].as_i64().unwrap());
+    assert_eq!(
+        row["total_orders"].as_i64(),
+        Some(count_before + 1),
+        "{row}"
+    );
+
+    assert!(serve.terminate().success());
+    assert!(stream.terminate().success());
+}
+
+#[test]
+fn sql_refusals_errors_and_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("orders");
+    create_topic(&topic, 1);
+    let totals = write_job(dir.path(), Kind::RegionTotals, &topic);
+    let minutes = write_job(dir.path(), Kind::PerMinute, &topic);
+    // 30 minutes of orders.
+    let events = orders(600, 1, T0_MS, 3_000, 9);
+    let done = completed(&events);
+    let regions: BTreeSet<&str> = done.iter().map(|v| v["region"].as_str().unwrap()).collect();
+    produce(&topic, &events);
+    let lake = dir.path().join("lake");
+    let mut streams = Vec::new();
+    for job in [&totals, &minutes] {
+        // Two jobs on one topic: neither lands raw rows (the raw table is per topic).
+        let (daemon, log) = spawn_stream_for(dir.path(), job, &lake, &["--no-lake-sink"]);
+        wait_stream_caught_up(job, 1, events.len(), &log);
+        streams.push(daemon);
+    }
+    let (mut serve, addr) = spawn_serve(&[&totals.path, &minutes.path], &lake, &["--token", TOKEN]);
+    let t = Some(TOKEN);
+
+    // Open endpoints.
+    let health = wait_healthy(&addr, LONG);
+    assert_eq!(health["jobs"][totals.name()]["ready"], true, "{health}");
+    assert_eq!(health["jobs"][minutes.name()]["ready"], true, "{health}");
+    let openapi = get(&addr, "/openapi.yaml", None);
+    assert_eq!(openapi.status, 200);
+    assert!(openapi.body.contains("openapi:"), "{}", openapi.body);
+    assert!(openapi.body.contains("/v1/jobs/{job}/view"));
+
+    // Authentication.
+    let totals_view = format!("/v1/jobs/{}/view", totals.name());
+    let totals_status = format!("/v1/jobs/{}", totals.name());
+    for path in ["/v1/jobs", totals_status.as_str(), totals_view.as_str()] {
+        assert_error(&get(&addr, path, None), 401, &["unauthorized"], path);
+        assert_error(
+            &get(&addr, path, Some("wrong")),
+            401,
+            &["unauthorized"],
+            path,
+        );
+    }
+    let select = json!({"sql": format!("SELECT * FROM {}", totals.name())});
+    assert_error(
+        &post_json(&addr, "/v1/sql", &select, None),
+        401,
+        &["unauthorized"],
+        "/v1/sql",
+    );
+    let jobs = get(&addr, "/v1/jobs", t);
+    assert_eq!(jobs.status, 200, "{}", jobs.body);
+    let listed: BTreeSet<String> = jobs.json()["jobs"]
+        .as_array()
+        .expect("jobs array")
+        .iter()
+        .map(|j| j["job"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        listed,
+        BTreeSet::from([totals.name().to_string(), minutes.name().to_string()])
+    );
+    for (job, keys) in [(&totals, json!(["region"])), (&minutes, json!([]))] {
+        let status = wait_caught_up(&addr, job.name(), t, LONG);
+        for field in [
+            "job",
+            "source_topic",
+            "speed_topic",
+            "view_table",
+            "key_columns",
+            "cutoff",
+            "cutoff_us",
+            "watermark",
+            "watermark_us",
+            "speed_lag_records",
+            "source_lag_records",
+            "last_batch_run",
+            "rows",
+            "freshness_ms",
+            "snapshot_at",
+            "ready",
+        ] {
+            assert!(
+                status.get(field).is_some(),
+                "job status lacks `{field}`: {status}"
+            );
+        }
+        assert_eq!(status["source_topic"], topic.as_str());
+        assert_eq!(status["speed_topic"], format!("{}.speed", job.name()));
+        assert_eq!(status["key_columns"], keys);
+    }
+
+    // Errors of the view endpoint.
+    let unknown = get(&addr, "/v1/jobs/no_such_job", t);
+    assert_error(&unknown, 404, &["unknown_job"], "unknown job");
+    let message = unknown.json()["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("no_such_job") && message.contains(totals.name()),
+        "{message}"
+    );
+    assert_error(
+        &get(&addr, "/v1/jobs/no_such_job/view", t),
+        404,
+        &["unknown_job"],
+        "unknown view",
+    );
+    let minutes_view = format!("/v1/jobs/{}/view", minutes.name());
+    let bad_from = get(&addr, &format!("{minutes_view}?from=yesterday"), t);
+    assert_error(&bad_from, 400, &["bad_request"], "from=yesterday");
+    assert!(
+        bad_from.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("from"),
+        "{}",
+        bad_from.body
+    );
+    assert_error(
+        &get(&addr, &format!("{minutes_view}?to=soon"), t),
+        400,
+        &["bad_request"],
+        "to=soon",
+    );
+    assert_error(
+        &get(&addr, &format!("{minutes_view}?limit=100001"), t),
+        400,
+        &["bad_request"],
+        "limit",
+    );
+    let no_key = get(&addr, &format!("{minutes_view}?key=eu"), t);
+    assert_eq!(
+        no_key.status, 400,
+        "key on a job without a view key: {}",
+        no_key.body
+    );
+    assert_error(
+        &get(&addr, &format!("{totals_view}?from=2024-05-01"), t),
+        400,
+        &["bad_request"],
+        "from on a job without a window",
+    );
+    let eu = get(&addr, &format!("{totals_view}?key=eu"), t);
+    assert_eq!(eu.status, 200, "{}", eu.body);
+    let eu_rows = eu.json()["rows"].as_array().unwrap().clone();
+    assert_eq!(eu_rows.len(), 1, "{eu_rows:?}");
+    assert_eq!(eu_rows[0]["row"]["region"], "eu");
+    assert_eq!(eu_rows[0]["origin"], "speed");
+
+    // SQL over the merged views.
+    let sql = |text: &str| post_json(&addr, "/v1/sql", &json!({ "sql": text }), t);
+    let sum = format!("SELECT SUM(total_orders) AS n FROM {}", minutes.name());
+    let mut last = Value::Null;
+    wait_until(
+        Duration::from_secs(60),
+        "SQL to count every completed order",
+        || {
+            let r = sql(&sum);
+            assert_eq!(r.status, 200, "{sum}: {}", r.body);
+            last = r.json();
+            last["rows"][0]["n"].as_i64() == Some(done.len() as i64)
+        },
+    );
+    assert_eq!(last["columns"][0]["name"], "n", "{last}");
+    assert!(last["columns"][0]["type"].is_string(), "{last}");
+    assert_eq!(
+        (last["count"].as_u64(), last["truncated"].as_bool()),
+        (Some(1), Some(false))
+    );
+    let by_region = sql(&format!(
+        "SELECT region, orders, __origin FROM {} ORDER BY region",
+        totals.name()
+    ));
+    assert_eq!(by_region.status, 200, "{}", by_region.body);
+    let answer = by_region.json();
+    let names: Vec<&str> = answer["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["region", "orders", "__origin"]);
+    let rows = answer["rows"].as_array().unwrap();
+    let served: Vec<&str> = rows.iter().map(|r| r["region"].as_str().unwrap()).collect();
+    assert_eq!(served, regions.iter().copied().collect::<Vec<_>>());
+    let orders_total: i64 = rows.iter().map(|r| r["orders"].as_i64().unwrap()).sum();
+    assert_eq!(orders_total, done.len() as i64);
+    assert!(rows.iter().all(|r| r["__origin"] == "speed"), "{answer}");
+    // At most 10000 rows: 30+ windows cubed.
+    let m = minutes.name();
+    let cubed = sql(&format!(
+        "SELECT a.window_start FROM {m} a CROSS JOIN {m} b CROSS JOIN {m} c"
+    ));
+    assert_eq!(cubed.status, 200, "{}", cubed.body);
+    let cubed = cubed.json();
+    assert_eq!(cubed["rows"].as_array().unwrap().len(), 10_000);
+    assert_eq!(cubed["truncated"], true);
+
+    // Refused: anything that is not a read of the views.
+    let copy_target = dir.path().join("copied.csv");
+    let refused = [
+        "CREATE TABLE x AS SELECT 1".to_string(),
+        format!("CREATE VIEW v AS SELECT * FROM {}", totals.name()),
+        format!("INSERT INTO {0} SELECT * FROM {0}", totals.name()),
+        format!("DELETE FROM {}", totals.name()),
+        format!("DROP TABLE {}", totals.name()),
+        format!("COPY (SELECT 1) TO '{}'", copy_target.display()),
+        "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/etc/passwd'".to_string(),
+        "SET datafusion.execution.batch_size = 1".to_string(),
+    ];
+    for text in &refused {
+        assert_error(&sql(text), 400, &["sql_refused"], text);
+    }
+    // Files stay out of reach whichever way the refusal is classified.
+    let no_files = [
+        "SELECT * FROM read_csv('/etc/passwd')".to_string(),
+        "SELECT * FROM read_parquet('/etc/passwd')".to_string(),
+        "SELECT * FROM '/etc/passwd'".to_string(),
+        "SELECT * FROM t".to_string(),
+        format!("SELECT 1; DROP TABLE {}", totals.name()),
+    ];
+    for text in &no_files {
+        let r = sql(text);
+        assert_error(&r, 400, &["sql_refused", "bad_sql"], text);
+        assert!(
+            !r.body.contains("root:"),
+            "{text} returned file contents: {}",
+            r.body
+        );
+    }
+    assert!(
+        !copy_target.exists(),
+        "COPY wrote {}",
+        copy_target.display()
+    );
+    for text in [
+        "SELEKT 1 FROM".to_string(),
+        "SELECT".to_string(),
+        format!("SELECT no_such_column FROM {}", totals.name()),
+        "SELECT * FROM no_such_table".to_string(),
+    ] {
+        assert_error(&sql(&text), 400, &["bad_sql"], &text);
+    }
+    let still = sql(&format!("SELECT COUNT(*) AS n FROM {}", totals.name()));
+    assert_eq!(
+        still.status, 200,
+        "the views survive refused statements: {}",
+        still.body
+    );
+    assert_eq!(
+        still.json()["rows"][0]["n"].as_i64(),
+        Some(regions.len() as i64)
+    );
+
+    // Bodies that are not {"sql": "..."}.
+    for (body, what) in [
+        (&b"SELECT 1"[..], "not JSON"),
+        (&b""[..], "empty"),
+        (&br#"{"query": "SELECT 1"}"#[..], "no sql field"),
+        (&br#"{"sql": 42}"#[..], "sql not text"),
+    ] {
+        let r = post_raw(&addr, "/v1/sql", "application/json", body, t);
+        assert_error(&r, 400, &["bad_request"], what);
+    }
+
+    // Health and metrics need no token.
+    assert_eq!(get(&addr, "/health", None).status, 200);
+    let metrics = get(&addr, "/metrics", None);
+    assert_eq!(metrics.status, 200);
+    for name in [
+        "sluice_serving_requests_total",
+        "sluice_serving_request_duration_seconds",
+        "sluice_serving_view_rows",
+        "sluice_serving_speed_lag_records",
+        "sluice_serving_snapshot_builds_total",
+    ] {
+        assert!(
+            metrics.body.contains(name),
+            "{name} not in:\n{}",
+            metrics.body
+        );
+    }
+
+    assert!(
+        serve.terminate().success(),
+        "{}",
+        log_tail(&serve_log(&lake), 30)
+    );
+    for mut daemon in streams {
+        assert!(daemon.terminate().success());
+    }
+}
+
+/// Adds 1 to the COUNT(*) partial state (`__state_0_0`) and to `total_orders` of region
+/// `region`'s first row in the batch view's first bucket, rewriting that bucket in one commit
+/// that repeats the cutoff. Returns the corrupted row's window start (µs).
+fn corrupt_batch_view(lake: &Path, job: &Job, region: &str) -> i64 {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let lake = Lake::resolve(Some(path_str(lake)));
+        let table = TableLocation::new(lake.view_table(job));
+        let cutoff = table.cutoff().await.unwrap().expect("a cutoff");
+        let batches = table.read_all().await.unwrap();
+        let schema = batches[0].schema();
+        let all = concat_batches(&schema, &batches).unwrap();
+        let column = |batch: &RecordBatch, name: &str| -> ArrayRef {
+            let index = schema
+                .index_of(name)
+                .unwrap_or_else(|_| panic!("view column {name}"));
+            batch.column(index).clone()
+        };
+        let as_i64 = |array: &ArrayRef| cast(array, &DataType::Int64).unwrap();
+        let buckets = as_i64(&column(&all, "__bucket"));
+        let buckets = buckets.as_primitive::<Int64Type>();
+        let first = arrow::compute::min(buckets).expect("view rows");
+        let mask: BooleanArray = buckets.iter().map(|b| Some(b == Some(first))).collect();
+        let rows = filter_record_batch(&all, &mask).unwrap();
+        let regions = cast(&column(&rows, "region"), &DataType::Utf8).unwrap();
+        let regions = regions.as_string::<i32>();
+        let target = (0..rows.num_rows())
+            .find(|&i| regions.is_valid(i) && regions.value(i) == region)
+            .unwrap_or_else(|| panic!("no {region} row in the first bucket"));
+        let mut columns = rows.columns().to_vec();
+        for name in ["__state_0_0", "total_orders"] {
+            let index = schema.index_of(name).unwrap();
+            let original = columns[index].clone();
+            let values = as_i64(&original);
+            let bumped: Int64Array = values
+                .as_primitive::<Int64Type>()
+                .iter()
+                .enumerate()
+                .map(|(i, v)| if i == target { v.map(|v| v + 1) } else { v })
+                .collect();
+            let bumped: ArrayRef = Arc::new(bumped);
+            columns[index] = cast(&bumped, original.data_type()).unwrap();
+        }
+        let window_start = as_i64(&column(&rows, "__window_start"))
+            .as_primitive::<Int64Type>()
+            .value(target);
+        let corrupted = RecordBatch::try_new(rows.schema(), columns).unwrap();
+        let metadata = HashMap::from([
+            (CUTOFF_KEY.to_string(), json!(cutoff)),
+            ("sluice.operation".to_string(), json!("test-corruption")),
+        ]);
+        table
+            .replace_buckets(
+                vec![corrupted],
+                first,
+                first + job.bucket_micros(),
+                metadata,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            table.cutoff().await.unwrap(),
+            Some(cutoff),
+            "the cutoff is kept"
+        );
+        let rows_after: usize = table
+            .read_all()
+            .await
+            .unwrap()
+            .iter()
+            .map(RecordBatch::num_rows)
+            .sum();
+        assert_eq!(rows_after, all.num_rows(), "the rewrite keeps every row");
+        window_start
+    })
+}
+
+#[test]
+fn verify_passes_on_live_data_and_fails_on_a_corrupted_batch_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("orders");
+    create_topic(&topic, 2);
+    let job = write_job(dir.path(), Kind::RegionPerMinute, &topic);
+    // Two hours of event time; the first goes to the batch layer.
+    let events = orders(3_000, 2, T0_MS, 2_400, 17);
+    produce(&topic, &events);
+    let lake = dir.path().join("lake");
+    let (mut stream, stream_log) = spawn_stream_for(dir.path(), &job, &lake, &[]);
+    wait_stream_caught_up(&job, 2, events.len(), &stream_log);
+    wait_raw_rows(&lake, &job.job, events.len());
+    let report = backfill(&job, &lake, Some("2024-05-01T11:00:00Z"));
+    assert_eq!(
+        report["cutoff_us"].as_i64(),
+        Some(parse_time("2024-05-01T11:00:00Z").unwrap())
+    );
+
+    let brokers = bootstrap();
+    let verify = |settle: &str| {
+        sluice(&[
+            "verify",
+            "--job",
+            path_str(&job.path),
+            "--brokers",
+            brokers.as_str(),
+            "--lake",
+            path_str(&lake),
+            "--settle",
+            settle,
+        ])
+    };
+    let text = |o: &std::process::Output| {
+        format!(
+            "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let ok = verify("30s");
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "verify on live data: {}",
+        text(&ok)
+    );
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(stdout.contains("OK"), "{stdout}");
+
+    let window_start = corrupt_batch_view(&lake, &job.job, "latam");
+    let bad = verify("2s");
+    assert_eq!(
+        bad.status.code(),
+        Some(1),
+        "verify on a corrupted batch view: {}",
+        text(&bad)
+    );
+    let stdout = String::from_utf8_lossy(&bad.stdout);
+    assert!(
+        stdout.contains("latam") && stdout.to_lowercase().contains("differ"),
+        "verify names the differing row (latam at {}): {stdout}",
+        format_time(window_start)
+    );
+    assert!(!stdout.contains(": OK"), "{stdout}");
+
+    assert!(stream.terminate().success());
+}
+
+#[test]
+fn demo_serves_a_merged_view_and_stops_on_sigint() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo_dir = dir.path().join("demo");
+    let log = PathBuf::from(format!("{}.log", demo_dir.display()));
+    let (mut demo, addr) = spawn_demo(&demo_dir, &["--plain", "--backfill-every", "5s"]);
+    let mut last = String::new();
+    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_until(
+            Duration::from_secs(60),
+            "the demo's merged view to have rows",
+            || match try_get(&addr, "/v1/jobs/orders_demo/view", None) {
+                Ok(r) if r.status == 200 => {
+                    let rows = r.json()["rows"].as_array().map_or(0, Vec::len);
+                    last = format!("{rows} rows");
+                    rows > 0
+                }
+                Ok(r) => {
+                    last = format!("{} {}", r.status, r.body);
+                    false
+                }
+                Err(e) => {
+                    last = e.to_string();
+                    false
+                }
+            },
+        )
+    }));
+    if served.is_err() {
+        panic!("last answer: {last}\ndemo log:\n{}", log_tail(&log, 60));
+    }
+
+    let pid = demo.id().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", pid.as_str()])
+        .status()
+        .expect("running kill");
+    assert!(sent.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = demo.0.try_wait().expect("waiting for the demo") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sluice demo did not stop within 30 s of SIGINT:\n{}",
+            log_tail(&log, 40)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        status.success(),
+        "demo exit {status}:\n{}",
+        log_tail(&log, 40)
+    );
+}
