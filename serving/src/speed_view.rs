@@ -11,7 +11,8 @@ use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -21,6 +22,22 @@ use crate::error::{Result, ServingError};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const LAG_EVERY: Duration = Duration::from_secs(1);
+
+/// Reaching a partition's end is how the follower knows it caught up, not an error; librdkafka
+/// also reports it to the client's error callback, which would log it as one.
+struct FollowerContext;
+
+impl ClientContext for FollowerContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::warn!(error = %error, reason, "speed-view consumer");
+        }
+    }
+}
+
+impl ConsumerContext for FollowerContext {}
+
+type FollowerConsumer = BaseConsumer<FollowerContext>;
 
 /// What the follower has read so far.
 #[derive(Debug, Default)]
@@ -146,11 +163,11 @@ fn client(source: &SpeedSource, group: &str) -> ClientConfig {
 
 /// Reads `<job>.speed` from the beginning until stopped.
 fn follow(source: &SpeedSource, view: &RwLock<SpeedView>, stop: &AtomicBool) -> Result<()> {
-    let consumer: BaseConsumer = client(source, &format!("{}-serving", source.stream_group))
-        .create()
+    let consumer: FollowerConsumer = client(source, &format!("{}-serving", source.stream_group))
+        .create_with_context(FollowerContext)
         .map_err(kafka(source, "creating the speed-view consumer"))?;
-    let lag_reader: BaseConsumer = client(source, &source.stream_group)
-        .create()
+    let lag_reader: FollowerConsumer = client(source, &source.stream_group)
+        .create_with_context(FollowerContext)
         .map_err(kafka(source, "creating the lag reader"))?;
     let partitions = partition_count(&consumer, source, &source.speed_topic, stop)?;
     let mut assignment = TopicPartitionList::new();
@@ -178,7 +195,7 @@ fn follow(source: &SpeedSource, view: &RwLock<SpeedView>, stop: &AtomicBool) -> 
 }
 
 fn poll_once(
-    consumer: &BaseConsumer,
+    consumer: &FollowerConsumer,
     source: &SpeedSource,
     view: &RwLock<SpeedView>,
 ) -> Result<()> {
@@ -212,7 +229,7 @@ fn poll_once(
 }
 
 fn partition_count(
-    consumer: &BaseConsumer,
+    consumer: &FollowerConsumer,
     source: &SpeedSource,
     topic: &str,
     stop: &AtomicBool,
@@ -236,8 +253,8 @@ fn partition_count(
 
 /// Serving's own lag on `<job>.speed`, and the speed daemon's group lag on the source topic.
 fn update_lag(
-    consumer: &BaseConsumer,
-    lag_reader: &BaseConsumer,
+    consumer: &FollowerConsumer,
+    lag_reader: &FollowerConsumer,
     source: &SpeedSource,
     partitions: i32,
     view: &RwLock<SpeedView>,
@@ -272,7 +289,7 @@ fn update_lag(
 }
 
 /// Records of `topic` the group has not committed yet (`None` when it cannot be read).
-fn group_lag(reader: &BaseConsumer, topic: &str) -> Option<i64> {
+fn group_lag(reader: &FollowerConsumer, topic: &str) -> Option<i64> {
     let metadata = reader.fetch_metadata(Some(topic), REQUEST_TIMEOUT).ok()?;
     let partitions = metadata
         .topics()
