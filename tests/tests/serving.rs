@@ -1206,11 +1206,15 @@ fn verify_passes_on_live_data_and_fails_on_a_corrupted_batch_view() {
 }
 
 #[test]
-fn demo_serves_a_merged_view_and_stops_on_sigint() {
+fn demo_serves_a_merged_view_that_verify_proves_and_stops_on_sigint() {
     let dir = tempfile::tempdir().unwrap();
     let demo_dir = dir.path().join("demo");
     let log = PathBuf::from(format!("{}.log", demo_dir.display()));
-    let (mut demo, addr) = spawn_demo(&demo_dir, &["--plain", "--backfill-every", "5s"]);
+    // A finite run, so the layers settle and `sluice verify` can prove the merge on its data.
+    let (mut demo, addr) = spawn_demo(
+        &demo_dir,
+        &["--plain", "--backfill-every", "3s", "--events", "3000", "--rate", "600"],
+    );
     let mut last = String::new();
     let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         wait_until(
@@ -1236,6 +1240,28 @@ fn demo_serves_a_merged_view_and_stops_on_sigint() {
     if served.is_err() {
         panic!("last answer: {last}\ndemo log:\n{}", log_tail(&log, 60));
     }
+
+    let verify_line = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            let l = l.trim_start_matches("[stdout]").trim();
+            l.strip_prefix("sluice verify ").map(str::to_string)
+        })
+        .unwrap_or_else(|| panic!("the demo prints a verify command line:\n{}", log_tail(&log, 40)));
+    let mut args: Vec<&str> = vec!["verify"];
+    args.extend(verify_line.split_whitespace());
+    args.extend(["--settle", "90s"]);
+    let verified = sluice(&args);
+    let stdout = String::from_utf8_lossy(&verified.stdout);
+    assert!(
+        verified.status.success() && stdout.contains(": OK"),
+        "sluice {} on the demo's data: {}\nstdout: {stdout}\nstderr: {}\ndemo log:\n{}",
+        args.join(" "),
+        verified.status,
+        String::from_utf8_lossy(&verified.stderr),
+        log_tail(&log, 20)
+    );
 
     let pid = demo.id().to_string();
     let sent = std::process::Command::new("kill")
