@@ -318,11 +318,12 @@ bucket = "1h"
     }
 
     fn sorted_lines(batch: &RecordBatch) -> Vec<String> {
-        let mut lines: Vec<String> = String::from_utf8(to_json_lines(&[batch.clone()]).unwrap())
-            .unwrap()
-            .lines()
-            .map(str::to_string)
-            .collect();
+        let mut lines: Vec<String> =
+            String::from_utf8(to_json_lines(std::slice::from_ref(batch)).unwrap())
+                .unwrap()
+                .lines()
+                .map(str::to_string)
+                .collect();
         lines.sort();
         lines
     }

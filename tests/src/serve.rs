@@ -164,12 +164,11 @@ pub fn strip_ansi(text: &str) -> String {
 pub fn wait_healthy(addr: &str, limit: Duration) -> Value {
     let deadline = Instant::now() + limit;
     loop {
-        let last;
-        match http::try_get(addr, "/health", None) {
+        let last = match http::try_get(addr, "/health", None) {
             Ok(r) if r.status == 200 => return r.json(),
-            Ok(r) => last = format!("{} {}", r.status, r.body),
-            Err(e) => last = e.to_string(),
-        }
+            Ok(r) => format!("{} {}", r.status, r.body),
+            Err(e) => e.to_string(),
+        };
         assert!(
             Instant::now() < deadline,
             "/health not 200 within {limit:?}; last answer: {last}"

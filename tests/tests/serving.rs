@@ -1213,7 +1213,15 @@ fn demo_serves_a_merged_view_that_verify_proves_and_stops_on_sigint() {
     // A finite run, so the layers settle and `sluice verify` can prove the merge on its data.
     let (mut demo, addr) = spawn_demo(
         &demo_dir,
-        &["--plain", "--backfill-every", "3s", "--events", "3000", "--rate", "600"],
+        &[
+            "--plain",
+            "--backfill-every",
+            "3s",
+            "--events",
+            "3000",
+            "--rate",
+            "600",
+        ],
     );
     let mut last = String::new();
     let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -1248,7 +1256,12 @@ fn demo_serves_a_merged_view_that_verify_proves_and_stops_on_sigint() {
             let l = l.trim_start_matches("[stdout]").trim();
             l.strip_prefix("sluice verify ").map(str::to_string)
         })
-        .unwrap_or_else(|| panic!("the demo prints a verify command line:\n{}", log_tail(&log, 40)));
+        .unwrap_or_else(|| {
+            panic!(
+                "the demo prints a verify command line:\n{}",
+                log_tail(&log, 40)
+            )
+        });
     let mut args: Vec<&str> = vec!["verify"];
     args.extend(verify_line.split_whitespace());
     args.extend(["--settle", "90s"]);
