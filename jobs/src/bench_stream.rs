@@ -15,7 +15,6 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -80,19 +79,10 @@ fn producer(brokers: &str) -> anyhow::Result<BaseProducer> {
 }
 
 fn send(producer: &BaseProducer, topic: &str, partition: i32, value: &[u8]) -> anyhow::Result<()> {
-    let mut record = BaseRecord::<[u8], [u8]>::to(topic)
+    let record = BaseRecord::<[u8], [u8]>::to(topic)
         .partition(partition)
         .payload(value);
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(_), back)) => {
-                record = back;
-                producer.poll(Duration::from_millis(1));
-            }
-            Err((e, _)) => return Err(e.into()),
-        }
-    }
+    Ok(sluice_stream::send_waiting(producer, record)?)
 }
 
 fn start_daemon(

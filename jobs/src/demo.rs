@@ -42,7 +42,7 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
 use serde_json::{Value, json};
@@ -663,9 +663,7 @@ fn generate(
         let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
         while seq < due && within(seq) {
             let event = next_event(seq, &mut rng);
-            if !send(producer, topic, &event, stop)? {
-                return Ok(());
-            }
+            send(producer, topic, &event)?;
             counters.count(event.kind);
             seq += 1;
         }
@@ -674,31 +672,12 @@ fn generate(
     Ok(())
 }
 
-/// Sends one event, waiting while the producer's queue is full. `Ok(false)`: stopped meanwhile.
-fn send(
-    producer: &BaseProducer,
-    topic: &str,
-    event: &Event,
-    stop: &AtomicBool,
-) -> anyhow::Result<bool> {
-    let mut record = BaseRecord::<str, [u8]>::to(topic)
+/// Sends one event, waiting while the producer's queue is full.
+fn send(producer: &BaseProducer, topic: &str, event: &Event) -> anyhow::Result<()> {
+    let record = BaseRecord::<str, [u8]>::to(topic)
         .key(event.key.as_str())
         .payload(event.value.as_slice());
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(true),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                if stop.load(Ordering::SeqCst) {
-                    return Ok(false);
-                }
-                record = back;
-                producer.poll(Duration::from_millis(10));
-            }
-            Err((e, _)) => {
-                return Err(anyhow::Error::new(e).context(format!("producing to `{topic}`")));
-            }
-        }
-    }
+    sluice_stream::send_waiting(producer, record).with_context(|| format!("producing to `{topic}`"))
 }
 
 /// One order as JSON. Amounts are multiples of 0.25, exact in binary floating point, so sums

@@ -26,7 +26,7 @@ use crate::config::{Guarantee, StreamConfig};
 use crate::error::{Result, kafka};
 use crate::kafka::{
     Change, GroupContext, REQUEST_TIMEOUT, consumer_config, ensure_topics, partition_count,
-    read_changelog,
+    read_changelog, send_waiting,
 };
 use crate::metrics::StreamMetrics;
 use crate::processor::{Diverted, Output, Processor, SourceRecord};
@@ -365,20 +365,20 @@ impl StreamDaemon {
             if let Some(value) = &record.value {
                 base = base.payload(value);
             }
-            send(producer, base)?;
+            send_waiting(producer, base)?;
         }
         for (key, value) in &output.results {
             let mut base = BaseRecord::<[u8], [u8]>::to(&self.topics.results).payload(value);
             if let Some(key) = key {
                 base = base.key(key);
             }
-            send(producer, base)?;
+            send_waiting(producer, base)?;
         }
         for diverted in &output.dlq {
-            send(producer, self.diverted_record(&self.topics.dlq, diverted))?;
+            send_waiting(producer, self.diverted_record(&self.topics.dlq, diverted))?;
         }
         for diverted in &output.late {
-            send(producer, self.diverted_record(&self.topics.late, diverted))?;
+            send_waiting(producer, self.diverted_record(&self.topics.late, diverted))?;
         }
         Ok(())
     }
@@ -578,23 +578,6 @@ impl StreamDaemon {
                 .watermark_lag
                 .with_label_values(&[job])
                 .set((now - watermark) as f64 / 1e6);
-        }
-    }
-}
-
-/// Produces one record, serving delivery reports while the local queue is full.
-fn send(
-    producer: &BaseProducer<DeliveryContext>,
-    mut record: BaseRecord<'_, [u8], [u8]>,
-) -> std::result::Result<(), KafkaError> {
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                record = back;
-                producer.poll(Duration::from_millis(10));
-            }
-            Err((e, _)) => return Err(e),
         }
     }
 }

@@ -21,6 +21,7 @@ mod watermark;
 pub use config::{Guarantee, StreamConfig, default_transactional_id};
 pub use daemon::{RunSummary, StreamDaemon};
 pub use error::{Result, StreamError};
+pub use kafka::send_waiting;
 pub use metrics::{StreamMetrics, serve_metrics};
 pub use processor::{Diverted, Output, SourceRecord, SpeedRecord};
 pub use sink::{LakeSink, LakeSinkConfig, SinkSummary, lake_app_id};

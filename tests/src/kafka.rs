@@ -89,16 +89,7 @@ pub fn produce(topic: &str, records: &[Outgoing]) {
         if let Some(key) = key {
             record = record.key(key);
         }
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(_), back)) => {
-                    record = back;
-                    producer.poll(Duration::from_millis(5));
-                }
-                Err((e, _)) => panic!("produce: {e}"),
-            }
-        }
+        sluice_stream::send_waiting(&producer, record).unwrap_or_else(|e| panic!("produce: {e}"));
     }
     producer.flush(Duration::from_secs(60)).expect("flush");
 }
