@@ -175,19 +175,19 @@ impl StreamDaemon {
 
     fn producer(&self) -> Result<BaseProducer<DeliveryContext>> {
         let job = self.name();
-        let mut client = crate::kafka::client(&self.config);
-        client
-            .set("linger.ms", "5")
-            .set("enable.idempotence", "true")
-            .set("compression.type", "lz4")
-            .set("queue.buffering.max.messages", "1000000")
-            .set("message.max.bytes", MAX_PRODUCED_BYTES.to_string());
-        if self.config.guarantee == Guarantee::ExactlyOnce {
+        let client = crate::kafka::client_config(&self.config, |client| {
             client
-                .set("transactional.id", &self.config.transactional_id)
-                .set("transaction.timeout.ms", "30000");
-        }
-        crate::kafka::apply_overrides(&mut client, &self.config);
+                .set("linger.ms", "5")
+                .set("enable.idempotence", "true")
+                .set("compression.type", "lz4")
+                .set("queue.buffering.max.messages", "1000000")
+                .set("message.max.bytes", MAX_PRODUCED_BYTES.to_string());
+            if self.config.guarantee == Guarantee::ExactlyOnce {
+                client
+                    .set("transactional.id", &self.config.transactional_id)
+                    .set("transaction.timeout.ms", "30000");
+            }
+        });
         let producer: BaseProducer<DeliveryContext> = client
             .create_with_context(DeliveryContext::default())
             .map_err(kafka(job, "creating the producer"))?;

@@ -24,16 +24,19 @@ use crate::processor::ChangelogRecord;
 /// How long a metadata or admin request may take before the daemon gives up.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub(crate) fn client(config: &StreamConfig) -> ClientConfig {
+/// A client configuration: the brokers, then `settings`, then the user's `-X` overrides (last,
+/// so they win).
+pub(crate) fn client_config(
+    config: &StreamConfig,
+    settings: impl FnOnce(&mut ClientConfig),
+) -> ClientConfig {
     let mut client = ClientConfig::new();
     client.set("bootstrap.servers", &config.brokers);
-    client
-}
-
-pub(crate) fn apply_overrides(client: &mut ClientConfig, config: &StreamConfig) {
+    settings(&mut client);
     for (key, value) in &config.client_overrides {
         client.set(key, value);
     }
+    client
 }
 
 /// Partition changes the rebalance callbacks report to the loop.
@@ -114,33 +117,32 @@ impl ConsumerContext for GroupContext {
 /// A consumer that reads committed records only and commits offsets by hand. `instance`
 /// distinguishes the daemon's and the sink's static memberships.
 pub(crate) fn consumer_config(config: &StreamConfig, group: &str, instance: &str) -> ClientConfig {
-    let mut client = client(config);
-    if config.static_membership {
-        client.set(
-            "group.instance.id",
-            format!("{}{instance}", config.transactional_id),
-        );
-    }
-    client
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000")
-        // A rebalance waits this long for members that stopped polling (a killed daemon), so
-        // it bounds how long a takeover can take; the loop polls every micro-batch.
-        .set("max.poll.interval.ms", "60000")
-        // Bounds the prefetched records held per partition (the memory bound's main term).
-        .set("queued.max.messages.kbytes", "16384")
-        // A record over the decoder's limit must still arrive (to be dead-lettered): some
-        // brokers do not hand out a record larger than this limit.
-        .set("max.partition.fetch.bytes", "8388608")
-        .set("statistics.interval.ms", "1000");
-    apply_overrides(&mut client, config);
-    client
+    client_config(config, |client| {
+        if config.static_membership {
+            client.set(
+                "group.instance.id",
+                format!("{}{instance}", config.transactional_id),
+            );
+        }
+        client
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            // A rebalance waits this long for members that stopped polling (a killed daemon), so
+            // it bounds how long a takeover can take; the loop polls every micro-batch.
+            .set("max.poll.interval.ms", "60000")
+            // Bounds the prefetched records held per partition (the memory bound's main term).
+            .set("queued.max.messages.kbytes", "16384")
+            // A record over the decoder's limit must still arrive (to be dead-lettered): some
+            // brokers do not hand out a record larger than this limit.
+            .set("max.partition.fetch.bytes", "8388608")
+            .set("statistics.interval.ms", "1000");
+    })
 }
 
 /// The number of partitions of `topic`.
@@ -176,9 +178,7 @@ pub(crate) fn ensure_topics(
     topics: &Topics,
     partitions: usize,
 ) -> Result<()> {
-    let mut settings = client(config);
-    apply_overrides(&mut settings, config);
-    let admin: AdminClient<DefaultClientContext> = settings
+    let admin: AdminClient<DefaultClientContext> = client_config(config, |_| {})
         .create()
         .map_err(kafka(job, "creating an admin client"))?;
     let partitions = partitions as i32;
@@ -223,9 +223,7 @@ pub(crate) fn ensure_topics(
 
 /// The names of the topics the cluster has.
 fn existing_topics(job: &str, config: &StreamConfig) -> Result<Vec<String>> {
-    let mut settings = client(config);
-    apply_overrides(&mut settings, config);
-    let consumer: BaseConsumer = settings
+    let consumer: BaseConsumer = client_config(config, |_| {})
         .create()
         .map_err(kafka(job, "creating a metadata client"))?;
     let metadata = consumer
@@ -247,9 +245,7 @@ fn check_speed_partitions(
     topic: &str,
     needed: i32,
 ) -> Result<()> {
-    let mut settings = client(config);
-    apply_overrides(&mut settings, config);
-    let consumer: BaseConsumer = settings
+    let consumer: BaseConsumer = client_config(config, |_| {})
         .create()
         .map_err(kafka(job, "creating a metadata client"))?;
     let found = partition_count(job, &consumer, topic)? as i32;
@@ -279,16 +275,15 @@ pub(crate) fn read_changelog(
         partition,
         message,
     };
-    let mut client = client(config);
-    client
-        .set("group.id", format!("{}-restore", config.group_id))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true");
-    apply_overrides(&mut client, config);
-    let consumer: BaseConsumer = client
-        .create()
-        .map_err(kafka(job, "creating a restore consumer"))?;
+    let consumer: BaseConsumer = client_config(config, |client| {
+        client
+            .set("group.id", format!("{}-restore", config.group_id))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true");
+    })
+    .create()
+    .map_err(kafka(job, "creating a restore consumer"))?;
     let (low, high) = consumer
         .fetch_watermarks(topic, partition, REQUEST_TIMEOUT)
         .map_err(kafka(
