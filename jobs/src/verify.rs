@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use sluice_core::rows::to_json_lines;
 use sluice_core::time::format_time;
 use sluice_core::{Job, Lake, Pipeline};
-use sluice_serving::{ORIGIN_COLUMN, ServedJob};
+use sluice_serving::{MergedViewReader, ORIGIN_COLUMN, ServedJob};
 
 use crate::stream_cmd::{parse_duration_arg, parse_property};
 use crate::transforms;
@@ -83,11 +83,26 @@ async fn verify(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
         &job,
         transforms::registry().for_job(&job)?,
     )?);
+    let served = ServedJob::new(job.clone(), pipeline.clone());
+    let reader = MergedViewReader::start(served, &args.brokers, &lake, &args.property)?;
+    let verdict = compare_until_settled(&job, &lake, &pipeline, &reader, args).await;
+    reader.stop().await;
+    verdict
+}
+
+/// Compares until the layers agree or `--settle` has passed, then reports.
+async fn compare_until_settled(
+    job: &Job,
+    lake: &Lake,
+    pipeline: &Arc<Pipeline>,
+    reader: &MergedViewReader,
+    args: &VerifyArgs,
+) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     loop {
-        let (diff, merged) = compare_once(&job, &lake, &pipeline, args).await?;
+        let (diff, merged) = compare_once(job, lake, pipeline, reader).await?;
         if diff.is_empty() || started.elapsed() >= args.settle {
-            report(&job, &diff, &merged, args.output);
+            report(job, &diff, &merged, args.output);
             return Ok(if diff.is_empty() {
                 ExitCode::SUCCESS
             } else {
@@ -108,7 +123,7 @@ async fn compare_once(
     job: &Job,
     lake: &Lake,
     pipeline: &Arc<Pipeline>,
-    args: &VerifyArgs,
+    reader: &MergedViewReader,
 ) -> anyhow::Result<(Diff, sluice_serving::MergedView)> {
     let stage = pipeline.plan().aggregate().ok_or_else(|| {
         anyhow::anyhow!(
@@ -116,15 +131,7 @@ async fn compare_once(
             job.name()
         )
     })?;
-    let served = ServedJob::new(job.clone(), pipeline.clone());
-    let merged = sluice_serving::merge_once(
-        served,
-        &args.brokers,
-        lake,
-        &args.property,
-        Duration::from_secs(120),
-    )
-    .await?;
+    let merged = reader.read(Duration::from_secs(120)).await?;
     let partials = sluice_batch::recompute_partials(job, lake, pipeline).await?;
     let recomputed = stage.finalize(&[partials])?;
     let diff = diff_rows(&recomputed, &merged.rows, stage.result_key_columns())?;

@@ -163,11 +163,6 @@ async fn health(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    for job in state.jobs.iter() {
-        state
-            .metrics
-            .observe_speed_lag(job.name(), job.status().speed_lag_records);
-    }
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

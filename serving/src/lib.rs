@@ -27,4 +27,4 @@ pub use service::{BatchRun, JobStatus, PartialRows, ServedJob};
 pub use snapshot::{ORIGIN_COLUMN, Origin, OriginCounts};
 pub use sql::{MAX_SQL_ROWS, SqlAnswer};
 
-pub use service::{MergedView, merge_once};
+pub use service::{MergedView, MergedViewReader};

@@ -84,7 +84,7 @@ pub(crate) struct JobService {
     pub codec: SpeedCodec,
     pub topics: Topics,
     pub view_table: TableLocation,
-    speed: RwLock<SpeedFollower>,
+    speed: SpeedFollower,
     batch: RwLock<Option<Arc<BatchView>>>,
     batch_read_once: std::sync::atomic::AtomicBool,
     snapshot: RwLock<Arc<Snapshot>>,
@@ -113,13 +113,13 @@ impl JobService {
             source_topic: topics.source.clone(),
             stream_group: served.stream_group.clone(),
             overrides: overrides.to_vec(),
-        });
+        })?;
         Ok(JobService {
             codec: SpeedCodec::new(stage),
             view_table: TableLocation::new(lake.view_table(job)),
             snapshot: RwLock::new(Arc::new(Snapshot::empty(stage))),
             topics,
-            speed: RwLock::new(speed),
+            speed,
             batch: RwLock::new(None),
             batch_read_once: std::sync::atomic::AtomicBool::new(false),
             served,
@@ -156,13 +156,7 @@ impl JobService {
     }
 
     pub fn ready(&self) -> bool {
-        let speed_ready = self
-            .speed
-            .read()
-            .ok()
-            .and_then(|f| f.view.read().ok().map(|v| v.caught_up))
-            .unwrap_or(false);
-        speed_ready
+        self.speed_caught_up()
             && self
                 .batch_read_once
                 .load(std::sync::atomic::Ordering::SeqCst)
@@ -198,30 +192,25 @@ impl JobService {
     pub fn refresh(&self, metrics: &ServingMetrics) -> Result<bool> {
         let current = self.snapshot();
         let batch = self.batch.read().ok().and_then(|b| b.clone());
-        let follower = self
-            .speed
-            .read()
-            .map_err(|_| ServingError::Internal("speed follower lock poisoned".to_string()))?;
-        let speed = follower
-            .view
-            .read()
-            .map_err(|_| ServingError::Internal("speed view lock poisoned".to_string()))?;
         let batch_version = batch.as_ref().map(|b| b.version);
-        if speed.version == current.speed_version
-            && batch_version == current.batch_version
-            && speed.watermark_us() == current.watermark_us
-        {
-            return Ok(false);
-        }
-        let snapshot = Snapshot::build(&Inputs {
-            stage: self.stage()?,
-            codec: &self.codec,
-            key_columns: &self.served.job.spec.view.key,
-            batch: batch.as_deref(),
-            speed: &speed,
+        let stage = self.stage()?;
+        let built = self.speed.read(|speed| {
+            let unchanged = speed.version == current.speed_version
+                && batch_version == current.batch_version
+                && speed.watermark_us() == current.watermark_us;
+            (!unchanged).then(|| {
+                Snapshot::build(&Inputs {
+                    stage,
+                    codec: &self.codec,
+                    key_columns: &self.served.job.spec.view.key,
+                    batch: batch.as_deref(),
+                    speed,
+                })
+            })
         })?;
-        drop(speed);
-        drop(follower);
+        let Some(snapshot) = built.transpose()? else {
+            return Ok(false);
+        };
         metrics.observe_snapshot(self.name(), &snapshot);
         if let Ok(mut slot) = self.snapshot.write() {
             *slot = Arc::new(snapshot);
@@ -231,12 +220,7 @@ impl JobService {
 
     pub fn status(&self) -> JobStatus {
         let snapshot = self.snapshot();
-        let (speed_lag, source_lag) = self
-            .speed
-            .read()
-            .ok()
-            .and_then(|f| f.view.read().ok().map(|v| (v.speed_lag, v.source_lag)))
-            .unwrap_or((0, None));
+        let (speed_lag, source_lag) = self.lags();
         let batch = self.batch.read().ok().and_then(|b| b.clone());
         JobStatus {
             job: self.name().to_string(),
@@ -262,10 +246,19 @@ impl JobService {
         }
     }
 
+    /// Serving's lag on `<job>.speed` and the speed daemon's lag on the source topic.
+    pub fn lags(&self) -> (i64, Option<i64>) {
+        self.speed
+            .read(|v| (v.speed_lag, v.source_lag))
+            .unwrap_or((0, None))
+    }
+
+    fn speed_caught_up(&self) -> bool {
+        self.speed.read(|v| v.caught_up).unwrap_or(false)
+    }
+
     pub fn stop(&self) {
-        if let Ok(mut follower) = self.speed.write() {
-            follower.stop();
-        }
+        self.speed.stop();
     }
 }
 
@@ -315,6 +308,7 @@ pub(crate) async fn run_followers(
             Err(e) => tracing::error!(job = service.name(), error = %e, "the merge task failed"),
             Ok(Ok(_)) => {}
         }
+        metrics.observe_speed_lag(service.name(), service.lags().0);
         tokio::select! {
             _ = tokio::time::sleep(refresh) => {}
             _ = stop.changed() => return,
@@ -331,31 +325,45 @@ pub struct MergedView {
     pub counts: OriginCounts,
 }
 
-/// Reads `<job>.speed` to its end and the view table once, and merges them.
-pub async fn merge_once(
-    served: ServedJob,
-    brokers: &str,
-    lake: &Lake,
-    overrides: &[(String, String)],
-    timeout: Duration,
-) -> Result<MergedView> {
-    let service = Arc::new(JobService::new(served, brokers, lake, overrides)?);
-    let started = tokio::time::Instant::now();
-    while !service.speed_caught_up() {
-        if started.elapsed() > timeout {
-            service.stop_in_background().await;
-            return Err(ServingError::Kafka {
-                job: service.name().to_string(),
-                during: format!("reading `{}` to its end", service.topics.speed),
-                message: format!("not at the end after {timeout:?}"),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+/// Merges one job's layers outside a server, as often as asked (what `sluice verify` compares
+/// with a recompute). It follows `<job>.speed` from [`MergedViewReader::start`] until
+/// [`MergedViewReader::stop`], so repeated reads do not read the topic again.
+pub struct MergedViewReader {
+    service: Arc<JobService>,
+    metrics: ServingMetrics,
+}
+
+impl MergedViewReader {
+    pub fn start(
+        served: ServedJob,
+        brokers: &str,
+        lake: &Lake,
+        overrides: &[(String, String)],
+    ) -> Result<MergedViewReader> {
+        Ok(MergedViewReader {
+            service: Arc::new(JobService::new(served, brokers, lake, overrides)?),
+            metrics: ServingMetrics::new(),
+        })
     }
-    let result = async {
+
+    /// Waits (up to `timeout`) until the speed view has reached the end of `<job>.speed`,
+    /// reloads the view table if it has a new version, and merges.
+    pub async fn read(&self, timeout: Duration) -> Result<MergedView> {
+        let service = &self.service;
+        let started = tokio::time::Instant::now();
+        while !service.speed_caught_up() {
+            if started.elapsed() > timeout {
+                return Err(ServingError::Kafka {
+                    job: service.name().to_string(),
+                    during: format!("reading `{}` to its end", service.topics.speed),
+                    message: format!("not at the end after {timeout:?}"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         service.poll_batch().await?;
-        let worker = service.clone();
-        tokio::task::spawn_blocking(move || worker.refresh(&ServingMetrics::new()))
+        let (worker, metrics) = (service.clone(), self.metrics.clone());
+        tokio::task::spawn_blocking(move || worker.refresh(&metrics))
             .await
             .map_err(|e| ServingError::Internal(e.to_string()))??;
         let snapshot = service.snapshot();
@@ -366,22 +374,10 @@ pub async fn merge_once(
             counts: snapshot.counts,
         })
     }
-    .await;
-    service.stop_in_background().await;
-    result
-}
 
-impl JobService {
-    fn speed_caught_up(&self) -> bool {
-        self.speed
-            .read()
-            .ok()
-            .and_then(|f| f.view.read().ok().map(|v| v.caught_up))
-            .unwrap_or(false)
-    }
-
-    async fn stop_in_background(self: &Arc<Self>) {
-        let service = self.clone();
+    /// Stops following `<job>.speed`.
+    pub async fn stop(self) {
+        let service = self.service;
         let _ = tokio::task::spawn_blocking(move || service.stop()).await;
     }
 }

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -100,24 +100,41 @@ pub(crate) struct SpeedSource {
 pub(crate) struct SpeedFollower {
     pub view: Arc<RwLock<SpeedView>>,
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl SpeedFollower {
-    pub fn start(source: SpeedSource) -> SpeedFollower {
+    pub fn start(source: SpeedSource) -> Result<SpeedFollower> {
         let view = Arc::new(RwLock::new(SpeedView::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let (shared, flag) = (view.clone(), stop.clone());
+        let job = source.job.clone();
         let thread = std::thread::Builder::new()
-            .name(format!("speed-{}", source.job))
+            .name(format!("speed-{job}"))
             .spawn(move || follow_until_stopped(&source, &shared, &flag))
-            .ok();
-        SpeedFollower { view, stop, thread }
+            .map_err(|e| {
+                ServingError::Internal(format!("job `{job}`: starting the speed-view thread: {e}"))
+            })?;
+        Ok(SpeedFollower {
+            view,
+            stop,
+            thread: Mutex::new(Some(thread)),
+        })
     }
 
-    pub fn stop(&mut self) {
+    /// Reads the view (`Err` only if a panic poisoned its lock).
+    pub fn read<T>(&self, read: impl FnOnce(&SpeedView) -> T) -> Result<T> {
+        let view = self
+            .view
+            .read()
+            .map_err(|_| ServingError::Internal("speed view lock poisoned".to_string()))?;
+        Ok(read(&view))
+    }
+
+    pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(thread) = thread {
             let _ = thread.join();
         }
     }
