@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use sluice_core::lake::{CommitSummary, TableLocation};
+use sluice_core::lake::{CUTOFF_KEY, CommitSummary, TableLocation};
 use sluice_core::{AggregateStage, JobPlan};
 
 use crate::error::Result;
@@ -38,7 +38,11 @@ pub(crate) async fn load_if_changed(
     if Some(last_run.version) == known {
         return Ok(None);
     }
-    let cutoff_us = table.cutoff().await?;
+    // A backfill's commit carries the cutoff; other commits keep the one before.
+    let cutoff_us = match last_run.info.get(CUTOFF_KEY) {
+        Some(cutoff) => cutoff.as_i64(),
+        None => table.cutoff().await?,
+    };
     let partials = match cutoff_us {
         Some(cutoff) => table
             .read_view_partials(plan)
