@@ -8,6 +8,7 @@ pub mod bench_serve;
 pub mod bench_stream;
 pub mod demo;
 pub mod serve_cmd;
+pub mod signals;
 pub mod stream_cmd;
 pub mod transforms;
 pub mod verify;

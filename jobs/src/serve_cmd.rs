@@ -10,6 +10,7 @@ use clap::Args;
 use sluice_core::{Job, Lake, Pipeline};
 use sluice_serving::{ServeConfig, ServedJob, Server};
 
+use crate::signals::StopSignals;
 use crate::stream_cmd::{parse_duration_arg, parse_property};
 use crate::transforms;
 
@@ -74,28 +75,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.refresh = args.refresh.max(Duration::from_millis(10));
     config.batch_poll = args.batch_poll.max(Duration::from_millis(100));
     config.client_overrides = args.property.clone();
+    let mut signals = StopSignals::new()?;
     let server = Server::start(config).await?;
     println!("listening on http://{}", server.local_addr());
     use std::io::Write;
     std::io::stdout().flush()?;
-    wait_for_signal().await;
+    signals.recv().await;
     tracing::info!("stopping the serving layer");
     server.shutdown().await;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Returns on SIGINT or SIGTERM.
-pub async fn wait_for_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

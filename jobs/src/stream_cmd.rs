@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -14,6 +14,7 @@ use sluice_stream::{
     Guarantee, LakeSink, LakeSinkConfig, StreamConfig, StreamDaemon, StreamMetrics, serve_metrics,
 };
 
+use crate::signals::StopSignals;
 use crate::transforms;
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
@@ -123,29 +124,6 @@ impl StreamArgs {
     }
 }
 
-/// Sets the returned flag on SIGINT or SIGTERM.
-fn stop_on_signal() -> Arc<AtomicBool> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        tracing::info!("stopping: finishing the current micro-batch");
-        flag.store(true, Ordering::SeqCst);
-    });
-    stop
-}
-
 fn start_metrics(addr: Option<SocketAddr>, metrics: &StreamMetrics) {
     if let Some(addr) = addr {
         let metrics = metrics.clone();
@@ -164,7 +142,7 @@ pub async fn stream(args: StreamArgs) -> anyhow::Result<ExitCode> {
     let config = args.config(&job);
     let metrics = StreamMetrics::new();
     start_metrics(args.metrics_addr, &metrics);
-    let stop = stop_on_signal();
+    let stop = StopSignals::new()?.into_flag();
     let sink = (!args.no_lake_sink).then(|| {
         let lake = Lake::resolve(args.lake.as_deref());
         let sink = LakeSink::new(
@@ -202,7 +180,7 @@ pub async fn ingest(args: StreamArgs) -> anyhow::Result<ExitCode> {
     let config = args.config(&job);
     let metrics = StreamMetrics::new();
     start_metrics(args.metrics_addr, &metrics);
-    let stop = stop_on_signal();
+    let stop = StopSignals::new()?.into_flag();
     let lake = Lake::resolve(args.lake.as_deref());
     let sink = LakeSink::new(job, &lake, config, args.sink_config(), metrics);
     let runtime = tokio::runtime::Handle::current();
