@@ -54,8 +54,8 @@ use sluice_stream::{
     Guarantee, LakeSink, LakeSinkConfig, RunSummary, SinkSummary, StreamConfig, StreamDaemon,
     StreamMetrics,
 };
-use tokio::signal::unix::{Signal, SignalKind, signal};
 
+use crate::signals::StopSignals;
 use crate::stream_cmd::parse_duration_arg;
 use crate::transforms;
 
@@ -84,15 +84,6 @@ const STATUSES: [&str; 10] = [
     "pending",
     "pending",
     "cancelled",
-];
-/// The `error_type` labels of the speed layer's DLQ counter.
-const DLQ_ERROR_TYPES: [&str; 6] = [
-    "not_utf8",
-    "malformed_json",
-    "schema_violation",
-    "missing_field",
-    "oversized",
-    "transform_error",
 ];
 /// Merged rows shown on the live screen.
 const SHOWN_ROWS: usize = 6;
@@ -146,19 +137,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .context("the demo directory's path is not UTF-8")?;
     let lake = Lake::resolve(Some(lake_root));
     let topics = Topics::for_job(&job);
-    let (kafka, partitions) = match &brokers {
+    let kafka = match &brokers {
         Some(brokers) => start_external(brokers, &topics, args.partitions).await?,
-        None => (
-            start_in_process(&topics, args.partitions).await?,
-            args.partitions,
-        ),
+        None => start_in_process(&topics, args.partitions).await?,
     };
     let config = stream_config(&job, &kafka, &dir);
     let server = start_server(&job, &pipeline, &config, &lake, args.bind).await?;
     let info = Info {
         job: job.name().to_string(),
-        source_topic: topics.source.clone(),
-        partitions,
         url: format!("http://{}", server.local_addr()),
         bootstrap: kafka.bootstrap().to_string(),
         kafka: kafka.label(),
@@ -168,7 +154,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     };
     // Before the parts start (a failure after would leave the speed layer's blocking task
     // running) and before the URL is printed (a SIGINT after it must stop the demo cleanly).
-    let mut signals = Signals::new()?;
+    let mut signals = StopSignals::new()?;
     let running = start_running(&job, pipeline, &lake, config, &args)?;
     say(&header(&info).join("\n"));
     let plain = args.plain || !std::io::stdout().is_terminal();
@@ -324,12 +310,8 @@ fn mock_cluster(
 }
 
 /// Creates the source topic on an existing Kafka (the speed layer creates its own topics) and
-/// returns its partition count.
-async fn start_external(
-    brokers: &str,
-    topics: &Topics,
-    partitions: i32,
-) -> anyhow::Result<(Kafka, i32)> {
+/// waits until its metadata shows it.
+async fn start_external(brokers: &str, topics: &Topics, partitions: i32) -> anyhow::Result<Kafka> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
@@ -351,15 +333,14 @@ async fn start_external(
             Err((name, code)) => bail!("creating topic `{name}` on {brokers}: {code}"),
         }
     }
-    let count = partition_count(brokers, &topics.source)?;
-    let kafka = Kafka::External {
+    wait_for_partitions(brokers, &topics.source)?;
+    Ok(Kafka::External {
         bootstrap: brokers.to_string(),
-    };
-    Ok((kafka, count))
+    })
 }
 
-/// The partition count of `topic`, waiting a little for a new topic's metadata.
-fn partition_count(brokers: &str, topic: &str) -> anyhow::Result<i32> {
+/// Waits a little for a new topic's metadata to show its partitions.
+fn wait_for_partitions(brokers: &str, topic: &str) -> anyhow::Result<()> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
@@ -375,7 +356,7 @@ fn partition_count(brokers: &str, topic: &str) -> anyhow::Result<i32> {
             .find(|t| t.name() == topic)
             .map_or(0, |t| t.partitions().len());
         if count > 0 {
-            return i32::try_from(count).context("partition count");
+            return Ok(());
         }
         if Instant::now() > deadline {
             bail!("topic `{topic}` has no partitions on {brokers}");
@@ -733,8 +714,6 @@ fn malformed(seq: u64, key: &str, now: i64) -> Vec<u8> {
 /// What the screen shows that does not change.
 struct Info {
     job: String,
-    source_topic: String,
-    partitions: i32,
     url: String,
     bootstrap: String,
     kafka: &'static str,
@@ -743,30 +722,9 @@ struct Info {
     started: Instant,
 }
 
-struct Signals {
-    interrupt: Signal,
-    terminate: Signal,
-}
-
-impl Signals {
-    fn new() -> anyhow::Result<Signals> {
-        Ok(Signals {
-            interrupt: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
-            terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
-        })
-    }
-
-    async fn recv(&mut self) {
-        tokio::select! {
-            _ = self.interrupt.recv() => {}
-            _ = self.terminate.recv() => {}
-        }
-    }
-}
-
 /// Shows the summary every second until a signal arrives or the speed layer or sink stops.
 async fn watch(
-    signals: &mut Signals,
+    signals: &mut StopSignals,
     server: &Server,
     running: &Running,
     info: &Info,
@@ -798,25 +756,13 @@ struct SpeedCounts {
 }
 
 fn speed_counts(metrics: &StreamMetrics, info: &Info) -> SpeedCounts {
-    let job = info.job.as_str();
-    let mut counts = SpeedCounts {
-        late: metrics.late_records.with_label_values(&[job]).get(),
-        ..SpeedCounts::default()
-    };
-    for partition in 0..info.partitions {
-        let partition = partition.to_string();
-        let labels = [job, info.source_topic.as_str(), partition.as_str()];
-        counts.consumed += metrics.records_in.with_label_values(&labels).get();
-        counts.lake_rows += metrics
-            .lake_rows
-            .with_label_values(&[job, partition.as_str()])
-            .get();
+    let total = |name| metrics.job_total(name, &info.job);
+    SpeedCounts {
+        consumed: total("sluice_records_in_total"),
+        dlq: total("sluice_dlq_records_total"),
+        late: total("sluice_late_records_total"),
+        lake_rows: total("sluice_lake_rows_total"),
     }
-    counts.dlq = DLQ_ERROR_TYPES
-        .into_iter()
-        .map(|kind| metrics.dlq_records.with_label_values(&[job, kind]).get())
-        .sum();
-    counts
 }
 
 /// One second's view of everything.

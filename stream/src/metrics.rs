@@ -135,6 +135,23 @@ impl StreamMetrics {
         }
     }
 
+    /// Counter `name` summed over every label set of `job` (all partitions, all error types).
+    pub fn job_total(&self, name: &str, job: &str) -> u64 {
+        self.registry
+            .gather()
+            .iter()
+            .filter(|family| family.name() == name)
+            .flat_map(|family| family.get_metric())
+            .filter(|metric| {
+                metric
+                    .get_label()
+                    .iter()
+                    .any(|label| label.name() == "job" && label.value() == job)
+            })
+            .map(|metric| metric.get_counter().get_value() as u64)
+            .sum()
+    }
+
     /// The registry in Prometheus' text format.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
