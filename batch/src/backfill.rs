@@ -109,6 +109,17 @@ pub async fn backfill(
     })
 }
 
+fn scan_error<'a>(
+    job: &'a Job,
+    raw: &'a TableLocation,
+) -> impl Fn(datafusion::error::DataFusionError) -> BatchError + 'a {
+    move |source| BatchError::Scan {
+        job: job.name().to_string(),
+        url: raw.location.clone(),
+        source: Box::new(source),
+    }
+}
+
 /// Runs the raw rows with event time in `range` through `fold`.
 async fn fold_raw(
     job: &Job,
@@ -127,11 +138,7 @@ async fn fold_raw(
         .scan(&columns, &job.spec.source.event_time, range.0, range.1)
         .await?;
     while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(|source| BatchError::Scan {
-            job: job.name().to_string(),
-            url: raw.location.clone(),
-            source: Box::new(source),
-        })?;
+        let batch = batch.map_err(scan_error(job, raw))?;
         let batch = RecordBatch::try_new(job.source_schema(), batch.columns().to_vec()).map_err(
             |source| sluice_core::Error::Arrow {
                 during: "reading raw rows with the job's schema",
@@ -206,11 +213,7 @@ async fn earliest_event(job: &Job, raw: &TableLocation) -> Result<i64> {
         .await?;
     let mut earliest: Option<i64> = None;
     while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(|source| BatchError::Scan {
-            job: job.name().to_string(),
-            url: raw.location.clone(),
-            source: Box::new(source),
-        })?;
+        let batch = batch.map_err(scan_error(job, raw))?;
         let times = batch.column(0).as_primitive::<TimestampMicrosecondType>();
         if let Some(min) = arrow::compute::min(times) {
             earliest = Some(earliest.map_or(min, |e| e.min(min)));
