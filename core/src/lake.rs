@@ -100,6 +100,53 @@ pub struct CommitSummary {
     pub info: HashMap<String, serde_json::Value>,
 }
 
+/// A table kept loaded by a long-running writer (the raw-lake sink). [`TableLocation`]'s calls
+/// each open the table, replaying its log from the last checkpoint; this one reads only the
+/// commits made since its last refresh or append, so a commit costs the same however many came
+/// before it, and it knows when no one else has written since its own last commit.
+pub struct WritableTable {
+    location: TableLocation,
+    table: DeltaTable,
+    /// The version of this writer's last commit.
+    own_version: Option<u64>,
+}
+
+impl WritableTable {
+    /// Reads the commits made since the last refresh or append; true when the table is not at
+    /// this writer's own last commit (another writer committed, or this one has not yet).
+    pub async fn refresh(&mut self) -> Result<bool> {
+        match self.table.update_incremental(None).await {
+            Ok(()) | Err(DeltaTableError::NotATable(_)) => {}
+            Err(e) => return Err(self.location.delta()(e)),
+        }
+        Ok(self.own_version.is_none() || self.table.version() != self.own_version)
+    }
+
+    /// The last version written by `app_id`, as of the last refresh or append.
+    pub async fn transaction_version(&self, app_id: &str) -> Result<Option<i64>> {
+        self.location
+            .transaction_version_in(&self.table, app_id)
+            .await
+    }
+
+    /// Appends `batches` in one commit with `metadata` and transaction actions. Delta's commit
+    /// protocol still detects a concurrent writer's conflicting commit.
+    pub async fn append(
+        &mut self,
+        batches: Vec<RecordBatch>,
+        metadata: HashMap<String, serde_json::Value>,
+        transactions: Vec<(String, i64)>,
+    ) -> Result<()> {
+        let table = self.table.clone();
+        self.table = self
+            .location
+            .append_to(table, batches, metadata, transactions)
+            .await?;
+        self.own_version = self.table.version();
+        Ok(())
+    }
+}
+
 /// A Delta table location (local path, `file://` or an object-store URL).
 #[derive(Debug, Clone)]
 pub struct TableLocation {
@@ -150,6 +197,16 @@ impl TableLocation {
         transactions: Vec<(String, i64)>,
     ) -> Result<DeltaTable> {
         let table = self.open().await?;
+        self.append_to(table, batches, metadata, transactions).await
+    }
+
+    async fn append_to(
+        &self,
+        table: DeltaTable,
+        batches: Vec<RecordBatch>,
+        metadata: HashMap<String, serde_json::Value>,
+        transactions: Vec<(String, i64)>,
+    ) -> Result<DeltaTable> {
         let mut properties = CommitProperties::default().with_metadata(metadata);
         for (app_id, version) in transactions {
             properties = properties.with_application_transaction(Transaction::new(app_id, version));
@@ -161,6 +218,15 @@ impl TableLocation {
             .with_commit_properties(properties)
             .await
             .map_err(self.delta())
+    }
+
+    /// The table kept loaded for a long-running writer (see [`WritableTable`]).
+    pub async fn writable(&self) -> Result<WritableTable> {
+        Ok(WritableTable {
+            table: self.open().await?,
+            location: self.clone(),
+            own_version: None,
+        })
     }
 
     /// Replaces every row whose `__bucket` is in `[from, to)` with `batches`, in one commit.
@@ -191,6 +257,14 @@ impl TableLocation {
     /// The last version written by `app_id` (a Delta transaction action), if any.
     pub async fn transaction_version(&self, app_id: &str) -> Result<Option<i64>> {
         let table = self.open().await?;
+        self.transaction_version_in(&table, app_id).await
+    }
+
+    async fn transaction_version_in(
+        &self,
+        table: &DeltaTable,
+        app_id: &str,
+    ) -> Result<Option<i64>> {
         if table.version().is_none() {
             return Ok(None);
         }

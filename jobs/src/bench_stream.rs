@@ -1,8 +1,12 @@
 //! `sluice bench-stream`: the speed layer through a real broker, in this process.
 //!
-//! Throughput: N synthetic orders are produced as fast as possible while a `StreamDaemon` (the
-//! raw-lake sink off) consumes them; events/s is N over the time until the daemon's committed
-//! offsets reach the end of every partition. Producer and daemon share the machine's cores.
+//! Throughput, two ways, each with exactly-once on and off (the raw-lake sink off):
+//! - concurrent: N synthetic orders are produced as fast as possible while a `StreamDaemon`
+//!   consumes them; events/s is N over the time until the daemon's committed offsets reach the
+//!   end of every partition. Producer, daemon and broker share the machine's cores.
+//! - backlog: the N orders are produced first (the producer's own rate is a row too), then the
+//!   daemon drains them; timed from its first commit to its last.
+//!
 //! Latency: orders stamped with the wall clock are produced at a fixed rate; each `<job>.speed`
 //! watermark record says the newest event its transaction holds, so read_committed receipt time
 //! minus that event time is the produce → `<job>.speed` latency of that event.
@@ -30,10 +34,11 @@ pub struct StreamBenchArgs {
     pub partitions: i32,
     pub rate: u64,
     pub seconds: u64,
+    pub batch_size: usize,
 }
 
 pub struct ThroughputRow {
-    pub guarantee: &'static str,
+    pub mode: &'static str,
     pub events: usize,
     pub seconds: f64,
 }
@@ -98,6 +103,7 @@ fn start_daemon(
     let mut config = StreamConfig::new(job.name(), &args.brokers)
         .with_state_dir(job.name(), state.join(job.name()));
     config.guarantee = guarantee;
+    config.batch_max_records = args.batch_size;
     let daemon = StreamDaemon::new(job.clone(), pipeline, config, StreamMetrics::new());
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
@@ -130,49 +136,93 @@ fn committed_total(
         .sum())
 }
 
+/// How the events meet the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feed {
+    /// Produced while the daemon consumes: both compete for the cores.
+    Concurrent,
+    /// Produced before the daemon starts: the daemon alone, draining a backlog (timed from its
+    /// first commit, so group join and restore are not counted).
+    Backlog,
+}
+
+fn produce_all(args: &StreamBenchArgs, topic: &str, events: &[Vec<u8>]) -> anyhow::Result<()> {
+    let producer = producer(&args.brokers)?;
+    for (i, event) in events.iter().enumerate() {
+        send(&producer, topic, i as i32 % args.partitions, event)?;
+    }
+    producer.flush(Duration::from_secs(120))?;
+    Ok(())
+}
+
 pub fn throughput(
     args: &StreamBenchArgs,
     guarantee: Guarantee,
+    feed: Feed,
     state: &std::path::Path,
-) -> anyhow::Result<ThroughputRow> {
-    let label = match guarantee {
-        Guarantee::ExactlyOnce => "exactly-once",
-        Guarantee::AtLeastOnce => "at-least-once",
+) -> anyhow::Result<Vec<ThroughputRow>> {
+    let tag = match guarantee {
+        Guarantee::ExactlyOnce => "eos",
+        Guarantee::AtLeastOnce => "alo",
     };
-    let job = bench_job(if guarantee == Guarantee::ExactlyOnce {
-        "eos"
-    } else {
-        "alo"
-    })?;
+    let job = bench_job(tag)?;
     let topic = job.spec.source.topic.clone();
     create_topic(&args.brokers, &topic, args.partitions)?;
     let events = synthetic_orders(args.events, 7);
-    let (stop, handle) = start_daemon(args, &job, guarantee, state)?;
-    let started = Instant::now();
-    let producer = producer(&args.brokers)?;
-    for (i, event) in events.iter().enumerate() {
-        send(&producer, &topic, i as i32 % args.partitions, event)?;
-    }
-    producer.flush(Duration::from_secs(120))?;
     let group = format!("sluice-{}", job.name());
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while committed_total(&args.brokers, &group, &topic, args.partitions)? < args.events as i64 {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the daemon did not catch up within 10 minutes"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let committed = || committed_total(&args.brokers, &group, &topic, args.partitions);
+    let mut rows = Vec::new();
+    let (stop, handle, started, counted) = match feed {
+        Feed::Concurrent => {
+            let (stop, handle) = start_daemon(args, &job, guarantee, state)?;
+            let started = Instant::now();
+            produce_all(args, &topic, &events)?;
+            (stop, handle, started, args.events)
+        }
+        Feed::Backlog => {
+            let producing = Instant::now();
+            produce_all(args, &topic, &events)?;
+            rows.push(ThroughputRow {
+                mode: "producer alone",
+                events: args.events,
+                seconds: producing.elapsed().as_secs_f64(),
+            });
+            let (stop, handle) = start_daemon(args, &job, guarantee, state)?;
+            let first = wait_for_commits(|| Ok(committed()? > 0))?;
+            let at_first = committed()? as usize;
+            (stop, handle, first, args.events - at_first)
+        }
+    };
+    wait_for_commits(|| Ok(committed()? >= args.events as i64))?;
     let seconds = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::SeqCst);
     handle
         .join()
         .map_err(|_| anyhow::anyhow!("daemon panicked"))??;
-    Ok(ThroughputRow {
-        guarantee: label,
-        events: args.events,
+    rows.push(ThroughputRow {
+        mode: match (feed, guarantee) {
+            (Feed::Concurrent, Guarantee::ExactlyOnce) => "concurrent, exactly-once",
+            (Feed::Concurrent, Guarantee::AtLeastOnce) => "concurrent, at-least-once",
+            (Feed::Backlog, Guarantee::ExactlyOnce) => "backlog, exactly-once",
+            (Feed::Backlog, Guarantee::AtLeastOnce) => "backlog, at-least-once",
+        },
+        events: counted,
         seconds,
-    })
+    });
+    Ok(rows)
+}
+
+/// Polls until `done`, or fails after 10 minutes; returns when it became true.
+fn wait_for_commits(mut done: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<Instant> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !done()? {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the daemon did not catch up within 10 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(Instant::now())
 }
 
 pub fn latency(args: &StreamBenchArgs, state: &std::path::Path) -> anyhow::Result<LatencyRow> {
@@ -267,10 +317,12 @@ pub fn latency(args: &StreamBenchArgs, state: &std::path::Path) -> anyhow::Resul
 /// Both throughput runs and the latency run, then the tables.
 pub fn run(args: &StreamBenchArgs) -> anyhow::Result<()> {
     let state = tempfile::tempdir()?;
-    let rows = vec![
-        throughput(args, Guarantee::ExactlyOnce, state.path())?,
-        throughput(args, Guarantee::AtLeastOnce, state.path())?,
-    ];
+    let mut rows = Vec::new();
+    for feed in [Feed::Concurrent, Feed::Backlog] {
+        for guarantee in [Guarantee::ExactlyOnce, Guarantee::AtLeastOnce] {
+            rows.extend(throughput(args, guarantee, feed, state.path())?);
+        }
+    }
     let latency = latency(args, state.path())?;
     print_tables(&rows, &latency);
     Ok(())
@@ -278,13 +330,13 @@ pub fn run(args: &StreamBenchArgs) -> anyhow::Result<()> {
 
 pub fn print_tables(throughput: &[ThroughputRow], latency: &LatencyRow) {
     println!(
-        "{:<15} {:>10} {:>10} {:>14}",
-        "guarantee", "events", "seconds", "events/s"
+        "{:<27} {:>10} {:>10} {:>14}",
+        "run", "events", "seconds", "events/s"
     );
     for row in throughput {
         println!(
-            "{:<15} {:>10} {:>10.2} {:>14.0}",
-            row.guarantee,
+            "{:<27} {:>10} {:>10.2} {:>14.0}",
+            row.mode,
             row.events,
             row.seconds,
             row.events as f64 / row.seconds

@@ -117,6 +117,9 @@ enum Command {
         /// Length of the latency run.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Records per micro-batch at most (as `sluice stream --batch-size`).
+        #[arg(long, default_value_t = 100_000)]
+        batch_size: usize,
     },
 }
 
@@ -188,6 +191,8 @@ fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "warn,buoyant_kernel=off,sluice=info,sluice_jobs=info,sluice_core=info,sluice_batch=info,sluice_stream=info,sluice_serving=info".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colours only on a terminal: a log file or a collector gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
@@ -215,6 +220,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             partitions,
             rate,
             seconds,
+            batch_size,
         } => {
             let args = bench_stream::StreamBenchArgs {
                 brokers,
@@ -222,6 +228,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 partitions: partitions.max(1),
                 rate: rate.max(1),
                 seconds,
+                batch_size: batch_size.max(1),
             };
             tokio::task::spawn_blocking(move || bench_stream::run(&args)).await??;
             Ok(ExitCode::SUCCESS)

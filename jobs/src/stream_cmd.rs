@@ -11,7 +11,8 @@ use clap::{Args, ValueEnum};
 use sluice_core::duration::parse_duration;
 use sluice_core::{Job, Lake, Pipeline};
 use sluice_stream::{
-    Guarantee, LakeSink, LakeSinkConfig, StreamConfig, StreamDaemon, StreamMetrics, serve_metrics,
+    Guarantee, LakeSink, LakeSinkConfig, MemoryBound, StreamConfig, StreamDaemon, StreamMetrics,
+    serve_metrics,
 };
 
 use crate::signals::StopSignals;
@@ -46,11 +47,14 @@ pub struct StreamArgs {
     #[arg(long)]
     pub transactional_id: Option<String>,
     /// Records per micro-batch at most.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 100_000)]
     pub batch_size: usize,
     /// How long a micro-batch waits for more records after its first.
     #[arg(long, default_value = "100ms", value_parser = parse_duration_arg)]
     pub linger: Duration,
+    /// A micro-batch closes once its records reach this many MiB.
+    #[arg(long, default_value_t = 16)]
+    pub batch_max_mb: usize,
     /// A partition silent this long stops holding the watermark back.
     #[arg(long, default_value = "30s", value_parser = parse_duration_arg)]
     pub idle_timeout: Duration,
@@ -109,6 +113,7 @@ impl StreamArgs {
         };
         config.batch_max_records = self.batch_size.max(1);
         config.batch_linger = self.linger;
+        config.batch_max_bytes = self.batch_max_mb.max(1) << 20;
         config.idle_timeout = self.idle_timeout;
         config.max_record_bytes = self.max_record_bytes.max(1);
         config.static_membership = !self.dynamic_membership;
@@ -143,13 +148,16 @@ pub async fn stream(args: StreamArgs) -> anyhow::Result<ExitCode> {
     let metrics = StreamMetrics::new();
     start_metrics(args.metrics_addr, &metrics);
     let stop = StopSignals::new()?.into_flag();
-    let sink = (!args.no_lake_sink).then(|| {
+    let sink_config = (!args.no_lake_sink).then(|| args.sink_config());
+    let bound = MemoryBound::of(&config, sink_config.as_ref());
+    tracing::info!(job = job.name(), bound_mib = bound.total_mib(), terms = %bound, "memory bound (beyond the process's fixed footprint)");
+    let sink = sink_config.map(|sink_config| {
         let lake = Lake::resolve(args.lake.as_deref());
         let sink = LakeSink::new(
             job.clone(),
             &lake,
             config.clone(),
-            args.sink_config(),
+            sink_config,
             metrics.clone(),
         );
         let (runtime, stop) = (tokio::runtime::Handle::current(), stop.clone());

@@ -25,10 +25,12 @@ pub struct StreamConfig {
     /// predecessor's open transaction. Default: derived from the job, host and state dir.
     pub transactional_id: String,
     pub guarantee: Guarantee,
-    /// A micro-batch closes at this many records (default 10 000) ...
+    /// A micro-batch closes at this many records (default 100 000) ...
     pub batch_max_records: usize,
-    /// ... or this long after its first record (default 100 ms).
+    /// ... or this long after its first record (default 100 ms) ...
     pub batch_linger: Duration,
+    /// ... or once its records' keys and values reach this many bytes (default 16 MiB).
+    pub batch_max_bytes: usize,
     /// A partition with no records for this long stops holding the job watermark back
     /// (default 30 s).
     pub idle_timeout: Duration,
@@ -54,8 +56,9 @@ impl StreamConfig {
             group_id: format!("sluice-{job}"),
             transactional_id: default_transactional_id(job, &state_dir),
             guarantee: Guarantee::default(),
-            batch_max_records: 10_000,
+            batch_max_records: 100_000,
             batch_linger: Duration::from_millis(100),
+            batch_max_bytes: 16 << 20,
             idle_timeout: Duration::from_secs(30),
             state_dir,
             static_membership: true,

@@ -26,7 +26,7 @@ use crate::config::{Guarantee, StreamConfig};
 use crate::error::{Result, kafka};
 use crate::kafka::{
     Change, GroupContext, REQUEST_TIMEOUT, consumer_config, ensure_topics, partition_count,
-    read_changelog, send_waiting,
+    producer_config, read_changelog, read_to_end, send_waiting,
 };
 use crate::metrics::StreamMetrics;
 use crate::processor::{Diverted, Output, Processor, SourceRecord};
@@ -35,12 +35,14 @@ use crate::watermark::Watermarks;
 
 /// How long a restore may take before the daemon gives up on the partition.
 const RESTORE_DEADLINE: Duration = Duration::from_secs(120);
+/// A restore applies the changelog to the store in chunks of at most this many records ...
+const RESTORE_CHUNK_RECORDS: usize = 10_000;
+/// ... or bytes (what a restore holds in memory).
+pub(crate) const RESTORE_CHUNK_BYTES: usize = 8 << 20;
 /// Failed micro-batches in a row before the daemon gives up (each is aborted and retried).
 const MAX_CONSECUTIVE_FAILURES: u32 = 5;
 /// Dead letters and late records larger than this keep only their first bytes.
 const MAX_DIVERTED_PAYLOAD: usize = 512 * 1024;
-/// The largest record the daemon produces (a state row of a huge COUNT DISTINCT, say).
-const MAX_PRODUCED_BYTES: usize = 8 << 20;
 
 /// Counts failed deliveries, so an at-least-once batch whose outputs did not all arrive is not
 /// committed (a transaction fails by itself).
@@ -122,19 +124,36 @@ impl StreamDaemon {
         tracing::info!(job = self.name(), topic = %self.topics.source, guarantee = ?self.config.guarantee, "speed layer started");
         while !stop.load(Ordering::SeqCst) {
             let records = self.poll_batch(&mut running, &stop)?;
-            let first_record = Instant::now();
-            let output = running.processor.process(records, Instant::now())?;
+            let now = Instant::now();
+            self.ask_broker_about_silent_partitions(&mut running, now);
+            let output = running.processor.process(records, now)?;
             if output.is_empty() {
                 self.observe_idle(&running);
                 continue;
             }
             match self.commit(&mut running, &output) {
-                Ok(()) => self.observe_commit(&mut running, &output, first_record),
+                Ok(()) => self.observe_commit(&mut running, &output, now),
                 Err(e) => self.recover(&mut running, e)?,
             }
         }
         tracing::info!(job = self.name(), summary = ?running.summary, "speed layer stopped");
         Ok(running.summary)
+    }
+
+    /// A silent partition stops holding the watermark back only once the broker confirms it
+    /// has nothing left to read (see [`crate::watermark`]).
+    fn ask_broker_about_silent_partitions(&self, running: &mut Running, now: Instant) {
+        for partition in running.processor.unconfirmed_idle(now) {
+            let at_end = read_to_end(&running.consumer, &self.topics.source, partition);
+            if !at_end {
+                tracing::debug!(
+                    job = self.name(),
+                    partition,
+                    "partition silent for the idle timeout, but records are left: not idle"
+                );
+            }
+            running.processor.broker_says(partition, at_end, now);
+        }
     }
 
     fn start(&self) -> Result<Running> {
@@ -175,19 +194,7 @@ impl StreamDaemon {
 
     fn producer(&self) -> Result<BaseProducer<DeliveryContext>> {
         let job = self.name();
-        let client = crate::kafka::client_config(&self.config, |client| {
-            client
-                .set("linger.ms", "5")
-                .set("enable.idempotence", "true")
-                .set("compression.type", "lz4")
-                .set("queue.buffering.max.messages", "1000000")
-                .set("message.max.bytes", MAX_PRODUCED_BYTES.to_string());
-            if self.config.guarantee == Guarantee::ExactlyOnce {
-                client
-                    .set("transactional.id", &self.config.transactional_id)
-                    .set("transaction.timeout.ms", "30000");
-            }
-        });
+        let client = producer_config(&self.config);
         let producer: BaseProducer<DeliveryContext> = client
             .create_with_context(DeliveryContext::default())
             .map_err(kafka(job, "creating the producer"))?;
@@ -205,9 +212,13 @@ impl StreamDaemon {
     /// reprocesses them from the committed offset).
     fn poll_batch(&self, running: &mut Running, stop: &AtomicBool) -> Result<Vec<SourceRecord>> {
         let mut records: Vec<SourceRecord> = Vec::new();
+        let mut bytes = 0;
         let mut deadline = Instant::now() + self.config.batch_linger;
         let mut first = true;
-        while records.len() < self.config.batch_max_records && !stop.load(Ordering::SeqCst) {
+        while records.len() < self.config.batch_max_records
+            && bytes < self.config.batch_max_bytes
+            && !stop.load(Ordering::SeqCst)
+        {
             let timeout = deadline.saturating_duration_since(Instant::now());
             if timeout.is_zero() {
                 break;
@@ -235,6 +246,8 @@ impl StreamDaemon {
                     deadline = Instant::now() + self.config.batch_linger;
                     first = false;
                 }
+                bytes += record.key.as_ref().map_or(0, Vec::len)
+                    + record.payload.as_ref().map_or(0, Vec::len);
                 records.push(record);
             }
         }
@@ -276,17 +289,18 @@ impl StreamDaemon {
                 self.name(),
                 format!("reading the committed offset of partition {partition}"),
             ))?;
-        let changelog = read_changelog(
+        let processor = &mut running.processor;
+        let mut restoring = processor.start_restore(partition)?;
+        let records = read_changelog(
             self.name(),
             &self.config,
             &self.topics.speed,
             partition,
             RESTORE_DEADLINE,
+            (RESTORE_CHUNK_RECORDS, RESTORE_CHUNK_BYTES),
+            |chunk| processor.restore_chunk(&mut restoring, chunk),
         )?;
-        let records = changelog.len();
-        running
-            .processor
-            .restore(partition, changelog, Instant::now())?;
+        processor.finish_restore(restoring, Instant::now())?;
         tracing::info!(
             job = self.name(),
             partition,

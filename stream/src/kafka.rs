@@ -16,10 +16,13 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_core::topics::Topics;
 
-use crate::config::StreamConfig;
+use crate::config::{Guarantee, StreamConfig};
 use crate::error::{Result, StreamError, kafka};
 use crate::metrics::StreamMetrics;
 use crate::processor::ChangelogRecord;
+
+/// The largest record the daemon produces (a state row of a huge COUNT DISTINCT, say).
+const MAX_PRODUCED_BYTES: usize = 8 << 20;
 
 /// How long a metadata or admin request may take before the daemon gives up.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -136,13 +139,72 @@ pub(crate) fn consumer_config(config: &StreamConfig, group: &str, instance: &str
             // A rebalance waits this long for members that stopped polling (a killed daemon), so
             // it bounds how long a takeover can take; the loop polls every micro-batch.
             .set("max.poll.interval.ms", "60000")
-            // Bounds the prefetched records held per partition (the memory bound's main term).
+            // Bounds the prefetched records of the consumer's queue (over all its partitions;
+            // librdkafka caps `fetch.max.bytes` at it unless that is set).
             .set("queued.max.messages.kbytes", "16384")
             // A record over the decoder's limit must still arrive (to be dead-lettered): some
             // brokers do not hand out a record larger than this limit.
             .set("max.partition.fetch.bytes", "8388608")
             .set("statistics.interval.ms", "1000");
     })
+}
+
+/// The daemon's producer: idempotent, lz4, its local queue bounded (a full queue makes
+/// [`send_waiting`] wait for the broker), transactional unless at-least-once.
+pub(crate) fn producer_config(config: &StreamConfig) -> ClientConfig {
+    client_config(config, |client| {
+        client
+            .set("linger.ms", "5")
+            .set("enable.idempotence", "true")
+            .set("compression.type", "lz4")
+            .set("queue.buffering.max.messages", "1000000")
+            .set("queue.buffering.max.kbytes", "65536")
+            .set("message.max.bytes", MAX_PRODUCED_BYTES.to_string());
+        if config.guarantee == Guarantee::ExactlyOnce {
+            client
+                .set("transactional.id", &config.transactional_id)
+                .set("transaction.timeout.ms", "30000");
+        }
+    })
+}
+
+/// How long the daemon waits for the broker to say where a partition ends.
+const END_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether `consumer` has read `partition` of `topic` to its end, in the broker's word now (a
+/// round trip). `false` when the broker cannot say: an unconfirmed partition keeps holding the
+/// watermark back, which delays results but never turns records late.
+pub(crate) fn read_to_end<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+) -> bool {
+    let Ok((low, high)) = consumer.fetch_watermarks(topic, partition, END_QUERY_TIMEOUT) else {
+        return false;
+    };
+    let offset_in = |list: TopicPartitionList| {
+        list.find_partition(topic, partition)
+            .map(|entry| entry.offset())
+    };
+    let next = match consumer.position().ok().and_then(offset_in) {
+        Some(Offset::Offset(next)) => next,
+        // Nothing delivered since the assignment: the consumer starts where the group committed,
+        // or at the earliest record.
+        _ => {
+            let mut list = TopicPartitionList::new();
+            list.add_partition(topic, partition);
+            match consumer
+                .committed_offsets(list, END_QUERY_TIMEOUT)
+                .ok()
+                .and_then(offset_in)
+            {
+                Some(Offset::Offset(committed)) => committed,
+                Some(Offset::Invalid) => low,
+                _ => return false,
+            }
+        }
+    };
+    next >= high
 }
 
 /// The number of partitions of `topic`.
@@ -260,15 +322,19 @@ fn check_speed_partitions(
     Ok(())
 }
 
-/// Every committed record of `<job>.speed` partition `partition`, oldest first: the
-/// changelog a restore replays. Reads until the end of the partition as read_committed sees it.
+/// Every committed record of `<job>.speed` partition `partition`, oldest first, handed to
+/// `apply` in chunks of at most `chunk_records` records or `chunk_bytes` bytes: the changelog
+/// a restore replays, without holding it all. Reads until the end of the partition as
+/// read_committed sees it; returns how many records it read.
 pub(crate) fn read_changelog(
     job: &str,
     config: &StreamConfig,
     topic: &str,
     partition: i32,
     deadline: Duration,
-) -> Result<Vec<ChangelogRecord>> {
+    (chunk_records, chunk_bytes): (usize, usize),
+    mut apply: impl FnMut(Vec<ChangelogRecord>) -> Result<()>,
+) -> Result<usize> {
     let restore_error = |message: String| StreamError::Restore {
         job: job.to_string(),
         topic: topic.to_string(),
@@ -290,9 +356,8 @@ pub(crate) fn read_changelog(
             job,
             format!("reading the offsets of `{topic}` [{partition}]"),
         ))?;
-    let mut records = Vec::new();
     if high <= low {
-        return Ok(records);
+        return Ok(0);
     }
     let mut assignment = TopicPartitionList::new();
     assignment
@@ -302,24 +367,32 @@ pub(crate) fn read_changelog(
         .assign(&assignment)
         .map_err(kafka(job, "assigning the changelog"))?;
     let started = Instant::now();
+    let mut chunk = Vec::new();
+    let (mut read, mut bytes) = (0, 0);
     loop {
         if started.elapsed() > deadline {
             return Err(restore_error(format!(
-                "not at the end after {deadline:?} ({} records read; high watermark {high})",
-                records.len()
+                "not at the end after {deadline:?} ({read} records read; high watermark {high})"
             )));
         }
-        match consumer.poll(Duration::from_millis(200)) {
-            None => continue,
-            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(records),
+        let at_end = match consumer.poll(Duration::from_millis(200)) {
+            None => false,
+            Some(Err(KafkaError::PartitionEOF(_))) => true,
             Some(Err(e)) => return Err(restore_error(e.to_string())),
             Some(Ok(message)) => {
                 let key = message.key().unwrap_or_default().to_vec();
-                records.push((key, message.payload().map(<[u8]>::to_vec)));
-                if message.offset() + 1 >= high {
-                    return Ok(records);
-                }
+                bytes += key.len() + message.payload_len();
+                chunk.push((key, message.payload().map(<[u8]>::to_vec)));
+                read += 1;
+                message.offset() + 1 >= high
             }
+        };
+        if at_end || chunk.len() >= chunk_records || bytes >= chunk_bytes {
+            apply(std::mem::take(&mut chunk))?;
+            bytes = 0;
+        }
+        if at_end {
+            return Ok(read);
         }
     }
 }

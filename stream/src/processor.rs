@@ -24,6 +24,16 @@ use crate::watermark::Watermarks;
 /// One `<job>.speed` record as read back: key and value (`None` = tombstone).
 pub(crate) type ChangelogRecord = (Vec<u8>, Option<Vec<u8>>);
 
+/// Expired rows a restore deletes in one write.
+const RESTORE_DELETE_CHUNK: usize = 10_000;
+
+/// A partition whose changelog is being replayed into the store.
+pub(crate) struct Restoring {
+    partition: i32,
+    /// The newest watermark record seen so far.
+    watermark: Option<PartitionWatermark>,
+}
+
 /// A record as read from the source topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceRecord {
@@ -99,6 +109,8 @@ pub(crate) struct Processor {
     emitted_us: BTreeMap<i32, i64>,
     /// The job watermark after the last micro-batch, for metrics.
     last_watermark: Option<i64>,
+    /// The partitions idle after the last micro-batch (their changes are logged).
+    idle: BTreeSet<i32>,
 }
 
 impl Processor {
@@ -125,6 +137,22 @@ impl Processor {
             open_windows: BTreeMap::new(),
             emitted_us: BTreeMap::new(),
             last_watermark: None,
+            idle: BTreeSet::new(),
+        }
+    }
+
+    /// The partitions silent for the idle timeout that the broker must vouch for (read to
+    /// their end) before they stop holding the job watermark back.
+    pub(crate) fn unconfirmed_idle(&self, now: Instant) -> Vec<i32> {
+        self.watermarks.unconfirmed_idle(now)
+    }
+
+    /// The broker's answer for `partition`: read to its end, or records left to read.
+    pub(crate) fn broker_says(&mut self, partition: i32, read_to_end: bool, now: Instant) {
+        if read_to_end {
+            self.watermarks.confirm_read_to_end(partition, now);
+        } else {
+            self.watermarks.touch(partition, now);
         }
     }
 
@@ -136,19 +164,28 @@ impl Processor {
         self.store.estimated_keys()
     }
 
-    /// Loads `partition`'s committed changelog (`(key, value)`; `None` value = tombstone).
-    pub(crate) fn restore(
-        &mut self,
-        partition: i32,
-        changelog: Vec<ChangelogRecord>,
-        now: Instant,
-    ) -> Result<()> {
+    /// Starts restoring `partition` from its committed changelog: forgets what the store held
+    /// of it. The changelog then arrives in chunks ([`Processor::restore_chunk`]), oldest first,
+    /// so a restore holds one chunk in memory whatever the changelog's size.
+    pub(crate) fn start_restore(&mut self, partition: i32) -> Result<Restoring> {
         self.store.drop_partition(partition)?;
-        let mut watermark = None;
-        let mut writes = Vec::new();
-        for (key, value) in changelog {
+        Ok(Restoring {
+            partition,
+            watermark: None,
+        })
+    }
+
+    /// Applies the next chunk of the changelog (`(key, value)`; `None` value = tombstone).
+    pub(crate) fn restore_chunk(
+        &mut self,
+        restoring: &mut Restoring,
+        chunk: Vec<ChangelogRecord>,
+    ) -> Result<()> {
+        let partition = restoring.partition;
+        let mut writes = Vec::with_capacity(chunk.len());
+        for (key, value) in chunk {
             if key == WATERMARK_KEY {
-                watermark = value
+                restoring.watermark = value
                     .as_deref()
                     .map(PartitionWatermark::decode)
                     .transpose()?;
@@ -163,7 +200,16 @@ impl Processor {
                 None => StateWrite::Delete { partition, key },
             });
         }
-        self.store.apply(&writes)?;
+        self.store.apply(&writes)
+    }
+
+    /// The whole changelog has been applied: the partition resumes from its last committed
+    /// watermark, and windows that had expired by then are dropped from the store again.
+    pub(crate) fn finish_restore(&mut self, restoring: Restoring, now: Instant) -> Result<()> {
+        let Restoring {
+            partition,
+            watermark,
+        } = restoring;
         self.watermarks.assign(partition, watermark, now);
         match watermark.and_then(|w| w.emitted_us) {
             Some(emitted) => {
@@ -173,17 +219,52 @@ impl Processor {
                 self.emitted_us.remove(&partition);
             }
         };
-        self.index_partition(partition)
+        self.index_restored(partition)
     }
 
-    fn index_partition(&mut self, partition: i32) -> Result<()> {
+    /// The whole changelog at once.
+    #[cfg(test)]
+    pub(crate) fn restore(
+        &mut self,
+        partition: i32,
+        changelog: Vec<ChangelogRecord>,
+        now: Instant,
+    ) -> Result<()> {
+        let mut restoring = self.start_restore(partition)?;
+        self.restore_chunk(&mut restoring, changelog)?;
+        self.finish_restore(restoring, now)
+    }
+
+    /// Tracks the restored windows that are still open and deletes the expired ones (the
+    /// changelog keeps every window the serving layer may still need), streaming over the
+    /// store so that memory holds only the open windows' index.
+    fn index_restored(&mut self, partition: i32) -> Result<()> {
         let Some(codec) = &self.codec else {
             return Ok(());
         };
-        for (key, _) in self.store.scan(partition, b"")? {
-            track_window(&mut self.open_windows, codec, partition, &key)?;
-        }
-        Ok(())
+        let emitted = self.emitted_us.get(&partition).copied();
+        let lateness = self.lateness_us;
+        let (store, open_windows) = (&self.store, &mut self.open_windows);
+        let mut expired = Vec::new();
+        store.for_each(partition, b"", |key, _| {
+            let end = codec.key_times(key)?.1;
+            if end
+                .zip(emitted)
+                .is_some_and(|(end, emitted)| window_expired(end, lateness, emitted))
+            {
+                expired.push(StateWrite::Delete {
+                    partition,
+                    key: key.to_vec(),
+                });
+                if expired.len() >= RESTORE_DELETE_CHUNK {
+                    store.apply(&expired)?;
+                    expired.clear();
+                }
+                return Ok(());
+            }
+            track_window(open_windows, codec, partition, key)
+        })?;
+        store.apply(&expired)
     }
 
     /// Forgets which windows were emitted; the restores that follow set it again from the
@@ -195,6 +276,7 @@ impl Processor {
     /// Forgets a revoked partition; its new owner restores it from the changelog.
     pub(crate) fn revoke(&mut self, partition: i32) -> Result<()> {
         self.watermarks.revoke(partition);
+        self.idle.remove(&partition);
         self.emitted_us.remove(&partition);
         for windows in self.open_windows.values_mut() {
             windows.retain(|(p, _)| *p != partition);
@@ -237,11 +319,27 @@ impl Processor {
         }
         let after = self.watermarks.job_watermark(now);
         self.last_watermark = after;
+        self.log_idleness(now);
         let emitted = self.emit_and_purge(after, &mut output)?;
         if emitted || !moved.is_empty() || after != before {
             self.watermark_records(&mut output);
         }
         Ok(output)
+    }
+
+    fn log_idleness(&mut self, now: Instant) {
+        let idle = self.watermarks.idle(now);
+        for partition in idle.difference(&self.idle) {
+            tracing::info!(
+                job = self.job.name(),
+                partition,
+                "partition idle: read to its end and silent for the idle timeout, it no longer holds the watermark back"
+            );
+        }
+        for partition in self.idle.difference(&idle) {
+            tracing::info!(job = self.job.name(), partition, "partition active again");
+        }
+        self.idle = idle;
     }
 
     /// Decodes the payloads; undecodable records go to the DLQ. Returns the good rows and,
@@ -396,7 +494,7 @@ impl Processor {
             .column(stage.key_count() + 1)
             .as_primitive::<TimestampMicrosecondType>();
         let keep: Vec<u32> = (0..partial.num_rows() as u32)
-            .filter(|&r| ends.value(r as usize).saturating_add(self.lateness_us) > watermark)
+            .filter(|&r| !window_expired(ends.value(r as usize), self.lateness_us, watermark))
             .collect();
         if keep.len() == partial.num_rows() {
             return Ok(partial);
@@ -561,7 +659,7 @@ impl Processor {
                 .filter(|(p, _)| {
                     emitted
                         .get(p)
-                        .is_some_and(|&e| end.saturating_add(lateness) <= e)
+                        .is_some_and(|&e| window_expired(end, lateness, e))
                 })
                 .cloned()
                 .collect();
@@ -602,6 +700,12 @@ impl Processor {
 }
 
 /// Indexes the window of a state row key by its end (rows without a group window have none).
+/// A window ending at `end_us` is final, and its state purged, once its partition's windows
+/// were emitted at least `lateness_us` past its end.
+fn window_expired(end_us: i64, lateness_us: i64, emitted_us: i64) -> bool {
+    end_us.saturating_add(lateness_us) <= emitted_us
+}
+
 fn track_window(
     open_windows: &mut BTreeMap<i64, BTreeSet<(i32, Vec<u8>)>>,
     codec: &SpeedCodec,

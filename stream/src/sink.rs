@@ -11,7 +11,7 @@
 //! Backpressure and memory: while a Delta commit runs, the sink pauses all its partitions, so
 //! librdkafka stops fetching; it resumes when the commit is done. The sink holds at most
 //! `commit_bytes` of buffered payloads plus librdkafka's fetch queue
-//! (`queued.max.messages.kbytes`, 16 MiB per partition by default).
+//! (`queued.max.messages.kbytes`, 16 MiB by default, for all its partitions).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -22,7 +22,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
-use sluice_core::lake::{TableLocation, raw_rows};
+use sluice_core::lake::{TableLocation, WritableTable, raw_rows};
 use sluice_core::{Job, JsonDecoder, Lake};
 
 use crate::config::StreamConfig;
@@ -132,10 +132,11 @@ impl LakeSink {
             since: None,
         };
         let mut summary = SinkSummary::default();
+        let mut table = runtime.block_on(self.table.writable())?;
         tracing::info!(job, table = %self.table.location, "raw lake sink started");
         while !stop.load(Ordering::SeqCst) {
             let polled = consumer.poll(Duration::from_millis(100));
-            self.apply_changes(&consumer, &runtime, &mut versions, &mut pending)?;
+            self.apply_changes(&consumer, &runtime, &mut table, &mut versions, &mut pending)?;
             if let Some(Ok(message)) = polled {
                 let partition = message.partition();
                 if let Some(&version) = versions.get(&partition).filter(|&&v| message.offset() <= v)
@@ -172,6 +173,7 @@ impl LakeSink {
                 self.commit(
                     &consumer,
                     &runtime,
+                    &mut table,
                     &mut versions,
                     &mut pending,
                     &mut summary,
@@ -181,6 +183,7 @@ impl LakeSink {
         self.commit(
             &consumer,
             &runtime,
+            &mut table,
             &mut versions,
             &mut pending,
             &mut summary,
@@ -193,6 +196,7 @@ impl LakeSink {
         &self,
         consumer: &BaseConsumer<GroupContext>,
         runtime: &tokio::runtime::Handle,
+        table: &mut WritableTable,
         versions: &mut HashMap<i32, i64>,
         pending: &mut Pending,
     ) -> Result<()> {
@@ -201,10 +205,11 @@ impl LakeSink {
         for change in consumer.context().take_changes() {
             match change {
                 Change::Assigned(partitions) => {
+                    // The previous owner may have committed since this sink last looked.
+                    runtime.block_on(table.refresh())?;
                     for partition in partitions {
                         let app_id = lake_app_id(&self.job, partition);
-                        let Some(version) =
-                            runtime.block_on(self.table.transaction_version(&app_id))?
+                        let Some(version) = runtime.block_on(table.transaction_version(&app_id))?
                         else {
                             versions.remove(&partition);
                             continue;
@@ -236,6 +241,7 @@ impl LakeSink {
         &self,
         consumer: &BaseConsumer<GroupContext>,
         runtime: &tokio::runtime::Handle,
+        table: &mut WritableTable,
         versions: &mut HashMap<i32, i64>,
         pending: &mut Pending,
         summary: &mut SinkSummary,
@@ -247,7 +253,7 @@ impl LakeSink {
         let records = std::mem::take(&mut pending.records);
         pending.bytes = 0;
         pending.since = None;
-        let records = self.still_ours(runtime, consumer, versions, records)?;
+        let records = self.still_ours(runtime, consumer, table, versions, records)?;
         let LakeCommit {
             batches,
             transactions,
@@ -268,7 +274,7 @@ impl LakeSink {
             ("sluice.job".to_string(), json!(job)),
             ("sluice.rows".to_string(), json!(rows)),
         ]);
-        let written = runtime.block_on(self.table.append(batches, metadata, transactions.clone()));
+        let written = runtime.block_on(table.append(batches, metadata, transactions.clone()));
         consumer
             .resume(&assignment)
             .map_err(kafka(job, "resuming after the lake commit"))?;
@@ -305,12 +311,18 @@ impl LakeSink {
         &self,
         runtime: &tokio::runtime::Handle,
         consumer: &BaseConsumer<GroupContext>,
+        table: &mut WritableTable,
         versions: &mut HashMap<i32, i64>,
         mut records: Buffered,
     ) -> Result<Buffered> {
+        // Reading a partition's transaction version replays the log since the last checkpoint:
+        // skip it while nobody but this sink has committed since its own last commit.
+        if !runtime.block_on(table.refresh())? {
+            return Ok(records);
+        }
         for partition in records.keys().copied().collect::<Vec<_>>() {
             let app_id = lake_app_id(&self.job, partition);
-            let current = runtime.block_on(self.table.transaction_version(&app_id))?;
+            let current = runtime.block_on(table.transaction_version(&app_id))?;
             if current != versions.get(&partition).copied() {
                 tracing::warn!(
                     job = self.name(),

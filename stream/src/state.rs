@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rocksdb::{DB, Direction, IteratorMode, Options, WriteBatch};
+use rocksdb::{BlockBasedOptions, Cache, DB, Direction, IteratorMode, Options, WriteBatch};
 
 use crate::error::{Result, StreamError};
 
@@ -33,6 +33,15 @@ pub(crate) struct StateStore {
     db: DB,
 }
 
+/// RocksDB's memtables: this many of this size at most, before they are flushed to disk.
+const WRITE_BUFFER_BYTES: usize = 16 << 20;
+const WRITE_BUFFERS: i32 = 2;
+/// Data, index and filter blocks read from disk share this cache.
+const BLOCK_CACHE_BYTES: usize = 16 << 20;
+/// What the store holds in memory at most, whatever the state's size (the rest is on disk).
+pub(crate) const STATE_MEMORY_BYTES: u64 =
+    (WRITE_BUFFER_BYTES as u64) * (WRITE_BUFFERS as u64) + BLOCK_CACHE_BYTES as u64;
+
 fn store_key(partition: i32, key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + key.len());
     out.extend_from_slice(&partition.to_be_bytes());
@@ -54,6 +63,12 @@ impl StateStore {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        options.set_write_buffer_size(WRITE_BUFFER_BYTES);
+        options.set_max_write_buffer_number(WRITE_BUFFERS);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&Cache::new_lru_cache(BLOCK_CACHE_BYTES));
+        table.set_cache_index_and_filter_blocks(true);
+        options.set_block_based_table_factory(&table);
         let db = DB::open(&options, path).map_err(error)?;
         Ok(StateStore {
             job: job.to_string(),
@@ -85,8 +100,23 @@ impl StateStore {
 
     /// Every `(key, value)` of `partition` whose key starts with `prefix`, in key order.
     pub(crate) fn scan(&self, partition: i32, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let start = store_key(partition, prefix);
         let mut out = Vec::new();
+        self.for_each(partition, prefix, |key, value| {
+            out.push((key.to_vec(), value.to_vec()));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `visit` with every `(key, value)` of `partition` whose key starts with `prefix`, in
+    /// key order, without collecting them (a partition's state may be larger than memory).
+    pub(crate) fn for_each(
+        &self,
+        partition: i32,
+        prefix: &[u8],
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let start = store_key(partition, prefix);
         for item in self
             .db
             .iterator(IteratorMode::From(&start, Direction::Forward))
@@ -95,9 +125,9 @@ impl StateStore {
             if !key.starts_with(&start) {
                 break;
             }
-            out.push((key[4..].to_vec(), value.to_vec()));
+            visit(&key[4..], &value)?;
         }
-        Ok(out)
+        Ok(())
     }
 
     pub(crate) fn apply(&self, writes: &[StateWrite]) -> Result<()> {

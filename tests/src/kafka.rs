@@ -49,6 +49,19 @@ pub fn bootstrap() -> String {
         .clone()
 }
 
+/// Extra `sluice stream` arguments for tests that run several daemons in one group. noida-db,
+/// the default test broker, never assigns partitions to a second member of a cooperative
+/// (incremental) group, while the eager protocol works on it; measured with librdkafka 2.16:
+/// after a second member joins, the first gives up half its partitions and nobody gets them.
+/// So against noida-db the daemons use the eager round-robin assignor; against your own broker
+/// (`SLUICE_BROKER=external`) they keep their default, cooperative-sticky.
+pub fn group_protocol_args() -> Vec<&'static str> {
+    match std::env::var("SLUICE_BROKER").as_deref() {
+        Ok("external") => Vec::new(),
+        _ => vec!["-X", "partition.assignment.strategy=roundrobin"],
+    }
+}
+
 /// A topic name no other test uses.
 pub fn unique(prefix: &str) -> String {
     format!(

@@ -3,6 +3,7 @@
 
 pub mod http;
 pub mod kafka;
+pub mod orders;
 pub mod s3;
 pub mod serve;
 

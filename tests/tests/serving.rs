@@ -27,6 +27,7 @@ use sluice_e2e::kafka::{
     Daemon, Outgoing, bootstrap, committed_offsets, create_topic, produce, read_all, spawn_stream,
     unique, wait_until,
 };
+use sluice_e2e::orders::{self, watermark_pushers};
 use sluice_e2e::serve::{
     job_status, log_tail, serve_log, sluice, sluice_ok, spawn_demo, spawn_serve, wait_caught_up,
     wait_healthy, wait_status,
@@ -68,14 +69,7 @@ impl JobFile {
 fn write_job(dir: &Path, kind: Kind, topic: &str) -> JobFile {
     let name = unique("srv").replace('-', "_");
     let (sql, key) = match kind {
-        Kind::RegionPerMinute => (
-            "SELECT region, TUMBLE_START(event_time, INTERVAL '1' MINUTE) AS window_start,
-  TUMBLE_END(event_time, INTERVAL '1' MINUTE) AS window_end,
-  COUNT(*) AS total_orders, SUM(amount) AS total_revenue, AVG(amount) AS avg_order_value
-FROM orders WHERE status = 'completed'
-GROUP BY region, TUMBLE(event_time, INTERVAL '1' MINUTE)",
-            r#"["region"]"#,
-        ),
+        Kind::RegionPerMinute => (orders::REGION_PER_MINUTE_SQL, r#"["region"]"#),
         Kind::PerMinute => (
             "SELECT TUMBLE_START(event_time, INTERVAL '1' MINUTE) AS window_start,
   TUMBLE_END(event_time, INTERVAL '1' MINUTE) AS window_end,
@@ -91,31 +85,7 @@ GROUP BY region",
             r#"["region"]"#,
         ),
     };
-    let toml = format!(
-        r#"
-name = "{name}"
-[source]
-topic = "{topic}"
-table = "orders"
-event_time = "event_time"
-watermark_delay = "5s"
-allowed_lateness = "30s"
-fields = [
-  {{ name = "order_id", type = "string", nullable = false }},
-  {{ name = "region", type = "string" }},
-  {{ name = "amount", type = "float64" }},
-  {{ name = "status", type = "string" }},
-  {{ name = "event_time", type = "timestamp" }},
-]
-[transform]
-sql = """
-{sql}
-"""
-[view]
-key = {key}
-bucket = "1h"
-"#
-    );
+    let toml = orders::job_toml(&name, topic, sql, key, "1h");
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, toml).unwrap();
     let job = Job::from_file(&path).unwrap();
@@ -139,19 +109,6 @@ fn orders(count: usize, partitions: i32, start_ms: i64, step_ms: i64, seed: u64)
                 r#"{{"order_id":"o{seed}-{i}","region":"{region}","amount":{amount},"status":"{status}","event_time":{at}}}"#
             );
             (partition, Some(region.as_bytes().to_vec()), value.into_bytes())
-        })
-        .collect()
-}
-
-/// One record per partition at `at_ms`: filtered out by every job (status `push`), but it
-/// moves each partition's watermark past all earlier windows.
-fn pushers(partitions: i32, at_ms: i64) -> Vec<Outgoing> {
-    (0..partitions)
-        .map(|p| {
-            let value = format!(
-                r#"{{"order_id":"push{p}","region":"eu","amount":0,"status":"push","event_time":{at_ms}}}"#
-            );
-            (p, None, value.into_bytes())
         })
         .collect()
 }
@@ -684,7 +641,7 @@ fn late_event_is_absent_from_speed_until_the_next_backfill() {
     let name = job.name().to_string();
     // Two hours (10:00 to 12:00), then a record at 12:10 that closes every window.
     let mut events = orders(1_200, 1, T0_MS, 6_000, 5);
-    events.extend(pushers(1, T0_MS + 2 * HOUR_MS + 10 * MINUTE_MS));
+    events.extend(watermark_pushers(1, T0_MS + 2 * HOUR_MS + 10 * MINUTE_MS));
     // Far behind the watermark (12:09:55) and its 30 s lateness, in the 10:00 window.
     let window_us = T0_MS * 1000;
     let late: Outgoing = (
