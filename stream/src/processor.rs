@@ -699,13 +699,13 @@ impl Processor {
     }
 }
 
-/// Indexes the window of a state row key by its end (rows without a group window have none).
 /// A window ending at `end_us` is final, and its state purged, once its partition's windows
 /// were emitted at least `lateness_us` past its end.
 fn window_expired(end_us: i64, lateness_us: i64, emitted_us: i64) -> bool {
     end_us.saturating_add(lateness_us) <= emitted_us
 }
 
+/// Indexes the window of a state row key by its end (rows without a group window have none).
 fn track_window(
     open_windows: &mut BTreeMap<i64, BTreeSet<(i32, Vec<u8>)>>,
     codec: &SpeedCodec,

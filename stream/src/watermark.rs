@@ -38,6 +38,13 @@ impl PartitionProgress {
         }
     }
 
+    /// Records arrived, or the broker says some are waiting: active as of `now`, and any
+    /// earlier word that it was read to its end no longer holds.
+    fn active_at(&mut self, now: Instant) {
+        self.last_record = now;
+        self.read_to_end_at = None;
+    }
+
     fn silent(&self, now: Instant, idle_timeout: Duration) -> bool {
         now.duration_since(self.last_record) >= idle_timeout
     }
@@ -107,8 +114,7 @@ impl Watermarks {
     /// comes last must not find its windows closed by the others).
     pub(crate) fn touch(&mut self, partition: i32, now: Instant) {
         if let Some(progress) = self.partitions.get_mut(&partition) {
-            progress.last_record = now;
-            progress.read_to_end_at = None;
+            progress.active_at(now);
         }
     }
 
@@ -145,8 +151,7 @@ impl Watermarks {
             .partitions
             .entry(partition)
             .or_insert_with(|| PartitionProgress::new(None, now));
-        progress.last_record = now;
-        progress.read_to_end_at = None;
+        progress.active_at(now);
         let seen = max_event_us?;
         if progress.max_event_us.is_some_and(|m| m >= seen) {
             return None;
