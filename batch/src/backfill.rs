@@ -5,20 +5,30 @@
 //! (key, window, bucket), merged as they accumulate. The result replaces that bucket range of
 //! the view table in one Delta commit, so re-running a range is idempotent. The commit records
 //! the new cutoff: the batch view covers every bucket before it.
+//!
+//! Raw rows the plan fails on (they decoded, so they are in the lake, but e.g. a CAST fails on
+//! them) are skipped, exactly the rows the speed layer dead-letters: both run
+//! [`Pipeline::evaluate_isolating`]. They are counted in the report and the commit metadata
+//! and returned with their partition, offset and reason, so one bad record never fails the
+//! backfill of its range.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{AsArray, RecordBatch, TimestampMicrosecondArray};
-use arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
+use arrow::datatypes::{Int32Type, Int64Type, SchemaRef, TimestampMicrosecondType};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use sluice_core::lake::{CUTOFF_KEY, TableLocation, view_schema};
+use sluice_core::lake::{
+    CUTOFF_KEY, SOURCE_OFFSET_COLUMN, SOURCE_PARTITION_COLUMN, TableLocation, commit_key,
+    view_schema,
+};
+use sluice_core::rows::to_json_lines;
 use sluice_core::spec::UTC;
 use sluice_core::time::{ceil_to, floor_to, format_time};
-use sluice_core::{BatchTransform, Job, JobPlan, Lake, Pipeline};
+use sluice_core::{BatchTransform, DivertReason, Job, JobPlan, Lake, Pipeline};
 
 use crate::error::{BatchError, Result};
 
@@ -44,10 +54,28 @@ pub struct BackfillReport {
     pub to: String,
     pub rows_read: usize,
     pub view_rows: usize,
+    /// Raw rows the plan failed on, skipped (listed in [`BackfillReport::rejected`]).
+    pub rows_rejected: usize,
     pub cutoff: Option<String>,
     pub cutoff_us: Option<i64>,
     pub table_version: Option<u64>,
     pub seconds: f64,
+    /// The skipped rows themselves (not in the JSON report: `--rejects FILE` writes them).
+    #[serde(skip)]
+    pub rejected: Vec<RejectedRow>,
+}
+
+/// A raw row the plan failed on, as `--rejects` writes it (one JSON object per line).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RejectedRow {
+    /// Where the record came from: null for rows loaded from files.
+    pub partition: Option<i32>,
+    pub offset: Option<i64>,
+    /// Always `transform_error` (rows that did not decode never reached the lake).
+    pub error: DivertReason,
+    pub reason: String,
+    /// The row's source columns.
+    pub record: serde_json::Value,
 }
 
 /// The plan a job runs on the batch layer, with its transform's output as the SQL input.
@@ -76,17 +104,28 @@ pub async fn backfill(
     let previous = view.cutoff().await?;
     let cutoff = next_cutoff(previous, from, to);
     let mut metadata = HashMap::from([
-        ("sluice.operation".to_string(), json!("backfill")),
-        ("sluice.job".to_string(), json!(job.name())),
-        ("sluice.from_us".to_string(), json!(from)),
-        ("sluice.to_us".to_string(), json!(to)),
-        ("sluice.rows_read".to_string(), json!(fold.rows_read)),
-        ("sluice.view_rows".to_string(), json!(view_rows)),
+        (commit_key::OPERATION.to_string(), json!("backfill")),
+        (commit_key::JOB.to_string(), json!(job.name())),
+        (commit_key::FROM_US.to_string(), json!(from)),
+        (commit_key::TO_US.to_string(), json!(to)),
+        (commit_key::ROWS_READ.to_string(), json!(fold.rows_read)),
+        (commit_key::VIEW_ROWS.to_string(), json!(view_rows)),
+        (
+            commit_key::ROWS_REJECTED.to_string(),
+            json!(fold.rejected.len()),
+        ),
     ]);
     if let Some(cutoff) = cutoff {
         metadata.insert(CUTOFF_KEY.to_string(), json!(cutoff));
     }
     let written = view.replace_buckets(vec![rows], from, to, metadata).await?;
+    if !fold.rejected.is_empty() {
+        tracing::warn!(
+            job = job.name(),
+            rows = fold.rejected.len(),
+            "backfill skipped raw rows the plan failed on (the speed layer dead-letters the same records)"
+        );
+    }
     if cutoff == previous && previous.is_some_and(|p| p < from) {
         tracing::warn!(
             job = job.name(),
@@ -102,10 +141,12 @@ pub async fn backfill(
         to: format_time(to),
         rows_read: fold.rows_read,
         view_rows,
+        rows_rejected: fold.rejected.len(),
         cutoff: cutoff.map(format_time),
         cutoff_us: cutoff,
         table_version: written.version(),
         seconds: started.elapsed().as_secs_f64(),
+        rejected: fold.rejected,
     })
 }
 
@@ -128,24 +169,28 @@ async fn fold_raw(
     range: (Option<i64>, Option<i64>),
     progress: &ProgressBar,
 ) -> Result<()> {
-    let columns: Vec<String> = job
-        .source_schema()
+    let source_schema = job.source_schema();
+    let mut columns: Vec<String> = source_schema
         .fields()
         .iter()
         .map(|f| f.name().clone())
         .collect();
+    columns.extend([
+        SOURCE_PARTITION_COLUMN.to_string(),
+        SOURCE_OFFSET_COLUMN.to_string(),
+    ]);
     let mut stream = raw
         .scan(&columns, &job.spec.source.event_time, range.0, range.1)
         .await?;
+    let width = source_schema.fields().len();
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(scan_error(job, raw))?;
-        let batch = RecordBatch::try_new(job.source_schema(), batch.columns().to_vec()).map_err(
-            |source| sluice_core::Error::Arrow {
+        let source = RecordBatch::try_new(source_schema.clone(), batch.columns()[..width].to_vec())
+            .map_err(|source| sluice_core::Error::Arrow {
                 during: "reading raw rows with the job's schema",
                 source: Box::new(source),
-            },
-        )?;
-        fold.add(&batch)?;
+            })?;
+        fold.add(&source, &RawOrigin::of(&batch, width))?;
         progress.inc(batch.num_rows() as u64);
     }
     Ok(())
@@ -245,6 +290,31 @@ fn progress_bar(enabled: bool) -> ProgressBar {
     bar
 }
 
+/// Where each raw row of a scanned batch came from (its source partition and offset columns).
+struct RawOrigin {
+    partitions: Vec<Option<i32>>,
+    offsets: Vec<Option<i64>>,
+}
+
+impl RawOrigin {
+    /// The two source columns that follow the job's `width` source columns in a scan.
+    fn of(scanned: &RecordBatch, width: usize) -> RawOrigin {
+        let int = |i: usize| scanned.columns().get(i).cloned();
+        let partitions = int(width)
+            .and_then(|c| arrow::compute::cast(&c, &arrow::datatypes::DataType::Int32).ok())
+            .map(|c| c.as_primitive::<Int32Type>().iter().collect())
+            .unwrap_or_else(|| vec![None; scanned.num_rows()]);
+        let offsets = int(width + 1)
+            .and_then(|c| arrow::compute::cast(&c, &arrow::datatypes::DataType::Int64).ok())
+            .map(|c| c.as_primitive::<Int64Type>().iter().collect())
+            .unwrap_or_else(|| vec![None; scanned.num_rows()]);
+        RawOrigin {
+            partitions,
+            offsets,
+        }
+    }
+}
+
 /// Runs the plan over raw batches and accumulates the view rows.
 struct Fold<'a> {
     pipeline: &'a Pipeline,
@@ -252,6 +322,7 @@ struct Fold<'a> {
     pending: Vec<RecordBatch>,
     pending_rows: usize,
     rows_read: usize,
+    rejected: Vec<RejectedRow>,
 }
 
 impl<'a> Fold<'a> {
@@ -262,18 +333,31 @@ impl<'a> Fold<'a> {
             pending: Vec::new(),
             pending_rows: 0,
             rows_read: 0,
+            rejected: Vec::new(),
         }
     }
 
-    fn add(&mut self, raw: &RecordBatch) -> Result<()> {
+    fn add(&mut self, raw: &RecordBatch, origin: &RawOrigin) -> Result<()> {
         self.rows_read += raw.num_rows();
-        let filtered = self.pipeline.filtered(raw)?;
-        let rows = match self.plan.aggregate() {
-            Some(stage) => stage.partial(&filtered)?,
-            None => stateless_rows(self.plan, &filtered)?,
-        };
-        self.pending_rows += rows.num_rows();
-        self.pending.push(rows);
+        let isolated = self.pipeline.evaluate_isolating(raw)?;
+        for failed in isolated.failed {
+            let record = to_json_lines(&[raw.slice(failed.row, 1)])?;
+            self.rejected.push(RejectedRow {
+                partition: origin.partitions.get(failed.row).copied().flatten(),
+                offset: origin.offsets.get(failed.row).copied().flatten(),
+                error: DivertReason::TransformError,
+                reason: failed.error.to_string(),
+                record: serde_json::from_slice(&record).unwrap_or(serde_json::Value::Null),
+            });
+        }
+        for piece in isolated.pieces {
+            let rows = match self.plan.aggregate() {
+                Some(_) => piece.output,
+                None => stateless_rows(self.plan, &piece)?,
+            };
+            self.pending_rows += rows.num_rows();
+            self.pending.push(rows);
+        }
         if self.plan.aggregate().is_some() && self.pending_rows > MERGE_EVERY_ROWS {
             self.compact()?;
         }
@@ -310,10 +394,11 @@ impl<'a> Fold<'a> {
 }
 
 /// A stateless job's output rows with the `__bucket` of each row's event time.
-fn stateless_rows(plan: &JobPlan, filtered: &RecordBatch) -> Result<RecordBatch> {
-    let projected = plan.project(filtered)?;
+fn stateless_rows(plan: &JobPlan, evaluated: &sluice_core::Evaluated) -> Result<RecordBatch> {
+    let projected = &evaluated.output;
     let bucket = plan.bucket_micros();
-    let times = filtered
+    let times = evaluated
+        .filtered
         .column(plan.event_time_index())
         .as_primitive::<TimestampMicrosecondType>();
     let buckets: TimestampMicrosecondArray = times

@@ -3,13 +3,14 @@
 //!
 //! Every good line lands in one commit; bad lines are reported with their line number, field
 //! and reason, and the commit records a content hash as a Delta transaction action so loading
-//! the same file again is a no-op rather than a duplicate.
+//! the same file again is a no-op rather than a duplicate. The hash is BLAKE3: a collision
+//! would silently skip a different file, so it must be a cryptographic one.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
-use sluice_core::lake::{TableLocation, raw_rows};
+use sluice_core::lake::{TableLocation, commit_key, raw_rows};
 use sluice_core::{Job, JsonDecoder, Lake, RecordError};
 
 use crate::error::{BatchError, Result};
@@ -37,7 +38,7 @@ pub async fn load_jsonl(job: &Job, lake: &Lake, file: &Path) -> Result<LoadRepor
         source,
     })?;
     let table = TableLocation::new(lake.raw_table(job));
-    let app_id = format!("sluice-load-{:016x}", fnv1a(&bytes));
+    let app_id = format!("sluice-load-{}", blake3::hash(&bytes).to_hex());
     let mut report = LoadReport {
         file: file.to_path_buf(),
         table: table.location.clone(),
@@ -73,19 +74,18 @@ pub async fn load_jsonl(job: &Job, lake: &Lake, file: &Path) -> Result<LoadRepor
         return Ok(report);
     }
     let metadata = HashMap::from([
-        ("sluice.operation".to_string(), json!("lake load")),
-        ("sluice.file".to_string(), json!(file.display().to_string())),
-        ("sluice.rows".to_string(), json!(report.rows_loaded)),
-        ("sluice.rejected".to_string(), json!(report.rejected.len())),
+        (commit_key::OPERATION.to_string(), json!("lake load")),
+        (
+            commit_key::FILE.to_string(),
+            json!(file.display().to_string()),
+        ),
+        (commit_key::ROWS.to_string(), json!(report.rows_loaded)),
+        (
+            commit_key::REJECTED.to_string(),
+            json!(report.rejected.len()),
+        ),
     ]);
     let written = table.append(batches, metadata, vec![(app_id, 0)]).await?;
     report.table_version = written.version();
     Ok(report)
-}
-
-/// FNV-1a, 64 bit: a stable content hash (unlike std's hasher, it never changes between builds).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
-        (hash ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
 }

@@ -325,6 +325,10 @@ impl<'a> Parser<'a> {
 
     fn hex4(&mut self) -> Result<u32, Bail> {
         let digits = self.bytes.get(self.at..self.at + 4).ok_or(Bail)?;
+        // `from_str_radix` would also take a sign (`\u+0e9`), which JSON (and arrow-json) refuse.
+        if !digits.iter().all(u8::is_ascii_hexdigit) {
+            return Err(Bail);
+        }
         let text = std::str::from_utf8(digits).map_err(|_| Bail)?;
         self.at += 4;
         u32::from_str_radix(text, 16).map_err(|_| Bail)

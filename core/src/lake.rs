@@ -34,7 +34,28 @@ use crate::spec::{Job, UTC, timestamp_type};
 pub const SOURCE_PARTITION_COLUMN: &str = "__source_partition";
 pub const SOURCE_OFFSET_COLUMN: &str = "__source_offset";
 /// Commit metadata key of the batch view's cutoff.
-pub const CUTOFF_KEY: &str = "sluice.cutoff_us";
+pub const CUTOFF_KEY: &str = commit_key::CUTOFF_US;
+
+/// The keys Sluice writes into a Delta commit's `commitInfo` (and the serving layer and
+/// `sluice verify` read back). Values are JSON.
+pub mod commit_key {
+    /// `"backfill"`, `"lake load"` or `"stream ingest"`.
+    pub const OPERATION: &str = "sluice.operation";
+    pub const JOB: &str = "sluice.job";
+    /// Backfill: the bucket range `[from, to)` it replaced (µs).
+    pub const FROM_US: &str = "sluice.from_us";
+    pub const TO_US: &str = "sluice.to_us";
+    /// Backfill: raw rows read, view rows written, raw rows the plan failed on (skipped).
+    pub const ROWS_READ: &str = "sluice.rows_read";
+    pub const VIEW_ROWS: &str = "sluice.view_rows";
+    pub const ROWS_REJECTED: &str = "sluice.rows_rejected";
+    /// The batch view's cutoff after this commit (µs): it covers every bucket before it.
+    pub const CUTOFF_US: &str = "sluice.cutoff_us";
+    /// Lake load and ingest: rows appended; lake load: the file and its rejected lines.
+    pub const ROWS: &str = "sluice.rows";
+    pub const FILE: &str = "sluice.file";
+    pub const REJECTED: &str = "sluice.rejected";
+}
 
 /// The raw table's schema for `job`.
 pub fn raw_schema(job: &Job) -> SchemaRef {

@@ -9,10 +9,13 @@
 
 pub mod aggregate;
 pub mod decode;
+#[cfg(test)]
+mod decode_props;
 pub mod duration;
 pub mod error;
 mod flat_json;
 mod flink_sql;
+mod json_escapes;
 pub mod lake;
 pub mod pipeline;
 pub mod plan;
@@ -27,9 +30,10 @@ pub mod udf;
 pub mod window;
 
 pub use aggregate::AggregateStage;
-pub use decode::{Decoded, JsonDecoder, RecordError, RecordErrorKind};
+pub use decode::{Decoded, JsonDecoder, RecordError};
 pub use error::{Error, Result};
-pub use pipeline::Pipeline;
+pub use pipeline::{Evaluated, FailedRow, Isolated, Pipeline};
 pub use plan::JobPlan;
 pub use spec::{Job, Lake};
+pub use topics::DivertReason;
 pub use transform::{BatchTransform, TransformRegistry};

@@ -1,14 +1,49 @@
 //! A job's plan together with its Rust transform: what the batch and speed layers both run on
 //! each batch of source rows, so neither composes the steps on its own.
+//!
+//! [`Pipeline::evaluate_isolating`] is the one entry point both layers call. A row that decodes
+//! can still fail inside the plan (`CAST('abc' AS BIGINT)`, a UDF's error, a transform's); such
+//! a row must not fail its batch, or one record would stop the speed layer or make every
+//! backfill of its range fail, and the two layers would disagree about it. The plan is
+//! evaluated on the whole batch; when it fails the batch is halved and each half evaluated, down
+//! to the failing rows, so k bad rows among n cost about 2·k·log₂(n) plan runs, not n. The
+//! speed layer dead-letters exactly the failed rows and the batch layer skips exactly the
+//! same ones.
 
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::plan::JobPlan;
 use crate::spec::Job;
 use crate::transform::BatchTransform;
+
+/// What the plan made of some source rows.
+#[derive(Debug, Clone)]
+pub struct Evaluated {
+    /// The rows that passed the transform and WHERE, all input columns kept.
+    pub filtered: RecordBatch,
+    /// An aggregate job's partial states (one row per key, window and bucket), or a stateless
+    /// job's output rows (one per filtered row, in the same order).
+    pub output: RecordBatch,
+}
+
+/// One source row the plan failed on.
+#[derive(Debug)]
+pub struct FailedRow {
+    /// The row's index in the evaluated batch.
+    pub row: usize,
+    pub error: Error,
+}
+
+/// The plan's results over the rows it accepted (in row order, possibly in several pieces that
+/// merge or concatenate to the whole), and the rows it failed on, in row order.
+#[derive(Debug, Default)]
+pub struct Isolated {
+    pub pieces: Vec<Evaluated>,
+    pub failed: Vec<FailedRow>,
+}
 
 /// The transform (if any) followed by the compiled plan.
 #[derive(Debug)]
@@ -40,6 +75,62 @@ impl Pipeline {
         match &self.transform {
             Some(t) => self.plan.filter(&t.apply(source)?),
             None => self.plan.filter(source),
+        }
+    }
+
+    /// Stage 1 and the rest of the plan on `source` rows: the partial states of an aggregate
+    /// job, or the output rows of a stateless one, beside the rows that passed the filter.
+    pub fn evaluate(&self, source: &RecordBatch) -> Result<Evaluated> {
+        let filtered = self.filtered(source)?;
+        let output = match self.plan.aggregate() {
+            Some(stage) => stage.partial(&filtered)?,
+            None => self.plan.project(&filtered)?,
+        };
+        Ok(Evaluated { filtered, output })
+    }
+
+    /// [`Pipeline::evaluate`], isolating the rows the plan fails on (see the module docs).
+    /// `Err` only when the plan fails whatever the rows (it fails on no rows at all): an
+    /// error of the plan, not of the data.
+    pub fn evaluate_isolating(&self, source: &RecordBatch) -> Result<Isolated> {
+        let mut isolated = Isolated::default();
+        let whole = match self.evaluate(source) {
+            Ok(evaluated) => {
+                isolated.pieces.push(evaluated);
+                return Ok(isolated);
+            }
+            Err(e) => e,
+        };
+        if source.num_rows() <= 1 {
+            if source.num_rows() == 1 {
+                isolated.failed.push(FailedRow {
+                    row: 0,
+                    error: whole,
+                });
+                return Ok(isolated);
+            }
+            return Err(whole);
+        }
+        self.evaluate(&source.slice(0, 0)).map_err(|_| whole)?;
+        let half = source.num_rows() / 2;
+        self.bisect(source, 0, half, &mut isolated);
+        self.bisect(source, half, source.num_rows() - half, &mut isolated);
+        Ok(isolated)
+    }
+
+    /// Evaluates `source[offset..offset + len]`; on failure, its halves, down to single rows.
+    fn bisect(&self, source: &RecordBatch, offset: usize, len: usize, out: &mut Isolated) {
+        if len == 0 {
+            return;
+        }
+        match self.evaluate(&source.slice(offset, len)) {
+            Ok(evaluated) => out.pieces.push(evaluated),
+            Err(error) if len == 1 => out.failed.push(FailedRow { row: offset, error }),
+            Err(_) => {
+                let half = len / 2;
+                self.bisect(source, offset, half, out);
+                self.bisect(source, offset + half, len - half, out);
+            }
         }
     }
 
@@ -87,6 +178,51 @@ sql = "SELECT COUNT(*) AS n FROM t GROUP BY {window}"
         );
         let job = Job::from_toml(&toml, Path::new("t.toml")).expect("job");
         Pipeline::compile(&job, None).expect("plan")
+    }
+
+    #[test]
+    fn a_row_the_plan_fails_on_is_isolated_and_the_rest_evaluated() {
+        let toml = r#"
+name = "t"
+[source]
+topic = "t"
+event_time = "ts"
+fields = [{ name = "ts", type = "timestamp" }, { name = "qty", type = "string" }]
+[transform]
+sql = "SELECT SUM(CAST(qty AS BIGINT)) AS units, COUNT(*) AS n FROM t GROUP BY TUMBLE(ts, INTERVAL '1' HOUR)"
+"#;
+        let job = Job::from_toml(toml, Path::new("t.toml")).expect("job");
+        let pipeline = Pipeline::compile(&job, None).expect("plan");
+        let decoder = crate::JsonDecoder::new(&job);
+        let bad = [3usize, 150, 151, 299];
+        let records: Vec<String> = (0..300)
+            .map(|i| {
+                let qty = if bad.contains(&i) {
+                    "\"abc\"".to_string()
+                } else {
+                    format!("\"{i}\"")
+                };
+                format!(r#"{{"ts":{},"qty":{qty}}}"#, i * 1000)
+            })
+            .collect();
+        let decoded = decoder.decode(&records).expect("decode");
+        assert!(pipeline.evaluate(&decoded.batch).is_err());
+        let isolated = pipeline
+            .evaluate_isolating(&decoded.batch)
+            .expect("isolate");
+        let failed: Vec<usize> = isolated.failed.iter().map(|f| f.row).collect();
+        assert_eq!(failed, bad);
+        let stage = pipeline.plan().aggregate().expect("aggregate");
+        let partials: Vec<RecordBatch> = isolated.pieces.into_iter().map(|p| p.output).collect();
+        let rows = crate::rows::to_json_lines(&[stage.finalize(&partials).expect("finalize")])
+            .expect("json");
+        let sum: usize = (0..300usize).filter(|i| !bad.contains(i)).sum();
+        let expected = format!(r#"{{"units":{sum},"n":296}}"#);
+        assert_eq!(String::from_utf8_lossy(&rows).trim(), expected);
+        // A clean batch is one plan run and one piece.
+        let clean = decoded.batch.slice(4, 100);
+        let isolated = pipeline.evaluate_isolating(&clean).expect("clean");
+        assert_eq!((isolated.pieces.len(), isolated.failed.len()), (1, 0));
     }
 
     #[test]

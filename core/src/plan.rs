@@ -16,7 +16,9 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::common::{DFSchema, DFSchemaRef};
 use datafusion::datasource::empty::EmptyTable;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::simplify::SimplifyContext;
 use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan};
+use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 use datafusion::prelude::SessionContext;
@@ -276,9 +278,23 @@ impl Compilation<'_> {
         Ok((plan, rewritten.window))
     }
 
+    /// DataFusion's expression simplifier, which its physical planner expects to have run
+    /// (`COALESCE` is only executable once rewritten to `CASE`). Without a query start time,
+    /// so `now()` is evaluated per batch, never frozen at compile time.
+    fn simplified(&self, expr: &Expr, schema: &DFSchema) -> Result<Expr> {
+        let context = SimplifyContext::builder()
+            .with_schema(Arc::new(schema.clone()))
+            .with_config_options(self.ctx.state().config_options().clone())
+            .build();
+        ExprSimplifier::new(context)
+            .simplify(expr.clone())
+            .map_err(|e| self.invalid_sql(e))
+    }
+
     fn physical(&self, expr: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
+        let expr = self.simplified(expr, schema)?;
         create_physical_expr(
-            expr,
+            &expr,
             schema,
             self.ctx.state().execution_props(),
             &PhysicalPlanningContext::default(),
@@ -500,6 +516,7 @@ impl Compilation<'_> {
             self.forbid_window_columns(arg, "aggregate arguments")?;
         }
         let props = self.ctx.state().execution_props().clone();
+        let expr = &self.simplified(expr, input_schema)?;
         let lowered = LoweredAggregateBuilder::new(
             expr,
             input_schema,

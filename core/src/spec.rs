@@ -8,6 +8,8 @@
 //! event_time = "event_time"       # a `timestamp` field: epoch milliseconds or RFC 3339 text
 //! watermark_delay = "5s"          # default 5s
 //! allowed_lateness = "1m"         # default 0s
+//! max_future_skew = "1h"          # default 1h; event times further ahead of the record's
+//!                                 # timestamp are dead-lettered as clock_skew; "0s" disables
 //! fields = [
 //!   { name = "order_id", type = "string", nullable = false },
 //!   { name = "amount", type = "float64" },
@@ -68,11 +70,21 @@ pub struct SourceSpec {
     pub watermark_delay: Duration,
     #[serde(default, with = "serde_duration")]
     pub allowed_lateness: Duration,
+    /// How far an event time may be ahead of its record's timestamp (the Kafka timestamp; the
+    /// wall clock for files) before the record is dead-lettered as `clock_skew`: one record
+    /// from a producer with a wrong clock or unit must not move the watermark into the future
+    /// and turn every later record late. `0s` disables the guard.
+    #[serde(default = "default_max_future_skew", with = "serde_duration")]
+    pub max_future_skew: Duration,
     pub fields: Vec<FieldSpec>,
 }
 
 fn default_watermark_delay() -> Duration {
     Duration::from_secs(5)
+}
+
+fn default_max_future_skew() -> Duration {
+    Duration::from_secs(3600)
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -247,6 +259,25 @@ impl Job {
 
     pub fn bucket_micros(&self) -> i64 {
         self.spec.view.bucket.as_micros() as i64
+    }
+
+    /// A hash of everything that decides what the plan computes and how its state is laid
+    /// out (schema, event time, SQL, transform, view key, bucket, and Sluice's version): state
+    /// written under one fingerprint is never reused under another.
+    pub fn plan_fingerprint(&self) -> String {
+        let source = &self.spec.source;
+        let canonical = format!(
+            "sluice {}\0{:?}\0{}\0{}\0{}\0{:?}\0{:?}\0{}",
+            env!("CARGO_PKG_VERSION"),
+            source.fields,
+            source.event_time,
+            self.table_name(),
+            self.spec.transform.sql,
+            self.spec.transform.polars,
+            self.spec.view.key,
+            self.bucket_micros()
+        );
+        blake3::hash(canonical.as_bytes()).to_hex()[..32].to_string()
     }
 
     fn invalid(&self, field: &str, expected: &str, got: impl Into<String>) -> Error {

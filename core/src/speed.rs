@@ -236,4 +236,62 @@ bucket = "1h"
             assert_ne!(key[0], WATERMARK_KEY[0]);
         }
     }
+
+    /// The bytes of `<job>.speed` are a format other versions read: any change to them (byte
+    /// order, flags, field order) must fail here and be made on purpose, with a new version.
+    #[test]
+    fn speed_records_have_pinned_bytes() {
+        let toml = r#"
+name = "t"
+[source]
+topic = "orders"
+event_time = "ts"
+fields = [{ name = "region", type = "string" }, { name = "amount", type = "float64" },
+          { name = "ts", type = "timestamp" }]
+[transform]
+sql = """SELECT region, TUMBLE_START(ts, INTERVAL '1' MINUTE) AS ws, COUNT(*) AS n,
+  SUM(amount) AS total FROM orders GROUP BY region, TUMBLE(ts, INTERVAL '1' MINUTE)"""
+[view]
+key = ["region"]
+"#;
+        let job = Job::from_toml(toml, Path::new("t.toml")).expect("job");
+        let plan = JobPlan::compile(&job, job.source_schema()).expect("plan");
+        let decoded = JsonDecoder::new(&job)
+            .decode(&[r#"{"region":"eu","amount":2.5,"ts":60000}"#])
+            .expect("decode");
+        let partial = plan.partial(&decoded.batch).expect("partial");
+        let codec = SpeedCodec::new(plan.aggregate().expect("aggregate"));
+        let hex = |bytes: Vec<u8>| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        // version 1 | present, len 2 LE, "eu" | present, window start 60 s in µs, i64 LE |
+        // present, window end 120 s | present, bucket 0 (1 h buckets).
+        assert_eq!(
+            hex(codec.key(&partial, 0).unwrap()),
+            concat!(
+                "01",
+                "01",
+                "02000000",
+                "6575",
+                "01",
+                "0087930300000000",
+                "01",
+                "000e270700000000",
+                "01",
+                "0000000000000000"
+            )
+        );
+        // version 1 | present, COUNT = 1 as i64 LE | present, SUM = 2.5 as f64 LE.
+        assert_eq!(
+            hex(codec.value(&partial, 0).unwrap()),
+            concat!("01", "01", "0100000000000000", "01", "0000000000000440")
+        );
+        let watermark = PartitionWatermark {
+            max_event_us: 2,
+            watermark_us: 1,
+            emitted_us: None,
+        };
+        assert_eq!(
+            String::from_utf8(watermark.encode()).unwrap(),
+            r#"{"max_event_us":2,"watermark_us":1,"emitted_us":null}"#
+        );
+    }
 }

@@ -37,6 +37,73 @@ impl Topics {
     }
 }
 
+/// Why a record was diverted: the `sluice.error.type` header, the DLQ metric's label, the
+/// `error` of a rejects file. One list for every layer, so a record rejected by the speed layer
+/// carries the same reason as the line `lake load` or the row `backfill` rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DivertReason {
+    /// The bytes are not UTF-8.
+    NotUtf8,
+    /// Not one JSON object (syntax, trailing bytes, another JSON type, no value at all).
+    MalformedJson,
+    /// A field's value does not fit its declared type: wrong JSON type, out of the type's
+    /// range (including timestamps outside the supported years), or a non-finite number.
+    SchemaViolation,
+    /// A required field (always the event time) is absent or null.
+    MissingField,
+    /// Larger than the record limit.
+    Oversized,
+    /// The event time is more than `max_future_skew` ahead of the record's timestamp.
+    ClockSkew,
+    /// The record decoded but the job's plan (SQL expressions, UDFs, Polars transform)
+    /// failed on it.
+    TransformError,
+    /// Every window of the event closed more than the allowed lateness ago (`<job>.late`).
+    Late,
+}
+
+impl DivertReason {
+    pub const ALL: [DivertReason; 8] = [
+        DivertReason::NotUtf8,
+        DivertReason::MalformedJson,
+        DivertReason::SchemaViolation,
+        DivertReason::MissingField,
+        DivertReason::Oversized,
+        DivertReason::ClockSkew,
+        DivertReason::TransformError,
+        DivertReason::Late,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DivertReason::NotUtf8 => "not_utf8",
+            DivertReason::MalformedJson => "malformed_json",
+            DivertReason::SchemaViolation => "schema_violation",
+            DivertReason::MissingField => "missing_field",
+            DivertReason::Oversized => "oversized",
+            DivertReason::ClockSkew => "clock_skew",
+            DivertReason::TransformError => "transform_error",
+            DivertReason::Late => "late",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<DivertReason> {
+        DivertReason::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+}
+
+impl serde::Serialize for DivertReason {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for DivertReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Header names on `<job>.dlq` and `<job>.late` records. Values are UTF-8 text.
 pub mod header {
     /// The topic the record was read from.
@@ -45,8 +112,7 @@ pub mod header {
     pub const SOURCE_OFFSET: &str = "sluice.source.offset";
     /// The record's Kafka timestamp (ms since the epoch), when it had one.
     pub const SOURCE_TIMESTAMP: &str = "sluice.source.timestamp";
-    /// `not_utf8`, `malformed_json`, `schema_violation`, `missing_field`, `oversized`,
-    /// `transform_error`; or `late` on `<job>.late`.
+    /// A [`super::DivertReason`]: `late` on `<job>.late`, any other on `<job>.dlq`.
     pub const ERROR_TYPE: &str = "sluice.error.type";
     pub const ERROR_MESSAGE: &str = "sluice.error.message";
     /// The field at fault, when known.
@@ -59,4 +125,17 @@ pub mod header {
     pub const TRUNCATED: &str = "sluice.payload.truncated";
     /// The original value's size in bytes, on truncated records.
     pub const ORIGINAL_SIZE: &str = "sluice.payload.size";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DivertReason;
+
+    #[test]
+    fn reasons_round_trip_through_their_names() {
+        for reason in DivertReason::ALL {
+            assert_eq!(DivertReason::parse(reason.as_str()), Some(reason));
+        }
+        assert_eq!(DivertReason::parse("udf_error"), None);
+    }
 }

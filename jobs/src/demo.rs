@@ -421,7 +421,17 @@ fn start_running(
     let generator = spawn_generator(&config.brokers, job, args, &counters, &stop)?;
     let sink = spawn_sink(job, lake, &config, &metrics, &stop)?;
     let backfill = spawn_backfill(job, lake, args.backfill_every, &backfills, &stop)?;
-    let daemon = StreamDaemon::new(job.clone(), pipeline, config, metrics.clone());
+    // The demo's serving layer reloads the batch view every second or two, in this process:
+    // half a minute of grace is plenty before the speed layer tombstones what a backfill covers.
+    let cutoff = sluice_stream::BatchCutoff::new(Duration::from_secs(30));
+    tokio::spawn(cutoff.clone().watch(
+        job.name().to_string(),
+        sluice_core::lake::TableLocation::new(lake.view_table(job)),
+        Duration::from_secs(5),
+        stop.clone(),
+    ));
+    let daemon =
+        StreamDaemon::new(job.clone(), pipeline, config, metrics.clone()).with_batch_cutoff(cutoff);
     let flag = stop.clone();
     let daemon = tokio::task::spawn_blocking(move || daemon.run(flag));
     Ok(Running {

@@ -50,7 +50,7 @@ enum Command {
     Lake(LakeCommand),
     /// Recompute the batch view for a time range from the raw table and move the cutoff.
     #[command(
-        after_help = "Examples:\n  sluice backfill --job jobs/examples/orders_per_minute.toml --from 2024-05-01T10:00:00Z --to 2024-05-01T12:00:00Z\n  sluice backfill --job jobs/examples/region_totals.toml --output json\n\nThe range is widened to whole buckets. Re-running a range replaces it. Exit 0 on success, 1 on error."
+        after_help = "Examples:\n  sluice backfill --job jobs/examples/orders_per_minute.toml --from 2024-05-01T10:00:00Z --to 2024-05-01T12:00:00Z\n  sluice backfill --job jobs/examples/region_totals.toml --output json\n\n  sluice backfill --job job.toml --from 2024-05-01 --to 2024-05-02 --rejects rejected.jsonl\n\nThe range is widened to whole buckets. Re-running a range replaces it. Raw rows the plan fails\non (e.g. a CAST of bad text) are skipped and counted, as the speed layer dead-letters them;\n--rejects writes them as JSON lines (partition, offset, error, reason, record).\nExit 0 on success, 3 when rows were skipped, 1 on error."
     )]
     Backfill(BackfillArgs),
     /// Print a job's batch view as finalized JSON rows (partial states merged across buckets).
@@ -163,6 +163,9 @@ struct BackfillArgs {
     /// End (exclusive). Default: the start of the current bucket.
     #[arg(long)]
     to: Option<String>,
+    /// Write the raw rows the plan failed on (skipped) to this file, one JSON object a line.
+    #[arg(long, value_name = "FILE")]
+    rejects: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -332,14 +335,32 @@ async fn run_backfill(args: BackfillArgs) -> anyhow::Result<ExitCode> {
         progress: args.job.output == Output::Text,
     };
     let report = backfill(&job, &lake, transform, request).await?;
+    for row in &report.rejected {
+        eprintln!(
+            "partition {} offset {}: {} skipped: {}",
+            row.partition.map_or("-".to_string(), |p| p.to_string()),
+            row.offset.map_or("-".to_string(), |o| o.to_string()),
+            row.error,
+            row.reason
+        );
+    }
+    if let Some(path) = &args.rejects {
+        let mut body = String::new();
+        for row in &report.rejected {
+            body.push_str(&serde_json::to_string(row)?);
+            body.push('\n');
+        }
+        std::fs::write(path, body).with_context(|| format!("writing {}", path.display()))?;
+    }
     match args.job.output {
         Output::Json => println!("{}", serde_json::to_string(&report)?),
         Output::Text => println!(
-            "backfill {}: [{} .. {}) read {} raw rows, wrote {} view rows to {} (version {}), cutoff {} in {:.2}s",
+            "backfill {}: [{} .. {}) read {} raw rows ({} skipped), wrote {} view rows to {} (version {}), cutoff {} in {:.2}s",
             report.job,
             report.from,
             report.to,
             report.rows_read,
+            report.rows_rejected,
             report.view_rows,
             report.view_table,
             report
@@ -349,7 +370,11 @@ async fn run_backfill(args: BackfillArgs) -> anyhow::Result<ExitCode> {
             report.seconds
         ),
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if report.rows_rejected > 0 {
+        ExitCode::from(EXIT_PARTIAL)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn view(args: JobArgs) -> anyhow::Result<ExitCode> {

@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use sluice_core::duration::parse_duration;
+use sluice_core::lake::TableLocation;
 use sluice_core::{Job, Lake, Pipeline};
 use sluice_stream::{
-    Guarantee, LakeSink, LakeSinkConfig, MemoryBound, StreamConfig, StreamDaemon, StreamMetrics,
-    serve_metrics,
+    BatchCutoff, Guarantee, LakeSink, LakeSinkConfig, MemoryBound, StreamConfig, StreamDaemon,
+    StreamMetrics, serve_metrics,
 };
 
 use crate::signals::StopSignals;
@@ -78,6 +79,14 @@ pub struct StreamArgs {
     /// Records larger than this many bytes go to the DLQ as `oversized`.
     #[arg(long, default_value_t = sluice_core::decode::DEFAULT_MAX_RECORD_BYTES)]
     pub max_record_bytes: usize,
+    /// How often to read the batch view's cutoff from the lake.
+    #[arg(long, default_value = "30s", value_parser = parse_duration_arg)]
+    pub batch_poll: Duration,
+    /// Expired windows stay in `<job>.speed` until the batch view covers their bucket and
+    /// its cutoff has been visible this long (so serving replicas have loaded it); then they
+    /// are tombstoned and compaction removes them.
+    #[arg(long, default_value = "5m", value_parser = parse_duration_arg)]
+    pub tombstone_grace: Duration,
     /// Extra librdkafka property, `key=value` (repeatable).
     #[arg(short = 'X', value_parser = parse_property)]
     pub property: Vec<(String, String)>,
@@ -149,10 +158,17 @@ pub async fn stream(args: StreamArgs) -> anyhow::Result<ExitCode> {
     start_metrics(args.metrics_addr, &metrics);
     let stop = StopSignals::new()?.into_flag();
     let sink_config = (!args.no_lake_sink).then(|| args.sink_config());
+    let lake = Lake::resolve(args.lake.as_deref());
+    let cutoff = BatchCutoff::new(args.tombstone_grace);
+    tokio::spawn(cutoff.clone().watch(
+        job.name().to_string(),
+        TableLocation::new(lake.view_table(&job)),
+        args.batch_poll.max(Duration::from_millis(100)),
+        stop.clone(),
+    ));
     let bound = MemoryBound::of(&config, sink_config.as_ref());
     tracing::info!(job = job.name(), bound_mib = bound.total_mib(), terms = %bound, "memory bound (beyond the process's fixed footprint)");
     let sink = sink_config.map(|sink_config| {
-        let lake = Lake::resolve(args.lake.as_deref());
         let sink = LakeSink::new(
             job.clone(),
             &lake,
@@ -163,7 +179,7 @@ pub async fn stream(args: StreamArgs) -> anyhow::Result<ExitCode> {
         let (runtime, stop) = (tokio::runtime::Handle::current(), stop.clone());
         std::thread::spawn(move || sink.run(runtime, stop))
     });
-    let daemon = StreamDaemon::new(job, pipeline, config, metrics);
+    let daemon = StreamDaemon::new(job, pipeline, config, metrics).with_batch_cutoff(cutoff);
     let daemon_stop = stop.clone();
     let summary = tokio::task::spawn_blocking(move || daemon.run(daemon_stop)).await?;
     stop.store(true, Ordering::SeqCst);

@@ -8,8 +8,8 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -23,6 +23,9 @@ use crate::sql;
 
 /// The OpenAPI document of this API.
 pub const OPENAPI: &str = include_str!("../openapi.yaml");
+
+/// `Retry-After` (seconds) on the 503s answered while a job is loading.
+const RETRY_AFTER_SECONDS: &str = "1";
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -52,6 +55,10 @@ impl AppState {
 impl IntoResponse for ServingError {
     fn into_response(self) -> Response {
         let (status, code) = self.http();
+        if let ServingError::Loading(loading) = &self {
+            let body = json!({"error": code, "message": self.to_string(), "loading": [loading]});
+            return retry_later(json_response(status, body.to_string()));
+        }
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
@@ -64,6 +71,13 @@ impl IntoResponse for ServingError {
 
 fn json_response(status: StatusCode, body: String) -> Response {
     (status, [(CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn retry_later(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+    response
 }
 
 pub(crate) fn router(state: AppState) -> Router {
@@ -147,19 +161,27 @@ async fn not_found() -> Response {
     )
 }
 
+/// 200 once every job is ready; 503 before, naming each part still loading.
 async fn health(State(state): State<AppState>) -> Response {
-    let jobs: serde_json::Map<String, serde_json::Value> = state
-        .jobs
-        .iter()
-        .map(|j| (j.name().to_string(), json!({"ready": j.ready()})))
-        .collect();
-    let ready = state.jobs.iter().all(|j| j.ready());
-    let (status, word) = if ready {
-        (StatusCode::OK, "ok")
+    let mut jobs = serde_json::Map::new();
+    let mut loading = Vec::new();
+    for job in state.jobs.iter() {
+        let parts = job.loading();
+        jobs.insert(
+            job.name().to_string(),
+            json!({"ready": parts.is_empty(), "loading": &parts}),
+        );
+        loading.extend(parts);
+    }
+    let body = |word: &str| json!({"status": word, "jobs": &jobs, "loading": &loading}).to_string();
+    if loading.is_empty() {
+        json_response(StatusCode::OK, body("ok"))
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting")
-    };
-    json_response(status, json!({"status": word, "jobs": jobs}).to_string())
+        retry_later(json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            body("starting"),
+        ))
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -196,6 +218,7 @@ async fn view(
     let Query(params) = params.map_err(|e| ServingError::bad_request("query", e.body_text()))?;
     let query = ViewQuery::from_params(&params)?;
     let snapshot = service.snapshot();
+    service.require_batch(&snapshot)?;
     let selection = query::select(&snapshot, &service.shape(), &query)?;
     Ok(json_response(
         StatusCode::OK,
@@ -213,18 +236,27 @@ async fn run_sql(State(state): State<AppState>, body: Bytes) -> Result<Response,
             "the body needs a string field `sql`",
         ));
     };
-    let tables = state
-        .jobs
-        .iter()
-        .map(|j| (j.name().to_string(), j.snapshot().table.clone()))
-        .collect();
-    let answer = sql::run(text, tables).await?;
+    let mut tables = Vec::new();
+    let mut loading = Vec::new();
+    for job in state.jobs.iter() {
+        let snapshot = job.snapshot();
+        if let Err(e) = job.require_batch(&snapshot) {
+            loading.push((job.name().to_string(), e));
+        }
+        tables.push((job.name().to_string(), snapshot.table.clone()));
+    }
+    let answer = sql::run(text, tables, loading).await?;
     Ok(json_response(StatusCode::OK, json!(answer).to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batch_view::BatchView;
+    use crate::service::ServedJob;
+    use serde_json::Value;
+    use sluice_core::lake::CommitSummary;
+    use sluice_core::{Job, JsonDecoder, Lake, Pipeline};
 
     #[test]
     fn endpoints_have_low_cardinality_labels() {
@@ -239,5 +271,255 @@ mod tests {
         assert!(constant_time_eq(b"secret", b"secret"));
         assert!(!constant_time_eq(b"secret", b"secreT"));
         assert!(!constant_time_eq(b"secret", b"secret2"));
+    }
+
+    const JOB: &str = r#"
+name = "t"
+[source]
+topic = "orders"
+event_time = "ts"
+fields = [
+  { name = "region", type = "string" },
+  { name = "amount", type = "float64" },
+  { name = "ts", type = "timestamp" },
+]
+[transform]
+sql = """SELECT region, TUMBLE_START(ts, INTERVAL '1' MINUTE) AS ws, COUNT(*) AS n
+  FROM orders GROUP BY region, TUMBLE(ts, INTERVAL '1' MINUTE)"""
+[view]
+key = ["region"]
+bucket = "1h"
+"#;
+
+    /// 11:00 on 2024-05-01, a bucket boundary.
+    const CUTOFF_US: i64 = 1_714_561_200_000_000;
+
+    /// One job served without Kafka (its speed view is empty and caught up), its lake in `dir`.
+    fn served(dir: &std::path::Path) -> (AppState, Arc<JobService>) {
+        let job = Job::from_toml(JOB, std::path::Path::new("t.toml")).expect("job");
+        let pipeline = Arc::new(Pipeline::compile(&job, None).expect("pipeline"));
+        let lake = Lake {
+            root: dir.to_string_lossy().into_owned(),
+        };
+        let service =
+            Arc::new(JobService::detached(ServedJob::new(job, pipeline), &lake).expect("service"));
+        service
+            .speed_follower()
+            .view
+            .write()
+            .expect("speed view")
+            .caught_up = true;
+        let state = AppState {
+            jobs: Arc::new(vec![service.clone()]),
+            metrics: ServingMetrics::new(),
+            token: None,
+        };
+        (state, service)
+    }
+
+    /// A version of the view table holding two `eu` events and one `us` event before the cutoff.
+    fn batch_view(service: &JobService, version: u64) -> Arc<BatchView> {
+        let plan = service.served.pipeline.plan();
+        let lines = [
+            r#"{"region":"eu","amount":2.0,"ts":1714561170000}"#,
+            r#"{"region":"eu","amount":4.0,"ts":1714561175000}"#,
+            r#"{"region":"us","amount":1.0,"ts":1714561100000}"#,
+        ];
+        let decoded = JsonDecoder::new(&service.served.job)
+            .decode(&lines)
+            .expect("decode");
+        let partial = plan.partial(&decoded.batch).expect("partial");
+        let stage = plan.aggregate().expect("aggregate");
+        Arc::new(BatchView {
+            version,
+            cutoff_us: Some(CUTOFF_US),
+            partials: vec![
+                stage
+                    .buckets_in(&partial, None, Some(CUTOFF_US))
+                    .expect("buckets"),
+            ],
+            last_run: CommitSummary {
+                version,
+                timestamp_ms: Some(0),
+                info: Default::default(),
+            },
+        })
+    }
+
+    async fn read(response: Response) -> (StatusCode, Option<String>, Value) {
+        let status = response.status();
+        let retry = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        let body: Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&bytes)));
+        (status, retry, body)
+    }
+
+    async fn get_health(state: &AppState) -> (StatusCode, Option<String>, Value) {
+        read(health(State(state.clone())).await).await
+    }
+
+    async fn get_view(state: &AppState, key: &str) -> (StatusCode, Option<String>, Value) {
+        let params = HashMap::from([("key".to_string(), key.to_string())]);
+        let response = view(
+            State(state.clone()),
+            Path("t".to_string()),
+            Ok(Query(params)),
+        )
+        .await;
+        read(response.into_response()).await
+    }
+
+    async fn post_sql(state: &AppState, sql: &str) -> (StatusCode, Option<String>, Value) {
+        let body = Bytes::from(json!({ "sql": sql }).to_string());
+        read(run_sql(State(state.clone()), body).await.into_response()).await
+    }
+
+    fn assert_loading(answer: &(StatusCode, Option<String>, Value), what: &str) {
+        let (status, retry, body) = answer;
+        assert_eq!(*status, StatusCode::SERVICE_UNAVAILABLE, "{what}: {body}");
+        assert_eq!(
+            retry.as_deref(),
+            Some(RETRY_AFTER_SECONDS),
+            "{what}: {body}"
+        );
+        assert_eq!(body["error"], "loading", "{what}: {body}");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with("job `t`: the batch view is still loading"),
+            "{what}: {body}"
+        );
+        assert_eq!(body["loading"][0]["part"], "batch view", "{what}: {body}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn health_view_and_sql_wait_until_the_batch_view_is_merged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (state, service) = served(dir.path());
+        // The speed view is caught up and merged; the view table was not read yet.
+        service.refresh(&state.metrics).expect("refresh");
+        let health = get_health(&state).await;
+        assert_eq!(health.0, StatusCode::SERVICE_UNAVAILABLE, "{}", health.2);
+        assert_eq!(health.1.as_deref(), Some(RETRY_AFTER_SECONDS));
+        assert_eq!(health.2["status"], "starting", "{}", health.2);
+        assert_eq!(
+            health.2["loading"],
+            json!([{"job": "t", "part": "batch view"}]),
+            "{}",
+            health.2
+        );
+        assert_eq!(health.2["jobs"]["t"]["ready"], false, "{}", health.2);
+        assert!(!service.status().ready);
+        assert_loading(&get_view(&state, "eu").await, "view before the batch view");
+        assert_loading(
+            &post_sql(&state, "SELECT COUNT(*) AS n FROM t").await,
+            "sql before the batch view",
+        );
+        let subquery = "SELECT x FROM (VALUES (1)) AS v(x) WHERE x IN (SELECT n FROM t)";
+        assert_loading(
+            &post_sql(&state, subquery).await,
+            "sql reading the job in a subquery",
+        );
+        let untouched = post_sql(&state, "SELECT 1 AS one").await;
+        assert_eq!(
+            untouched.0,
+            StatusCode::OK,
+            "sql reading no job: {}",
+            untouched.2
+        );
+
+        // No view table yet: an empty batch view, read, but not merged into a snapshot yet.
+        service
+            .poll_batch()
+            .await
+            .expect("a view table that does not exist yet is an empty batch view");
+        assert_eq!(
+            get_health(&state).await.0,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ready before the batch view is merged"
+        );
+        assert_loading(&get_view(&state, "eu").await, "view before the merge");
+
+        assert!(service.refresh(&state.metrics).expect("refresh"));
+        let health = get_health(&state).await;
+        assert_eq!(health.0, StatusCode::OK, "{}", health.2);
+        assert_eq!(health.1, None);
+        assert_eq!(health.2["status"], "ok", "{}", health.2);
+        assert_eq!(health.2["loading"], json!([]), "{}", health.2);
+        assert_eq!(health.2["jobs"]["t"]["ready"], true, "{}", health.2);
+        assert!(service.status().ready);
+        let view = get_view(&state, "eu").await;
+        assert_eq!(view.0, StatusCode::OK, "{}", view.2);
+        assert_eq!(view.2["cutoff"], Value::Null, "no backfill yet: {}", view.2);
+        assert_eq!(view.2["count"], 0, "{}", view.2);
+        let sql = post_sql(&state, "SELECT COUNT(*) AS n FROM t").await;
+        assert_eq!(sql.0, StatusCode::OK, "{}", sql.2);
+        assert_eq!(sql.2["rows"][0]["n"], 0, "{}", sql.2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_first_read_is_named_and_a_loaded_batch_view_stays_served() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (state, service) = served(dir.path());
+        service.refresh(&state.metrics).expect("refresh");
+        let unreadable = || -> Result<Option<Arc<BatchView>>, ServingError> {
+            Err(ServingError::Internal(
+                "the view table is unreadable".into(),
+            ))
+        };
+
+        assert!(service.batch_read(unreadable()).is_err());
+        service.refresh(&state.metrics).expect("refresh");
+        let health = get_health(&state).await;
+        assert_eq!(health.0, StatusCode::SERVICE_UNAVAILABLE, "{}", health.2);
+        assert_eq!(health.2["loading"][0]["part"], "batch view", "{}", health.2);
+        assert_eq!(
+            health.2["loading"][0]["error"], "the view table is unreadable",
+            "{}",
+            health.2
+        );
+        let view = get_view(&state, "eu").await;
+        assert_loading(&view, "view after a failed read");
+        assert!(
+            view.2["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("the view table is unreadable")),
+            "{}",
+            view.2
+        );
+
+        // The retry reads version 1; once merged, the job is ready and answers its rows.
+        service
+            .batch_read(Ok(Some(batch_view(&service, 1))))
+            .expect("read");
+        assert_eq!(
+            get_health(&state).await.0,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ready before the batch view is merged"
+        );
+        assert!(service.refresh(&state.metrics).expect("refresh"));
+        assert_eq!(get_health(&state).await.0, StatusCode::OK);
+        let view = get_view(&state, "eu").await;
+        assert_eq!(view.0, StatusCode::OK, "{}", view.2);
+        assert_eq!(view.2["cutoff"], "2024-05-01T11:00:00Z", "{}", view.2);
+        assert_eq!(view.2["count"], 1, "{}", view.2);
+        assert_eq!(view.2["rows"][0]["origin"], "batch", "{}", view.2);
+        assert_eq!(view.2["rows"][0]["row"]["n"], 2, "{}", view.2);
+
+        // A later read that fails keeps the loaded view: still ready, still the same rows.
+        assert!(service.batch_read(unreadable()).is_err());
+        service.refresh(&state.metrics).expect("refresh");
+        let health = get_health(&state).await;
+        assert_eq!(health.0, StatusCode::OK, "{}", health.2);
+        let again = get_view(&state, "eu").await;
+        assert_eq!(again.0, StatusCode::OK, "{}", again.2);
+        assert_eq!(again.2["rows"], view.2["rows"]);
+        assert_eq!(again.2["cutoff"], view.2["cutoff"]);
     }
 }

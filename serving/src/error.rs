@@ -2,6 +2,8 @@
 
 use axum::http::StatusCode;
 
+use crate::service::Loading;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServingError {
     #[error(transparent)]
@@ -24,6 +26,9 @@ pub enum ServingError {
         #[source]
         source: std::io::Error,
     },
+    /// A part of the job is not loaded yet, so an answer would be wrong (503, retried).
+    #[error("{0}")]
+    Loading(Loading),
     #[error("no job named `{job}`; serving: {known}")]
     UnknownJob { job: String, known: String },
     #[error("`{parameter}`: {message}")]
@@ -57,6 +62,7 @@ impl ServingError {
             ServingError::BadRequest { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
             ServingError::SqlRefused(_) => (StatusCode::BAD_REQUEST, "sql_refused"),
             ServingError::BadSql(_) => (StatusCode::BAD_REQUEST, "bad_sql"),
+            ServingError::Loading(_) => (StatusCode::SERVICE_UNAVAILABLE, "loading"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

@@ -23,7 +23,7 @@ pub use api::OPENAPI;
 pub use error::{Result, ServingError};
 pub use query::{DEFAULT_LIMIT, MAX_LIMIT, ViewAnswer, ViewQuery, ViewRow};
 pub use server::{ServeConfig, Server};
-pub use service::{BatchRun, JobStatus, PartialRows, ServedJob};
+pub use service::{BATCH_VIEW, BatchRun, JobStatus, Loading, PartialRows, SPEED_VIEW, ServedJob};
 pub use snapshot::{ORIGIN_COLUMN, Origin, OriginCounts};
 pub use sql::{MAX_SQL_ROWS, SqlAnswer};
 

@@ -120,10 +120,12 @@ impl Server {
         self.state.jobs.iter().map(|j| j.status()).collect()
     }
 
-    /// A view query, as `GET /v1/jobs/{job}/view` answers it.
+    /// A view query, as `GET /v1/jobs/{job}/view` answers it ([`ServingError::Loading`] until
+    /// the job's batch view is loaded).
     pub fn view(&self, job: &str, query: &ViewQuery) -> Result<ViewAnswer> {
         let service = self.state.job(job)?;
         let snapshot = service.snapshot();
+        service.require_batch(&snapshot)?;
         let selection = query::select(&snapshot, &service.shape(), query)?;
         Ok(query::answer(&snapshot, service.name(), &selection))
     }

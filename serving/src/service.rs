@@ -1,10 +1,11 @@
 //! One served job: its speed follower, its batch view, and the merged snapshot requests read.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
-use sluice_core::lake::TableLocation;
+use sluice_core::lake::{TableLocation, commit_key};
 use sluice_core::speed::SpeedCodec;
 use sluice_core::time::format_time;
 use sluice_core::topics::Topics;
@@ -76,7 +77,37 @@ pub struct JobStatus {
     pub partial_rows: PartialRows,
     pub freshness_ms: Option<i64>,
     pub snapshot_at: String,
+    /// Whether the job answers: nothing in `loading`.
     pub ready: bool,
+    /// The parts still loading (empty once ready).
+    pub loading: Vec<Loading>,
+}
+
+/// What [`Loading::part`] names: the view table's rows, merged into the snapshot requests read.
+pub const BATCH_VIEW: &str = "batch view";
+/// What [`Loading::part`] names: `<job>.speed`, read to its end.
+pub const SPEED_VIEW: &str = "speed view";
+
+/// A part of a job that is not loaded yet: why `GET /health` answers 503, and what a 503 from
+/// `/view` or `/sql` names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Loading {
+    pub job: String,
+    /// [`BATCH_VIEW`] or [`SPEED_VIEW`].
+    pub part: &'static str,
+    /// Why the last attempt to load it failed (it is retried).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl std::fmt::Display for Loading {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "job `{}`: the {} is still loading", self.job, self.part)?;
+        if let Some(error) = &self.error {
+            write!(f, " (the last attempt failed: {error}; retrying)")?;
+        }
+        Ok(())
+    }
 }
 
 pub(crate) struct JobService {
@@ -86,7 +117,12 @@ pub(crate) struct JobService {
     pub view_table: TableLocation,
     speed: SpeedFollower,
     batch: RwLock<Option<Arc<BatchView>>>,
-    batch_read_once: std::sync::atomic::AtomicBool,
+    /// Set once a read of the view table succeeded (a table that does not exist yet counts: an
+    /// empty batch view), after `batch` holds what it read. Never cleared: a later read that
+    /// fails keeps the view read before.
+    batch_loaded: AtomicBool,
+    /// The error of the newest read of the view table; cleared by the next success.
+    batch_error: RwLock<Option<String>>,
     snapshot: RwLock<Arc<Snapshot>>,
 }
 
@@ -97,6 +133,25 @@ impl JobService {
         lake: &Lake,
         overrides: &[(String, String)],
     ) -> Result<JobService> {
+        let (job, stream_group) = (served.job.name().to_string(), served.stream_group.clone());
+        JobService::with_speed(served, lake, |topics| {
+            SpeedFollower::start(SpeedSource {
+                job,
+                brokers: brokers.to_string(),
+                speed_topic: topics.speed.clone(),
+                source_topic: topics.source.clone(),
+                stream_group,
+                overrides: overrides.to_vec(),
+            })
+        })
+    }
+
+    /// A job whose speed view `speed` follows (it is started only for a stateful job).
+    fn with_speed(
+        served: ServedJob,
+        lake: &Lake,
+        speed: impl FnOnce(&Topics) -> Result<SpeedFollower>,
+    ) -> Result<JobService> {
         let job = &served.job;
         let stage = served
             .pipeline
@@ -106,14 +161,7 @@ impl JobService {
                 job: job.name().to_string(),
             })?;
         let topics = Topics::for_job(job);
-        let speed = SpeedFollower::start(SpeedSource {
-            job: job.name().to_string(),
-            brokers: brokers.to_string(),
-            speed_topic: topics.speed.clone(),
-            source_topic: topics.source.clone(),
-            stream_group: served.stream_group.clone(),
-            overrides: overrides.to_vec(),
-        })?;
+        let speed = speed(&topics)?;
         Ok(JobService {
             codec: SpeedCodec::new(stage),
             view_table: TableLocation::new(lake.view_table(job)),
@@ -121,7 +169,8 @@ impl JobService {
             topics,
             speed,
             batch: RwLock::new(None),
-            batch_read_once: std::sync::atomic::AtomicBool::new(false),
+            batch_loaded: AtomicBool::new(false),
+            batch_error: RwLock::new(None),
             served,
         })
     }
@@ -155,11 +204,52 @@ impl JobService {
         }
     }
 
-    pub fn ready(&self) -> bool {
-        self.speed_caught_up()
-            && self
-                .batch_read_once
-                .load(std::sync::atomic::Ordering::SeqCst)
+    /// The parts not loaded yet (ready when there are none): the speed view until it reached the end of `<job>.speed`
+    /// (again after its follower reconnects), the batch view until the snapshot requests read
+    /// was built from a successful read of the view table (once: later reads that fail or are
+    /// under way keep the snapshot built before).
+    pub fn loading(&self) -> Vec<Loading> {
+        let mut parts = Vec::new();
+        let (caught_up, error) = self
+            .speed
+            .read(|v| (v.caught_up, v.last_error.clone()))
+            .unwrap_or((false, None));
+        if !caught_up {
+            parts.push(Loading {
+                job: self.name().to_string(),
+                part: SPEED_VIEW,
+                error,
+            });
+        }
+        if !self.snapshot().batch_loaded {
+            parts.push(self.batch_loading());
+        }
+        parts
+    }
+
+    /// Refuses to answer from `snapshot` before it holds the batch view: its rows would be
+    /// the speed view's alone, with no cutoff, which is a wrong answer, not an empty one.
+    pub fn require_batch(&self, snapshot: &Snapshot) -> Result<()> {
+        if snapshot.batch_loaded {
+            Ok(())
+        } else {
+            Err(ServingError::Loading(self.batch_loading()))
+        }
+    }
+
+    /// The batch view as a part still loading, with the error of the last read while no read
+    /// has succeeded yet.
+    fn batch_loading(&self) -> Loading {
+        let error = if self.batch_loaded.load(Ordering::SeqCst) {
+            None
+        } else {
+            self.batch_error.read().ok().and_then(|e| e.clone())
+        };
+        Loading {
+            job: self.name().to_string(),
+            part: BATCH_VIEW,
+            error,
+        }
     }
 
     /// Reloads the batch view when the table has a new version.
@@ -170,33 +260,58 @@ impl JobService {
             .ok()
             .and_then(|b| b.as_ref().map(|b| b.version));
         let stage = self.stage()?;
-        let loaded = batch_view::load_if_changed(
+        let read = batch_view::load_if_changed(
             self.served.pipeline.plan(),
             stage,
             &self.view_table,
             known,
         )
         .await;
-        self.batch_read_once
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        if let Some(view) = loaded? {
-            tracing::info!(job = self.name(), version = view.version, cutoff = ?view.cutoff_us.map(format_time), "batch view loaded");
-            if let Ok(mut batch) = self.batch.write() {
-                *batch = Some(view);
+        self.batch_read(read)
+    }
+
+    /// Takes in one read of the view table: a new version, nothing new (`Ok(None)`, also when
+    /// the table does not exist yet), or an error, which is kept for `/health` until a read
+    /// succeeds and returned.
+    pub(crate) fn batch_read(&self, read: Result<Option<Arc<BatchView>>>) -> Result<()> {
+        let view = match read {
+            Ok(view) => view,
+            Err(e) => {
+                if let Ok(mut error) = self.batch_error.write() {
+                    *error = Some(e.to_string());
+                }
+                return Err(e);
             }
+        };
+        if let Some(view) = view {
+            tracing::info!(job = self.name(), version = view.version, cutoff = ?view.cutoff_us.map(format_time), "batch view loaded");
+            let mut batch = self
+                .batch
+                .write()
+                .map_err(|_| ServingError::Internal("batch view lock poisoned".to_string()))?;
+            *batch = Some(view);
         }
+        if let Ok(mut error) = self.batch_error.write() {
+            *error = None;
+        }
+        // After `batch` is filled: a snapshot built once this is set holds what was just read.
+        self.batch_loaded.store(true, Ordering::SeqCst);
         Ok(())
     }
 
     /// Rebuilds the merged snapshot if either layer changed since the last one.
     pub fn refresh(&self, metrics: &ServingMetrics) -> Result<bool> {
         let current = self.snapshot();
+        // Before `batch`: `batch_read` fills `batch` before it sets the flag, so a snapshot
+        // marked loaded holds the first successful read of the view table or a later one.
+        let batch_loaded = self.batch_loaded.load(Ordering::SeqCst);
         let batch = self.batch.read().ok().and_then(|b| b.clone());
         let batch_version = batch.as_ref().map(|b| b.version);
         let stage = self.stage()?;
         let built = self.speed.read(|speed| {
             let unchanged = speed.version == current.speed_version
                 && batch_version == current.batch_version
+                && batch_loaded == current.batch_loaded
                 && speed.watermark_us() == current.watermark_us;
             (!unchanged).then(|| {
                 Snapshot::build(&Inputs {
@@ -204,6 +319,7 @@ impl JobService {
                     codec: &self.codec,
                     key_columns: &self.served.job.spec.view.key,
                     batch: batch.as_deref(),
+                    batch_loaded,
                     speed,
                 })
             })
@@ -222,6 +338,7 @@ impl JobService {
         let snapshot = self.snapshot();
         let (speed_lag, source_lag) = self.lags();
         let batch = self.batch.read().ok().and_then(|b| b.clone());
+        let loading = self.loading();
         JobStatus {
             job: self.name().to_string(),
             source_topic: self.topics.source.clone(),
@@ -242,7 +359,8 @@ impl JobService {
             },
             freshness_ms: freshness_ms(&snapshot),
             snapshot_at: format_time(snapshot.built_at_ms * 1000),
-            ready: self.ready(),
+            ready: loading.is_empty(),
+            loading,
         }
     }
 
@@ -262,6 +380,18 @@ impl JobService {
     }
 }
 
+#[cfg(test)]
+impl JobService {
+    /// A job with no Kafka behind it: the test fills its speed view.
+    pub fn detached(served: ServedJob, lake: &Lake) -> Result<JobService> {
+        JobService::with_speed(served, lake, |_| Ok(SpeedFollower::detached()))
+    }
+
+    pub fn speed_follower(&self) -> &SpeedFollower {
+        &self.speed
+    }
+}
+
 pub(crate) fn freshness_ms(snapshot: &Snapshot) -> Option<i64> {
     snapshot
         .newest_data_ms
@@ -275,11 +405,11 @@ fn batch_run(view: &BatchView) -> BatchRun {
         version: view.version,
         at: view.last_run.timestamp_ms.map(|ms| format_time(ms * 1000)),
         operation: info
-            .get("sluice.operation")
+            .get(commit_key::OPERATION)
             .and_then(|v| v.as_str())
             .map(str::to_string),
-        from: time("sluice.from_us"),
-        to: time("sluice.to_us"),
+        from: time(commit_key::FROM_US),
+        to: time(commit_key::TO_US),
     }
 }
 

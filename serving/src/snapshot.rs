@@ -71,6 +71,9 @@ pub(crate) struct Snapshot {
     pub newest_data_ms: Option<i64>,
     pub speed_version: u64,
     pub batch_version: Option<u64>,
+    /// Whether the batch view had been read when this was built (a view table that does not
+    /// exist yet counts: an empty batch view). `/view` and `/sql` refuse a snapshot without it.
+    pub batch_loaded: bool,
     /// Result rows plus [`ORIGIN_COLUMN`]: the table SQL reads.
     pub table: RecordBatch,
     pub origins: Vec<Origin>,
@@ -92,6 +95,9 @@ pub(crate) struct Inputs<'a> {
     pub codec: &'a SpeedCodec,
     pub key_columns: &'a [String],
     pub batch: Option<&'a BatchView>,
+    /// Whether `batch` is what the view table held (and `None` that it does not exist yet),
+    /// rather than nothing read so far.
+    pub batch_loaded: bool,
     pub speed: &'a SpeedView,
 }
 
@@ -104,6 +110,7 @@ impl Snapshot {
             newest_data_ms: None,
             speed_version: 0,
             batch_version: None,
+            batch_loaded: false,
             table: RecordBatch::new_empty(table_schema(stage)),
             origins: Vec::new(),
             window_starts: Vec::new(),
@@ -147,6 +154,7 @@ impl Snapshot {
             newest_data_ms: newest_speed.or(newest_batch),
             speed_version: inputs.speed.version,
             batch_version: inputs.batch.map(|b| b.version),
+            batch_loaded: inputs.batch_loaded,
             table: with_origins(stage, &finalized.rows, &origins)?,
             json: json_rows(&finalized.rows)?,
             counts: count(&origins),
@@ -310,6 +318,7 @@ bucket = "1h"
             codec: &codec,
             key_columns: &job.spec.view.key,
             batch: Some(&batch),
+            batch_loaded: true,
             speed: &speed,
         })
         .expect("snapshot");

@@ -122,6 +122,16 @@ impl SpeedFollower {
         })
     }
 
+    /// A follower with no thread and no Kafka: the test fills its view.
+    #[cfg(test)]
+    pub fn detached() -> SpeedFollower {
+        SpeedFollower {
+            view: Arc::new(RwLock::new(SpeedView::default())),
+            stop: Arc::new(AtomicBool::new(false)),
+            thread: Mutex::new(None),
+        }
+    }
+
     /// Reads the view (`Err` only if a panic poisoned its lock).
     pub fn read<T>(&self, read: impl FnOnce(&SpeedView) -> T) -> Result<T> {
         let view = self

@@ -4,12 +4,13 @@
 //! snapshot, named after the job). Plans that define, change or write anything (DDL, DML,
 //! COPY, SET and other statements) are refused before they run; the session has no
 //! file-reading table functions and no URL tables, so SQL cannot reach the file system.
+//! A query that reads a job whose view is still loading is answered with that job's 503.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
-use datafusion::common::tree_node::TreeNode;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::datasource::MemTable;
 use datafusion::execution::context::SQLOptions;
 use datafusion::logical_expr::LogicalPlan;
@@ -39,8 +40,13 @@ pub struct SqlAnswer {
     pub truncated: bool,
 }
 
-/// Runs `sql` over `tables` (name → the job's merged rows).
-pub(crate) async fn run(sql: &str, tables: Vec<(String, RecordBatch)>) -> Result<SqlAnswer> {
+/// Runs `sql` over `tables` (name → the job's merged rows). `loading` names the tables that
+/// cannot be answered from yet, with the error a query reading one of them gets.
+pub(crate) async fn run(
+    sql: &str,
+    tables: Vec<(String, RecordBatch)>,
+    loading: Vec<(String, ServingError)>,
+) -> Result<SqlAnswer> {
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
     for (name, table) in tables {
         let provider = MemTable::try_new(table.schema(), vec![vec![table]])
@@ -54,6 +60,7 @@ pub(crate) async fn run(sql: &str, tables: Vec<(String, RecordBatch)>) -> Result
         .await
         .map_err(|e| ServingError::BadSql(e.to_string()))?;
     refuse_writes(&plan)?;
+    refuse_loading(&plan, loading)?;
     let frame = ctx
         .execute_logical_plan(plan)
         .await
@@ -85,6 +92,27 @@ pub(crate) async fn run(sql: &str, tables: Vec<(String, RecordBatch)>) -> Result
         rows,
         truncated,
     })
+}
+
+/// Answers a plan that reads a table still loading (also in a subquery) with its error.
+fn refuse_loading(plan: &LogicalPlan, loading: Vec<(String, ServingError)>) -> Result<()> {
+    if loading.is_empty() {
+        return Ok(());
+    }
+    let mut scanned: Vec<String> = Vec::new();
+    let visited = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            scanned.push(scan.table_name.table().to_string());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    // A plan that cannot be walked might read any table.
+    let reads =
+        |name: &str| visited.is_err() || scanned.iter().any(|s| s.eq_ignore_ascii_case(name));
+    match loading.into_iter().find(|(name, _)| reads(name.as_str())) {
+        Some((_, error)) => Err(error),
+        None => Ok(()),
+    }
 }
 
 /// Refuses any plan that would define, change or write something, anywhere in the plan

@@ -35,7 +35,8 @@ pub struct StreamConfig {
     /// (default 30 s).
     pub idle_timeout: Duration,
     /// RocksDB state directory (default `./state/<job>`). It is a cache of `<job>.speed`:
-    /// wiped on start and restored from the changelog.
+    /// kept across a clean stop (with a checkpoint of the changelog offsets it reflects),
+    /// wiped and restored from the whole changelog after a crash or a plan change.
     pub state_dir: PathBuf,
     /// Static group membership (`group.instance.id` = the transactional id; default on): a
     /// restarted daemon takes its old place and partitions at once instead of waiting for the

@@ -5,7 +5,10 @@
 //! records) together with the consumed offsets in ONE transaction. The RocksDB store is only a
 //! cache of the committed changelog: on start, on partition assignment and after any failed
 //! transaction, the affected partitions are restored from `<job>.speed`, and the consumer
-//! rewinds to the committed offsets, so a crash anywhere loses and repeats nothing.
+//! rewinds to the committed offsets, so a crash anywhere loses and repeats nothing. A daemon
+//! that stops cleanly leaves a checkpoint in the store (see [`crate::state`]); the next start
+//! keeps the state and replays only the changelog written after it, so a restart costs the
+//! open state, not the history.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,6 +26,7 @@ use sluice_core::topics::{Topics, header};
 use sluice_core::{Job, Pipeline};
 
 use crate::config::{Guarantee, StreamConfig};
+use crate::cutoff::BatchCutoff;
 use crate::error::{Result, kafka};
 use crate::kafka::{
     Change, GroupContext, REQUEST_TIMEOUT, consumer_config, ensure_topics, partition_count,
@@ -30,7 +34,7 @@ use crate::kafka::{
 };
 use crate::metrics::StreamMetrics;
 use crate::processor::{Diverted, Output, Processor, SourceRecord};
-use crate::state::StateStore;
+use crate::state::{Checkpoint, PartitionCheckpoint, StateStore};
 use crate::watermark::Watermarks;
 
 /// How long a restore may take before the daemon gives up on the partition.
@@ -86,6 +90,8 @@ pub struct StreamDaemon {
     config: StreamConfig,
     metrics: StreamMetrics,
     topics: Topics,
+    /// When set, retired rows the batch view covers are tombstoned in `<job>.speed`.
+    batch_cutoff: Option<Arc<BatchCutoff>>,
 }
 
 struct Running {
@@ -95,6 +101,8 @@ struct Running {
     assigned: Vec<i32>,
     summary: RunSummary,
     consecutive_failures: u32,
+    /// Partitions whose state the store kept from a clean stop, until they are assigned.
+    checkpoint: BTreeMap<i32, PartitionCheckpoint>,
 }
 
 impl StreamDaemon {
@@ -110,7 +118,14 @@ impl StreamDaemon {
             pipeline,
             config,
             metrics,
+            batch_cutoff: None,
         }
+    }
+
+    /// Tombstones retired rows in `<job>.speed` once `cutoff` says the batch view covers them.
+    pub fn with_batch_cutoff(mut self, cutoff: Arc<BatchCutoff>) -> StreamDaemon {
+        self.batch_cutoff = Some(cutoff);
+        self
     }
 
     fn name(&self) -> &str {
@@ -126,6 +141,8 @@ impl StreamDaemon {
             let records = self.poll_batch(&mut running, &stop)?;
             let now = Instant::now();
             self.ask_broker_about_silent_partitions(&mut running, now);
+            let cutoff = self.batch_cutoff.as_ref().and_then(|c| c.settled(now));
+            running.processor.set_batch_cutoff(cutoff);
             let output = running.processor.process(records, now)?;
             if output.is_empty() {
                 self.observe_idle(&running);
@@ -136,8 +153,41 @@ impl StreamDaemon {
                 Err(e) => self.recover(&mut running, e)?,
             }
         }
+        self.write_checkpoint(&running)?;
         tracing::info!(job = self.name(), summary = ?running.summary, "speed layer stopped");
         Ok(running.summary)
+    }
+
+    /// After the last commit of a clean stop: what the store reflects, per assigned partition
+    /// (the changelog's end, which this daemon's committed transactions are the last of).
+    fn write_checkpoint(&self, running: &Running) -> Result<()> {
+        let mut partitions = BTreeMap::new();
+        for &partition in &running.assigned {
+            match running
+                .consumer
+                .fetch_watermarks(&self.topics.speed, partition, REQUEST_TIMEOUT)
+            {
+                Ok((_, high)) => {
+                    partitions.insert(
+                        partition,
+                        PartitionCheckpoint {
+                            changelog_offset: high,
+                            watermark: running.processor.partition_watermark(partition),
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(job = self.name(), partition, error = %e, "no checkpoint for this partition: the next start restores it in full");
+                }
+            }
+        }
+        let checkpoint = Checkpoint {
+            fingerprint: self.job.plan_fingerprint(),
+            partitions,
+        };
+        running.processor.store().write_checkpoint(&checkpoint)?;
+        tracing::info!(job = self.name(), partitions = ?checkpoint.partitions.keys().collect::<Vec<_>>(), "state checkpoint written");
+        Ok(())
     }
 
     /// A silent partition stops holding the watermark back only once the broker confirms it
@@ -166,7 +216,11 @@ impl StreamDaemon {
         let partitions = partition_count(job, &consumer, &self.topics.source)?;
         ensure_topics(job, &self.config, &self.topics, partitions)?;
         let producer = self.producer()?;
-        let store = StateStore::open_fresh(job, &self.config.state_dir)?;
+        let (store, checkpoint) =
+            StateStore::open(job, &self.config.state_dir, &self.job.plan_fingerprint())?;
+        if let Some(checkpoint) = &checkpoint {
+            tracing::info!(job, partitions = ?checkpoint.partitions.keys().collect::<Vec<_>>(), "state kept from a clean stop; assigned partitions replay only newer changelog records");
+        }
         let watermarks = Watermarks::new(
             self.job.spec.source.watermark_delay,
             self.config.idle_timeout,
@@ -189,6 +243,7 @@ impl StreamDaemon {
             assigned: Vec::new(),
             summary: RunSummary::default(),
             consecutive_failures: 0,
+            checkpoint: checkpoint.map(|c| c.partitions).unwrap_or_default(),
         })
     }
 
@@ -266,6 +321,7 @@ impl StreamDaemon {
                 Change::Revoked(partitions) => {
                     records.retain(|r| !partitions.contains(&r.partition));
                     for partition in partitions {
+                        running.checkpoint.remove(&partition);
                         running.processor.revoke(partition)?;
                         running.assigned.retain(|p| *p != partition);
                         tracing::info!(job = self.name(), partition, "partition revoked");
@@ -289,25 +345,46 @@ impl StreamDaemon {
                 self.name(),
                 format!("reading the committed offset of partition {partition}"),
             ))?;
+        let kept = running.checkpoint.remove(&partition);
         let processor = &mut running.processor;
-        let mut restoring = processor.start_restore(partition)?;
+        let (mut restoring, from) = match kept {
+            Some(kept) => (
+                processor.resume(partition, kept.watermark),
+                Offset::Offset(kept.changelog_offset),
+            ),
+            None => (processor.start_restore(partition)?, Offset::Beginning),
+        };
         let records = read_changelog(
             self.name(),
             &self.config,
-            &self.topics.speed,
-            partition,
+            (&self.topics.speed, partition, from),
             RESTORE_DEADLINE,
             (RESTORE_CHUNK_RECORDS, RESTORE_CHUNK_BYTES),
             |chunk| processor.restore_chunk(&mut restoring, chunk),
         )?;
         processor.finish_restore(restoring, Instant::now())?;
-        tracing::info!(
-            job = self.name(),
-            partition,
-            records,
-            seconds = started.elapsed().as_secs_f64(),
-            "partition assigned; state restored from the changelog"
-        );
+        let seconds = started.elapsed().as_secs_f64();
+        self.metrics
+            .restore_seconds
+            .with_label_values(&[self.name()])
+            .observe(seconds);
+        match kept {
+            Some(kept) => tracing::info!(
+                job = self.name(),
+                partition,
+                records,
+                seconds,
+                from_offset = kept.changelog_offset,
+                "partition assigned; state restored from the checkpoint and the changelog after it"
+            ),
+            None => tracing::info!(
+                job = self.name(),
+                partition,
+                records,
+                seconds,
+                "partition assigned; state restored from the changelog"
+            ),
+        }
         Ok(())
     }
 
@@ -420,7 +497,7 @@ impl StreamDaemon {
             })
             .insert(Header {
                 key: header::ERROR_TYPE,
-                value: Some(&diverted.error_type),
+                value: Some(diverted.error_type.as_str()),
             })
             .insert(Header {
                 key: header::ERROR_MESSAGE,
@@ -566,12 +643,15 @@ impl StreamDaemon {
         }
         for diverted in &output.dlq {
             m.dlq_records
-                .with_label_values(&[job, &diverted.error_type])
+                .with_label_values(&[job, diverted.error_type.as_str()])
                 .inc();
         }
         m.late_records
             .with_label_values(&[job])
             .inc_by(output.late.len() as u64);
+        m.speed_tombstones
+            .with_label_values(&[job])
+            .inc_by(output.tombstoned as u64);
         for (partition, count) in &output.consumed {
             m.records_in
                 .with_label_values(&[job, &self.topics.source, &partition.to_string()])

@@ -322,15 +322,14 @@ fn check_speed_partitions(
     Ok(())
 }
 
-/// Every committed record of `<job>.speed` partition `partition`, oldest first, handed to
-/// `apply` in chunks of at most `chunk_records` records or `chunk_bytes` bytes: the changelog
-/// a restore replays, without holding it all. Reads until the end of the partition as
-/// read_committed sees it; returns how many records it read.
+/// Every committed record of `<job>.speed` partition `partition` from offset `from`, oldest
+/// first, handed to `apply` in chunks of at most `chunk_records` records or `chunk_bytes`
+/// bytes: the changelog a restore replays, without holding it all. Reads until the end of the
+/// partition as read_committed sees it; returns how many records it read.
 pub(crate) fn read_changelog(
     job: &str,
     config: &StreamConfig,
-    topic: &str,
-    partition: i32,
+    (topic, partition, from): (&str, i32, Offset),
     deadline: Duration,
     (chunk_records, chunk_bytes): (usize, usize),
     mut apply: impl FnMut(Vec<ChangelogRecord>) -> Result<()>,
@@ -345,6 +344,8 @@ pub(crate) fn read_changelog(
         client
             .set("group.id", format!("{}-restore", config.group_id))
             .set("enable.auto.commit", "false")
+            // A start offset below the log's (compacted) start: every record left is newer.
+            .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "true");
     })
@@ -356,12 +357,13 @@ pub(crate) fn read_changelog(
             job,
             format!("reading the offsets of `{topic}` [{partition}]"),
         ))?;
-    if high <= low {
+    let nothing_newer = matches!(from, Offset::Offset(start) if start >= high);
+    if high <= low || nothing_newer {
         return Ok(0);
     }
     let mut assignment = TopicPartitionList::new();
     assignment
-        .add_partition_offset(topic, partition, Offset::Beginning)
+        .add_partition_offset(topic, partition, from)
         .map_err(kafka(job, "assigning the changelog"))?;
     consumer
         .assign(&assignment)

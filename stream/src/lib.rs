@@ -9,6 +9,7 @@
 //! routes rows and keys state.
 
 mod config;
+mod cutoff;
 mod daemon;
 mod error;
 mod kafka;
@@ -20,6 +21,7 @@ mod state;
 mod watermark;
 
 pub use config::{Guarantee, StreamConfig, default_transactional_id};
+pub use cutoff::BatchCutoff;
 pub use daemon::{RunSummary, StreamDaemon};
 pub use error::{Result, StreamError};
 pub use kafka::send_waiting;

@@ -24,8 +24,10 @@ pub struct StreamMetrics {
     pub consumer_lag: IntGaugeVec,
     pub watermark_lag: GaugeVec,
     pub batch_latency: HistogramVec,
+    pub restore_seconds: HistogramVec,
     pub state_keys: IntGaugeVec,
     pub transaction_aborts: IntCounterVec,
+    pub speed_tombstones: IntCounterVec,
     pub lake_rows: IntCounterVec,
     pub lake_commits: IntCounterVec,
 }
@@ -74,7 +76,22 @@ impl StreamMetrics {
         registry
             .register(Box::new(batch_latency.clone()))
             .expect("unique metric");
+        let restore_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "sluice_restore_duration_seconds",
+                "Time to bring an assigned partition's state up to date from the changelog.",
+            )
+            .buckets(vec![
+                0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0,
+            ]),
+            &["job"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(restore_seconds.clone()))
+            .expect("unique metric");
         StreamMetrics {
+            restore_seconds,
             records_in: counter(
                 &registry,
                 "sluice_records_in_total",
@@ -109,6 +126,12 @@ impl StreamMetrics {
                 &registry,
                 "sluice_state_keys",
                 "Keys in the RocksDB state store (estimate).",
+                &["job"],
+            ),
+            speed_tombstones: counter(
+                &registry,
+                "sluice_speed_tombstones_total",
+                "Retired rows tombstoned in <job>.speed because the batch view covers their bucket.",
                 &["job"],
             ),
             transaction_aborts: counter(

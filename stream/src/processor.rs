@@ -15,7 +15,7 @@ use arrow::compute::take_record_batch;
 use arrow::datatypes::TimestampMicrosecondType;
 use sluice_core::rows::to_json_lines;
 use sluice_core::speed::{KeyPrefix, PartitionWatermark, SpeedCodec, WATERMARK_KEY};
-use sluice_core::{AggregateStage, Job, JsonDecoder, Pipeline};
+use sluice_core::{AggregateStage, DivertReason, Job, JsonDecoder, Pipeline};
 
 use crate::error::Result;
 use crate::state::{StateStore, StateWrite};
@@ -24,8 +24,10 @@ use crate::watermark::Watermarks;
 /// One `<job>.speed` record as read back: key and value (`None` = tombstone).
 pub(crate) type ChangelogRecord = (Vec<u8>, Option<Vec<u8>>);
 
-/// Expired rows a restore deletes in one write.
+/// Expired rows a restore retires in one write.
 const RESTORE_DELETE_CHUNK: usize = 10_000;
+/// Retired rows one micro-batch tombstones at most (the rest follow in the next ones).
+const TOMBSTONES_PER_BATCH: usize = 50_000;
 
 /// A partition whose changelog is being replayed into the store.
 pub(crate) struct Restoring {
@@ -48,7 +50,7 @@ pub struct SourceRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diverted {
     pub record: SourceRecord,
-    pub error_type: String,
+    pub error_type: DivertReason,
     pub message: String,
     pub field: Option<String>,
     /// Late records: the job watermark and the record's event time (µs).
@@ -78,6 +80,8 @@ pub struct Output {
     pub rows_in: usize,
     /// Records consumed per source partition.
     pub consumed: BTreeMap<i32, u64>,
+    /// Retired rows tombstoned in `<job>.speed` because the batch view covers them.
+    pub tombstoned: usize,
 }
 
 impl Output {
@@ -111,6 +115,9 @@ pub(crate) struct Processor {
     last_watermark: Option<i64>,
     /// The partitions idle after the last micro-batch (their changes are logged).
     idle: BTreeSet<i32>,
+    /// The batch view's cutoff, once it has been visible long enough for the serving layer
+    /// to have loaded it: retired rows of buckets before it are tombstoned.
+    batch_cutoff: Option<i64>,
 }
 
 impl Processor {
@@ -138,7 +145,13 @@ impl Processor {
             emitted_us: BTreeMap::new(),
             last_watermark: None,
             idle: BTreeSet::new(),
+            batch_cutoff: None,
         }
+    }
+
+    /// The batch cutoff the serving layer has had time to load (see `crate::cutoff`).
+    pub(crate) fn set_batch_cutoff(&mut self, cutoff: Option<i64>) {
+        self.batch_cutoff = cutoff;
     }
 
     /// The partitions silent for the idle timeout that the broker must vouch for (read to
@@ -173,6 +186,38 @@ impl Processor {
             partition,
             watermark: None,
         })
+    }
+
+    /// Starts bringing `partition` up to date from a checkpoint: the store already reflects the
+    /// changelog before the checkpoint's offset, so only newer records follow (through
+    /// [`Processor::restore_chunk`] and [`Processor::finish_restore`], as in a full restore).
+    pub(crate) fn resume(
+        &mut self,
+        partition: i32,
+        watermark: Option<PartitionWatermark>,
+    ) -> Restoring {
+        Restoring {
+            partition,
+            watermark,
+        }
+    }
+
+    /// What a checkpoint records of `partition`: its watermark now (`None` before its first
+    /// event).
+    pub(crate) fn partition_watermark(&self, partition: i32) -> Option<PartitionWatermark> {
+        let delay = self.watermarks.delay_us();
+        self.watermarks
+            .max_event_us(partition)
+            .map(|max_event_us| PartitionWatermark {
+                max_event_us,
+                watermark_us: max_event_us.saturating_sub(delay),
+                emitted_us: self.emitted_us.get(&partition).copied(),
+            })
+    }
+
+    /// The store, to write a checkpoint into when the daemon stops.
+    pub(crate) fn store(&self) -> &StateStore {
+        &self.store
     }
 
     /// Applies the next chunk of the changelog (`(key, value)`; `None` value = tombstone).
@@ -235,9 +280,9 @@ impl Processor {
         self.finish_restore(restoring, now)
     }
 
-    /// Tracks the restored windows that are still open and deletes the expired ones (the
-    /// changelog keeps every window the serving layer may still need), streaming over the
-    /// store so that memory holds only the open windows' index.
+    /// Tracks the restored windows that are still open and retires the expired ones (their
+    /// changelog rows stay until the batch view covers them), streaming over the store so
+    /// that memory holds only the open windows' index.
     fn index_restored(&mut self, partition: i32) -> Result<()> {
         let Some(codec) = &self.codec else {
             return Ok(());
@@ -247,13 +292,14 @@ impl Processor {
         let (store, open_windows) = (&self.store, &mut self.open_windows);
         let mut expired = Vec::new();
         store.for_each(partition, b"", |key, _| {
-            let end = codec.key_times(key)?.1;
+            let (bucket, end) = codec.key_times(key)?;
             if end
                 .zip(emitted)
                 .is_some_and(|(end, emitted)| window_expired(end, lateness, emitted))
             {
-                expired.push(StateWrite::Delete {
+                expired.push(StateWrite::Retire {
                     partition,
+                    bucket,
                     key: key.to_vec(),
                 });
                 if expired.len() >= RESTORE_DELETE_CHUNK {
@@ -321,6 +367,7 @@ impl Processor {
         self.last_watermark = after;
         self.log_idleness(now);
         let emitted = self.emit_and_purge(after, &mut output)?;
+        self.tombstone_covered(&mut output)?;
         if emitted || !moved.is_empty() || after != before {
             self.watermark_records(&mut output);
         }
@@ -354,7 +401,7 @@ impl Processor {
         for record in without {
             output.dlq.push(Diverted {
                 record: record.clone(),
-                error_type: "malformed_json".to_string(),
+                error_type: DivertReason::MalformedJson,
                 message: "the record has no value (a tombstone)".to_string(),
                 field: None,
                 watermark_us: None,
@@ -365,11 +412,12 @@ impl Processor {
             .iter()
             .map(|r| r.payload.as_deref().unwrap_or_default())
             .collect();
-        let decoded = self.decoder.decode(&payloads)?;
+        let stamps: Vec<Option<i64>> = with_value.iter().map(|r| r.timestamp_ms).collect();
+        let decoded = self.decoder.decode_stamped(&payloads, &stamps)?;
         for error in decoded.errors {
             output.dlq.push(Diverted {
                 record: (*with_value[error.index]).clone(),
-                error_type: error.kind.as_str().to_string(),
+                error_type: error.kind,
                 message: error.reason,
                 field: error.field,
                 watermark_us: None,
@@ -402,7 +450,7 @@ impl Processor {
                 keep[row] = false;
                 output.late.push(Diverted {
                     record: (*origin[row]).clone(),
-                    error_type: "late".to_string(),
+                    error_type: DivertReason::Late,
                     message: "every window of the event closed more than the allowed lateness ago"
                         .to_string(),
                     field: None,
@@ -414,8 +462,9 @@ impl Processor {
         keep
     }
 
-    /// Stage 1 and 2 on one partition's rows. If the plan fails on the batch (a UDF or
-    /// transform error), each row is tried alone and the failing ones go to the DLQ.
+    /// Stage 1 and 2 on one partition's rows. Rows the plan fails on (a UDF or transform
+    /// error) are isolated by [`Pipeline::evaluate_isolating`] and go to the DLQ; the batch
+    /// layer skips exactly the same rows.
     fn run_plan(
         &mut self,
         partition: i32,
@@ -424,35 +473,29 @@ impl Processor {
         origin: &[&SourceRecord],
         output: &mut Output,
     ) -> Result<()> {
-        match self.evaluate(part) {
-            Ok(evaluated) => self.absorb(partition, evaluated, output),
-            Err(batch_error) => {
-                tracing::debug!(job = self.job.name(), partition, error = %batch_error, "plan failed on a micro-batch; isolating the bad rows");
-                for (i, &row) in rows.iter().enumerate() {
-                    match self.evaluate(&part.slice(i, 1)) {
-                        Ok(evaluated) => self.absorb(partition, evaluated, output)?,
-                        Err(e) => output.dlq.push(Diverted {
-                            record: (*origin[row as usize]).clone(),
-                            error_type: "transform_error".to_string(),
-                            message: e.to_string(),
-                            field: None,
-                            watermark_us: None,
-                            event_time_us: None,
-                        }),
-                    }
-                }
-                Ok(())
-            }
+        let isolated = self.pipeline.evaluate_isolating(part)?;
+        if !isolated.failed.is_empty() {
+            tracing::debug!(
+                job = self.job.name(),
+                partition,
+                failed = isolated.failed.len(),
+                "the plan failed on some rows; they go to the DLQ"
+            );
         }
-    }
-
-    /// Partial states of an aggregate job, or the output rows of a stateless one.
-    fn evaluate(&self, part: &RecordBatch) -> sluice_core::Result<RecordBatch> {
-        let filtered = self.pipeline.filtered(part)?;
-        match self.pipeline.plan().aggregate() {
-            Some(stage) => stage.partial(&filtered),
-            None => self.pipeline.plan().project(&filtered),
+        for failed in isolated.failed {
+            output.dlq.push(Diverted {
+                record: (*origin[rows[failed.row] as usize]).clone(),
+                error_type: DivertReason::TransformError,
+                message: failed.error.to_string(),
+                field: None,
+                watermark_us: None,
+                event_time_us: None,
+            });
         }
+        for piece in isolated.pieces {
+            self.absorb(partition, piece.output, output)?;
+        }
+        Ok(())
     }
 
     fn absorb(
@@ -642,6 +685,9 @@ impl Processor {
         let Some(&highest) = self.emitted_us.values().max() else {
             return Ok(());
         };
+        let Some(codec) = self.codec.clone() else {
+            return Ok(());
+        };
         let candidates: Vec<i64> = self
             .open_windows
             .range(..=highest.saturating_sub(self.lateness_us))
@@ -671,24 +717,54 @@ impl Processor {
             }
             for (partition, prefix) in expired {
                 for (key, _) in self.store.scan(partition, &prefix)? {
-                    writes.push(StateWrite::Delete { partition, key });
+                    let bucket = codec.key_times(&key)?.0;
+                    writes.push(StateWrite::Retire {
+                        partition,
+                        bucket,
+                        key,
+                    });
                 }
             }
         }
         self.store.apply(&writes)
     }
 
+    /// Tombstones, in `<job>.speed`, retired rows whose bucket the batch view now covers: the
+    /// serving layer answers those buckets from the batch view, so the changelog (and every
+    /// restore and speed view reading it) keeps only what the batch has not yet taken over.
+    fn tombstone_covered(&mut self, output: &mut Output) -> Result<()> {
+        let Some(cutoff) = self.batch_cutoff else {
+            return Ok(());
+        };
+        let bucket = self.pipeline.plan().bucket_micros();
+        // A bucket is covered when it ends at or before the cutoff.
+        let before = cutoff.saturating_sub(bucket).saturating_add(1);
+        let partitions: Vec<i32> = self.watermarks.partitions().map(|(p, _)| p).collect();
+        let mut writes = Vec::new();
+        for partition in partitions {
+            let room = TOMBSTONES_PER_BATCH.saturating_sub(writes.len());
+            for (partition, bucket, key) in self.store.retired_before(partition, before, room)? {
+                output.speed.push(SpeedRecord {
+                    partition,
+                    key: key.clone(),
+                    value: None,
+                });
+                writes.push(StateWrite::Forget {
+                    partition,
+                    bucket,
+                    key,
+                });
+            }
+        }
+        output.tombstoned += writes.len();
+        self.store.apply(&writes)
+    }
+
     /// Every assigned partition's progress, so a restore resumes where this batch ends.
     fn watermark_records(&self, output: &mut Output) {
-        let delay = self.watermarks.delay_us();
-        for (partition, max_event) in self.watermarks.partitions() {
-            let Some(max_event_us) = max_event else {
+        for (partition, _) in self.watermarks.partitions() {
+            let Some(watermark) = self.partition_watermark(partition) else {
                 continue;
-            };
-            let watermark = PartitionWatermark {
-                max_event_us,
-                watermark_us: max_event_us.saturating_sub(delay),
-                emitted_us: self.emitted_us.get(&partition).copied(),
             };
             output.speed.push(SpeedRecord {
                 partition,
@@ -828,7 +904,7 @@ bucket = "1h"
         SourceRecord {
             partition,
             offset,
-            timestamp_ms: Some(1),
+            timestamp_ms: None,
             key: Some(b"k".to_vec()),
             payload: Some(payload.as_bytes().to_vec()),
         }
@@ -881,6 +957,61 @@ bucket = "1h"
     }
 
     #[test]
+    fn retired_windows_are_tombstoned_once_the_batch_view_covers_their_bucket() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = processor(&dir.path().join("s"));
+        let now = Instant::now();
+        p.restore(0, Vec::new(), now).unwrap();
+        p.restore(1, Vec::new(), now).unwrap();
+        let mut written = BTreeMap::new();
+        for batch in batches() {
+            for r in p.process(batch, now).unwrap().speed {
+                written.insert((r.partition, r.key), r.value);
+            }
+        }
+        let codec = p.codec.clone().unwrap();
+        assert_eq!(
+            p.process(Vec::new(), now).unwrap().tombstoned,
+            0,
+            "no cutoff yet"
+        );
+        p.set_batch_cutoff(Some((T0 + 30 * MINUTE_MS) * 1000));
+        assert_eq!(
+            p.process(Vec::new(), now).unwrap().tombstoned,
+            0,
+            "the bucket [10:00, 11:00) is not covered by a cutoff at 10:30"
+        );
+        p.set_batch_cutoff(Some((T0 + 60 * MINUTE_MS) * 1000));
+        let out = p.process(Vec::new(), now).unwrap();
+        let tombstoned: BTreeSet<(i32, Vec<u8>)> = out
+            .speed
+            .iter()
+            .filter(|r| r.value.is_none())
+            .map(|r| (r.partition, r.key.clone()))
+            .collect();
+        assert_eq!(out.tombstoned, tombstoned.len());
+        // Exactly the rows of the windows that expired: ended at least the allowed lateness
+        // (1 min) before the emitted watermark (10:03); the 10:03 window stays.
+        let emitted_us = (T0 + 3 * MINUTE_MS) * 1000;
+        let expected: BTreeSet<(i32, Vec<u8>)> = written
+            .iter()
+            .filter(|((_, key), value)| value.is_some() && key.as_slice() != WATERMARK_KEY)
+            .filter(|((_, key), _)| {
+                let end = codec.key_times(key).unwrap().1.unwrap();
+                end + 60_000_000 <= emitted_us
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        assert!(expected.len() >= 3, "{expected:?}");
+        assert_eq!(tombstoned, expected);
+        assert_eq!(
+            p.process(Vec::new(), now).unwrap().tombstoned,
+            0,
+            "each row once"
+        );
+    }
+
+    #[test]
     fn windows_emit_when_the_watermark_passes_and_late_records_are_diverted() {
         let dir = tempfile::tempdir().unwrap();
         let mut p = processor(&dir.path().join("s"));
@@ -892,7 +1023,7 @@ bucket = "1h"
             .map(|b| p.process(b, now).unwrap())
             .collect();
         assert_eq!(outputs[0].dlq.len(), 1);
-        assert_eq!(outputs[0].dlq[0].error_type, "malformed_json");
+        assert_eq!(outputs[0].dlq[0].error_type, DivertReason::MalformedJson);
         assert_eq!(outputs[0].dlq[0].record.offset, 2);
         assert!(outputs[0].results.is_empty(), "nothing closed yet");
         let first = r#"{"region":"eu","ws":"2024-05-01T10:00:00Z"}"#;

@@ -22,7 +22,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
-use sluice_core::lake::{TableLocation, WritableTable, raw_rows};
+use sluice_core::lake::{TableLocation, WritableTable, commit_key, raw_rows};
 use sluice_core::{Job, JsonDecoder, Lake};
 
 use crate::config::StreamConfig;
@@ -30,8 +30,16 @@ use crate::error::{Result, kafka};
 use crate::kafka::{Change, GroupContext, REQUEST_TIMEOUT, consumer_config};
 use crate::metrics::StreamMetrics;
 
-/// Buffered payloads per partition: (offset, value) in offset order.
-type Buffered = BTreeMap<i32, Vec<(i64, Vec<u8>)>>;
+/// One buffered source record: what decoding it into a raw row needs.
+struct BufferedRecord {
+    offset: i64,
+    /// The Kafka timestamp, the clock-skew guard's reference (as in the speed layer).
+    timestamp_ms: Option<i64>,
+    payload: Vec<u8>,
+}
+
+/// Buffered records per partition, in offset order.
+type Buffered = BTreeMap<i32, Vec<BufferedRecord>>;
 
 /// What one Delta commit of the sink writes.
 struct LakeCommit {
@@ -160,7 +168,11 @@ impl LakeSink {
                         .records
                         .entry(partition)
                         .or_default()
-                        .push((message.offset(), payload.to_vec()));
+                        .push(BufferedRecord {
+                            offset: message.offset(),
+                            timestamp_ms: message.timestamp().to_millis(),
+                            payload: payload.to_vec(),
+                        });
                 }
             } else if let Some(Err(e)) = polled {
                 tracing::warn!(job, error = %e, "lake sink consumer error");
@@ -226,7 +238,7 @@ impl LakeSink {
                 Change::Revoked(partitions) => {
                     for partition in partitions {
                         if let Some(dropped) = pending.records.remove(&partition) {
-                            pending.bytes -= dropped.iter().map(|(_, p)| p.len()).sum::<usize>();
+                            pending.bytes -= dropped.iter().map(|r| r.payload.len()).sum::<usize>();
                         }
                         versions.remove(&partition);
                     }
@@ -270,9 +282,9 @@ impl LakeSink {
             .pause(&assignment)
             .map_err(kafka(job, "pausing while the lake commits"))?;
         let metadata = HashMap::from([
-            ("sluice.operation".to_string(), json!("stream ingest")),
-            ("sluice.job".to_string(), json!(job)),
-            ("sluice.rows".to_string(), json!(rows)),
+            (commit_key::OPERATION.to_string(), json!("stream ingest")),
+            (commit_key::JOB.to_string(), json!(job)),
+            (commit_key::ROWS.to_string(), json!(rows)),
         ]);
         let written = runtime.block_on(table.append(batches, metadata, transactions.clone()));
         consumer
@@ -285,7 +297,7 @@ impl LakeSink {
         let mut offsets = TopicPartitionList::new();
         for (partition, last) in records
             .iter()
-            .filter_map(|(p, r)| r.last().map(|(o, _)| (*p, *o)))
+            .filter_map(|(p, r)| r.last().map(|last| (*p, last.offset)))
         {
             versions.insert(partition, last);
             let written_rows = records[&partition].len() as u64;
@@ -357,9 +369,10 @@ impl LakeSink {
         let mut transactions = Vec::new();
         let mut rows = 0;
         for (&partition, records) in records {
-            let payloads: Vec<&[u8]> = records.iter().map(|(_, p)| p.as_slice()).collect();
-            let decoded = decoder.decode(&payloads)?;
-            let offsets: Vec<i64> = decoded.rows.iter().map(|&i| records[i].0).collect();
+            let payloads: Vec<&[u8]> = records.iter().map(|r| r.payload.as_slice()).collect();
+            let stamps: Vec<Option<i64>> = records.iter().map(|r| r.timestamp_ms).collect();
+            let decoded = decoder.decode_stamped(&payloads, &stamps)?;
+            let offsets: Vec<i64> = decoded.rows.iter().map(|&i| records[i].offset).collect();
             if decoded.batch.num_rows() > 0 {
                 rows += decoded.batch.num_rows();
                 batches.push(raw_rows(
@@ -368,8 +381,8 @@ impl LakeSink {
                     Some((partition, &offsets)),
                 )?);
             }
-            if let Some((last, _)) = records.last() {
-                transactions.push((lake_app_id(&self.job, partition), *last));
+            if let Some(last) = records.last() {
+                transactions.push((lake_app_id(&self.job, partition), last.offset));
             }
         }
         Ok(LakeCommit {

@@ -91,6 +91,11 @@ impl Watermarks {
             .map(|(p, progress)| (*p, progress.max_event_us))
     }
 
+    /// The largest event time seen in `partition`, if any.
+    pub(crate) fn max_event_us(&self, partition: i32) -> Option<i64> {
+        self.partitions.get(&partition).and_then(|p| p.max_event_us)
+    }
+
     pub(crate) fn delay_us(&self) -> i64 {
         self.delay_us
     }

@@ -1,6 +1,7 @@
 //! `sluice-e2e`: end-to-end tests across Sluice's layers (in `tests/tests/`), their golden
 //! files (`tests/golden/`), the Python interop tests (`tests/python/`), and the helpers here.
 
+pub mod corpus;
 pub mod http;
 pub mod kafka;
 pub mod orders;

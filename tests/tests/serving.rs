@@ -498,6 +498,11 @@ fn merged_view_equals_full_recompute_before_and_after_backfill() {
     let health = wait_healthy(&addr, LONG);
     assert_eq!(health["status"], "ok", "{health}");
     assert_eq!(health["jobs"][&name]["ready"], true, "{health}");
+    assert_eq!(health["loading"], json!([]), "{health}");
+    // Ready before any backfill: a view table that does not exist yet is an empty batch view.
+    let status = job_status(&addr, &name, None);
+    assert_eq!(status["loading"], json!([]), "{status}");
+    assert_eq!(status["cutoff"], Value::Null, "{status}");
     wait_caught_up(&addr, &name, None, LONG);
 
     // No batch run yet: everything comes from the speed layer.

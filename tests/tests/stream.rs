@@ -33,6 +33,10 @@ struct Scenario {
 
 impl Scenario {
     fn new(partitions: i32) -> Scenario {
+        Scenario::with_bucket(partitions, "10m")
+    }
+
+    fn with_bucket(partitions: i32, bucket: &str) -> Scenario {
         let dir = tempfile::tempdir().unwrap();
         let topic = unique("orders");
         let name = unique("opm").replace('-', "_");
@@ -41,7 +45,7 @@ impl Scenario {
             &topic,
             orders::REGION_PER_MINUTE_SQL,
             r#"["region"]"#,
-            "10m",
+            bucket,
         );
         let job_file = dir.path().join("job.toml");
         std::fs::write(&job_file, toml).unwrap();
@@ -450,6 +454,193 @@ fn results_equal_the_batch_truth_and_bad_and_late_records_are_diverted() {
         "{}",
         s.log("a")
     );
+}
+
+/// `records=N` of each log line saying `what`.
+fn restored_records(log: &str, what: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|l| l.contains(what))
+        .filter_map(|l| {
+            let plain = sluice_e2e::serve::strip_ansi(l);
+            let rest = plain.split("records=").nth(1)?.to_string();
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+#[test]
+fn a_clean_restart_keeps_the_state_and_replays_only_the_newer_changelog() {
+    let s = Scenario::new(2);
+    let events = orders(8_000, 2, 11);
+    let (first, second) = events.split_at(events.len() / 2);
+    produce(s.topic(), first);
+    let mut daemon = s.spawn("a", &group_protocol_args());
+    let group = format!("sluice-{}", s.job.name());
+    let counts = |batch: &[Outgoing]| -> Vec<i64> {
+        (0..2)
+            .map(|p| batch.iter().filter(|e| e.0 == p).count() as i64)
+            .collect()
+    };
+    wait_until(
+        Duration::from_secs(120),
+        "the first half to be committed",
+        || committed_offsets(&group, s.topic(), 2) == counts(first),
+    );
+    let full = restored_records(&s.log("a"), "state restored from the changelog");
+    assert_eq!(
+        full.len(),
+        2,
+        "the first start restores both partitions in full"
+    );
+    assert!(daemon.terminate().success());
+    assert!(
+        s.log("a").contains("state checkpoint written"),
+        "{}",
+        s.log("a")
+    );
+
+    // The windows of the first half are still open: the restarted daemon must have kept them.
+    let mut again = s.spawn("a", &group_protocol_args());
+    wait_until(
+        Duration::from_secs(60),
+        "the restarted daemon to resume both partitions",
+        || restored_records(&s.log("a"), "restored from the checkpoint").len() == 2,
+    );
+    assert_eq!(
+        restored_records(&s.log("a"), "restored from the checkpoint"),
+        vec![0, 0],
+        "nothing newer than the checkpoint to replay"
+    );
+    assert!(
+        restored_records(&s.log("a"), "state restored from the changelog").is_empty(),
+        "no full restore after a clean stop"
+    );
+    let mut rest = second.to_vec();
+    rest.extend(pushers_after(events.len(), 2));
+    produce(s.topic(), &rest);
+    let mut all = events.clone();
+    all.extend(pushers_after(events.len(), 2));
+    let expected = truth(&s.job, &all);
+    wait_for_results(&s, &expected, Duration::from_secs(120));
+    assert_eq!(speed_view(&s), expected, "the speed changelog");
+    assert!(again.terminate().success());
+
+    // After a kill -9 the checkpoint is gone (taken out at start): a full restore, same state.
+    let mut third = s.spawn("a", &group_protocol_args());
+    wait_until(Duration::from_secs(60), "the third start to resume", || {
+        restored_records(&s.log("a"), "restored from the checkpoint").len() == 2
+    });
+    third.kill();
+    let _fourth = s.spawn("a", &group_protocol_args());
+    wait_until(
+        Duration::from_secs(60),
+        "a full restore after kill -9",
+        || restored_records(&s.log("a"), "state restored from the changelog").len() == 2,
+    );
+    assert_eq!(results(&s), expected);
+}
+
+/// The rows of `<job>.speed` as a compacted topic keeps them (watermark records left out).
+fn speed_rows(s: &Scenario) -> usize {
+    let records = read_all(&s.output("speed"));
+    (0..s.partitions)
+        .map(|p| {
+            let mine: Vec<Read> = records
+                .iter()
+                .filter(|r| r.partition == p)
+                .cloned()
+                .collect();
+            latest_by_key(&mine)
+                .keys()
+                .filter(|k| k.as_slice() != WATERMARK_KEY)
+                .count()
+        })
+        .sum()
+}
+
+#[test]
+fn history_the_batch_view_covers_is_tombstoned_and_the_merge_stays_exact() {
+    // One-minute buckets: an hour of events is 60 buckets of history.
+    let s = Scenario::with_bucket(2, "1m");
+    let mut events: Vec<Outgoing> = (0..1_800)
+        .map(|i| {
+            let region = REGIONS[i % REGIONS.len()];
+            let partition = (i % 2) as i32;
+            let at = T0_MS + i as i64 * 2_000;
+            let value = format!(
+                r#"{{"order_id":"h{i}","region":"{region}","amount":{}.25,"status":"completed","event_time":{at}}}"#,
+                i % 40
+            );
+            (partition, Some(region.as_bytes().to_vec()), value.into_bytes())
+        })
+        .collect();
+    events.extend(watermark_pushers(2, T0_MS + 70 * 60_000));
+    let expected = truth(&s.job, &events);
+    produce(s.topic(), &events);
+    let mut args = vec!["--tombstone-grace", "0s", "--batch-poll", "1s"];
+    args.extend(group_protocol_args());
+    let mut daemon = s.spawn("a", &args);
+    wait_for_results(&s, &expected, Duration::from_secs(120));
+    assert_lake_holds_every_offset_once(&s, events.len());
+    let history = speed_rows(&s);
+    assert!(history >= 6 * 60, "a row per region and minute: {history}");
+
+    let job = s.job_file.to_str().unwrap();
+    let lake = s.lake();
+    let lake = lake.to_str().unwrap();
+    sluice_e2e::serve::sluice_ok(&[
+        "backfill",
+        "--job",
+        job,
+        "--lake",
+        lake,
+        "--from",
+        "2024-05-01T10:00:00Z",
+        "--to",
+        "2024-05-01T11:00:00Z",
+        "--output",
+        "json",
+    ]);
+    // Every window of the hour expired (the pushers are 70 minutes on) and the batch view
+    // covers its bucket: nothing of that history is left in the changelog.
+    wait_until(
+        Duration::from_secs(60),
+        "the covered history to be tombstoned",
+        || speed_rows(&s) == 0,
+    );
+    assert_eq!(results(&s), expected, "results are not touched");
+    let verify = sluice_e2e::serve::sluice(&[
+        "verify",
+        "--job",
+        job,
+        "--brokers",
+        &sluice_e2e::kafka::bootstrap(),
+        "--lake",
+        lake,
+        "--settle",
+        "5s",
+    ]);
+    assert_eq!(
+        verify.status.code(),
+        Some(0),
+        "merge(batch, speed) equals the recompute after the tombstones:\n{}\n{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(daemon.terminate().success());
+    // A clean restart replays nothing; its state is the open windows (none here).
+    let mut again = s.spawn("a", &args);
+    wait_until(Duration::from_secs(60), "the restart to resume", || {
+        restored_records(&s.log("a"), "restored from the checkpoint").len() == 2
+    });
+    assert_eq!(
+        restored_records(&s.log("a"), "restored from the checkpoint"),
+        vec![0, 0]
+    );
+    assert!(again.terminate().success());
 }
 
 #[test]
