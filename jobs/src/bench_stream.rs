@@ -28,6 +28,7 @@ use sluice_stream::{Guarantee, StreamConfig, StreamDaemon, StreamMetrics};
 
 use crate::bench::{ORDERS_PER_MINUTE, synthetic_orders};
 
+#[derive(Clone)]
 pub struct StreamBenchArgs {
     pub brokers: String,
     pub events: usize,
@@ -51,7 +52,7 @@ pub struct LatencyRow {
     pub max_ms: f64,
 }
 
-fn bench_job(tag: &str) -> anyhow::Result<Job> {
+pub(crate) fn bench_job(tag: &str) -> anyhow::Result<Job> {
     let mut job = Job::from_toml(
         ORDERS_PER_MINUTE,
         std::path::Path::new("orders_per_minute.toml"),
@@ -62,7 +63,7 @@ fn bench_job(tag: &str) -> anyhow::Result<Job> {
     Ok(job)
 }
 
-fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+pub(crate) fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()?;
@@ -90,11 +91,12 @@ fn send(producer: &BaseProducer, topic: &str, partition: i32, value: &[u8]) -> a
     Ok(sluice_stream::send_waiting(producer, record)?)
 }
 
-fn start_daemon(
+pub(crate) fn start_daemon(
     args: &StreamBenchArgs,
     job: &Job,
     guarantee: Guarantee,
     state: &std::path::Path,
+    metrics: StreamMetrics,
 ) -> anyhow::Result<(
     Arc<AtomicBool>,
     std::thread::JoinHandle<sluice_stream::Result<sluice_stream::RunSummary>>,
@@ -104,14 +106,14 @@ fn start_daemon(
         .with_state_dir(job.name(), state.join(job.name()));
     config.guarantee = guarantee;
     config.batch_max_records = args.batch_size;
-    let daemon = StreamDaemon::new(job.clone(), pipeline, config, StreamMetrics::new());
+    let daemon = StreamDaemon::new(job.clone(), pipeline, config, metrics);
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     Ok((stop, std::thread::spawn(move || daemon.run(flag))))
 }
 
 /// Sum over partitions of the group's committed offsets.
-fn committed_total(
+pub(crate) fn committed_total(
     brokers: &str,
     group: &str,
     topic: &str,
@@ -146,7 +148,11 @@ pub enum Feed {
     Backlog,
 }
 
-fn produce_all(args: &StreamBenchArgs, topic: &str, events: &[Vec<u8>]) -> anyhow::Result<()> {
+pub(crate) fn produce_all(
+    args: &StreamBenchArgs,
+    topic: &str,
+    events: &[Vec<u8>],
+) -> anyhow::Result<()> {
     let producer = producer(&args.brokers)?;
     for (i, event) in events.iter().enumerate() {
         send(&producer, topic, i as i32 % args.partitions, event)?;
@@ -174,7 +180,7 @@ pub fn throughput(
     let mut rows = Vec::new();
     let (stop, handle, started, counted) = match feed {
         Feed::Concurrent => {
-            let (stop, handle) = start_daemon(args, &job, guarantee, state)?;
+            let (stop, handle) = start_daemon(args, &job, guarantee, state, StreamMetrics::new())?;
             let started = Instant::now();
             produce_all(args, &topic, &events)?;
             (stop, handle, started, args.events)
@@ -187,7 +193,7 @@ pub fn throughput(
                 events: args.events,
                 seconds: producing.elapsed().as_secs_f64(),
             });
-            let (stop, handle) = start_daemon(args, &job, guarantee, state)?;
+            let (stop, handle) = start_daemon(args, &job, guarantee, state, StreamMetrics::new())?;
             let first = wait_for_commits(|| Ok(committed()? > 0))?;
             let at_first = committed()? as usize;
             (stop, handle, first, args.events - at_first)
@@ -213,7 +219,9 @@ pub fn throughput(
 }
 
 /// Polls until `done`, or fails after 10 minutes; returns when it became true.
-fn wait_for_commits(mut done: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<Instant> {
+pub(crate) fn wait_for_commits(
+    mut done: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<Instant> {
     let deadline = Instant::now() + Duration::from_secs(600);
     while !done()? {
         anyhow::ensure!(
@@ -229,7 +237,13 @@ pub fn latency(args: &StreamBenchArgs, state: &std::path::Path) -> anyhow::Resul
     let job = bench_job("latency")?;
     let topic = job.spec.source.topic.clone();
     create_topic(&args.brokers, &topic, args.partitions)?;
-    let (stop, handle) = start_daemon(args, &job, Guarantee::ExactlyOnce, state)?;
+    let (stop, handle) = start_daemon(
+        args,
+        &job,
+        Guarantee::ExactlyOnce,
+        state,
+        StreamMetrics::new(),
+    )?;
     // Let the group form and the speed topic appear before the clock starts.
     std::thread::sleep(Duration::from_secs(3));
     let speed = format!("{}.speed", job.name());

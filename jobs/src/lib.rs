@@ -4,6 +4,7 @@
 //! `jobs/examples/`, the Airflow DAG in `jobs/airflow/`.
 
 pub mod bench;
+pub mod bench_restore;
 pub mod bench_serve;
 pub mod bench_stream;
 pub mod demo;

@@ -102,7 +102,7 @@ enum Command {
     /// and produce -> <job>.speed latency at a fixed rate (prints tables).
     #[command(
         name = "bench-stream",
-        after_help = "Example:\n  eval \"$(tests/broker.sh start)\"; sluice bench-stream --brokers $BOOTSTRAP\n\nThe producer and the daemon run in this process and share the machine's cores."
+        after_help = "Examples:\n  eval \"$(tests/broker.sh start)\"; sluice bench-stream --brokers $BOOTSTRAP\n  sluice bench-stream --brokers $BOOTSTRAP --restore --events 200000\n\nThe producer and the daemon run in this process and share the machine's cores."
     )]
     BenchStream {
         #[arg(long, env = "SLUICE_BROKERS")]
@@ -120,6 +120,10 @@ enum Command {
         /// Records per micro-batch at most (as `sluice stream --batch-size`).
         #[arg(long, default_value_t = 100_000)]
         batch_size: usize,
+        /// Measure restore time against history instead: a clean restart (checkpoint) and a
+        /// full changelog replay, for events/100, events/10 and events orders of history.
+        #[arg(long)]
+        restore: bool,
     },
 }
 
@@ -224,6 +228,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             rate,
             seconds,
             batch_size,
+            restore,
         } => {
             let args = bench_stream::StreamBenchArgs {
                 brokers,
@@ -233,7 +238,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 seconds,
                 batch_size: batch_size.max(1),
             };
-            tokio::task::spawn_blocking(move || bench_stream::run(&args)).await??;
+            if restore {
+                tokio::task::spawn_blocking(move || sluice_jobs::bench_restore::run(&args))
+                    .await??;
+            } else {
+                tokio::task::spawn_blocking(move || bench_stream::run(&args)).await??;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Stream(args) => stream_cmd::stream(args).await,
