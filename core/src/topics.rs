@@ -4,7 +4,7 @@
 //! | --- | --- | --- |
 //! | `source.topic` | anything | one JSON object |
 //! | `<job>.speed` (compacted) | see [`crate::speed`] | encoded partial states, or a tombstone |
-//! | `<job>.results` | JSON object of the view key columns | one finalized row as JSON |
+//! | `<job>.results` | JSON object of the result key: the view key columns and the window bounds the SELECT keeps | one finalized row as JSON |
 //! | `<job>.dlq` | the original key | the original value bytes, unchanged |
 //! | `<job>.late` | the original key | the original value bytes, unchanged |
 //!
@@ -102,6 +102,18 @@ impl std::fmt::Display for DivertReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// The speed layer's consumer group for `job` (the default of `sluice stream --group`); the
+/// serving layer reads its committed offsets to report lag.
+pub fn stream_group(job_name: &str) -> String {
+    format!("sluice-{job_name}")
+}
+
+/// The Delta transaction app id under which the raw-lake sink records the last offset of
+/// source partition `partition` it committed (the sink resumes after it).
+pub fn lake_app_id(job: &Job, partition: i32) -> String {
+    format!("{}-p{partition}", job.name())
 }
 
 /// Header names on `<job>.dlq` and `<job>.late` records. Values are UTF-8 text.

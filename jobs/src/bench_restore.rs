@@ -86,7 +86,7 @@ pub fn restore(args: &StreamBenchArgs, events: usize) -> anyhow::Result<RestoreR
         batch_size: 1_000,
         ..args.clone()
     };
-    let group = format!("sluice-{}", job.name());
+    let group = sluice_core::topics::stream_group(job.name());
     let (stop, handle) = start_daemon(
         &small_batches,
         &job,

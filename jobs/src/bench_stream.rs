@@ -175,7 +175,7 @@ pub fn throughput(
     let topic = job.spec.source.topic.clone();
     create_topic(&args.brokers, &topic, args.partitions)?;
     let events = synthetic_orders(args.events, 7);
-    let group = format!("sluice-{}", job.name());
+    let group = sluice_core::topics::stream_group(job.name());
     let committed = || committed_total(&args.brokers, &group, &topic, args.partitions);
     let mut rows = Vec::new();
     let (stop, handle, started, counted) = match feed {

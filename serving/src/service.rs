@@ -31,7 +31,7 @@ pub struct ServedJob {
 impl ServedJob {
     /// A job whose speed daemon runs in the default group, `sluice-<job>`.
     pub fn new(job: Job, pipeline: Arc<Pipeline>) -> ServedJob {
-        let stream_group = format!("sluice-{}", job.name());
+        let stream_group = sluice_core::topics::stream_group(job.name());
         ServedJob {
             job,
             pipeline,

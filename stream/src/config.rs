@@ -54,7 +54,7 @@ impl StreamConfig {
         let state_dir = PathBuf::from("state").join(job);
         StreamConfig {
             brokers: brokers.into(),
-            group_id: format!("sluice-{job}"),
+            group_id: sluice_core::topics::stream_group(job),
             transactional_id: default_transactional_id(job, &state_dir),
             guarantee: Guarantee::default(),
             batch_max_records: 100_000,

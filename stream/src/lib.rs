@@ -28,4 +28,4 @@ pub use kafka::send_waiting;
 pub use memory::MemoryBound;
 pub use metrics::{StreamMetrics, serve_metrics};
 pub use processor::{Diverted, Output, SourceRecord, SpeedRecord};
-pub use sink::{LakeSink, LakeSinkConfig, SinkSummary, lake_app_id};
+pub use sink::{LakeSink, LakeSinkConfig, SinkSummary};

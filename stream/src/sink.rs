@@ -23,6 +23,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
 use sluice_core::lake::{TableLocation, WritableTable, commit_key, raw_rows};
+use sluice_core::topics::lake_app_id;
 use sluice_core::{Job, JsonDecoder, Lake};
 
 use crate::config::StreamConfig;
@@ -66,11 +67,6 @@ impl Default for LakeSinkConfig {
             commit_bytes: 64 << 20,
         }
     }
-}
-
-/// The Delta transaction app id of a source partition.
-pub fn lake_app_id(job: &Job, partition: i32) -> String {
-    format!("{}-p{partition}", job.name())
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]

@@ -382,7 +382,7 @@ fn the_speed_layer_and_backfill_divert_every_case_as_documented_and_verify_agree
 
     // The raw lake: every record that decodes (loaded, plan-rejected, good, the pusher), by
     // offset, once; none of the dead-lettered ones.
-    let app_id = sluice_stream::lake_app_id(&job, 0);
+    let app_id = sluice_core::topics::lake_app_id(&job, 0);
     let last_offset = by_offset.keys().next_back().copied().unwrap_or(-1);
     if !settle(LONG, || {
         corpus::raw_transaction_version(&lake, &job, &app_id) == Some(last_offset)
