@@ -1,24 +1,12 @@
-//! Human durations in job files (`100ms`, `5s`, `1m`, `1h`, `1d`) and SQL intervals.
+//! Human durations in job files and on the command line (`100ms`, `5s`, `1m`, `1h 30m`, `1d`),
+//! parsed by `humantime` rather than by hand.
 
 use std::time::Duration;
 
-/// Parses `<integer><unit>` with unit one of `ms`, `s`, `m`, `h`, `d`.
+/// Parses a duration: integers with units (`ms`, `s`, `m`/`min`, `h`, `d`, ...), several
+/// terms allowed (`1h 30m`). A bare number has no unit and is refused.
 pub fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit())?;
-    let (digits, unit) = text.split_at(split);
-    let amount: u64 = digits.parse().ok()?;
-    let millis_per_unit = match unit.trim() {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" | "min" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return None,
-    };
-    amount
-        .checked_mul(millis_per_unit)
-        .map(Duration::from_millis)
+    humantime::parse_duration(text.trim()).ok()
 }
 
 /// Serde adapter so job files can say `watermark_delay = "5s"`.
@@ -51,5 +39,8 @@ mod tests {
         assert_eq!(parse_duration("5"), None);
         assert_eq!(parse_duration("s"), None);
         assert_eq!(parse_duration("5 parsecs"), None);
+        assert_eq!(parse_duration("1h 30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("0s"), Some(Duration::ZERO));
+        assert_eq!(parse_duration("99999999999999999999d"), None);
     }
 }
