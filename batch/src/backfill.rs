@@ -25,6 +25,7 @@ use sluice_core::lake::{
     CUTOFF_KEY, SOURCE_OFFSET_COLUMN, SOURCE_PARTITION_COLUMN, TableLocation, commit_key,
     view_schema,
 };
+use sluice_core::lake_progress::{Completeness, raw_completeness};
 use sluice_core::rows::to_json_lines;
 use sluice_core::spec::UTC;
 use sluice_core::time::{ceil_to, floor_to, format_time};
@@ -43,6 +44,10 @@ pub struct BackfillRequest {
     pub to: Option<i64>,
     /// Draw a progress bar on stderr (only when it is a terminal).
     pub progress: bool,
+    /// Do not clamp the range to what the raw table holds completely (see
+    /// [`sluice_core::lake_progress`]): the cutoff may then pass records still on their way
+    /// to the lake, and the merged view misses them until a later backfill.
+    pub allow_incomplete: bool,
 }
 
 /// What a backfill did; printed by the CLI as text or JSON.
@@ -58,6 +63,14 @@ pub struct BackfillReport {
     pub rows_rejected: usize,
     pub cutoff: Option<String>,
     pub cutoff_us: Option<i64>,
+    /// The event time before which the raw table holds every source partition's records
+    /// (`None`: the raw table holds loaded files only, or a partition is not reported yet).
+    pub lake_complete_until: Option<String>,
+    pub lake_complete_until_us: Option<i64>,
+    /// The range end asked for, when it was clamped to `lake_complete_until`.
+    pub clamped_from: Option<String>,
+    /// The range reaches past `lake_complete_until` (only with `allow_incomplete`).
+    pub incomplete: bool,
     pub table_version: Option<u64>,
     pub seconds: f64,
     /// The skipped rows themselves (not in the JSON report: `--rejects FILE` writes them).
@@ -94,7 +107,10 @@ pub async fn backfill(
     let raw = TableLocation::new(lake.raw_table(job));
     let view = TableLocation::new(lake.view_table(job));
     let bucket = job.bucket_micros();
-    let (from, to) = resolve_range(job, &raw, &request, bucket).await?;
+    let (from, requested_to) = resolve_range(job, &raw, &request, bucket).await?;
+    let completeness = raw_completeness(&raw, job).await?;
+    let (to, clamped_from, incomplete) =
+        clamp_to_lake(job, (from, requested_to), completeness, &request)?;
     let progress = progress_bar(request.progress);
     let mut fold = Fold::new(&pipeline);
     fold_raw(job, &raw, &mut fold, (Some(from), Some(to)), &progress).await?;
@@ -117,6 +133,9 @@ pub async fn backfill(
     ]);
     if let Some(cutoff) = cutoff {
         metadata.insert(CUTOFF_KEY.to_string(), json!(cutoff));
+    }
+    if let Some(until) = completeness.until_us() {
+        metadata.insert(commit_key::LAKE_COMPLETE_UNTIL_US.to_string(), json!(until));
     }
     let written = view.replace_buckets(vec![rows], from, to, metadata).await?;
     if !fold.rejected.is_empty() {
@@ -144,6 +163,10 @@ pub async fn backfill(
         rows_rejected: fold.rejected.len(),
         cutoff: cutoff.map(format_time),
         cutoff_us: cutoff,
+        lake_complete_until: completeness.until_us().map(format_time),
+        lake_complete_until_us: completeness.until_us(),
+        clamped_from: clamped_from.map(format_time),
+        incomplete,
         table_version: written.version(),
         seconds: started.elapsed().as_secs_f64(),
         rejected: fold.rejected,
@@ -249,6 +272,50 @@ async fn resolve_range(
         });
     }
     Ok((from, to))
+}
+
+/// The range end a backfill may use: `to`, or the bucket floor of the raw table's
+/// completeness when that is earlier (said loudly, and overridden by `allow_incomplete`).
+/// Returns the end, the end asked for when it was clamped, and whether the range is
+/// incomplete (allowed).
+fn clamp_to_lake(
+    job: &Job,
+    (from, to): (i64, i64),
+    completeness: Completeness,
+    request: &BackfillRequest,
+) -> Result<(i64, Option<i64>, bool)> {
+    let clamped = completeness.clamp(to, job.bucket_micros());
+    if clamped >= to {
+        return Ok((to, None, false));
+    }
+    let until = completeness
+        .until_us()
+        .map_or_else(|| "-".to_string(), format_time);
+    if request.allow_incomplete {
+        tracing::warn!(
+            job = job.name(),
+            to = %format_time(to),
+            lake_complete_until = %until,
+            "--allow-incomplete: the range reaches past what the raw table holds completely; the cutoff may pass records still on their way to the lake, and the merged view misses them until a later backfill"
+        );
+        return Ok((to, None, true));
+    }
+    if clamped <= from {
+        return Err(BatchError::Incomplete {
+            job: job.name().to_string(),
+            from: format_time(from),
+            to: format_time(to),
+            complete_until: until,
+        });
+    }
+    tracing::info!(
+        job = job.name(),
+        requested = %format_time(to),
+        to = %format_time(clamped),
+        lake_complete_until = %until,
+        "backfill range clamped to what the raw table holds completely"
+    );
+    Ok((clamped, Some(to), false))
 }
 
 async fn earliest_event(job: &Job, raw: &TableLocation) -> Result<i64> {

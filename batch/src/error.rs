@@ -19,6 +19,16 @@ pub enum BatchError {
         to: String,
         why: String,
     },
+    #[error(
+        "job `{job}`: nothing to backfill in {from} .. {to}: the raw table is complete only until {complete_until} on every partition (the lake sink has not landed later records yet); wait for it, or pass --allow-incomplete"
+    )]
+    Incomplete {
+        job: String,
+        from: String,
+        to: String,
+        /// `-` when a partition has not been reported at all.
+        complete_until: String,
+    },
     #[error("job `{job}` is stateless: it has no partial states to {what}")]
     Stateless { job: String, what: &'static str },
     #[error("job `{job}`: reading the raw table {url}: {source}")]

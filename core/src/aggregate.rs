@@ -22,6 +22,7 @@ use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
 
 use crate::error::{Error, Result, arrow_err};
+use crate::partial_layout::{Origin, PartialLayout};
 use crate::spec::{UTC, timestamp_type};
 use crate::state_codec::StateCodec;
 use crate::window::{WindowKind, coalesce_sessions};
@@ -77,12 +78,12 @@ pub struct AggregateStage {
     pub(crate) result_key: Vec<String>,
 }
 
-/// Result rows with, per row, the bit set of sources that contributed (bit `i` = source `i`
-/// of [`AggregateStage::finalize_sources`]) and the window start (µs; `None` without a window).
+/// Result rows with, per row, the layers that contributed to it and its window start (µs;
+/// `None` without a window).
 #[derive(Debug, Clone)]
 pub struct Finalized {
     pub rows: RecordBatch,
-    pub sources: Vec<u8>,
+    pub origins: Vec<Origin>,
     pub window_starts: Vec<Option<i64>>,
 }
 
@@ -174,8 +175,9 @@ impl AggregateStage {
         &self.result_key
     }
 
-    pub fn key_count(&self) -> usize {
-        self.keys.len()
+    /// Where keys, window, bucket and states sit in this stage's partial batches.
+    pub fn layout(&self) -> PartialLayout {
+        PartialLayout::new(self.keys.len())
     }
 
     pub fn window(&self) -> Option<WindowKind> {
@@ -189,11 +191,6 @@ impl AggregateStage {
     /// The stable binary codec of one partial row's state columns.
     pub fn state_codec(&self) -> StateCodec {
         StateCodec::new(self.state_fields.clone())
-    }
-
-    /// Index of the first state column in a partial batch.
-    pub fn first_state_column(&self) -> usize {
-        self.keys.len() + 3
     }
 
     fn error(&self, during: &'static str) -> impl Fn(DataFusionError) -> Error + '_ {
@@ -299,15 +296,16 @@ impl AggregateStage {
         if all.num_rows() == 0 {
             return Ok(all);
         }
-        let k = self.keys.len();
-        let mut group_columns: Vec<ArrayRef> = all.columns()[..k + 3].to_vec();
+        let layout = self.layout();
+        let (start, end) = (layout.window_start(), layout.window_end());
+        let mut group_columns: Vec<ArrayRef> = all.columns()[layout.row_key()].to_vec();
         if self.is_session() {
-            let mut session_keys = group_columns[..k].to_vec();
-            session_keys.push(group_columns[k + 2].clone());
+            let mut session_keys = group_columns[layout.keys()].to_vec();
+            session_keys.push(group_columns[layout.bucket()].clone());
             let (s, e) =
-                self.coalesce_columns(&session_keys, &group_columns[k], &group_columns[k + 1])?;
-            group_columns[k] = s;
-            group_columns[k + 1] = e;
+                self.coalesce_columns(&session_keys, &group_columns[start], &group_columns[end])?;
+            group_columns[start] = s;
+            group_columns[end] = e;
         }
         let groups = group_rows(&group_columns)?;
         let states = self.merge_states(&all, &groups, |acc| acc.state(EmitTo::All))?;
@@ -321,51 +319,65 @@ impl AggregateStage {
     /// Finalized result rows: partial states merged across buckets per (key, window), then
     /// HAVING and the SELECT list.
     pub fn finalize(&self, partials: &[RecordBatch]) -> Result<RecordBatch> {
-        Ok(self.finalize_sources(&[partials])?.rows)
+        Ok(self.finalize_tagged(&[(Origin::Batch, partials)])?.rows)
     }
 
-    /// [`AggregateStage::finalize`] over partial batches from several sources (e.g. the batch
-    /// and the speed view), saying for each result row which sources contributed to it and
-    /// where its window starts.
-    pub fn finalize_sources(&self, sources: &[&[RecordBatch]]) -> Result<Finalized> {
-        let partials: Vec<RecordBatch> = sources.iter().flat_map(|s| s.iter().cloned()).collect();
+    /// [`AggregateStage::finalize`] over the batch view's and the speed view's partial batches,
+    /// saying for each result row which layers contributed to it and where its window starts.
+    pub fn finalize_layers(
+        &self,
+        batch: &[RecordBatch],
+        speed: &[RecordBatch],
+    ) -> Result<Finalized> {
+        self.finalize_tagged(&[(Origin::Batch, batch), (Origin::Speed, speed)])
+    }
+
+    fn finalize_tagged(&self, layers: &[(Origin, &[RecordBatch])]) -> Result<Finalized> {
+        let partials: Vec<RecordBatch> =
+            layers.iter().flat_map(|(_, s)| s.iter().cloned()).collect();
         let all = concat_batches(&self.partial_schema, &partials)
             .map_err(arrow_err("concatenating partial states"))?;
         if all.num_rows() == 0 {
             return Ok(Finalized {
                 rows: RecordBatch::new_empty(self.output_schema.clone()),
-                sources: Vec::new(),
+                origins: Vec::new(),
                 window_starts: Vec::new(),
             });
         }
-        let row_source: Vec<u8> = sources
+        let row_origin: Vec<Origin> = layers
             .iter()
-            .enumerate()
-            .flat_map(|(i, batches)| {
+            .flat_map(|(origin, batches)| {
                 let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-                std::iter::repeat_n(1u8 << i.min(7), rows)
+                std::iter::repeat_n(*origin, rows)
             })
             .collect();
-        let k = self.keys.len();
-        let mut group_columns: Vec<ArrayRef> = all.columns()[..k + 2].to_vec();
+        let layout = self.layout();
+        let (start, end) = (layout.window_start(), layout.window_end());
+        let mut group_columns: Vec<ArrayRef> = all.columns()[layout.group()].to_vec();
         if self.is_session() {
             let (s, e) = self.coalesce_columns(
-                &group_columns[..k],
-                &group_columns[k],
-                &group_columns[k + 1],
+                &group_columns[layout.keys()],
+                &group_columns[start],
+                &group_columns[end],
             )?;
-            group_columns[k] = s;
-            group_columns[k + 1] = e;
+            group_columns[start] = s;
+            group_columns[end] = e;
         }
         let groups = group_rows(&group_columns)?;
         let values = self.merge_states(&all, &groups, |acc| {
             acc.evaluate(EmitTo::All).map(|v| vec![v])
         })?;
-        let mut group_sources = vec![0u8; groups.firsts.len()];
-        for (&group, &source) in groups.ids.iter().zip(&row_source) {
-            group_sources[group] |= source;
+        let mut group_origins: Vec<Option<Origin>> = vec![None; groups.firsts.len()];
+        for (&group, &origin) in groups.ids.iter().zip(&row_origin) {
+            let seen = &mut group_origins[group];
+            *seen = Some(seen.map_or(origin, |o| o.with(origin)));
         }
-        let starts = group_columns[k].as_primitive::<TimestampMicrosecondType>();
+        // Invariant: every group has at least one row, so every origin is set.
+        let mut group_origins: Vec<Origin> = group_origins
+            .into_iter()
+            .map(|o| o.unwrap_or(Origin::Merged))
+            .collect();
+        let starts = group_columns[start].as_primitive::<TimestampMicrosecondType>();
         let mut window_starts: Vec<Option<i64>> = groups
             .firsts
             .iter()
@@ -379,7 +391,7 @@ impl AggregateStage {
         let aggregated = match &self.having {
             Some(having) => {
                 let mask = self.evaluate_filter(having, &aggregated)?;
-                group_sources = retain(group_sources, &mask);
+                group_origins = retain(group_origins, &mask);
                 window_starts = retain(window_starts, &mask);
                 filter_record_batch(&aggregated, &mask).map_err(arrow_err("applying HAVING"))?
             }
@@ -387,7 +399,7 @@ impl AggregateStage {
         };
         Ok(Finalized {
             rows: self.project(&aggregated)?,
-            sources: group_sources,
+            origins: group_origins,
             window_starts,
         })
     }
@@ -395,7 +407,7 @@ impl AggregateStage {
     /// One finalized row per partial row (no merging across buckets, no HAVING): what a view
     /// table shows beside each bucket's partial state.
     pub fn finalize_rows(&self, partial: &RecordBatch) -> Result<RecordBatch> {
-        let k = self.keys.len();
+        let layout = self.layout();
         let n = partial.num_rows();
         if n == 0 {
             return Ok(RecordBatch::new_empty(self.output_schema.clone()));
@@ -407,7 +419,8 @@ impl AggregateStage {
         let values = self.merge_states(partial, &groups, |acc| {
             acc.evaluate(EmitTo::All).map(|v| vec![v])
         })?;
-        let aggregated = self.aggregate_output(&partial.columns()[..k + 2], &groups, values)?;
+        let aggregated =
+            self.aggregate_output(&partial.columns()[layout.group()], &groups, values)?;
         self.project(&aggregated)
     }
 
@@ -421,9 +434,7 @@ impl AggregateStage {
         if from.is_none() && to.is_none() {
             return Ok(partial.clone());
         }
-        let buckets = partial
-            .column(self.keys.len() + 2)
-            .as_primitive::<TimestampMicrosecondType>();
+        let buckets = self.layout().buckets(partial);
         let mask: BooleanArray = buckets
             .values()
             .iter()
@@ -442,7 +453,7 @@ impl AggregateStage {
         groups: &Groups,
         emit: impl Fn(&mut Box<dyn GroupsAccumulator>) -> datafusion::error::Result<Vec<ArrayRef>>,
     ) -> Result<Vec<Vec<ArrayRef>>> {
-        let mut column = self.first_state_column();
+        let mut column = self.layout().first_state();
         let mut out = Vec::with_capacity(self.aggregates.len());
         for (aggregate, &width) in self.aggregates.iter().zip(&self.state_widths) {
             let mut accumulator = new_accumulator(&aggregate.function)
@@ -493,10 +504,14 @@ impl AggregateStage {
         if groups.firsts.is_empty() {
             return Ok(RecordBatch::new_empty(self.aggregate_output_schema.clone()));
         }
-        let k = self.keys.len();
-        let used = if self.window.is_some() { k + 2 } else { k };
+        let layout = self.layout();
+        let used = if self.window.is_some() {
+            layout.group()
+        } else {
+            layout.keys()
+        };
         let indices = UInt32Array::from(groups.firsts.clone());
-        let mut columns = group_columns[..used]
+        let mut columns = group_columns[used]
             .iter()
             .map(|c| take(c, &indices, None))
             .collect::<Result<Vec<_>, _>>()

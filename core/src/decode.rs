@@ -193,17 +193,12 @@ impl JsonDecoder {
                 format!("invalid UTF-8 at byte {}", e.valid_up_to()),
             ));
         }
-        if let Some(at) = nesting_beyond(record, MAX_NESTING) {
-            return Err(fail(
-                DivertReason::MalformedJson,
-                format!("nested more than {MAX_NESTING} levels deep at byte {at}"),
-            ));
-        }
         Ok(())
     }
 
-    /// What arrow-json lets through but the fast path (strict by construction) refuses, so a
-    /// record is judged the same whichever path its micro-batch takes: JSON syntax by the
+    /// What arrow-json lets through (or cannot survive) but the fast path (strict by
+    /// construction) refuses, so a record is judged the same whichever path its micro-batch
+    /// takes: nesting deeper than [`MAX_NESTING`], JSON syntax by the
     /// RFC (arrow-json skips stray commas and takes raw control characters in strings), and
     /// integer fields holding integers that fit (arrow-json truncates `1.5` and rounds
     /// `-9223372036854775809` through a float). Only batches the fast path gave up on pay
@@ -230,6 +225,15 @@ impl JsonDecoder {
     }
 
     fn strict_record(&self, record: &[u8]) -> Result<(), (DivertReason, Option<String>, String)> {
+        // arrow-json formats its errors recursively: a deep record would overflow the stack.
+        // (The fast path refuses nesting beyond 64 levels without recursing that deep.)
+        if let Some(at) = nesting_beyond(record, MAX_NESTING) {
+            return Err((
+                DivertReason::MalformedJson,
+                None,
+                format!("nested more than {MAX_NESTING} levels deep at byte {at}"),
+            ));
+        }
         let value: serde_json::Value = match serde_json::from_slice(record) {
             Ok(value) => value,
             // `1e999` is valid JSON that serde_json will not hold; the column checks judge it.

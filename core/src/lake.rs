@@ -28,6 +28,7 @@ use futures::TryStreamExt;
 
 use crate::aggregate::BUCKET_COLUMN;
 use crate::error::{Error, Result, arrow_err};
+use crate::lake_progress::LakeProgress;
 use crate::plan::JobPlan;
 use crate::spec::{Job, UTC, timestamp_type};
 
@@ -55,6 +56,12 @@ pub mod commit_key {
     pub const ROWS: &str = "sluice.rows";
     pub const FILE: &str = "sluice.file";
     pub const REJECTED: &str = "sluice.rejected";
+    /// Ingest: what the raw table holds of each source partition
+    /// ([`crate::lake_progress::LakeProgress`] as JSON).
+    pub const LAKE_PROGRESS: &str = "sluice.lake_progress";
+    /// Backfill: the raw table's completeness bound it was clamped by (µs; absent when the
+    /// raw table holds loaded files only).
+    pub const LAKE_COMPLETE_UNTIL_US: &str = "sluice.lake_complete_until_us";
 }
 
 /// The raw table's schema for `job`.
@@ -294,6 +301,39 @@ impl TableLocation {
             .transaction_version(table.log_store().as_ref(), app_id)
             .await
             .map_err(self.delta())
+    }
+
+    /// What the raw table holds of each source partition: the progress of its newest
+    /// raw-lake commits merged (a few, so that one sink's stale view of another's partitions
+    /// never moves progress back). `None` when no raw-lake sink ever wrote the table.
+    pub async fn lake_progress(&self) -> Result<Option<LakeProgress>> {
+        /// Commits with progress merged, and commits looked at, at most.
+        const MERGED: usize = 16;
+        const LOOKED_AT: usize = 10_000;
+        let table = self.open().await?;
+        if table.version().is_none() {
+            return Ok(None);
+        }
+        let mut history = table.history(Some(LOOKED_AT));
+        let mut merged: Option<LakeProgress> = None;
+        let mut found = 0;
+        while let Some(commit) = history.try_next().await.map_err(self.delta())? {
+            let Some(progress) = commit
+                .info
+                .get(commit_key::LAKE_PROGRESS)
+                .and_then(LakeProgress::from_json)
+            else {
+                continue;
+            };
+            merged
+                .get_or_insert_with(LakeProgress::default)
+                .merge(&progress);
+            found += 1;
+            if found >= MERGED {
+                break;
+            }
+        }
+        Ok(merged)
     }
 
     /// The newest value of `key` in commit metadata, searching back through history.

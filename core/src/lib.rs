@@ -2,10 +2,13 @@
 //!
 //! It owns the job file ([`spec`]), the JSON decoder ([`decode`]), the plan compiler
 //! ([`JobPlan`]) with its windows ([`window`]) and partial-state aggregation
-//! ([`AggregateStage`]), the stable partial-state codec ([`state_codec`]), Rust UDFs
-//! ([`udf`]), the record-transform contract ([`transform`]), and the lake's Delta table layouts
-//! with their read/write helpers ([`lake`]), and the Kafka formats between the layers: topic
-//! names and diverted-record headers ([`topics`]) and the speed changelog records ([`speed`]). It has no Kafka client, RocksDB, HTTP or daemon.
+//! ([`AggregateStage`]) and the layout of its partial rows ([`partial_layout`]), the stable
+//! partial-state codec ([`state_codec`]), Rust UDFs ([`udf`]), the record-transform contract
+//! ([`transform`]), the lake's Delta table layouts with their read/write helpers ([`lake`]),
+//! and the Kafka formats between the layers: topic names and diverted-record headers
+//! ([`topics`]) and the speed changelog records ([`speed`]). It has no Kafka client,
+//! RocksDB, HTTP or daemon. [`fixture`] is the orders job and order generator the tests,
+//! benches and demo of every layer share.
 
 pub mod aggregate;
 pub mod decode;
@@ -13,10 +16,13 @@ pub mod decode;
 mod decode_props;
 pub mod duration;
 pub mod error;
+pub mod fixture;
 mod flat_json;
 mod flink_sql;
 mod json_escapes;
 pub mod lake;
+pub mod lake_progress;
+pub mod partial_layout;
 pub mod pipeline;
 pub mod plan;
 pub mod rows;
@@ -32,6 +38,7 @@ pub mod window;
 pub use aggregate::AggregateStage;
 pub use decode::{Decoded, JsonDecoder, RecordError};
 pub use error::{Error, Result};
+pub use partial_layout::{KeyPrefix, Origin, PartialLayout};
 pub use pipeline::{Evaluated, FailedRow, Isolated, Pipeline};
 pub use plan::JobPlan;
 pub use spec::{Job, Lake};

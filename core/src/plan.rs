@@ -543,7 +543,7 @@ impl Compilation<'_> {
         let outputs: HashSet<&str> = key_columns.iter().map(|(_, name)| name.as_str()).collect();
         let covered: HashSet<usize> = key_columns.iter().map(|(key, _)| *key).collect();
         if declared == outputs
-            && covered.len() == stage.key_count()
+            && covered.len() == stage.layout().key_count()
             && declared.len() == self.job.spec.view.key.len()
         {
             return Ok(());
@@ -553,15 +553,15 @@ impl Compilation<'_> {
         Err(Error::InvalidField {
             file: self.job.file.clone(),
             field: "view.key".to_string(),
-            expected: if covered.len() == stage.key_count() {
+            expected: if covered.len() == stage.layout().key_count() {
                 format!(
                     "the output columns holding the {} GROUP BY key(s): {names:?}",
-                    stage.key_count()
+                    stage.layout().key_count()
                 )
             } else {
                 format!(
                     "every one of the {} GROUP BY keys selected as an output column",
-                    stage.key_count()
+                    stage.layout().key_count()
                 )
             },
             got: format!("{:?}", self.job.spec.view.key),

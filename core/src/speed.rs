@@ -25,6 +25,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{AggregateStage, conform};
 use crate::error::{Error, Result, arrow_err};
+pub use crate::partial_layout::KeyPrefix;
+use crate::partial_layout::PartialLayout;
 use crate::state_codec::StateCodec;
 
 /// The key of a `<job>.speed` partition's watermark record.
@@ -53,33 +55,30 @@ impl PartitionWatermark {
     }
 }
 
-/// How much of a row key a prefix covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyPrefix {
-    /// The view key columns only.
-    ViewKey,
-    /// The view key columns and the window bounds.
-    Window,
-}
-
 /// Encodes partial-state rows as `<job>.speed` records and decodes them back.
 #[derive(Debug, Clone)]
 pub struct SpeedCodec {
     key: StateCodec,
     state: StateCodec,
     stage_partial_schema: arrow::datatypes::SchemaRef,
-    key_columns: usize,
+    layout: PartialLayout,
+    /// Bytes the bucket takes at the end of every row key.
+    bucket_suffix: usize,
 }
 
 impl SpeedCodec {
     pub fn new(stage: &AggregateStage) -> SpeedCodec {
         let schema = stage.partial_schema().clone();
-        let key_columns = stage.first_state_column();
+        let layout = stage.layout();
+        let bucket = schema.field(layout.bucket());
+        // Invariant: the bucket is a non-null timestamp, so its encoding has a fixed width.
+        let bucket_suffix = StateCodec::present_width(bucket.data_type()).unwrap_or(0);
         SpeedCodec {
-            key: StateCodec::new(schema.fields()[..key_columns].to_vec()),
+            key: StateCodec::new(schema.fields()[layout.row_key()].to_vec()),
             state: stage.state_codec(),
             stage_partial_schema: schema,
-            key_columns,
+            layout,
+            bucket_suffix,
         }
     }
 
@@ -87,19 +86,18 @@ impl SpeedCodec {
     pub fn key(&self, partial: &RecordBatch, row: usize) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(32);
         self.key
-            .encode_row(&partial.columns()[..self.key_columns], row, &mut out)?;
+            .encode_row(&partial.columns()[self.layout.row_key()], row, &mut out)?;
         Ok(out)
     }
 
     /// The byte prefix shared by every row key with `row`'s view key (and window).
     pub fn prefix(&self, partial: &RecordBatch, row: usize, prefix: KeyPrefix) -> Result<Vec<u8>> {
-        let columns = match prefix {
-            KeyPrefix::ViewKey => self.key_columns - 3,
-            KeyPrefix::Window => self.key_columns - 1,
-        };
         let mut out = Vec::with_capacity(32);
-        self.key
-            .encode_row(&partial.columns()[..columns], row, &mut out)?;
+        self.key.encode_row(
+            &partial.columns()[self.layout.prefix(prefix)],
+            row,
+            &mut out,
+        )?;
         Ok(out)
     }
 
@@ -107,7 +105,7 @@ impl SpeedCodec {
     pub fn value(&self, partial: &RecordBatch, row: usize) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(32);
         self.state
-            .encode_row(&partial.columns()[self.key_columns..], row, &mut out)?;
+            .encode_row(&partial.columns()[self.layout.states()], row, &mut out)?;
         Ok(out)
     }
 
@@ -133,15 +131,14 @@ impl SpeedCodec {
     }
 
     /// The [`KeyPrefix::Window`] prefix of a row key: everything but the bucket, which is
-    /// always last and always 9 bytes (present flag + 8-byte timestamp).
+    /// always last and of fixed width.
     pub fn window_prefix_of<'k>(&self, key: &'k [u8]) -> &'k [u8] {
-        &key[..key.len().saturating_sub(9)]
+        &key[..key.len().saturating_sub(self.bucket_suffix)]
     }
 
     /// The bucket (µs) and window end (µs, `None` without a group window) of a row key.
     pub fn key_times(&self, key: &[u8]) -> Result<(i64, Option<i64>)> {
         let columns = self.key.decode_rows(&[key])?;
-        let k = self.key_columns - 3;
         let micros = |column: &ArrayRef| -> Option<i64> {
             column
                 .as_any()
@@ -149,49 +146,33 @@ impl SpeedCodec {
                 .filter(|a| a.is_valid(0))
                 .map(|a| a.value(0))
         };
-        let bucket = micros(&columns[k + 2])
+        let bucket = micros(&columns[self.layout.bucket()])
             .ok_or_else(|| Error::StateCodec("a speed key without a bucket".to_string()))?;
-        Ok((bucket, micros(&columns[k + 1])))
+        Ok((bucket, micros(&columns[self.layout.window_end()])))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixture::OrdersJob;
     use crate::plan::JobPlan;
-    use crate::spec::Job;
     use crate::{JsonDecoder, rows};
-    use std::path::Path;
 
-    const JOB: &str = r#"
-name = "t"
-[source]
-topic = "orders"
-event_time = "ts"
-fields = [
-  { name = "region", type = "string" },
-  { name = "amount", type = "float64" },
-  { name = "id", type = "string" },
-  { name = "ts", type = "timestamp" },
-]
-[transform]
-sql = """SELECT region, HOP_START(ts, INTERVAL '1' MINUTE, INTERVAL '2' MINUTE) AS ws,
-  COUNT(*) AS n, SUM(amount) AS total, AVG(amount) AS mean, COUNT(DISTINCT id) AS ids,
-  MIN(amount) AS lo
-  FROM orders GROUP BY region, HOP(ts, INTERVAL '1' MINUTE, INTERVAL '2' MINUTE)"""
-[view]
-key = ["region"]
-bucket = "1h"
-"#;
+    const SQL: &str = "SELECT region,
+  HOP_START(event_time, INTERVAL '1' MINUTE, INTERVAL '2' MINUTE) AS ws,
+  COUNT(*) AS n, SUM(amount) AS total, AVG(amount) AS mean,
+  COUNT(DISTINCT order_id) AS ids, MIN(amount) AS lo
+  FROM orders GROUP BY region, HOP(event_time, INTERVAL '1' MINUTE, INTERVAL '2' MINUTE)";
 
     fn partial() -> (JobPlan, RecordBatch) {
-        let job = Job::from_toml(JOB, Path::new("t.toml")).expect("job");
+        let job = OrdersJob::default().job(SQL);
         let plan = JobPlan::compile(&job, job.source_schema()).expect("plan");
         let lines = [
-            r#"{"region":"eu","amount":2.5,"id":"a","ts":1714557600000}"#,
-            r#"{"region":"eu","amount":4.0,"id":"b","ts":1714557630000}"#,
-            r#"{"region":null,"amount":null,"id":"a","ts":1714561199000}"#,
-            r#"{"region":"us","amount":1.0,"id":"c","ts":1714561200000}"#,
+            r#"{"region":"eu","amount":2.5,"order_id":"a","event_time":1714557600000}"#,
+            r#"{"region":"eu","amount":4.0,"order_id":"b","event_time":1714557630000}"#,
+            r#"{"region":null,"amount":null,"order_id":"a","event_time":1714561199000}"#,
+            r#"{"region":"us","amount":1.0,"order_id":"c","event_time":1714561200000}"#,
         ];
         let decoded = JsonDecoder::new(&job).decode(&lines).expect("decode");
         let partial = plan.partial(&decoded.batch).expect("partial");
@@ -241,23 +222,13 @@ bucket = "1h"
     /// order, flags, field order) must fail here and be made on purpose, with a new version.
     #[test]
     fn speed_records_have_pinned_bytes() {
-        let toml = r#"
-name = "t"
-[source]
-topic = "orders"
-event_time = "ts"
-fields = [{ name = "region", type = "string" }, { name = "amount", type = "float64" },
-          { name = "ts", type = "timestamp" }]
-[transform]
-sql = """SELECT region, TUMBLE_START(ts, INTERVAL '1' MINUTE) AS ws, COUNT(*) AS n,
-  SUM(amount) AS total FROM orders GROUP BY region, TUMBLE(ts, INTERVAL '1' MINUTE)"""
-[view]
-key = ["region"]
-"#;
-        let job = Job::from_toml(toml, Path::new("t.toml")).expect("job");
+        let job = OrdersJob::default().job(
+            "SELECT region, TUMBLE_START(event_time, INTERVAL '1' MINUTE) AS ws, COUNT(*) AS n,
+  SUM(amount) AS total FROM orders GROUP BY region, TUMBLE(event_time, INTERVAL '1' MINUTE)",
+        );
         let plan = JobPlan::compile(&job, job.source_schema()).expect("plan");
         let decoded = JsonDecoder::new(&job)
-            .decode(&[r#"{"region":"eu","amount":2.5,"ts":60000}"#])
+            .decode(&[r#"{"order_id":"o","region":"eu","amount":2.5,"event_time":60000}"#])
             .expect("decode");
         let partial = plan.partial(&decoded.batch).expect("partial");
         let codec = SpeedCodec::new(plan.aggregate().expect("aggregate"));

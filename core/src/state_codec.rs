@@ -40,6 +40,24 @@ impl StateCodec {
         &self.fields
     }
 
+    /// The encoded width of a present (non-null) value of a fixed-width type: the presence
+    /// byte and the payload. `None` for variable-width types (strings, binaries, lists).
+    pub fn present_width(data_type: &DataType) -> Option<usize> {
+        let payload = match data_type {
+            DataType::Boolean | DataType::Int8 | DataType::UInt8 => 1,
+            DataType::Int16 | DataType::UInt16 => 2,
+            DataType::Int32 | DataType::UInt32 | DataType::Float32 | DataType::Date32 => 4,
+            DataType::Int64
+            | DataType::UInt64
+            | DataType::Float64
+            | DataType::Date64
+            | DataType::Timestamp(_, _) => 8,
+            DataType::Decimal128(_, _) => 16,
+            _ => return None,
+        };
+        Some(1 + payload)
+    }
+
     /// Appends the encoding of `row` of `columns` (one column per state field) to `out`.
     pub fn encode_row(&self, columns: &[ArrayRef], row: usize, out: &mut Vec<u8>) -> Result<()> {
         out.push(VERSION);
@@ -272,6 +290,35 @@ mod tests {
     use super::*;
     use arrow::array::{Array, Float64Array, Int64Array, ListArray, StringArray};
     use arrow::datatypes::Int64Type;
+
+    #[test]
+    fn present_width_is_what_a_present_value_encodes_to() {
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(vec![7])),
+            Arc::new(Float64Array::from(vec![1.5])),
+            Arc::new(
+                arrow::array::TimestampMicrosecondArray::from(vec![3_600_000_000])
+                    .with_timezone("UTC"),
+            ),
+        ];
+        for column in columns {
+            let field = Arc::new(arrow::datatypes::Field::new(
+                "v",
+                column.data_type().clone(),
+                false,
+            ));
+            let codec = StateCodec::new(vec![field]);
+            let mut out = Vec::new();
+            codec.encode_row(&[column.clone()], 0, &mut out).unwrap();
+            assert_eq!(
+                StateCodec::present_width(column.data_type()),
+                Some(out.len() - 1),
+                "{}",
+                column.data_type()
+            );
+        }
+        assert_eq!(StateCodec::present_width(&DataType::Utf8), None);
+    }
 
     #[test]
     fn round_trips_every_kind_of_state_column() {

@@ -2,37 +2,22 @@
 
 use std::time::Instant;
 
-use rand::{Rng, SeedableRng, rngs::StdRng};
+use sluice_core::fixture::{OrderGenerator, OrderShape};
 use sluice_core::{Job, JobPlan, JsonDecoder};
 
 pub const ORDERS_PER_MINUTE: &str = include_str!("../examples/orders_per_minute.toml");
 
-/// Synthetic order events as JSON, with times spread over `minutes` and mixed statuses.
+/// Synthetic order events as JSON (the shared generator): 3 ms apart with up to 5 s of
+/// disorder, 60% completed, four regions.
 pub fn synthetic_orders(count: usize, seed: u64) -> Vec<Vec<u8>> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let base_ms: i64 = 1_714_557_600_000;
-    let statuses = [
-        "completed",
-        "completed",
-        "completed",
-        "pending",
-        "cancelled",
-    ];
-    let regions = ["eu", "us", "apac", "latam"];
-    (0..count)
-        .map(|i| {
-            let time = base_ms + (i as i64) * 3 + rng.random_range(-5_000..5_000);
-            format!(
-                r#"{{"order_id":"o{i}","customer_id":"c{}","email":"user{}@example.com","region":"{}","amount":{:.2},"status":"{}","event_time":{time}}}"#,
-                rng.random_range(0..50_000),
-                rng.random_range(0..50_000),
-                regions[rng.random_range(0..regions.len())],
-                rng.random_range(100..100_000) as f64 / 100.0,
-                statuses[rng.random_range(0..statuses.len())],
-            )
-            .into_bytes()
-        })
-        .collect()
+    let shape = OrderShape {
+        spacing_ms: 3,
+        disorder_ms: 5_000,
+        completed_percent: 60,
+        customers: 50_000,
+        ..OrderShape::default()
+    };
+    OrderGenerator::new(seed, shape).records(count)
 }
 
 pub struct BenchResult {

@@ -11,8 +11,8 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
+use sluice_core::fixture::{OrderGenerator, OrderShape, T0_MS};
 use sluice_core::topics::Topics;
 use sluice_stream::{Guarantee, StreamMetrics};
 
@@ -28,34 +28,28 @@ pub struct RestoreRow {
     pub full_seconds: f64,
 }
 
-/// Completed orders 15 s apart: every minute of event time is a window of its own, so the
-/// changelog grows with the history (a quarter of a record per order).
+/// Completed orders of one region 15 s apart from [`T0_MS`] (a minute boundary), from the
+/// shared generator: the bench job groups by one-minute window only, so every minute of event
+/// time is a window of its own and the changelog grows with the history (a quarter of a record
+/// per order).
 fn history(events: usize) -> Vec<Vec<u8>> {
-    let base_ms: i64 = 1_714_557_600_000;
-    (0..events)
-        .map(|i| {
-            let at = base_ms + i as i64 * 15_000;
-            format!(
-                r#"{{"order_id":"o{i}","region":"eu","amount":{}.5,"status":"completed","event_time":{at}}}"#,
-                i % 100
-            )
-            .into_bytes()
-        })
-        .collect()
+    let shape = OrderShape {
+        start_ms: T0_MS,
+        spacing_ms: 15_000,
+        regions: 1,
+        completed_percent: 100,
+        disorder_ms: 0,
+        ..OrderShape::default()
+    };
+    OrderGenerator::new(7, shape).records(events)
 }
 
 /// Records in a topic (the sum of its partitions' high watermarks).
 fn topic_records(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<i64> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
-    let mut total = 0;
-    for p in 0..partitions {
-        total += consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(10))?
-            .1;
-    }
-    Ok(total)
+    let consumer: BaseConsumer = sluice_kafka::client_config(brokers, &[], |_| {}).create()?;
+    let watermarks =
+        sluice_kafka::watermarks(&consumer, topic, partitions, Duration::from_secs(10))?;
+    Ok(watermarks.into_iter().map(|(_, high)| high).sum())
 }
 
 /// Starts the daemon on `state`, waits until every partition is restored, stops it; returns

@@ -15,15 +15,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::admin::{NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{Offset, TopicPartitionList};
+use sluice_core::fixture::{OrderGenerator, OrderShape};
 use sluice_core::speed::{PartitionWatermark, WATERMARK_KEY};
 use sluice_core::{Job, Pipeline};
+use sluice_kafka::client_config;
 use sluice_stream::{Guarantee, StreamConfig, StreamDaemon, StreamMetrics};
 
 use crate::bench::{ORDERS_PER_MINUTE, synthetic_orders};
@@ -63,32 +62,34 @@ pub(crate) fn bench_job(tag: &str) -> anyhow::Result<Job> {
     Ok(job)
 }
 
+/// Creates a bench's source topic (its name is new, so one that exists is a clash).
 pub(crate) fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
-    let topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-    for result in futures::executor::block_on(admin.create_topics([&topic], &AdminOptions::new()))?
-    {
-        result.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let created = sluice_kafka::create_topics(&client_config(brokers, &[], |_| {}), &[new], None)?;
+    for (name, outcome) in created {
+        anyhow::ensure!(
+            outcome == sluice_kafka::Created::New,
+            "creating {name}: it already exists"
+        );
     }
     Ok(())
 }
 
 fn producer(brokers: &str) -> anyhow::Result<BaseProducer> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "5")
-        .set("compression.type", "lz4")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()?)
+    Ok(client_config(brokers, &[], |client| {
+        client
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            .set("queue.buffering.max.messages", "1000000");
+    })
+    .create()?)
 }
 
 fn send(producer: &BaseProducer, topic: &str, partition: i32, value: &[u8]) -> anyhow::Result<()> {
     let record = BaseRecord::<[u8], [u8]>::to(topic)
         .partition(partition)
         .payload(value);
-    Ok(sluice_stream::send_waiting(producer, record)?)
+    Ok(sluice_kafka::send_waiting(producer, record)?)
 }
 
 pub(crate) fn start_daemon(
@@ -119,23 +120,12 @@ pub(crate) fn committed_total(
     topic: &str,
     partitions: i32,
 ) -> anyhow::Result<i64> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .create()?;
-    let mut list = TopicPartitionList::new();
-    for p in 0..partitions {
-        list.add_partition(topic, p);
-    }
-    let committed = consumer.committed_offsets(list, Duration::from_secs(10))?;
-    Ok(committed
-        .elements()
-        .iter()
-        .map(|e| match e.offset() {
-            Offset::Offset(o) => o,
-            _ => 0,
-        })
-        .sum())
+    let consumer: BaseConsumer = client_config(brokers, &[], |client| {
+        client.set("group.id", group);
+    })
+    .create()?;
+    let committed = sluice_kafka::committed(&consumer, topic, partitions, Duration::from_secs(10))?;
+    Ok(committed.into_iter().map(|o| o.unwrap_or(0)).sum())
 }
 
 /// How the events meet the daemon.
@@ -247,13 +237,14 @@ pub fn latency(args: &StreamBenchArgs, state: &std::path::Path) -> anyhow::Resul
     // Let the group form and the speed topic appear before the clock starts.
     std::thread::sleep(Duration::from_secs(3));
     let speed = format!("{}.speed", job.name());
-    let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &args.brokers)
-        .set("group.id", format!("{}-latency", job.name()))
-        .set("isolation.level", "read_committed")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "10")
-        .create()?;
+    let reader: BaseConsumer = client_config(&args.brokers, &[], |client| {
+        client
+            .set("group.id", format!("{}-latency", job.name()))
+            .set("isolation.level", "read_committed")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "10");
+    })
+    .create()?;
     reader.subscribe(&[&speed])?;
     let producing = Arc::new(AtomicBool::new(true));
     let writer = {
@@ -261,6 +252,12 @@ pub fn latency(args: &StreamBenchArgs, state: &std::path::Path) -> anyhow::Resul
         let (rate, seconds, partitions) = (args.rate, args.seconds, args.partitions);
         std::thread::spawn(move || -> anyhow::Result<()> {
             let producer = producer(&brokers)?;
+            let shape = OrderShape {
+                regions: 1,
+                completed_percent: 100,
+                ..OrderShape::default()
+            };
+            let mut orders = OrderGenerator::new(7, shape);
             let started = Instant::now();
             let total = rate * seconds;
             for i in 0..total {
@@ -269,10 +266,8 @@ pub fn latency(args: &StreamBenchArgs, state: &std::path::Path) -> anyhow::Resul
                     std::thread::sleep(wait);
                 }
                 let now = chrono::Utc::now().timestamp_millis();
-                let value = format!(
-                    r#"{{"order_id":"o{i}","region":"eu","amount":1.5,"status":"completed","event_time":{now}}}"#
-                );
-                send(&producer, &topic, i as i32 % partitions, value.as_bytes())?;
+                let value = orders.order_at(now).to_json();
+                send(&producer, &topic, i as i32 % partitions, &value)?;
                 producer.poll(Duration::ZERO);
             }
             producer.flush(Duration::from_secs(30))?;

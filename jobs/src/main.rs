@@ -2,7 +2,7 @@
 
 use sluice_jobs::demo::{self, DemoArgs};
 use sluice_jobs::serve_cmd::{self, ServeArgs};
-use sluice_jobs::stream_cmd::{self, StreamArgs};
+use sluice_jobs::stream_cmd::{self, IngestArgs, StreamArgs};
 use sluice_jobs::verify::{self, VerifyArgs};
 use sluice_jobs::{bench, bench_stream, transforms};
 
@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use sluice_batch::{BackfillRequest, backfill, load_jsonl};
+use sluice_batch::{BackfillRequest, BatchError, backfill, load_jsonl};
 use sluice_core::lake::TableLocation;
 use sluice_core::rows::to_json_lines;
 use sluice_core::time::parse_time;
@@ -19,6 +19,8 @@ use sluice_core::{Job, Lake};
 
 /// Exit code when a command succeeded but rejected some input (e.g. bad JSON lines).
 const EXIT_PARTIAL: u8 = 3;
+/// Backfill: nothing in the range is complete in the raw table yet (try again later).
+const EXIT_INCOMPLETE: u8 = 4;
 
 #[derive(Parser)]
 #[command(
@@ -50,7 +52,7 @@ enum Command {
     Lake(LakeCommand),
     /// Recompute the batch view for a time range from the raw table and move the cutoff.
     #[command(
-        after_help = "Examples:\n  sluice backfill --job jobs/examples/orders_per_minute.toml --from 2024-05-01T10:00:00Z --to 2024-05-01T12:00:00Z\n  sluice backfill --job jobs/examples/region_totals.toml --output json\n\n  sluice backfill --job job.toml --from 2024-05-01 --to 2024-05-02 --rejects rejected.jsonl\n\nThe range is widened to whole buckets. Re-running a range replaces it. Raw rows the plan fails\non (e.g. a CAST of bad text) are skipped and counted, as the speed layer dead-letters them;\n--rejects writes them as JSON lines (partition, offset, error, reason, record).\nExit 0 on success, 3 when rows were skipped, 1 on error."
+        after_help = "Examples:\n  sluice backfill --job jobs/examples/orders_per_minute.toml --from 2024-05-01T10:00:00Z --to 2024-05-01T12:00:00Z\n  sluice backfill --job jobs/examples/region_totals.toml --output json\n\n  sluice backfill --job job.toml --from 2024-05-01 --to 2024-05-02 --rejects rejected.jsonl\n\nThe range is widened to whole buckets. Re-running a range replaces it. Raw rows the plan fails\non (e.g. a CAST of bad text) are skipped and counted, as the speed layer dead-letters them;\n--rejects writes them as JSON lines (partition, offset, error, reason, record).\nThe range end is clamped to the bucket floor of `lake_complete_until`, the event time before\nwhich the raw table holds every source partition's records (the raw-lake sink records it in\neach commit), so the cutoff never passes records still on their way to the lake;\n--allow-incomplete overrides. Exit 0 on success, 3 when rows were skipped, 4 when nothing in\nthe range is complete in the lake yet (try again later), 1 on error."
     )]
     Backfill(BackfillArgs),
     /// Print a job's batch view as finalized JSON rows (partial states merged across buckets).
@@ -65,7 +67,7 @@ enum Command {
     #[command(
         after_help = "Example:\n  sluice ingest --job jobs/examples/orders_per_minute.toml --brokers 127.0.0.1:9092 --lake s3://bucket/lake\n\nEach Delta commit carries a transaction action per partition (app id <job>-p<partition>,\nversion = last offset); a restart resumes after those offsets."
     )]
-    Ingest(StreamArgs),
+    Ingest(IngestArgs),
     /// Measure `/view` point lookups against a running server (prints a table).
     #[command(
         name = "bench-serve",
@@ -170,6 +172,10 @@ struct BackfillArgs {
     /// Write the raw rows the plan failed on (skipped) to this file, one JSON object a line.
     #[arg(long, value_name = "FILE")]
     rejects: Option<PathBuf>,
+    /// Backfill past what the raw table holds completely (the cutoff may then pass records
+    /// still on their way to the lake; the merged view misses them until a later backfill).
+    #[arg(long)]
+    allow_incomplete: bool,
 }
 
 fn main() -> ExitCode {
@@ -343,8 +349,33 @@ async fn run_backfill(args: BackfillArgs) -> anyhow::Result<ExitCode> {
             .transpose()
             .context("--to")?,
         progress: args.job.output == Output::Text,
+        allow_incomplete: args.allow_incomplete,
     };
-    let report = backfill(&job, &lake, transform, request).await?;
+    let report = match backfill(&job, &lake, transform, request).await {
+        Ok(report) => report,
+        Err(error @ BatchError::Incomplete { .. }) => {
+            if args.job.output == Output::Json
+                && let BatchError::Incomplete {
+                    job,
+                    from,
+                    to,
+                    complete_until,
+                } = &error
+            {
+                let until = (complete_until != "-").then_some(complete_until);
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "job": job, "from": from, "to": to, "status": "incomplete",
+                        "lake_complete_until": until, "message": error.to_string(),
+                    })
+                );
+            }
+            eprintln!("{error}");
+            return Ok(ExitCode::from(EXIT_INCOMPLETE));
+        }
+        Err(error) => return Err(error.into()),
+    };
     for row in &report.rejected {
         eprintln!(
             "partition {} offset {}: {} skipped: {}",
@@ -379,6 +410,19 @@ async fn run_backfill(args: BackfillArgs) -> anyhow::Result<ExitCode> {
             report.cutoff.as_deref().unwrap_or("-"),
             report.seconds
         ),
+    }
+    if let Some(asked) = &report.clamped_from {
+        eprintln!(
+            "note: --to {asked} was clamped to {}: the raw table holds every partition's records only until {} (the lake sink has not landed later ones yet); --allow-incomplete overrides",
+            report.to,
+            report.lake_complete_until.as_deref().unwrap_or("-"),
+        );
+    }
+    if report.incomplete {
+        eprintln!(
+            "warning: --allow-incomplete: the range reaches past {}, what the raw table holds completely; the merged view misses records still on their way to the lake until a later backfill",
+            report.lake_complete_until.as_deref().unwrap_or("-"),
+        );
     }
     Ok(if report.rows_rejected > 0 {
         ExitCode::from(EXIT_PARTIAL)

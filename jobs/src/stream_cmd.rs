@@ -25,8 +25,9 @@ pub enum GuaranteeArg {
     AtLeastOnce,
 }
 
+/// What the speed-layer daemon and the raw-lake sink both take.
 #[derive(Args, Debug)]
-pub struct StreamArgs {
+pub struct SourceArgs {
     /// The job file (TOML).
     #[arg(long)]
     pub job: PathBuf,
@@ -36,15 +37,42 @@ pub struct StreamArgs {
     /// The lake root for the raw-lake sink [env: SLUICE_LAKE] [default: ./lake]
     #[arg(long)]
     pub lake: Option<String>,
-    /// Consumer group [default: sluice-<job>]
+    /// Consumer group [default: sluice-<job>; the raw-lake sink uses <group>.lake]
     #[arg(long, env = "SLUICE_GROUP")]
     pub group: Option<String>,
+    /// Serve Prometheus metrics on this address (GET /metrics).
+    #[arg(long, env = "SLUICE_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// The raw-lake sink commits at least this often.
+    #[arg(long, default_value = "10s", value_parser = parse_duration_arg)]
+    pub lake_commit_interval: Duration,
+    /// ... or when this many MiB are buffered.
+    #[arg(long, default_value_t = 64)]
+    pub lake_commit_mb: usize,
+    /// Leave the group when stopping instead of keeping a static membership (by default a
+    /// restarted process takes its old partitions back at once; with this, a stopped one's
+    /// partitions move to the others immediately).
+    #[arg(long)]
+    pub dynamic_membership: bool,
+    /// Records larger than this many bytes go to the DLQ as `oversized`.
+    #[arg(long, default_value_t = sluice_core::decode::DEFAULT_MAX_RECORD_BYTES)]
+    pub max_record_bytes: usize,
+    /// Extra librdkafka property, `key=value` (repeatable).
+    #[arg(short = 'X', value_parser = parse_property)]
+    pub property: Vec<(String, String)>,
+}
+
+#[derive(Args, Debug)]
+pub struct StreamArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
     #[arg(long, value_enum, default_value_t = GuaranteeArg::ExactlyOnce, env = "SLUICE_GUARANTEE")]
     pub guarantee: GuaranteeArg,
     /// RocksDB state directory, a cache of `<job>.speed` [default: ./state/<job>]
     #[arg(long, env = "SLUICE_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Transactional id; must differ between daemons of one job [default: from job, host, state dir]
+    /// Transactional id, also the static group member id's prefix; must differ between
+    /// daemons of one job [default: from job, host, state dir]
     #[arg(long)]
     pub transactional_id: Option<String>,
     /// Records per micro-batch at most.
@@ -59,26 +87,9 @@ pub struct StreamArgs {
     /// A partition silent this long stops holding the watermark back.
     #[arg(long, default_value = "30s", value_parser = parse_duration_arg)]
     pub idle_timeout: Duration,
-    /// Serve Prometheus metrics on this address (GET /metrics).
-    #[arg(long, env = "SLUICE_METRICS_ADDR")]
-    pub metrics_addr: Option<SocketAddr>,
     /// Do not run the raw-lake sink in this process (run `sluice ingest` instead).
     #[arg(long)]
     pub no_lake_sink: bool,
-    /// The raw-lake sink commits at least this often.
-    #[arg(long, default_value = "10s", value_parser = parse_duration_arg)]
-    pub lake_commit_interval: Duration,
-    /// ... or when this many MiB are buffered.
-    #[arg(long, default_value_t = 64)]
-    pub lake_commit_mb: usize,
-    /// Leave the group when stopping instead of keeping a static membership (by default a
-    /// restarted daemon takes its old partitions back at once; with this, a stopped daemon's
-    /// partitions move to the other daemons immediately).
-    #[arg(long)]
-    pub dynamic_membership: bool,
-    /// Records larger than this many bytes go to the DLQ as `oversized`.
-    #[arg(long, default_value_t = sluice_core::decode::DEFAULT_MAX_RECORD_BYTES)]
-    pub max_record_bytes: usize,
     /// How often to read the batch view's cutoff from the lake.
     #[arg(long, default_value = "30s", value_parser = parse_duration_arg)]
     pub batch_poll: Duration,
@@ -87,9 +98,16 @@ pub struct StreamArgs {
     /// are tombstoned and compaction removes them.
     #[arg(long, default_value = "5m", value_parser = parse_duration_arg)]
     pub tombstone_grace: Duration,
-    /// Extra librdkafka property, `key=value` (repeatable).
-    #[arg(short = 'X', value_parser = parse_property)]
-    pub property: Vec<(String, String)>,
+}
+
+#[derive(Args, Debug)]
+pub struct IngestArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// The static group member id's prefix; must differ between sinks of one job on one host
+    /// [default: from job and host]
+    #[arg(long)]
+    pub member_id: Option<String>,
 }
 
 pub(crate) fn parse_duration_arg(text: &str) -> Result<Duration, String> {
@@ -103,27 +121,21 @@ pub(crate) fn parse_property(text: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected key=value, got `{text}`"))
 }
 
-impl StreamArgs {
-    fn config(&self, job: &Job) -> StreamConfig {
+impl SourceArgs {
+    /// The client settings both processes share; `member` is the static member id prefix
+    /// (the daemon's transactional id).
+    fn config(&self, job: &Job, member: Option<&str>, state_dir: Option<&PathBuf>) -> StreamConfig {
         let name = job.name();
         let mut config = StreamConfig::new(name, &self.brokers);
-        if let Some(dir) = &self.state_dir {
+        if let Some(dir) = state_dir {
             config = config.with_state_dir(name, dir.clone());
         }
         if let Some(group) = &self.group {
             config.group_id = group.clone();
         }
-        if let Some(id) = &self.transactional_id {
-            config.transactional_id = id.clone();
+        if let Some(member) = member {
+            config.transactional_id = member.to_string();
         }
-        config.guarantee = match self.guarantee {
-            GuaranteeArg::ExactlyOnce => Guarantee::ExactlyOnce,
-            GuaranteeArg::AtLeastOnce => Guarantee::AtLeastOnce,
-        };
-        config.batch_max_records = self.batch_size.max(1);
-        config.batch_linger = self.linger;
-        config.batch_max_bytes = self.batch_max_mb.max(1) << 20;
-        config.idle_timeout = self.idle_timeout;
         config.max_record_bytes = self.max_record_bytes.max(1);
         config.static_membership = !self.dynamic_membership;
         config.client_overrides = self.property.clone();
@@ -135,6 +147,25 @@ impl StreamArgs {
             commit_interval: self.lake_commit_interval,
             commit_bytes: self.lake_commit_mb.max(1) << 20,
         }
+    }
+}
+
+impl StreamArgs {
+    fn config(&self, job: &Job) -> StreamConfig {
+        let mut config = self.source.config(
+            job,
+            self.transactional_id.as_deref(),
+            self.state_dir.as_ref(),
+        );
+        config.guarantee = match self.guarantee {
+            GuaranteeArg::ExactlyOnce => Guarantee::ExactlyOnce,
+            GuaranteeArg::AtLeastOnce => Guarantee::AtLeastOnce,
+        };
+        config.batch_max_records = self.batch_size.max(1);
+        config.batch_linger = self.linger;
+        config.batch_max_bytes = self.batch_max_mb.max(1) << 20;
+        config.idle_timeout = self.idle_timeout;
+        config
     }
 }
 
@@ -150,15 +181,15 @@ fn start_metrics(addr: Option<SocketAddr>, metrics: &StreamMetrics) {
 }
 
 pub async fn stream(args: StreamArgs) -> anyhow::Result<ExitCode> {
-    let job = Job::from_file(&args.job)?;
+    let job = Job::from_file(&args.source.job)?;
     let transform = transforms::registry().for_job(&job)?;
     let pipeline = Arc::new(Pipeline::compile(&job, transform)?);
     let config = args.config(&job);
     let metrics = StreamMetrics::new();
-    start_metrics(args.metrics_addr, &metrics);
+    start_metrics(args.source.metrics_addr, &metrics);
     let stop = StopSignals::new()?.into_flag();
-    let sink_config = (!args.no_lake_sink).then(|| args.sink_config());
-    let lake = Lake::resolve(args.lake.as_deref());
+    let sink_config = (!args.no_lake_sink).then(|| args.source.sink_config());
+    let lake = Lake::resolve(args.source.lake.as_deref());
     let cutoff = BatchCutoff::new(args.tombstone_grace);
     tokio::spawn(cutoff.clone().watch(
         job.name().to_string(),
@@ -199,14 +230,14 @@ pub async fn stream(args: StreamArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn ingest(args: StreamArgs) -> anyhow::Result<ExitCode> {
-    let job = Job::from_file(&args.job)?;
-    let config = args.config(&job);
+pub async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
+    let job = Job::from_file(&args.source.job)?;
+    let config = args.source.config(&job, args.member_id.as_deref(), None);
     let metrics = StreamMetrics::new();
-    start_metrics(args.metrics_addr, &metrics);
+    start_metrics(args.source.metrics_addr, &metrics);
     let stop = StopSignals::new()?.into_flag();
-    let lake = Lake::resolve(args.lake.as_deref());
-    let sink = LakeSink::new(job, &lake, config, args.sink_config(), metrics);
+    let lake = Lake::resolve(args.source.lake.as_deref());
+    let sink = LakeSink::new(job, &lake, config, args.source.sink_config(), metrics);
     let runtime = tokio::runtime::Handle::current();
     let summary = tokio::task::spawn_blocking(move || sink.run(runtime, stop)).await??;
     eprintln!(

@@ -1,18 +1,18 @@
 //! The HTTP routes: jobs, views, SQL, health, metrics and the OpenAPI document.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Json, MatchedPath, Path, Query, Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use serde::Deserialize;
 use serde_json::json;
 
 use crate::error::ServingError;
@@ -26,6 +26,17 @@ pub const OPENAPI: &str = include_str!("../openapi.yaml");
 
 /// `Retry-After` (seconds) on the 503s answered while a job is loading.
 const RETRY_AFTER_SECONDS: &str = "1";
+
+/// The routes, as [`MatchedPath`] names them.
+mod route {
+    pub const HEALTH: &str = "/health";
+    pub const METRICS: &str = "/metrics";
+    pub const OPENAPI: &str = "/openapi.yaml";
+    pub const JOBS: &str = "/v1/jobs";
+    pub const JOB: &str = "/v1/jobs/{job}";
+    pub const VIEW: &str = "/v1/jobs/{job}/view";
+    pub const SQL: &str = "/v1/sql";
+}
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -82,15 +93,15 @@ fn retry_later(mut response: Response) -> Response {
 
 pub(crate) fn router(state: AppState) -> Router {
     let v1 = Router::new()
-        .route("/v1/jobs", get(list_jobs))
-        .route("/v1/jobs/{job}", get(job_status))
-        .route("/v1/jobs/{job}/view", get(view))
-        .route("/v1/sql", post(run_sql))
+        .route(route::JOBS, get(list_jobs))
+        .route(route::JOB, get(job_status))
+        .route(route::VIEW, get(view))
+        .route(route::SQL, post(run_sql))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
-        .route("/openapi.yaml", get(openapi))
+        .route(route::HEALTH, get(health))
+        .route(route::METRICS, get(metrics))
+        .route(route::OPENAPI, get(openapi))
         .merge(v1)
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
@@ -98,7 +109,7 @@ pub(crate) fn router(state: AppState) -> Router {
 }
 
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let endpoint = endpoint_of(request.uri().path());
+    let endpoint = endpoint_of(request.extensions().get::<MatchedPath>());
     let started = Instant::now();
     let response = next.run(request).await;
     state.metrics.observe_request(
@@ -109,16 +120,16 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     response
 }
 
-/// A low-cardinality label for a request path.
-fn endpoint_of(path: &str) -> &'static str {
-    match path.trim_end_matches('/') {
-        "/health" => "health",
-        "/metrics" => "metrics",
-        "/openapi.yaml" => "openapi",
-        "/v1/jobs" => "jobs",
-        "/v1/sql" => "sql",
-        p if p.starts_with("/v1/jobs/") && p.ends_with("/view") => "view",
-        p if p.starts_with("/v1/jobs/") => "job",
+/// A low-cardinality label for a request: the route it matched (`other`: none, a 404).
+fn endpoint_of(matched: Option<&MatchedPath>) -> &'static str {
+    match matched.map(MatchedPath::as_str) {
+        Some(route::HEALTH) => "health",
+        Some(route::METRICS) => "metrics",
+        Some(route::OPENAPI) => "openapi",
+        Some(route::JOBS) => "jobs",
+        Some(route::JOB) => "job",
+        Some(route::VIEW) => "view",
+        Some(route::SQL) => "sql",
         _ => "other",
     }
 }
@@ -203,20 +214,27 @@ async fn list_jobs(State(state): State<AppState>) -> Response {
 
 async fn job_status(
     State(state): State<AppState>,
-    Path(job): Path<String>,
+    job: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ServingError> {
-    let status = state.job(&job)?.status();
+    let status = state.job(&job_name(job)?)?.status();
     Ok(json_response(StatusCode::OK, json!(status).to_string()))
 }
 
+/// The `{job}` of the path (a 400 when it does not decode to text).
+fn job_name(path: Result<Path<String>, PathRejection>) -> Result<String, ServingError> {
+    path.map(|Path(job)| job)
+        .map_err(|e| ServingError::bad_request("job", e.body_text()))
+}
+
+/// The job is looked up before the query string is read: an unknown job is a 404 whatever
+/// its parameters.
 async fn view(
     State(state): State<AppState>,
-    Path(job): Path<String>,
-    params: Result<Query<HashMap<String, String>>, QueryRejection>,
+    job: Result<Path<String>, PathRejection>,
+    query: Result<Query<ViewQuery>, QueryRejection>,
 ) -> Result<Response, ServingError> {
-    let service = state.job(&job)?;
-    let Query(params) = params.map_err(|e| ServingError::bad_request("query", e.body_text()))?;
-    let query = ViewQuery::from_params(&params)?;
+    let service = state.job(&job_name(job)?)?;
+    let Query(query) = query.map_err(|e| view_query_rejected(&e))?;
     let snapshot = service.snapshot();
     service.require_batch(&snapshot)?;
     let selection = query::select(&snapshot, &service.shape(), &query)?;
@@ -226,16 +244,68 @@ async fn view(
     ))
 }
 
+/// A query string `GET /view` refuses: a 400 naming the parameter.
+fn view_query_rejected(rejection: &QueryRejection) -> ServingError {
+    match serde_error::<serde::de::value::Error>(rejection) {
+        (Some(name), _) if !query::PARAMETERS.contains(&name.as_str()) => {
+            ServingError::bad_request(&name, "unknown parameter; expected key, from, to or limit")
+        }
+        (Some(name), message) => ServingError::bad_request(&name, message),
+        // Not at one parameter: one given twice, say.
+        (None, message) => ServingError::bad_request("query", message),
+    }
+}
+
+/// The body of `POST /v1/sql`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SqlRequest {
+    sql: String,
+}
+
+/// A body that is not `{"sql": "..."}`: a 400 naming the field when serde got to one.
+fn sql_body_rejected(rejection: &JsonRejection) -> ServingError {
+    let (field, message) = serde_error::<serde_json::Error>(rejection);
+    match rejection {
+        JsonRejection::JsonDataError(_) => ServingError::bad_request(
+            field.as_deref().unwrap_or("sql"),
+            format!("the body needs one string field `sql`: {message}"),
+        ),
+        _ => ServingError::bad_request(
+            "body",
+            format!("expected JSON {{\"sql\": \"...\"}}: {message}"),
+        ),
+    }
+}
+
+/// What serde said about a rejected query string or body: the parameter or field it failed
+/// at (when it got to one) and its message, read from the `serde_path_to_error` error that
+/// axum's `Query` and `Json` rejections carry (`E`: the deserializer's error type); failing
+/// that, the innermost error's text.
+fn serde_error<E>(rejection: &(dyn std::error::Error + 'static)) -> (Option<String>, String)
+where
+    E: std::error::Error + 'static,
+{
+    let mut innermost = rejection;
+    let mut next = Some(rejection);
+    while let Some(error) = next {
+        if let Some(found) = error.downcast_ref::<serde_path_to_error::Error<E>>() {
+            let field = found.path().iter().find_map(|segment| match segment {
+                serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                _ => None,
+            });
+            return (field, found.inner().to_string());
+        }
+        innermost = error;
+        next = error.source();
+    }
+    (None, innermost.to_string())
+}
+
 async fn run_sql(State(state): State<AppState>, body: Bytes) -> Result<Response, ServingError> {
-    let request: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-        ServingError::bad_request("body", format!("expected JSON {{\"sql\": \"...\"}}: {e}"))
-    })?;
-    let Some(text) = request.get("sql").and_then(|s| s.as_str()) else {
-        return Err(ServingError::bad_request(
-            "sql",
-            "the body needs a string field `sql`",
-        ));
-    };
+    // Whatever the content type: `curl -d '{"sql": ...}'` sends a form-encoded one.
+    let Json(request) = Json::<SqlRequest>::from_bytes(&body).map_err(|e| sql_body_rejected(&e))?;
+    let text = request.sql.as_str();
     let mut tables = Vec::new();
     let mut loading = Vec::new();
     for job in state.jobs.iter() {
@@ -250,276 +320,4 @@ async fn run_sql(State(state): State<AppState>, body: Bytes) -> Result<Response,
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::batch_view::BatchView;
-    use crate::service::ServedJob;
-    use serde_json::Value;
-    use sluice_core::lake::CommitSummary;
-    use sluice_core::{Job, JsonDecoder, Lake, Pipeline};
-
-    #[test]
-    fn endpoints_have_low_cardinality_labels() {
-        assert_eq!(endpoint_of("/v1/jobs/x/view"), "view");
-        assert_eq!(endpoint_of("/v1/jobs/x"), "job");
-        assert_eq!(endpoint_of("/v1/jobs"), "jobs");
-        assert_eq!(endpoint_of("/etc/passwd"), "other");
-    }
-
-    #[test]
-    fn tokens_compare_whole() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-    }
-
-    const JOB: &str = r#"
-name = "t"
-[source]
-topic = "orders"
-event_time = "ts"
-fields = [
-  { name = "region", type = "string" },
-  { name = "amount", type = "float64" },
-  { name = "ts", type = "timestamp" },
-]
-[transform]
-sql = """SELECT region, TUMBLE_START(ts, INTERVAL '1' MINUTE) AS ws, COUNT(*) AS n
-  FROM orders GROUP BY region, TUMBLE(ts, INTERVAL '1' MINUTE)"""
-[view]
-key = ["region"]
-bucket = "1h"
-"#;
-
-    /// 11:00 on 2024-05-01, a bucket boundary.
-    const CUTOFF_US: i64 = 1_714_561_200_000_000;
-
-    /// One job served without Kafka (its speed view is empty and caught up), its lake in `dir`.
-    fn served(dir: &std::path::Path) -> (AppState, Arc<JobService>) {
-        let job = Job::from_toml(JOB, std::path::Path::new("t.toml")).expect("job");
-        let pipeline = Arc::new(Pipeline::compile(&job, None).expect("pipeline"));
-        let lake = Lake {
-            root: dir.to_string_lossy().into_owned(),
-        };
-        let service =
-            Arc::new(JobService::detached(ServedJob::new(job, pipeline), &lake).expect("service"));
-        service
-            .speed_follower()
-            .view
-            .write()
-            .expect("speed view")
-            .caught_up = true;
-        let state = AppState {
-            jobs: Arc::new(vec![service.clone()]),
-            metrics: ServingMetrics::new(),
-            token: None,
-        };
-        (state, service)
-    }
-
-    /// A version of the view table holding two `eu` events and one `us` event before the cutoff.
-    fn batch_view(service: &JobService, version: u64) -> Arc<BatchView> {
-        let plan = service.served.pipeline.plan();
-        let lines = [
-            r#"{"region":"eu","amount":2.0,"ts":1714561170000}"#,
-            r#"{"region":"eu","amount":4.0,"ts":1714561175000}"#,
-            r#"{"region":"us","amount":1.0,"ts":1714561100000}"#,
-        ];
-        let decoded = JsonDecoder::new(&service.served.job)
-            .decode(&lines)
-            .expect("decode");
-        let partial = plan.partial(&decoded.batch).expect("partial");
-        let stage = plan.aggregate().expect("aggregate");
-        Arc::new(BatchView {
-            version,
-            cutoff_us: Some(CUTOFF_US),
-            partials: vec![
-                stage
-                    .buckets_in(&partial, None, Some(CUTOFF_US))
-                    .expect("buckets"),
-            ],
-            last_run: CommitSummary {
-                version,
-                timestamp_ms: Some(0),
-                info: Default::default(),
-            },
-        })
-    }
-
-    async fn read(response: Response) -> (StatusCode, Option<String>, Value) {
-        let status = response.status();
-        let retry = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .expect("body");
-        let body: Value = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&bytes)));
-        (status, retry, body)
-    }
-
-    async fn get_health(state: &AppState) -> (StatusCode, Option<String>, Value) {
-        read(health(State(state.clone())).await).await
-    }
-
-    async fn get_view(state: &AppState, key: &str) -> (StatusCode, Option<String>, Value) {
-        let params = HashMap::from([("key".to_string(), key.to_string())]);
-        let response = view(
-            State(state.clone()),
-            Path("t".to_string()),
-            Ok(Query(params)),
-        )
-        .await;
-        read(response.into_response()).await
-    }
-
-    async fn post_sql(state: &AppState, sql: &str) -> (StatusCode, Option<String>, Value) {
-        let body = Bytes::from(json!({ "sql": sql }).to_string());
-        read(run_sql(State(state.clone()), body).await.into_response()).await
-    }
-
-    fn assert_loading(answer: &(StatusCode, Option<String>, Value), what: &str) {
-        let (status, retry, body) = answer;
-        assert_eq!(*status, StatusCode::SERVICE_UNAVAILABLE, "{what}: {body}");
-        assert_eq!(
-            retry.as_deref(),
-            Some(RETRY_AFTER_SECONDS),
-            "{what}: {body}"
-        );
-        assert_eq!(body["error"], "loading", "{what}: {body}");
-        let message = body["message"].as_str().unwrap_or_default();
-        assert!(
-            message.starts_with("job `t`: the batch view is still loading"),
-            "{what}: {body}"
-        );
-        assert_eq!(body["loading"][0]["part"], "batch view", "{what}: {body}");
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn health_view_and_sql_wait_until_the_batch_view_is_merged() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (state, service) = served(dir.path());
-        // The speed view is caught up and merged; the view table was not read yet.
-        service.refresh(&state.metrics).expect("refresh");
-        let health = get_health(&state).await;
-        assert_eq!(health.0, StatusCode::SERVICE_UNAVAILABLE, "{}", health.2);
-        assert_eq!(health.1.as_deref(), Some(RETRY_AFTER_SECONDS));
-        assert_eq!(health.2["status"], "starting", "{}", health.2);
-        assert_eq!(
-            health.2["loading"],
-            json!([{"job": "t", "part": "batch view"}]),
-            "{}",
-            health.2
-        );
-        assert_eq!(health.2["jobs"]["t"]["ready"], false, "{}", health.2);
-        assert!(!service.status().ready);
-        assert_loading(&get_view(&state, "eu").await, "view before the batch view");
-        assert_loading(
-            &post_sql(&state, "SELECT COUNT(*) AS n FROM t").await,
-            "sql before the batch view",
-        );
-        let subquery = "SELECT x FROM (VALUES (1)) AS v(x) WHERE x IN (SELECT n FROM t)";
-        assert_loading(
-            &post_sql(&state, subquery).await,
-            "sql reading the job in a subquery",
-        );
-        let untouched = post_sql(&state, "SELECT 1 AS one").await;
-        assert_eq!(
-            untouched.0,
-            StatusCode::OK,
-            "sql reading no job: {}",
-            untouched.2
-        );
-
-        // No view table yet: an empty batch view, read, but not merged into a snapshot yet.
-        service
-            .poll_batch()
-            .await
-            .expect("a view table that does not exist yet is an empty batch view");
-        assert_eq!(
-            get_health(&state).await.0,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ready before the batch view is merged"
-        );
-        assert_loading(&get_view(&state, "eu").await, "view before the merge");
-
-        assert!(service.refresh(&state.metrics).expect("refresh"));
-        let health = get_health(&state).await;
-        assert_eq!(health.0, StatusCode::OK, "{}", health.2);
-        assert_eq!(health.1, None);
-        assert_eq!(health.2["status"], "ok", "{}", health.2);
-        assert_eq!(health.2["loading"], json!([]), "{}", health.2);
-        assert_eq!(health.2["jobs"]["t"]["ready"], true, "{}", health.2);
-        assert!(service.status().ready);
-        let view = get_view(&state, "eu").await;
-        assert_eq!(view.0, StatusCode::OK, "{}", view.2);
-        assert_eq!(view.2["cutoff"], Value::Null, "no backfill yet: {}", view.2);
-        assert_eq!(view.2["count"], 0, "{}", view.2);
-        let sql = post_sql(&state, "SELECT COUNT(*) AS n FROM t").await;
-        assert_eq!(sql.0, StatusCode::OK, "{}", sql.2);
-        assert_eq!(sql.2["rows"][0]["n"], 0, "{}", sql.2);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_failed_first_read_is_named_and_a_loaded_batch_view_stays_served() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (state, service) = served(dir.path());
-        service.refresh(&state.metrics).expect("refresh");
-        let unreadable = || -> Result<Option<Arc<BatchView>>, ServingError> {
-            Err(ServingError::Internal(
-                "the view table is unreadable".into(),
-            ))
-        };
-
-        assert!(service.batch_read(unreadable()).is_err());
-        service.refresh(&state.metrics).expect("refresh");
-        let health = get_health(&state).await;
-        assert_eq!(health.0, StatusCode::SERVICE_UNAVAILABLE, "{}", health.2);
-        assert_eq!(health.2["loading"][0]["part"], "batch view", "{}", health.2);
-        assert_eq!(
-            health.2["loading"][0]["error"], "the view table is unreadable",
-            "{}",
-            health.2
-        );
-        let view = get_view(&state, "eu").await;
-        assert_loading(&view, "view after a failed read");
-        assert!(
-            view.2["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("the view table is unreadable")),
-            "{}",
-            view.2
-        );
-
-        // The retry reads version 1; once merged, the job is ready and answers its rows.
-        service
-            .batch_read(Ok(Some(batch_view(&service, 1))))
-            .expect("read");
-        assert_eq!(
-            get_health(&state).await.0,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ready before the batch view is merged"
-        );
-        assert!(service.refresh(&state.metrics).expect("refresh"));
-        assert_eq!(get_health(&state).await.0, StatusCode::OK);
-        let view = get_view(&state, "eu").await;
-        assert_eq!(view.0, StatusCode::OK, "{}", view.2);
-        assert_eq!(view.2["cutoff"], "2024-05-01T11:00:00Z", "{}", view.2);
-        assert_eq!(view.2["count"], 1, "{}", view.2);
-        assert_eq!(view.2["rows"][0]["origin"], "batch", "{}", view.2);
-        assert_eq!(view.2["rows"][0]["row"]["n"], 2, "{}", view.2);
-
-        // A later read that fails keeps the loaded view: still ready, still the same rows.
-        assert!(service.batch_read(unreadable()).is_err());
-        service.refresh(&state.metrics).expect("refresh");
-        let health = get_health(&state).await;
-        assert_eq!(health.0, StatusCode::OK, "{}", health.2);
-        let again = get_view(&state, "eu").await;
-        assert_eq!(again.0, StatusCode::OK, "{}", again.2);
-        assert_eq!(again.2["rows"], view.2["rows"]);
-        assert_eq!(again.2["cutoff"], view.2["cutoff"]);
-    }
-}
+mod tests;

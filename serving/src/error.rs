@@ -14,6 +14,13 @@ pub enum ServingError {
         during: String,
         message: String,
     },
+    /// A call of the Kafka client failed; `source` says what it was doing (`kafka: while …`).
+    #[error("job `{job}`: {source}")]
+    KafkaClient {
+        job: String,
+        #[source]
+        source: Box<sluice_kafka::Error>,
+    },
     #[error(
         "job `{job}` is stateless: its results are records, not a view; read `{job}.results` or its view table instead"
     )]

@@ -24,7 +24,8 @@ pub use error::{Result, ServingError};
 pub use query::{DEFAULT_LIMIT, MAX_LIMIT, ViewAnswer, ViewQuery, ViewRow};
 pub use server::{ServeConfig, Server};
 pub use service::{BATCH_VIEW, BatchRun, JobStatus, Loading, PartialRows, SPEED_VIEW, ServedJob};
-pub use snapshot::{ORIGIN_COLUMN, Origin, OriginCounts};
+pub use sluice_core::Origin;
+pub use snapshot::{ORIGIN_COLUMN, OriginCounts};
 pub use sql::{MAX_SQL_ROWS, SqlAnswer};
 
 pub use service::{MergedView, MergedViewReader};

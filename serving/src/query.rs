@@ -1,21 +1,29 @@
 //! `GET /v1/jobs/{job}/view`: which merged rows a query selects, and the answer's shape.
 
-use std::collections::HashMap;
+use std::fmt;
 
+use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sluice_core::Origin;
 use sluice_core::time::{format_time, parse_time};
 
 use crate::error::{Result, ServingError};
 use crate::service::freshness_ms;
-use crate::snapshot::{Origin, Snapshot};
+use crate::snapshot::Snapshot;
 
 /// Rows returned when a query gives no `limit`.
 pub const DEFAULT_LIMIT: usize = 1000;
 /// The largest `limit` accepted.
 pub const MAX_LIMIT: usize = 100_000;
 
-/// A view query: a view key, a window-start range and a row limit.
+/// The query-string parameters of `GET /v1/jobs/{job}/view`: [`ViewQuery`]'s fields.
+pub(crate) const PARAMETERS: [&str; 4] = ["key", "from", "to", "limit"];
+
+/// A view query: a view key, a window-start range and a row limit. It is also the query
+/// string of `GET /v1/jobs/{job}/view`, which refuses any other parameter.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ViewQuery {
     /// View-key values, comma-separated in `view.key` order.
     pub key: Option<String>,
@@ -23,36 +31,35 @@ pub struct ViewQuery {
     pub from: Option<String>,
     /// Window start before this.
     pub to: Option<String>,
+    /// Rows returned at most: [`DEFAULT_LIMIT`] when not given, at most [`MAX_LIMIT`].
+    #[serde(default, deserialize_with = "row_count")]
     pub limit: Option<usize>,
 }
 
-impl ViewQuery {
-    /// Reads query-string parameters, naming any that is unknown or malformed.
-    pub fn from_params(params: &HashMap<String, String>) -> Result<ViewQuery> {
-        let mut query = ViewQuery::default();
-        for (name, value) in params {
-            match name.as_str() {
-                "key" => query.key = Some(value.clone()),
-                "from" => query.from = Some(value.clone()),
-                "to" => query.to = Some(value.clone()),
-                "limit" => {
-                    query.limit = Some(value.parse().map_err(|_| {
-                        ServingError::bad_request(
-                            "limit",
-                            format!("expected a row count, got `{value}`"),
-                        )
-                    })?)
-                }
-                other => {
-                    return Err(ServingError::bad_request(
-                        other,
-                        "unknown parameter; expected key, from, to or limit",
-                    ));
-                }
-            }
+/// `limit`: a row count, as query-string text (or a JSON number).
+fn row_count<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<usize>, D::Error> {
+    struct RowCount;
+
+    impl Visitor<'_> for RowCount {
+        type Value = usize;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a row count")
         }
-        Ok(query)
+
+        fn visit_u64<E: de::Error>(self, value: u64) -> Result<usize, E> {
+            usize::try_from(value)
+                .map_err(|_| E::custom(format!("expected a row count, got `{value}`")))
+        }
+
+        fn visit_str<E: de::Error>(self, value: &str) -> Result<usize, E> {
+            value
+                .parse()
+                .map_err(|_| E::custom(format!("expected a row count, got `{value}`")))
+        }
     }
+
+    deserializer.deserialize_any(RowCount).map(Some)
 }
 
 /// One merged row and the layer it came from.
@@ -148,35 +155,50 @@ fn time_param(name: &str, value: Option<&str>, shape: &JobShape<'_>) -> Result<O
         .map_err(|e| ServingError::bad_request(name, e.to_string()))
 }
 
-/// The answer's header fields, then its rows from pre-rendered JSON: the fast path of
-/// `GET /view`.
+/// The answer's header fields, then its rows embedded from the snapshot's pre-rendered JSON
+/// (not parsed into values and rendered again): the fast path of `GET /view`. The fields are
+/// in the order `json!` rendered them before (sorted), `rows` last.
+#[derive(Serialize)]
+struct RenderedAnswer<'a> {
+    count: usize,
+    cutoff: Option<String>,
+    cutoff_us: Option<i64>,
+    freshness_ms: Option<i64>,
+    job: &'a str,
+    truncated: bool,
+    watermark: Option<String>,
+    watermark_us: Option<i64>,
+    rows: Vec<RenderedRow<'a>>,
+}
+
+#[derive(Serialize)]
+struct RenderedRow<'a> {
+    origin: Origin,
+    /// `None` (`null`) only if a row were not JSON, as [`answer`] renders it.
+    row: Option<&'a RawValue>,
+}
+
 pub(crate) fn render(snapshot: &Snapshot, job: &str, selection: &Selection) -> String {
-    let header = serde_json::json!({
-        "job": job,
-        "cutoff": snapshot.cutoff_us.map(format_time),
-        "cutoff_us": snapshot.cutoff_us,
-        "watermark": snapshot.watermark_us.map(format_time),
-        "watermark_us": snapshot.watermark_us,
-        "freshness_ms": freshness_ms(snapshot),
-        "count": selection.rows.len(),
-        "truncated": selection.truncated,
-    })
-    .to_string();
-    let mut body = String::with_capacity(header.len() + 96 * selection.rows.len() + 16);
-    body.push_str(&header[..header.len() - 1]);
-    body.push_str(",\"rows\":[");
-    for (i, &row) in selection.rows.iter().enumerate() {
-        if i > 0 {
-            body.push(',');
-        }
-        body.push_str("{\"origin\":\"");
-        body.push_str(snapshot.origins[row].as_str());
-        body.push_str("\",\"row\":");
-        body.push_str(&snapshot.json[row]);
-        body.push('}');
-    }
-    body.push_str("]}");
-    body
+    let answer = RenderedAnswer {
+        count: selection.rows.len(),
+        cutoff: snapshot.cutoff_us.map(format_time),
+        cutoff_us: snapshot.cutoff_us,
+        freshness_ms: freshness_ms(snapshot),
+        job,
+        truncated: selection.truncated,
+        watermark: snapshot.watermark_us.map(format_time),
+        watermark_us: snapshot.watermark_us,
+        rows: selection
+            .rows
+            .iter()
+            .map(|&row| RenderedRow {
+                origin: snapshot.origins[row],
+                row: serde_json::from_str(&snapshot.json[row]).ok(),
+            })
+            .collect(),
+    };
+    // Text, numbers and JSON rows: nothing here fails to serialize.
+    serde_json::to_string(&answer).expect("a view answer serializes")
 }
 
 /// The same answer as a value, for callers in this process.

@@ -2,10 +2,11 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use sluice_core::lake::{TableLocation, commit_key};
+use sluice_core::lake_progress::raw_completeness;
 use sluice_core::speed::SpeedCodec;
 use sluice_core::time::format_time;
 use sluice_core::topics::Topics;
@@ -67,6 +68,10 @@ pub struct JobStatus {
     pub key_columns: Vec<String>,
     pub cutoff: Option<String>,
     pub cutoff_us: Option<i64>,
+    /// The event time before which the raw table holds every source partition's records, the
+    /// bound backfills stop at (`None`: not known yet, or the raw table holds files only).
+    pub lake_complete_until: Option<String>,
+    pub lake_complete_until_us: Option<i64>,
     pub watermark: Option<String>,
     pub watermark_us: Option<i64>,
     pub speed_lag_records: i64,
@@ -110,11 +115,17 @@ impl std::fmt::Display for Loading {
     }
 }
 
+/// How often the raw table's completeness is read.
+const LAKE_POLL: Duration = Duration::from_secs(10);
+
 pub(crate) struct JobService {
     pub served: ServedJob,
     pub codec: SpeedCodec,
     pub topics: Topics,
     pub view_table: TableLocation,
+    pub raw_table: TableLocation,
+    /// The raw table's completeness bound (µs) and when it was last read.
+    lake_complete: RwLock<(Option<i64>, Option<Instant>)>,
     speed: SpeedFollower,
     batch: RwLock<Option<Arc<BatchView>>>,
     /// Set once a read of the view table succeeded (a table that does not exist yet counts: an
@@ -165,6 +176,8 @@ impl JobService {
         Ok(JobService {
             codec: SpeedCodec::new(stage),
             view_table: TableLocation::new(lake.view_table(job)),
+            raw_table: TableLocation::new(lake.raw_table(job)),
+            lake_complete: RwLock::new((None, None)),
             snapshot: RwLock::new(Arc::new(Snapshot::empty(stage))),
             topics,
             speed,
@@ -267,7 +280,31 @@ impl JobService {
             known,
         )
         .await;
+        self.poll_lake_completeness().await;
         self.batch_read(read)
+    }
+
+    /// Reads how complete the raw table is, at most every [`LAKE_POLL`] (it reads the raw
+    /// table's newest commits). A failed read keeps the last figure; the status shows it.
+    async fn poll_lake_completeness(&self) {
+        let due = self
+            .lake_complete
+            .read()
+            .map(|c| c.1.is_none_or(|at| at.elapsed() >= LAKE_POLL))
+            .unwrap_or(true);
+        if !due {
+            return;
+        }
+        let read = raw_completeness(&self.raw_table, &self.served.job).await;
+        if let Ok(mut slot) = self.lake_complete.write() {
+            match read {
+                Ok(completeness) => *slot = (completeness.until_us(), Some(Instant::now())),
+                Err(e) => {
+                    tracing::debug!(job = self.name(), error = %e, "reading the raw table's completeness");
+                    slot.1 = Some(Instant::now());
+                }
+            }
+        }
     }
 
     /// Takes in one read of the view table: a new version, nothing new (`Ok(None)`, also when
@@ -339,6 +376,12 @@ impl JobService {
         let (speed_lag, source_lag) = self.lags();
         let batch = self.batch.read().ok().and_then(|b| b.clone());
         let loading = self.loading();
+        let lake_complete_until = self
+            .lake_complete
+            .read()
+            .ok()
+            .and_then(|c| c.0)
+            .filter(|&until| until != i64::MAX);
         JobStatus {
             job: self.name().to_string(),
             source_topic: self.topics.source.clone(),
@@ -347,6 +390,8 @@ impl JobService {
             key_columns: self.served.job.spec.view.key.clone(),
             cutoff: snapshot.cutoff_us.map(format_time),
             cutoff_us: snapshot.cutoff_us,
+            lake_complete_until: lake_complete_until.map(format_time),
+            lake_complete_until_us: lake_complete_until,
             watermark: snapshot.watermark_us.map(format_time),
             watermark_us: snapshot.watermark_us,
             speed_lag_records: speed_lag,

@@ -12,9 +12,9 @@ use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::util::display::array_value_to_string;
 use serde::Serialize;
-use sluice_core::AggregateStage;
 use sluice_core::rows::to_json_lines;
 use sluice_core::speed::SpeedCodec;
+use sluice_core::{AggregateStage, Origin};
 
 use crate::batch_view::BatchView;
 use crate::error::{Result, ServingError};
@@ -22,36 +22,6 @@ use crate::speed_view::SpeedView;
 
 /// The SQL column saying where a row came from.
 pub const ORIGIN_COLUMN: &str = "__origin";
-
-const FROM_BATCH: u8 = 1;
-const FROM_SPEED: u8 = 2;
-
-/// Which layer a merged row's partial states came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Origin {
-    Batch,
-    Speed,
-    Merged,
-}
-
-impl Origin {
-    fn of(sources: u8) -> Origin {
-        match (sources & FROM_BATCH != 0, sources & FROM_SPEED != 0) {
-            (true, true) => Origin::Merged,
-            (true, false) => Origin::Batch,
-            _ => Origin::Speed,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Origin::Batch => "batch",
-            Origin::Speed => "speed",
-            Origin::Merged => "merged",
-        }
-    }
-}
 
 /// Merged-view rows by origin.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
@@ -134,8 +104,8 @@ impl Snapshot {
             .map(|((_, key), value)| (key.as_slice(), value.as_slice()))
             .collect();
         let speed = stage.buckets_in(&inputs.codec.decode(&records)?, cutoff_us, None)?;
-        let finalized = stage.finalize_sources(&[batch_partials, std::slice::from_ref(&speed)])?;
-        let origins: Vec<Origin> = finalized.sources.iter().map(|&s| Origin::of(s)).collect();
+        let finalized = stage.finalize_layers(batch_partials, std::slice::from_ref(&speed))?;
+        let origins = finalized.origins;
         let keys = key_texts(&finalized.rows, inputs.key_columns)?;
         let order = sorted_order(&keys, &finalized.window_starts);
         let mut by_key: HashMap<String, Vec<usize>> = HashMap::new();
@@ -250,46 +220,24 @@ fn count(origins: &[Origin]) -> OriginCounts {
 mod tests {
     use super::*;
 
-    #[test]
-    fn origin_bits_name_the_layers() {
-        assert_eq!(Origin::of(FROM_BATCH), Origin::Batch);
-        assert_eq!(Origin::of(FROM_SPEED), Origin::Speed);
-        assert_eq!(Origin::of(FROM_BATCH | FROM_SPEED), Origin::Merged);
-    }
-
-    const JOB: &str = r#"
-name = "t"
-[source]
-topic = "orders"
-event_time = "ts"
-fields = [
-  { name = "region", type = "string" },
-  { name = "amount", type = "float64" },
-  { name = "id", type = "string" },
-  { name = "ts", type = "timestamp" },
-]
-[transform]
-sql = """SELECT region, HOP_START(ts, INTERVAL '1' MINUTE, INTERVAL '2' MINUTE) AS ws,
-  COUNT(*) AS n, SUM(amount) AS total, AVG(amount) AS mean, COUNT(DISTINCT id) AS ids
-  FROM orders GROUP BY region, HOP(ts, INTERVAL '1' MINUTE, INTERVAL '2' MINUTE)"""
-[view]
-key = ["region"]
-bucket = "1h"
-"#;
+    const SQL: &str = "SELECT region,
+  HOP_START(event_time, INTERVAL '1' MINUTE, INTERVAL '2' MINUTE) AS ws,
+  COUNT(*) AS n, SUM(amount) AS total, AVG(amount) AS mean, COUNT(DISTINCT order_id) AS ids
+  FROM orders GROUP BY region, HOP(event_time, INTERVAL '1' MINUTE, INTERVAL '2' MINUTE)";
 
     /// 11:00 on 2024-05-01, a bucket boundary.
     const CUTOFF_US: i64 = 1_714_561_200_000_000;
 
     fn merged_snapshot() -> (Snapshot, RecordBatch) {
         use sluice_core::lake::CommitSummary;
-        use sluice_core::{Job, JobPlan, JsonDecoder};
-        let job = Job::from_toml(JOB, std::path::Path::new("t.toml")).expect("job");
+        use sluice_core::{JobPlan, JsonDecoder};
+        let job = sluice_core::fixture::OrdersJob::default().job(SQL);
         let plan = JobPlan::compile(&job, job.source_schema()).expect("plan");
         let lines = [
-            r#"{"region":"eu","amount":2.0,"id":"a","ts":1714561170000}"#,
-            r#"{"region":"eu","amount":4.0,"id":"b","ts":1714561210000}"#,
-            r#"{"region":"us","amount":1.0,"id":"c","ts":1714561100000}"#,
-            r#"{"region":"us","amount":7.0,"id":"c","ts":1714561150000}"#,
+            r#"{"region":"eu","amount":2.0,"order_id":"a","event_time":1714561170000}"#,
+            r#"{"region":"eu","amount":4.0,"order_id":"b","event_time":1714561210000}"#,
+            r#"{"region":"us","amount":1.0,"order_id":"c","event_time":1714561100000}"#,
+            r#"{"region":"us","amount":7.0,"order_id":"c","event_time":1714561150000}"#,
         ];
         let decoded = JsonDecoder::new(&job).decode(&lines).expect("decode");
         let partial = plan.partial(&decoded.batch).expect("partial");

@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use sluice_core::speed::{PartitionWatermark, WATERMARK_KEY};
+use sluice_kafka::TopicWait;
 
 use crate::error::{Result, ServingError};
 
@@ -168,40 +169,40 @@ fn follow_until_stopped(source: &SpeedSource, view: &RwLock<SpeedView>, stop: &A
     }
 }
 
-fn kafka(source: &SpeedSource, during: &str) -> impl FnOnce(KafkaError) -> ServingError {
-    let (job, during) = (source.job.clone(), during.to_string());
-    move |e| ServingError::Kafka {
+/// Puts a `sluice_kafka` error in the job's context.
+fn in_job(source: &SpeedSource) -> impl FnOnce(sluice_kafka::Error) -> ServingError {
+    let job = source.job.clone();
+    move |e| ServingError::KafkaClient {
         job,
-        during,
-        message: e.to_string(),
+        source: Box::new(e),
     }
 }
 
-fn client(source: &SpeedSource, group: &str) -> ClientConfig {
-    let mut client = ClientConfig::new();
-    client
-        .set("bootstrap.servers", &source.brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest");
-    for (key, value) in &source.overrides {
-        client.set(key, value);
-    }
-    client
+/// Wraps a failed rdkafka call: `.map_err(kafka(source, "assigning the speed topic"))`.
+fn kafka(source: &SpeedSource, during: &str) -> impl FnOnce(KafkaError) -> ServingError {
+    let (wrap, with_job) = (sluice_kafka::Error::during(during), in_job(source));
+    move |e| with_job(wrap(e))
 }
 
 /// Reads `<job>.speed` from the beginning until stopped.
 fn follow(source: &SpeedSource, view: &RwLock<SpeedView>, stop: &AtomicBool) -> Result<()> {
-    let consumer: FollowerConsumer = client(source, &format!("{}-serving", source.stream_group))
-        .create_with_context(FollowerContext)
+    let reader = |group: &str| -> KafkaResult<FollowerConsumer> {
+        sluice_kafka::reader_config(&source.brokers, &source.overrides, group)
+            .create_with_context(FollowerContext)
+    };
+    let consumer: FollowerConsumer = reader(&format!("{}-serving", source.stream_group))
         .map_err(kafka(source, "creating the speed-view consumer"))?;
-    let lag_reader: FollowerConsumer = client(source, &source.stream_group)
-        .create_with_context(FollowerContext)
-        .map_err(kafka(source, "creating the lag reader"))?;
-    let partitions = partition_count(&consumer, source, &source.speed_topic, stop)?;
+    let lag_reader: FollowerConsumer =
+        reader(&source.stream_group).map_err(kafka(source, "creating the lag reader"))?;
+    let wait = TopicWait::until_stopped(stop, Duration::from_secs(1), REQUEST_TIMEOUT);
+    let partitions = sluice_kafka::wait_for_topic(&consumer, &source.speed_topic, &wait, || {
+        tracing::info!(
+            job = %source.job,
+            topic = source.speed_topic.as_str(),
+            "waiting for the speed layer to create the topic"
+        );
+    })
+    .map_err(in_job(source))? as i32;
     let mut assignment = TopicPartitionList::new();
     for partition in 0..partitions {
         assignment
@@ -260,29 +261,6 @@ fn poll_once(
     }
 }
 
-fn partition_count(
-    consumer: &FollowerConsumer,
-    source: &SpeedSource,
-    topic: &str,
-    stop: &AtomicBool,
-) -> Result<i32> {
-    loop {
-        let metadata = consumer
-            .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
-            .map_err(kafka(source, &format!("reading the metadata of `{topic}`")))?;
-        let count = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none())
-            .map_or(0, |t| t.partitions().len() as i32);
-        if count > 0 || stop.load(Ordering::SeqCst) {
-            return Ok(count);
-        }
-        tracing::info!(job = %source.job, topic, "waiting for the speed layer to create the topic");
-        std::thread::sleep(Duration::from_secs(1));
-    }
-}
-
 /// Serving's own lag on `<job>.speed`, and the speed daemon's group lag on the source topic.
 fn update_lag(
     consumer: &FollowerConsumer,
@@ -291,64 +269,19 @@ fn update_lag(
     partitions: i32,
     view: &RwLock<SpeedView>,
 ) {
-    let positions = consumer.position().ok();
-    let mut speed_lag = 0;
     let at_end = view.read().map(|v| v.at_end.clone()).unwrap_or_default();
-    for partition in 0..partitions {
-        if at_end.get(&partition).copied().unwrap_or(false) {
-            continue;
-        }
-        let Ok((low, high)) =
-            consumer.fetch_watermarks(&source.speed_topic, partition, REQUEST_TIMEOUT)
-        else {
-            continue;
-        };
-        let position = positions
-            .as_ref()
-            .and_then(|p| p.find_partition(&source.speed_topic, partition))
-            .and_then(|p| match p.offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            })
-            .unwrap_or(low);
-        speed_lag += (high - position).max(0);
-    }
-    let source_lag = group_lag(lag_reader, &source.source_topic);
+    let reading = (0..partitions).filter(|p| !at_end.get(p).copied().unwrap_or(false));
+    let speed_lag =
+        sluice_kafka::position_lag(consumer, &source.speed_topic, reading, REQUEST_TIMEOUT);
+    // The records of the source topic the group has not committed yet (`None` when that
+    // cannot be read).
+    let source_lag = sluice_kafka::group_lag(lag_reader, &source.source_topic, REQUEST_TIMEOUT)
+        .ok()
+        .map(|lags| sluice_kafka::total_lag(&lags));
     if let Ok(mut view) = view.write() {
         view.speed_lag = speed_lag;
         view.source_lag = source_lag;
     }
-}
-
-/// Records of `topic` the group has not committed yet (`None` when it cannot be read).
-fn group_lag(reader: &FollowerConsumer, topic: &str) -> Option<i64> {
-    let metadata = reader.fetch_metadata(Some(topic), REQUEST_TIMEOUT).ok()?;
-    let partitions = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)?
-        .partitions()
-        .len() as i32;
-    let mut list = TopicPartitionList::new();
-    for partition in 0..partitions {
-        list.add_partition(topic, partition);
-    }
-    let committed = reader.committed_offsets(list, REQUEST_TIMEOUT).ok()?;
-    let mut lag = 0;
-    for partition in 0..partitions {
-        let (low, high) = reader
-            .fetch_watermarks(topic, partition, REQUEST_TIMEOUT)
-            .ok()?;
-        let done = match committed
-            .find_partition(topic, partition)
-            .map(|p| p.offset())
-        {
-            Some(Offset::Offset(o)) => o,
-            _ => low,
-        };
-        lag += (high - done).max(0);
-    }
-    Some(lag)
 }
 
 #[cfg(test)]

@@ -24,16 +24,17 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use sluice_core::time::format_time;
 use sluice_core::topics::{Topics, header};
 use sluice_core::{Job, Pipeline};
+use sluice_kafka::send_waiting;
 
 use crate::config::{Guarantee, StreamConfig};
 use crate::cutoff::BatchCutoff;
 use crate::error::{Result, kafka};
 use crate::kafka::{
     Change, GroupContext, REQUEST_TIMEOUT, consumer_config, ensure_topics, partition_count,
-    producer_config, read_changelog, read_to_end, send_waiting,
+    producer_config, read_changelog, read_to_end,
 };
 use crate::metrics::StreamMetrics;
-use crate::processor::{Diverted, Output, Processor, SourceRecord};
+use crate::processor::{Diverted, Output, Processor, Restoring, SourceRecord};
 use crate::state::{Checkpoint, PartitionCheckpoint, StateStore};
 use crate::watermark::Watermarks;
 
@@ -349,7 +350,7 @@ impl StreamDaemon {
         let processor = &mut running.processor;
         let (mut restoring, from) = match kept {
             Some(kept) => (
-                processor.resume(partition, kept.watermark),
+                Restoring::resume(partition, kept.watermark),
                 Offset::Offset(kept.changelog_offset),
             ),
             None => (processor.start_restore(partition)?, Offset::Beginning),

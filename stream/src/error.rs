@@ -8,12 +8,12 @@ use rdkafka::error::KafkaError;
 pub enum StreamError {
     #[error(transparent)]
     Core(#[from] sluice_core::Error),
-    #[error("job `{job}`: kafka: while {during}: {source}")]
+    /// A Kafka call failed; `source` says what it was doing (`kafka: while …`).
+    #[error("job `{job}`: {source}")]
     Kafka {
         job: String,
-        during: String,
         #[source]
-        source: Box<KafkaError>,
+        source: Box<sluice_kafka::Error>,
     },
     #[error("job `{job}`: state store {path}: {source}")]
     State {
@@ -41,15 +41,24 @@ pub enum StreamError {
 
 pub type Result<T, E = StreamError> = std::result::Result<T, E>;
 
+/// Wraps a failed rdkafka call of `job`: `.map_err(kafka(job, "creating the consumer"))`.
 pub(crate) fn kafka(
     job: &str,
     during: impl Into<String>,
 ) -> impl FnOnce(KafkaError) -> StreamError {
     let job = job.to_string();
-    let during = during.into();
+    let wrap = sluice_kafka::Error::during(during);
     move |source| StreamError::Kafka {
         job,
-        during,
+        source: Box::new(wrap(source)),
+    }
+}
+
+/// Puts a `sluice_kafka` error in `job`'s context.
+pub(crate) fn in_job(job: &str) -> impl FnOnce(sluice_kafka::Error) -> StreamError {
+    let job = job.to_string();
+    move |source| StreamError::Kafka {
+        job,
         source: Box::new(source),
     }
 }

@@ -1,23 +1,22 @@
-//! Kafka client settings, topic creation and changelog reads shared by the daemon and the
-//! raw-lake sink.
+//! The daemon's and the raw-lake sink's Kafka clients: their settings, the consumer-group
+//! context that reports rebalances and lag, the job's output topics and the changelog restore.
+//! The plumbing under them (client configuration, topic creation, metadata, reading a partition
+//! to its end, producing on a full queue) is `sluice_kafka`'s, shared with serving and the tools.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::ClientContext;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::admin::{NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Message, ToBytes};
-use rdkafka::producer::{BaseProducer, BaseRecord, ProducerContext};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_core::topics::Topics;
+use sluice_kafka::{Created, ReadError};
 
 use crate::config::{Guarantee, StreamConfig};
-use crate::error::{Result, StreamError, kafka};
+use crate::error::{Result, StreamError, in_job, kafka};
 use crate::metrics::StreamMetrics;
 use crate::processor::ChangelogRecord;
 
@@ -33,13 +32,7 @@ pub(crate) fn client_config(
     config: &StreamConfig,
     settings: impl FnOnce(&mut ClientConfig),
 ) -> ClientConfig {
-    let mut client = ClientConfig::new();
-    client.set("bootstrap.servers", &config.brokers);
-    settings(&mut client);
-    for (key, value) in &config.client_overrides {
-        client.set(key, value);
-    }
-    client
+    sluice_kafka::client_config(&config.brokers, &config.client_overrides, settings)
 }
 
 /// Partition changes the rebalance callbacks report to the loop.
@@ -150,7 +143,7 @@ pub(crate) fn consumer_config(config: &StreamConfig, group: &str, instance: &str
 }
 
 /// The daemon's producer: idempotent, lz4, its local queue bounded (a full queue makes
-/// [`send_waiting`] wait for the broker), transactional unless at-least-once.
+/// [`sluice_kafka::send_waiting`] wait for the broker), transactional unless at-least-once.
 pub(crate) fn producer_config(config: &StreamConfig) -> ClientConfig {
     client_config(config, |client| {
         client
@@ -207,21 +200,14 @@ pub(crate) fn read_to_end<C: ConsumerContext>(
     next >= high
 }
 
-/// The number of partitions of `topic`.
+/// The number of partitions of `topic`, which must exist.
 pub(crate) fn partition_count(
     job: &str,
-    consumer: &BaseConsumer<impl rdkafka::consumer::ConsumerContext>,
+    consumer: &BaseConsumer<impl ConsumerContext>,
     topic: &str,
 ) -> Result<usize> {
-    let metadata = consumer
-        .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
-        .map_err(kafka(job, format!("reading the metadata of `{topic}`")))?;
-    let partitions = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .map(|t| t.partitions().len())
-        .unwrap_or(0);
+    let partitions =
+        sluice_kafka::partition_count(consumer, topic, REQUEST_TIMEOUT).map_err(in_job(job))?;
     if partitions == 0 {
         return Err(StreamError::Config {
             job: job.to_string(),
@@ -240,15 +226,15 @@ pub(crate) fn ensure_topics(
     topics: &Topics,
     partitions: usize,
 ) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = client_config(config, |_| {})
+    let metadata: BaseConsumer = client_config(config, |_| {})
         .create()
-        .map_err(kafka(job, "creating an admin client"))?;
+        .map_err(kafka(job, "creating a metadata client"))?;
     let partitions = partitions as i32;
     // Only ask for the missing topics: a broker without the CreateTopics request (librdkafka's
     // mock cluster, used by `sluice demo`) works when the topics were made beforehand.
-    let existing = existing_topics(job, config)?;
+    let existing = sluice_kafka::topic_names(&metadata, REQUEST_TIMEOUT).map_err(in_job(job))?;
     if existing.iter().any(|name| name == &topics.speed) {
-        check_speed_partitions(job, config, &topics.speed, partitions)?;
+        check_speed_partitions(job, &metadata, &topics.speed, partitions)?;
     }
     let new_topics: Vec<NewTopic> = [
         NewTopic::new(&topics.speed, partitions, TopicReplication::Fixed(1))
@@ -260,57 +246,30 @@ pub(crate) fn ensure_topics(
     .into_iter()
     .filter(|topic| !existing.iter().any(|name| name == topic.name))
     .collect();
-    if new_topics.is_empty() {
-        return Ok(());
-    }
-    let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
-    let results = futures::executor::block_on(admin.create_topics(&new_topics, &options))
-        .map_err(kafka(job, "creating the job's topics"))?;
-    for result in results {
-        match result {
-            Ok(_) => {}
-            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) if topic == topics.speed => {
-                check_speed_partitions(job, config, &topic, partitions)?;
-            }
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => {
-                return Err(kafka(job, format!("creating topic `{topic}`"))(
-                    KafkaError::AdminOp(code),
-                ));
-            }
+    let created = sluice_kafka::create_topics(
+        &client_config(config, |_| {}),
+        &new_topics,
+        Some(REQUEST_TIMEOUT),
+    )
+    .map_err(in_job(job))?;
+    for (topic, outcome) in created {
+        // Made by another daemon of the group since the listing above.
+        if outcome == Created::Existed && topic == topics.speed {
+            check_speed_partitions(job, &metadata, &topic, partitions)?;
         }
     }
     Ok(())
-}
-
-/// The names of the topics the cluster has.
-fn existing_topics(job: &str, config: &StreamConfig) -> Result<Vec<String>> {
-    let consumer: BaseConsumer = client_config(config, |_| {})
-        .create()
-        .map_err(kafka(job, "creating a metadata client"))?;
-    let metadata = consumer
-        .fetch_metadata(None, REQUEST_TIMEOUT)
-        .map_err(kafka(job, "listing the cluster's topics"))?;
-    Ok(metadata
-        .topics()
-        .iter()
-        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
-        .map(|t| t.name().to_string())
-        .collect())
 }
 
 /// `<job>.speed` partition `p` holds source partition `p`'s state, so it needs at least as
 /// many partitions as the source.
 fn check_speed_partitions(
     job: &str,
-    config: &StreamConfig,
+    metadata: &BaseConsumer,
     topic: &str,
     needed: i32,
 ) -> Result<()> {
-    let consumer: BaseConsumer = client_config(config, |_| {})
-        .create()
-        .map_err(kafka(job, "creating a metadata client"))?;
-    let found = partition_count(job, &consumer, topic)? as i32;
+    let found = partition_count(job, metadata, topic)? as i32;
     if found < needed {
         return Err(StreamError::Config {
             job: job.to_string(),
@@ -331,93 +290,52 @@ pub(crate) fn read_changelog(
     config: &StreamConfig,
     (topic, partition, from): (&str, i32, Offset),
     deadline: Duration,
-    (chunk_records, chunk_bytes): (usize, usize),
-    mut apply: impl FnMut(Vec<ChangelogRecord>) -> Result<()>,
+    chunks: (usize, usize),
+    apply: impl FnMut(Vec<ChangelogRecord>) -> Result<()>,
 ) -> Result<usize> {
-    let restore_error = |message: String| StreamError::Restore {
+    let group = format!("{}-restore", config.group_id);
+    let consumer: BaseConsumer =
+        sluice_kafka::reader_config(&config.brokers, &config.client_overrides, &group)
+            .create()
+            .map_err(kafka(job, "creating a restore consumer"))?;
+    sluice_kafka::read_partition(
+        &consumer,
+        (topic, partition, from),
+        (deadline, REQUEST_TIMEOUT),
+        chunks,
+        apply,
+    )
+    .map_err(|error| match error {
+        ReadError::Apply(error) => error,
+        ReadError::Kafka(error) => restore_error(job, error),
+    })
+}
+
+/// A failed changelog read as the restore of its partition failing.
+fn restore_error(job: &str, error: sluice_kafka::Error) -> StreamError {
+    let restore = |topic: String, partition: i32, message: String| StreamError::Restore {
         job: job.to_string(),
-        topic: topic.to_string(),
+        topic,
         partition,
         message,
     };
-    let consumer: BaseConsumer = client_config(config, |client| {
-        client
-            .set("group.id", format!("{}-restore", config.group_id))
-            .set("enable.auto.commit", "false")
-            // A start offset below the log's (compacted) start: every record left is newer.
-            .set("auto.offset.reset", "earliest")
-            .set("isolation.level", "read_committed")
-            .set("enable.partition.eof", "true");
-    })
-    .create()
-    .map_err(kafka(job, "creating a restore consumer"))?;
-    let (low, high) = consumer
-        .fetch_watermarks(topic, partition, REQUEST_TIMEOUT)
-        .map_err(kafka(
-            job,
-            format!("reading the offsets of `{topic}` [{partition}]"),
-        ))?;
-    let nothing_newer = matches!(from, Offset::Offset(start) if start >= high);
-    if high <= low || nothing_newer {
-        return Ok(0);
-    }
-    let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(topic, partition, from)
-        .map_err(kafka(job, "assigning the changelog"))?;
-    consumer
-        .assign(&assignment)
-        .map_err(kafka(job, "assigning the changelog"))?;
-    let started = Instant::now();
-    let mut chunk = Vec::new();
-    let (mut read, mut bytes) = (0, 0);
-    loop {
-        if started.elapsed() > deadline {
-            return Err(restore_error(format!(
-                "not at the end after {deadline:?} ({read} records read; high watermark {high})"
-            )));
-        }
-        let at_end = match consumer.poll(Duration::from_millis(200)) {
-            None => false,
-            Some(Err(KafkaError::PartitionEOF(_))) => true,
-            Some(Err(e)) => return Err(restore_error(e.to_string())),
-            Some(Ok(message)) => {
-                let key = message.key().unwrap_or_default().to_vec();
-                bytes += key.len() + message.payload_len();
-                chunk.push((key, message.payload().map(<[u8]>::to_vec)));
-                read += 1;
-                message.offset() + 1 >= high
-            }
-        };
-        if at_end || chunk.len() >= chunk_records || bytes >= chunk_bytes {
-            apply(std::mem::take(&mut chunk))?;
-            bytes = 0;
-        }
-        if at_end {
-            return Ok(read);
-        }
-    }
-}
-
-/// Produces one record; while the producer's local queue is full it serves delivery reports
-/// and tries again, so a fast producer waits for the broker instead of failing.
-pub fn send_waiting<'a, C, K, P>(
-    producer: &BaseProducer<C>,
-    mut record: BaseRecord<'a, K, P, C::DeliveryOpaque>,
-) -> std::result::Result<(), KafkaError>
-where
-    C: ProducerContext,
-    K: ToBytes + ?Sized,
-    P: ToBytes + ?Sized,
-{
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                record = back;
-                producer.poll(Duration::from_millis(5));
-            }
-            Err((e, _)) => return Err(e),
-        }
+    match error {
+        sluice_kafka::Error::NotAtEnd {
+            topic,
+            partition,
+            waited,
+            read,
+            high,
+        } => restore(
+            topic,
+            partition,
+            format!("not at the end after {waited:?} ({read} records read; high watermark {high})"),
+        ),
+        sluice_kafka::Error::Read {
+            topic,
+            partition,
+            source,
+        } => restore(topic, partition, source.to_string()),
+        error => in_job(job)(error),
     }
 }

@@ -30,6 +30,8 @@ pub struct StreamMetrics {
     pub speed_tombstones: IntCounterVec,
     pub lake_rows: IntCounterVec,
     pub lake_commits: IntCounterVec,
+    /// The raw table's completeness bound (Unix seconds): see `sluice_core::lake_progress`.
+    pub lake_complete_until: GaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -61,6 +63,17 @@ impl StreamMetrics {
         .expect("valid metric");
         registry
             .register(Box::new(watermark_lag.clone()))
+            .expect("unique metric");
+        let lake_complete_until = GaugeVec::new(
+            Opts::new(
+                "sluice_lake_complete_until_seconds",
+                "Event time (Unix seconds) before which the raw table holds every partition's records; backfills stop there.",
+            ),
+            &["job"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(lake_complete_until.clone()))
             .expect("unique metric");
         let batch_latency = HistogramVec::new(
             HistogramOpts::new(
@@ -153,6 +166,7 @@ impl StreamMetrics {
                 &["job"],
             ),
             watermark_lag,
+            lake_complete_until,
             batch_latency,
             registry,
         }

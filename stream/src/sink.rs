@@ -18,17 +18,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::TimestampMicrosecondType;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
-use sluice_core::lake::{TableLocation, WritableTable, commit_key, raw_rows};
+use sluice_core::lake::{TableLocation, WritableTable, commit_key, raw_rows, raw_schema};
+use sluice_core::lake_progress::{Completeness, LakeProgress, PartitionProgress};
 use sluice_core::topics::lake_app_id;
 use sluice_core::{Job, JsonDecoder, Lake};
 
 use crate::config::StreamConfig;
 use crate::error::{Result, kafka};
-use crate::kafka::{Change, GroupContext, REQUEST_TIMEOUT, consumer_config};
+use crate::kafka::{Change, GroupContext, REQUEST_TIMEOUT, consumer_config, read_to_end};
 use crate::metrics::StreamMetrics;
 
 /// One buffered source record: what decoding it into a raw row needs.
@@ -48,6 +51,8 @@ struct LakeCommit {
     /// (app id, last offset) per partition.
     transactions: Vec<(String, i64)>,
     rows: usize,
+    /// Per partition: the next offset and the largest event time landed (`None`: no row).
+    landed: Vec<(i32, i64, Option<i64>)>,
 }
 
 /// When the sink commits.
@@ -89,6 +94,14 @@ struct Pending {
     records: Buffered,
     bytes: usize,
     since: Option<Instant>,
+}
+
+/// What the sink knows of the raw table's completeness (see `sluice_core::lake_progress`):
+/// its own partitions' progress as it lands them, the others' as the lake last said.
+struct Progress {
+    lake: LakeProgress,
+    /// When partitions without a landed row were last checked for being read to their end.
+    ends_checked: Option<Instant>,
 }
 
 impl LakeSink {
@@ -137,10 +150,23 @@ impl LakeSink {
         };
         let mut summary = SinkSummary::default();
         let mut table = runtime.block_on(self.table.writable())?;
+        let mut progress = Progress {
+            lake: runtime
+                .block_on(self.table.lake_progress())?
+                .unwrap_or_default(),
+            ends_checked: None,
+        };
         tracing::info!(job, table = %self.table.location, "raw lake sink started");
         while !stop.load(Ordering::SeqCst) {
             let polled = consumer.poll(Duration::from_millis(100));
-            self.apply_changes(&consumer, &runtime, &mut table, &mut versions, &mut pending)?;
+            self.apply_changes(
+                &consumer,
+                &runtime,
+                &mut table,
+                &mut versions,
+                &mut pending,
+                &mut progress,
+            )?;
             if let Some(Ok(message)) = polled {
                 let partition = message.partition();
                 if let Some(&version) = versions.get(&partition).filter(|&&v| message.offset() <= v)
@@ -184,8 +210,11 @@ impl LakeSink {
                     &mut table,
                     &mut versions,
                     &mut pending,
+                    &mut progress,
                     &mut summary,
                 )?;
+            } else if pending.records.is_empty() {
+                self.record_ends(&consumer, &runtime, &mut table, &mut progress, &mut summary)?;
             }
         }
         self.commit(
@@ -194,6 +223,7 @@ impl LakeSink {
             &mut table,
             &mut versions,
             &mut pending,
+            &mut progress,
             &mut summary,
         )?;
         tracing::info!(job, ?summary, "raw lake sink stopped");
@@ -207,6 +237,7 @@ impl LakeSink {
         table: &mut WritableTable,
         versions: &mut HashMap<i32, i64>,
         pending: &mut Pending,
+        progress: &mut Progress,
     ) -> Result<()> {
         let job = self.name();
 
@@ -215,6 +246,10 @@ impl LakeSink {
                 Change::Assigned(partitions) => {
                     // The previous owner may have committed since this sink last looked.
                     runtime.block_on(table.refresh())?;
+                    if let Some(lake) = runtime.block_on(self.table.lake_progress())? {
+                        progress.lake.merge(&lake);
+                    }
+                    progress.ends_checked = None;
                     for partition in partitions {
                         let app_id = lake_app_id(&self.job, partition);
                         let Some(version) = runtime.block_on(table.transaction_version(&app_id))?
@@ -244,7 +279,9 @@ impl LakeSink {
         Ok(())
     }
 
-    /// One Delta commit of everything pending, with a transaction action per partition.
+    /// One Delta commit of everything pending, with a transaction action per partition and
+    /// the partitions' progress.
+    #[allow(clippy::too_many_arguments)]
     fn commit(
         &self,
         consumer: &BaseConsumer<GroupContext>,
@@ -252,6 +289,7 @@ impl LakeSink {
         table: &mut WritableTable,
         versions: &mut HashMap<i32, i64>,
         pending: &mut Pending,
+        progress: &mut Progress,
         summary: &mut SinkSummary,
     ) -> Result<()> {
         if pending.records.is_empty() {
@@ -266,10 +304,16 @@ impl LakeSink {
             batches,
             transactions,
             rows,
+            landed,
         } = self.raw_batches(&records)?;
         if batches.is_empty() {
             // Only undecodable records (the speed layer dead-letters them): nothing to land.
             return Ok(());
+        }
+        let mut lake = progress.lake.clone();
+        lake.partitions = lake.partitions.max(self.source_partitions(consumer));
+        for &(partition, next_offset, max_event_us) in &landed {
+            lake.advance(partition, next_offset, max_event_us);
         }
         let assignment = consumer
             .assignment()
@@ -281,12 +325,15 @@ impl LakeSink {
             (commit_key::OPERATION.to_string(), json!("stream ingest")),
             (commit_key::JOB.to_string(), json!(job)),
             (commit_key::ROWS.to_string(), json!(rows)),
+            (commit_key::LAKE_PROGRESS.to_string(), lake.to_json()),
         ]);
         let written = runtime.block_on(table.append(batches, metadata, transactions.clone()));
         consumer
             .resume(&assignment)
             .map_err(kafka(job, "resuming after the lake commit"))?;
         written?;
+        progress.lake = lake;
+        self.observe_completeness(&progress.lake);
         summary.commits += 1;
         summary.rows += rows as u64;
         self.metrics.lake_commits.with_label_values(&[job]).inc();
@@ -310,6 +357,97 @@ impl LakeSink {
         if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
             tracing::debug!(job, error = %e, "committing lake sink offsets (for lag only)");
         }
+        Ok(())
+    }
+
+    /// The source topic's partition count now (0 when the broker cannot say).
+    fn source_partitions(&self, consumer: &BaseConsumer<GroupContext>) -> i32 {
+        let topic = &self.job.spec.source.topic;
+        sluice_kafka::partition_count(consumer, topic, REQUEST_TIMEOUT)
+            .map_or(0, |n| i32::try_from(n).unwrap_or(i32::MAX))
+    }
+
+    fn observe_completeness(&self, lake: &LakeProgress) {
+        let delay = self.job.spec.source.watermark_delay.as_micros() as i64;
+        if let Completeness::Until(until) = lake.complete_until(delay)
+            && until != i64::MAX
+        {
+            self.metrics
+                .lake_complete_until
+                .with_label_values(&[self.name()])
+                .set(until as f64 / 1e6);
+        }
+    }
+
+    /// Records, in a commit without rows, the assigned partitions that have no landed row and
+    /// that this sink has read to their end: an empty partition must not hold the raw table's
+    /// completeness back forever. Checked once per commit interval.
+    fn record_ends(
+        &self,
+        consumer: &BaseConsumer<GroupContext>,
+        runtime: &tokio::runtime::Handle,
+        table: &mut WritableTable,
+        progress: &mut Progress,
+        summary: &mut SinkSummary,
+    ) -> Result<()> {
+        if progress
+            .ends_checked
+            .is_some_and(|at| at.elapsed() < self.sink.commit_interval)
+        {
+            return Ok(());
+        }
+        progress.ends_checked = Some(Instant::now());
+        let job = self.name();
+        let topic = &self.job.spec.source.topic;
+        let assignment = consumer
+            .assignment()
+            .map_err(kafka(job, "reading the assignment"))?;
+        let mut lake = progress.lake.clone();
+        let partitions = self.source_partitions(consumer);
+        let mut changed = partitions > lake.partitions;
+        lake.partitions = lake.partitions.max(partitions);
+        for element in assignment.elements_for_topic(topic) {
+            let partition = element.partition();
+            let known = lake.by_partition.get(&partition).copied();
+            if known.is_some_and(|p| p.max_event_us.is_some() || p.at_end) {
+                continue;
+            }
+            if !read_to_end(consumer, topic, partition) {
+                continue;
+            }
+            let next_offset = match consumer
+                .position()
+                .ok()
+                .and_then(|list| list.find_partition(topic, partition).map(|e| e.offset()))
+            {
+                Some(Offset::Offset(next)) => next,
+                _ => known.map_or(0, |p| p.next_offset),
+            };
+            lake.by_partition.insert(
+                partition,
+                PartitionProgress {
+                    next_offset,
+                    max_event_us: None,
+                    at_end: true,
+                },
+            );
+            changed = true;
+        }
+        if !changed {
+            return Ok(());
+        }
+        let metadata = HashMap::from([
+            (commit_key::OPERATION.to_string(), json!("stream ingest")),
+            (commit_key::JOB.to_string(), json!(job)),
+            (commit_key::ROWS.to_string(), json!(0)),
+            (commit_key::LAKE_PROGRESS.to_string(), lake.to_json()),
+        ]);
+        let empty = RecordBatch::new_empty(raw_schema(&self.job));
+        runtime.block_on(table.append(vec![empty], metadata, Vec::new()))?;
+        tracing::debug!(job, "lake sink recorded partitions read to their end");
+        progress.lake = lake;
+        self.observe_completeness(&progress.lake);
+        summary.commits += 1;
         Ok(())
     }
 
@@ -361,8 +499,10 @@ impl LakeSink {
     fn raw_batches(&self, records: &Buffered) -> Result<LakeCommit> {
         let decoder =
             JsonDecoder::new(&self.job).with_max_record_bytes(self.config.max_record_bytes);
+        let event_time = &self.job.spec.source.event_time;
         let mut batches = Vec::new();
         let mut transactions = Vec::new();
+        let mut landed = Vec::new();
         let mut rows = 0;
         for (&partition, records) in records {
             let payloads: Vec<&[u8]> = records.iter().map(|r| r.payload.as_slice()).collect();
@@ -379,12 +519,19 @@ impl LakeSink {
             }
             if let Some(last) = records.last() {
                 transactions.push((lake_app_id(&self.job, partition), last.offset));
+                let max_event_us = decoded
+                    .batch
+                    .column_by_name(event_time)
+                    .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
+                    .and_then(arrow::compute::max);
+                landed.push((partition, last.offset + 1, max_event_us));
             }
         }
         Ok(LakeCommit {
             batches,
             transactions,
             rows,
+            landed,
         })
     }
 }

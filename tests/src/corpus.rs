@@ -18,6 +18,7 @@ use arrow::array::RecordBatch;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sluice_core::decode::MAX_NESTING;
+use sluice_core::fixture::{OrderGenerator, OrderShape};
 use sluice_core::lake::TableLocation;
 use sluice_core::{DivertReason, Job, Lake};
 
@@ -31,7 +32,7 @@ pub const RECORD_LIMIT: usize = 10_000;
 pub const KAFKA_MAX: usize = 64 * 1024;
 pub const MINUTE_MS: i64 = 60_000;
 pub const HOUR_MS: i64 = 3_600_000;
-pub const REGIONS: [&str; 6] = ["eu", "us", "apac", "latam", "mea", "anz"];
+pub use sluice_core::fixture::REGIONS;
 
 /// The corpus job's SQL: per region and one-minute window, the count, the revenue and the
 /// units, where `units` CASTs the string field `qty` (so a non-numeric `qty` fails in the plan).
@@ -229,30 +230,30 @@ pub fn cases(now_ms: i64) -> Vec<Case> {
     c.cases
 }
 
-/// `count` good orders: regions from [`REGIONS`], amounts multiples of 0.25 (so every SUM is
-/// exact in any order), `qty` a small integer as text, event times one second apart from
-/// [`T0_MS`] with up to 3 s of disorder. `order_id` is `good-<i>`.
+/// `count` good orders from the shared generator: all of [`REGIONS`], amounts multiples of
+/// 0.25 (so every SUM is exact in any order), event times one second apart from [`T0_MS`]
+/// with up to 3 s of disorder, `order_id` `good-<i>`; plus the corpus job's own fields: `qty`
+/// a small integer as text, `items`, `priority` and `gift`.
 pub fn good_orders(count: usize, seed: u64) -> Vec<Vec<u8>> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    (0..count)
-        .map(|i| {
-            let region = REGIONS[rng.random_range(0..REGIONS.len())];
-            let jitter: i64 = rng.random_range(-3_000..=0);
-            let at = (T0_MS + i as i64 * 1_000 + jitter).max(T0_MS);
-            let status = if rng.random_bool(0.8) {
-                "completed"
-            } else {
-                "pending"
-            };
-            let amount = f64::from(rng.random_range(1..4000_i32)) * 0.25;
+    let shape = OrderShape {
+        id_prefix: "good-",
+        start_ms: T0_MS,
+        spacing_ms: 1_000,
+        disorder_ms: 3_000,
+        regions: REGIONS.len(),
+        ..OrderShape::default()
+    };
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+    OrderGenerator::new(seed, shape)
+        .take(count)
+        .map(|order| {
+            let mut record = order.to_value();
             let qty: i64 = rng.random_range(1..10);
-            let items: i64 = rng.random_range(0..1_000_000);
-            let priority: i32 = rng.random_range(-5..5);
-            let gift = rng.random_bool(0.1);
-            format!(
-                r#"{{"order_id":"good-{i}","region":"{region}","amount":{amount},"qty":"{qty}","status":"{status}","items":{items},"priority":{priority},"gift":{gift},"event_time":{at}}}"#
-            )
-            .into_bytes()
+            record.insert("qty".into(), qty.to_string().into());
+            record.insert("items".into(), rng.random_range(0..1_000_000_i64).into());
+            record.insert("priority".into(), rng.random_range(-5..5_i32).into());
+            record.insert("gift".into(), rng.random_bool(0.1).into());
+            serde_json::Value::Object(record).to_string().into_bytes()
         })
         .collect()
 }

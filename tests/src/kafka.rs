@@ -7,14 +7,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::admin::{NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
+use sluice_kafka::{Created, client_config};
 
 use crate::repo_path;
 
@@ -72,15 +71,12 @@ pub fn unique(prefix: &str) -> String {
 }
 
 pub fn create_topic(topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .create()
-        .expect("admin client");
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-    let results = futures::executor::block_on(admin.create_topics([&new], &AdminOptions::new()))
-        .expect("create topic");
-    for result in results {
-        result.unwrap_or_else(|(t, e)| panic!("creating {t}: {e}"));
+    let created =
+        sluice_kafka::create_topics(&client_config(&bootstrap(), &[], |_| {}), &[new], None)
+            .unwrap_or_else(|e| panic!("creating {topic}: {e}"));
+    for (name, outcome) in created {
+        assert_eq!(outcome, Created::New, "creating {name}: it already exists");
     }
 }
 
@@ -89,12 +85,13 @@ pub fn create_topic(topic: &str, partitions: i32) {
 pub type Outgoing = (i32, Option<Vec<u8>>, Vec<u8>);
 
 pub fn produce(topic: &str, records: &[Outgoing]) {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .set("linger.ms", "5")
-        .set("enable.idempotence", "true")
-        .create()
-        .expect("producer");
+    let producer: BaseProducer = client_config(&bootstrap(), &[], |client| {
+        client
+            .set("linger.ms", "5")
+            .set("enable.idempotence", "true");
+    })
+    .create()
+    .expect("producer");
     for (partition, key, value) in records {
         let mut record = BaseRecord::<[u8], [u8]>::to(topic)
             .partition(*partition)
@@ -102,7 +99,7 @@ pub fn produce(topic: &str, records: &[Outgoing]) {
         if let Some(key) = key {
             record = record.key(key);
         }
-        sluice_stream::send_waiting(&producer, record).unwrap_or_else(|e| panic!("produce: {e}"));
+        sluice_kafka::send_waiting(&producer, record).unwrap_or_else(|e| panic!("produce: {e}"));
     }
     producer.flush(Duration::from_secs(60)).expect("flush");
 }
@@ -119,28 +116,17 @@ pub struct Read {
 
 /// Every committed record of `topic` (read_committed), up to its end now.
 pub fn read_all(topic: &str) -> Vec<Read> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .set("group.id", unique("reader"))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
+    let consumer: BaseConsumer = sluice_kafka::reader_config(&bootstrap(), &[], &unique("reader"))
         .create()
         .expect("consumer");
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata");
-    let partitions: Vec<i32> = metadata.topics()[0]
-        .partitions()
-        .iter()
-        .map(|p| p.id())
-        .collect();
+    let partitions = sluice_kafka::partition_count(&consumer, topic, Duration::from_secs(10))
+        .expect("metadata") as i32;
+    let watermarks =
+        sluice_kafka::watermarks(&consumer, topic, partitions, Duration::from_secs(10))
+            .expect("watermarks");
     let mut list = TopicPartitionList::new();
     let mut open = 0;
-    for &p in &partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
-            .expect("watermarks");
+    for (p, (low, high)) in (0..).zip(watermarks) {
         if high > low {
             list.add_partition_offset(topic, p, Offset::Beginning)
                 .expect("assign");
@@ -189,25 +175,15 @@ pub fn read_all(topic: &str) -> Vec<Read> {
 
 /// The committed offset of `group` on each partition of `topic` (-1 when none).
 pub fn committed_offsets(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .set("group.id", group)
-        .create()
-        .expect("consumer");
-    let mut list = TopicPartitionList::new();
-    for p in 0..partitions {
-        list.add_partition(topic, p);
-    }
-    let committed = consumer
-        .committed_offsets(list, Duration::from_secs(10))
-        .expect("committed");
-    (0..partitions)
-        .map(
-            |p| match committed.find_partition(topic, p).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) => o,
-                _ => -1,
-            },
-        )
+    let consumer: BaseConsumer = client_config(&bootstrap(), &[], |client| {
+        client.set("group.id", group);
+    })
+    .create()
+    .expect("consumer");
+    sluice_kafka::committed(&consumer, topic, partitions, Duration::from_secs(10))
+        .expect("committed")
+        .into_iter()
+        .map(|offset| offset.unwrap_or(-1))
         .collect()
 }
 

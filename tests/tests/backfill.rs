@@ -13,7 +13,7 @@ fn range(from: &str, to: &str) -> BackfillRequest {
     BackfillRequest {
         from: Some(parse_time(from).unwrap()),
         to: Some(parse_time(to).unwrap()),
-        progress: false,
+        ..BackfillRequest::default()
     }
 }
 

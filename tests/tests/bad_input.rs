@@ -436,31 +436,17 @@ fn the_speed_layer_and_backfill_divert_every_case_as_documented_and_verify_agree
             _ => None,
         })
         .collect();
-    let rejects = dir.path().join("backfill.rejects.jsonl");
     let to = format_time(floor_to(now_ms * 1000, job.bucket_micros()));
-    let out = sluice(&[
-        "backfill",
-        "--job",
-        path(&job_file),
-        "--lake",
-        path(&lake),
-        "--from",
-        FROM,
-        "--to",
+    let rejects = backfill_with_rejects(
+        [&job_file, &lake],
         &to,
-        "--output",
-        "json",
-        "--rejects",
-        path(&rejects),
-    ]);
-    check_backfill(
-        &out,
         plan_rejected.len(),
         "backfill of the streamed lake",
+        dir.path(),
         &mut wrong,
     );
     let mut seen = BTreeSet::new();
-    for row in read_json_lines(&rejects) {
+    for row in rejects {
         let Some(offset) = row["offset"].as_i64() else {
             wrong.push(format!("backfill rejects: a row without an offset: {row}"));
             continue;
@@ -702,31 +688,17 @@ fn lake_load_and_backfill_reject_exactly_the_documented_lines() {
         .filter(|c| c.expect_in_file() == Expect::PlanRejected)
         .map(|c| (corpus::case_id(c.name), c.name))
         .collect();
-    let rejects = dir.path().join("backfill.rejects.jsonl");
     let to = format_time((now_ms + HOUR_MS) * 1000);
-    let out = sluice(&[
-        "backfill",
-        "--job",
-        path(&job_file),
-        "--lake",
-        path(&lake),
-        "--from",
-        FROM,
-        "--to",
+    let rejects = backfill_with_rejects(
+        [&job_file, &lake],
         &to,
-        "--output",
-        "json",
-        "--rejects",
-        path(&rejects),
-    ]);
-    check_backfill(
-        &out,
         plan_rejected.len(),
         "backfill of the loaded lake",
+        dir.path(),
         &mut wrong,
     );
     let mut skipped = BTreeSet::new();
-    for row in read_json_lines(&rejects) {
+    for row in rejects {
         let id = row["record"]["order_id"]
             .as_str()
             .unwrap_or_default()
@@ -936,6 +908,36 @@ fn string_column(batches: &[RecordBatch], name: &str) -> Vec<Option<String>> {
 }
 
 /// Checks a `sluice backfill --output json --rejects` run that should skip `rejected` rows.
+/// Runs `sluice backfill` from [`FROM`] to `to` with `--rejects`, checks its exit code and
+/// `rows_rejected` against `rejected`, and returns the rejected rows it wrote.
+fn backfill_with_rejects(
+    [job_file, lake]: [&Path; 2],
+    to: &str,
+    rejected: usize,
+    what: &str,
+    dir: &Path,
+    wrong: &mut Vec<String>,
+) -> Vec<Value> {
+    let rejects = dir.join("backfill.rejects.jsonl");
+    let out = sluice(&[
+        "backfill",
+        "--job",
+        path(job_file),
+        "--lake",
+        path(lake),
+        "--from",
+        FROM,
+        "--to",
+        to,
+        "--output",
+        "json",
+        "--rejects",
+        path(&rejects),
+    ]);
+    check_backfill(&out, rejected, what, wrong);
+    read_json_lines(&rejects)
+}
+
 fn check_backfill(out: &Output, rejected: usize, what: &str, wrong: &mut Vec<String>) {
     let expected_code = if rejected == 0 { 0 } else { 3 };
     if out.status.code() != Some(expected_code) {

@@ -23,7 +23,7 @@ async fn golden(name: &str) {
     let request = BackfillRequest {
         from: Some(parse_time("2024-05-01").unwrap()),
         to: Some(parse_time("2024-05-02").unwrap()),
-        progress: false,
+        ..BackfillRequest::default()
     };
     let report = backfill(&job, &lake, transform.clone(), request)
         .await

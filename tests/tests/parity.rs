@@ -266,14 +266,7 @@ fn check_merge(
         &micro_batches(&filter_record_batch(&all, &after).unwrap(), cuts),
         7,
     );
-    let buckets = |b: &RecordBatch| {
-        let column = b
-            .column(stage.key_count() + 2)
-            .as_any()
-            .downcast_ref::<TimestampMicrosecondArray>()
-            .unwrap();
-        column.values().to_vec()
-    };
+    let buckets = |b: &RecordBatch| stage.layout().buckets(b).values().to_vec();
     assert!(
         buckets(&batch_view).iter().all(|&b| b < cutoff),
         "batch view holds only buckets before C"

@@ -1,0 +1,219 @@
+//! The demo's event generator: the shared order generator's orders
+//! ([`sluice_core::fixture`]), stamped with the wall clock, plus what a real source also
+//! delivers and the demo wants to show: about 2% malformed records (they end in `<job>.dlq`)
+//! and about 2% orders stamped two minutes in the past, later than the watermark delay plus
+//! the allowed lateness (they end in `<job>.late`, and in the lake). Produced at `--rate` per
+//! second on a thread of their own, counted by kind for the summary.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use serde_json::json;
+use sluice_core::Job;
+use sluice_core::fixture::{OrderGenerator, OrderShape};
+use sluice_kafka::client_config;
+
+use super::DemoArgs;
+
+/// Shares of malformed and of late events, in percent.
+const MALFORMED_PERCENT: u32 = 2;
+const LATE_PERCENT: u32 = 2;
+/// Late events are this far in the past: well beyond watermark delay (2 s) + lateness (5 s).
+const LATE_BY_MS: i64 = 120_000;
+
+/// Keeps the orders' random stream apart from the one that picks malformed and late events.
+const ORDERS_SEED: u64 = 0x5eed_0de5;
+
+/// The demo's orders: three regions (eu, us, apac), 70% completed, the rest pending or
+/// cancelled, 5,000 customers. Their times are the wall clock's, not the shape's.
+fn order_shape() -> OrderShape {
+    OrderShape {
+        regions: 3,
+        completed_percent: 70,
+        customers: 5_000,
+        ..OrderShape::default()
+    }
+}
+
+/// What the generator produced so far.
+#[derive(Default)]
+pub(super) struct Counters {
+    produced: AtomicU64,
+    malformed: AtomicU64,
+    late: AtomicU64,
+    /// Set when the generator has stopped (`--events` reached, or an error).
+    pub(super) done: AtomicBool,
+}
+
+impl Counters {
+    fn count(&self, kind: Kind) {
+        self.produced.fetch_add(1, Ordering::Relaxed);
+        match kind {
+            Kind::Malformed => self.malformed.fetch_add(1, Ordering::Relaxed),
+            Kind::Late => self.late.fetch_add(1, Ordering::Relaxed),
+            Kind::OnTime => 0,
+        };
+    }
+
+    /// (produced, malformed, late).
+    pub(super) fn get(&self) -> (u64, u64, u64) {
+        (
+            self.produced.load(Ordering::Relaxed),
+            self.malformed.load(Ordering::Relaxed),
+            self.late.load(Ordering::Relaxed),
+        )
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    OnTime,
+    Late,
+    Malformed,
+}
+
+struct Event {
+    key: String,
+    value: Vec<u8>,
+    kind: Kind,
+}
+
+pub(super) fn spawn_generator(
+    brokers: &str,
+    job: &Job,
+    args: &DemoArgs,
+    counters: &Arc<Counters>,
+    stop: &Arc<AtomicBool>,
+) -> anyhow::Result<JoinHandle<()>> {
+    let producer: BaseProducer = client_config(brokers, &[], |client| {
+        client
+            .set("linger.ms", "5")
+            .set("queue.buffering.max.messages", "100000");
+    })
+    .create()
+    .context("creating the order generator's producer")?;
+    let topic = job.spec.source.topic.clone();
+    let (rate, limit) = (args.rate.max(1), args.events);
+    let (counters, stop) = (counters.clone(), stop.clone());
+    std::thread::Builder::new()
+        .name("demo-generator".into())
+        .spawn(move || {
+            if let Err(e) = generate(&producer, &topic, rate, limit, &counters, &stop) {
+                tracing::error!(error = %format!("{e:#}"), "the order generator stopped");
+            }
+            if let Err(e) = producer.flush(Duration::from_secs(10)) {
+                tracing::warn!(error = %e, "the order generator could not flush its last events");
+            }
+            counters.done.store(true, Ordering::SeqCst);
+        })
+        .context("starting the order generator")
+}
+
+/// Produces `rate` events per second (in 10 ms steps) until `stop` or `limit`.
+fn generate(
+    producer: &BaseProducer,
+    topic: &str,
+    rate: u64,
+    limit: Option<u64>,
+    counters: &Counters,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    let seed = chrono::Utc::now().timestamp_micros() as u64;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut orders = OrderGenerator::new(seed ^ ORDERS_SEED, order_shape());
+    let started = Instant::now();
+    let within = |seq: u64| limit.is_none_or(|limit| seq < limit);
+    let mut seq: u64 = 0;
+    while !stop.load(Ordering::SeqCst) && within(seq) {
+        let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+        while seq < due && within(seq) {
+            let event = next_event(seq, &mut rng, &mut orders);
+            send(producer, topic, &event)?;
+            counters.count(event.kind);
+            seq += 1;
+        }
+        producer.poll(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+/// Sends one event, waiting while the producer's queue is full.
+fn send(producer: &BaseProducer, topic: &str, event: &Event) -> anyhow::Result<()> {
+    let record = BaseRecord::<str, [u8]>::to(topic)
+        .key(event.key.as_str())
+        .payload(event.value.as_slice());
+    sluice_kafka::send_waiting(producer, record).with_context(|| format!("producing to `{topic}`"))
+}
+
+/// One event: usually an order of the shared generator as JSON (amounts are multiples of
+/// 0.25, exact in binary floating point, so sums do not depend on the order the layers add them
+/// in), stamped now or [`LATE_BY_MS`] ago; now and then a malformed record.
+fn next_event(seq: u64, rng: &mut StdRng, orders: &mut OrderGenerator) -> Event {
+    let now = chrono::Utc::now().timestamp_millis();
+    let key = format!("o-{seq:09}");
+    let roll = rng.random_range(0..100u32);
+    if roll < MALFORMED_PERCENT {
+        let value = malformed(seq, &key, now);
+        return Event {
+            key,
+            value,
+            kind: Kind::Malformed,
+        };
+    }
+    let late = roll < MALFORMED_PERCENT + LATE_PERCENT;
+    let event_time = if late { now - LATE_BY_MS } else { now };
+    let mut order = orders.order_at(event_time);
+    // The order id is the record's key, numbered over all events (malformed ones too).
+    order.order_id.clone_from(&key);
+    Event {
+        key,
+        value: order.to_json(),
+        kind: if late { Kind::Late } else { Kind::OnTime },
+    }
+}
+
+/// A record the decoder rejects: broken JSON, a wrong type, or no event time.
+fn malformed(seq: u64, key: &str, now: i64) -> Vec<u8> {
+    let value = match seq % 3 {
+        0 => return br#"{"order_id": 17, "amount": "lots""#.to_vec(),
+        1 => {
+            json!({"order_id": key, "region": "eu", "amount": "lots", "status": "completed", "event_time": now})
+        }
+        _ => json!({"order_id": key, "region": "us", "amount": 9.5, "status": "completed"}),
+    };
+    value.to_string().into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+
+    #[test]
+    fn events_are_valid_json_except_the_malformed_ones() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut orders = OrderGenerator::new(7, order_shape());
+        let (mut late, mut malformed) = (0, 0);
+        for seq in 0..5_000 {
+            let event = next_event(seq, &mut rng, &mut orders);
+            let parsed = serde_json::from_slice::<Value>(&event.value);
+            match event.kind {
+                Kind::OnTime | Kind::Late => {
+                    let value = parsed.expect("valid JSON");
+                    assert!(value["amount"].as_f64().is_some(), "{value}");
+                    late += usize::from(matches!(event.kind, Kind::Late));
+                }
+                Kind::Malformed => malformed += 1,
+            }
+        }
+        assert!((25..=200).contains(&late), "late {late}");
+        assert!((25..=200).contains(&malformed), "malformed {malformed}");
+    }
+}

@@ -1,0 +1,64 @@
+//! What goes into and comes out of one micro-batch: source records in; speed records,
+//! results, diverted records and offsets out, all bound for one Kafka transaction.
+
+use std::collections::BTreeMap;
+
+use sluice_core::DivertReason;
+
+/// A record as read from the source topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+}
+
+/// A record sent to `<job>.dlq` or `<job>.late`, bytes unchanged, with why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diverted {
+    pub record: SourceRecord,
+    pub error_type: DivertReason,
+    pub message: String,
+    pub field: Option<String>,
+    /// Late records: the job watermark and the record's event time (µs).
+    pub watermark_us: Option<i64>,
+    pub event_time_us: Option<i64>,
+}
+
+/// One `<job>.speed` record: a state row upsert, a tombstone, or a watermark.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpeedRecord {
+    pub partition: i32,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// What one micro-batch's transaction holds.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub speed: Vec<SpeedRecord>,
+    /// `<job>.results`: (key, value) JSON.
+    pub results: Vec<(Option<Vec<u8>>, Vec<u8>)>,
+    pub dlq: Vec<Diverted>,
+    pub late: Vec<Diverted>,
+    /// The next offset to consume per source partition.
+    pub next_offsets: BTreeMap<i32, i64>,
+    /// Records that reached the plan.
+    pub rows_in: usize,
+    /// Records consumed per source partition.
+    pub consumed: BTreeMap<i32, u64>,
+    /// Retired rows tombstoned in `<job>.speed` because the batch view covers them.
+    pub tombstoned: usize,
+}
+
+impl Output {
+    pub fn is_empty(&self) -> bool {
+        self.speed.is_empty()
+            && self.results.is_empty()
+            && self.dlq.is_empty()
+            && self.late.is_empty()
+            && self.next_offsets.is_empty()
+    }
+}

@@ -1,0 +1,134 @@
+//! Bringing a partition's state back from `<job>.speed`: a full replay into an emptied store,
+//! or (after a clean stop) only the changelog newer than the store's checkpoint.
+//!
+//! Either way the changelog arrives in chunks, oldest first, so a restore holds one chunk in
+//! memory whatever the changelog's size; the open windows' index is rebuilt by one streaming
+//! pass over the store at the end.
+
+use std::time::Instant;
+
+use sluice_core::speed::{PartitionWatermark, WATERMARK_KEY};
+
+use super::Processor;
+use crate::error::Result;
+use crate::state::StateWrite;
+
+/// One `<job>.speed` record as read back: key and value (`None` = tombstone).
+pub(crate) type ChangelogRecord = (Vec<u8>, Option<Vec<u8>>);
+
+/// Expired rows a restore retires in one write.
+const RESTORE_DELETE_CHUNK: usize = 10_000;
+
+/// A partition whose changelog is being replayed into the store.
+pub(crate) struct Restoring {
+    partition: i32,
+    /// The newest watermark record seen so far.
+    watermark: Option<PartitionWatermark>,
+}
+
+impl Restoring {
+    /// Resumes `partition` from a checkpoint: the store already reflects the changelog before
+    /// the checkpoint's offset (with `watermark` as of then), so only newer records follow.
+    pub(crate) fn resume(partition: i32, watermark: Option<PartitionWatermark>) -> Restoring {
+        Restoring {
+            partition,
+            watermark,
+        }
+    }
+}
+
+impl Processor {
+    /// Starts restoring `partition` from its whole committed changelog: forgets what the
+    /// store held of it.
+    pub(crate) fn start_restore(&mut self, partition: i32) -> Result<Restoring> {
+        self.store.drop_partition(partition)?;
+        Ok(Restoring {
+            partition,
+            watermark: None,
+        })
+    }
+
+    /// Applies the next chunk of the changelog (`(key, value)`; `None` value = tombstone).
+    pub(crate) fn restore_chunk(
+        &mut self,
+        restoring: &mut Restoring,
+        chunk: Vec<ChangelogRecord>,
+    ) -> Result<()> {
+        let partition = restoring.partition;
+        let mut writes = Vec::with_capacity(chunk.len());
+        for (key, value) in chunk {
+            if key == WATERMARK_KEY {
+                restoring.watermark = value
+                    .as_deref()
+                    .map(PartitionWatermark::decode)
+                    .transpose()?;
+                continue;
+            }
+            writes.push(match value {
+                Some(value) => StateWrite::Put {
+                    partition,
+                    key,
+                    value,
+                },
+                None => StateWrite::Delete { partition, key },
+            });
+        }
+        self.store.apply(&writes)
+    }
+
+    /// The whole changelog has been applied: the partition resumes from its last committed
+    /// watermark, and windows that had expired by then are dropped from the store again.
+    pub(crate) fn finish_restore(&mut self, restoring: Restoring, now: Instant) -> Result<()> {
+        let Restoring {
+            partition,
+            watermark,
+        } = restoring;
+        self.watermarks.assign(partition, watermark, now);
+        self.windows
+            .restore_emitted(partition, watermark.and_then(|w| w.emitted_us));
+        // The partition may hold retired rows the batch view already covers.
+        self.tombstones.recheck();
+        self.index_restored(partition)
+    }
+
+    /// The whole changelog at once.
+    #[cfg(test)]
+    pub(crate) fn restore(
+        &mut self,
+        partition: i32,
+        changelog: Vec<ChangelogRecord>,
+        now: Instant,
+    ) -> Result<()> {
+        let mut restoring = self.start_restore(partition)?;
+        self.restore_chunk(&mut restoring, changelog)?;
+        self.finish_restore(restoring, now)
+    }
+
+    /// Tracks the restored windows that are still open and retires the expired ones (their
+    /// changelog rows stay until the batch view covers them), streaming over the store so
+    /// that memory holds only the open windows' index.
+    fn index_restored(&mut self, partition: i32) -> Result<()> {
+        let Some(codec) = &self.codec else {
+            return Ok(());
+        };
+        let (store, windows) = (&self.store, &mut self.windows);
+        let mut expired = Vec::new();
+        store.for_each(partition, b"", |key, _| {
+            let (bucket, end) = codec.key_times(key)?;
+            if end.is_some_and(|end| windows.is_expired(partition, end)) {
+                expired.push(StateWrite::Retire {
+                    partition,
+                    bucket,
+                    key: key.to_vec(),
+                });
+                if expired.len() >= RESTORE_DELETE_CHUNK {
+                    store.apply(&expired)?;
+                    expired.clear();
+                }
+                return Ok(());
+            }
+            windows.track(codec, partition, key)
+        })?;
+        store.apply(&expired)
+    }
+}

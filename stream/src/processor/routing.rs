@@ -1,0 +1,169 @@
+//! Routing a micro-batch: decode the records, divert the undecodable and the late, run the
+//! shared plan per source partition and dead-letter the rows it fails on.
+
+use std::collections::BTreeMap;
+
+use arrow::array::RecordBatch;
+use sluice_core::DivertReason;
+use sluice_core::rows::to_json_lines;
+
+use super::Processor;
+use super::records::{Diverted, Output, SourceRecord};
+use crate::error::Result;
+
+impl Processor {
+    /// Decodes the payloads; undecodable records go to the DLQ. Returns the good rows and,
+    /// per row, the record it came from.
+    pub(super) fn decode<'r>(
+        &self,
+        records: &'r [SourceRecord],
+        output: &mut Output,
+    ) -> Result<(RecordBatch, Vec<&'r SourceRecord>)> {
+        let (with_value, without): (Vec<&SourceRecord>, Vec<&SourceRecord>) =
+            records.iter().partition(|r| r.payload.is_some());
+        for record in without {
+            output.dlq.push(Diverted {
+                record: record.clone(),
+                error_type: DivertReason::MalformedJson,
+                message: "the record has no value (a tombstone)".to_string(),
+                field: None,
+                watermark_us: None,
+                event_time_us: None,
+            });
+        }
+        let payloads: Vec<&[u8]> = with_value
+            .iter()
+            .map(|r| r.payload.as_deref().unwrap_or_default())
+            .collect();
+        let stamps: Vec<Option<i64>> = with_value.iter().map(|r| r.timestamp_ms).collect();
+        let decoded = self.decoder.decode_stamped(&payloads, &stamps)?;
+        for error in decoded.errors {
+            output.dlq.push(Diverted {
+                record: (*with_value[error.index]).clone(),
+                error_type: error.kind,
+                message: error.reason,
+                field: error.field,
+                watermark_us: None,
+                event_time_us: None,
+            });
+        }
+        let origin = decoded.rows.iter().map(|&i| with_value[i]).collect();
+        Ok((decoded.batch, origin))
+    }
+
+    /// Marks which rows go on to the plan; late rows go to `<job>.late`. (The decoder already
+    /// dead-lettered records without an event time: it is always a required field.)
+    pub(super) fn divert_late(
+        &self,
+        times: &[i64],
+        origin: &[&SourceRecord],
+        output: &mut Output,
+    ) -> Vec<bool> {
+        let mut keep = vec![true; times.len()];
+        for (partition, rows) in rows_per_partition(&keep.clone(), origin) {
+            let Some(bound) = self.windows.emitted(partition) else {
+                continue;
+            };
+            let part_times: Vec<i64> = rows.iter().map(|&r| times[r as usize]).collect();
+            let late = self
+                .pipeline
+                .late_rows(&part_times, bound, self.windows.lateness_us());
+            for (&row, _) in rows.iter().zip(late).filter(|(_, late)| *late) {
+                let row = row as usize;
+                keep[row] = false;
+                output.late.push(Diverted {
+                    record: (*origin[row]).clone(),
+                    error_type: DivertReason::Late,
+                    message: "every window of the event closed more than the allowed lateness ago"
+                        .to_string(),
+                    field: None,
+                    watermark_us: Some(bound),
+                    event_time_us: Some(times[row]),
+                });
+            }
+        }
+        keep
+    }
+
+    /// Stage 1 and 2 on one partition's rows. Rows the plan fails on (a UDF or transform
+    /// error) are isolated by [`Pipeline::evaluate_isolating`] and go to the DLQ; the batch
+    /// layer skips exactly the same rows.
+    pub(super) fn run_plan(
+        &mut self,
+        partition: i32,
+        part: &RecordBatch,
+        rows: &[u32],
+        origin: &[&SourceRecord],
+        output: &mut Output,
+    ) -> Result<()> {
+        let isolated = self.pipeline.evaluate_isolating(part)?;
+        if !isolated.failed.is_empty() {
+            tracing::debug!(
+                job = self.job.name(),
+                partition,
+                failed = isolated.failed.len(),
+                "the plan failed on some rows; they go to the DLQ"
+            );
+        }
+        for failed in isolated.failed {
+            output.dlq.push(Diverted {
+                record: (*origin[rows[failed.row] as usize]).clone(),
+                error_type: DivertReason::TransformError,
+                message: failed.error.to_string(),
+                field: None,
+                watermark_us: None,
+                event_time_us: None,
+            });
+        }
+        for piece in isolated.pieces {
+            self.absorb(partition, piece.output, output)?;
+        }
+        Ok(())
+    }
+
+    fn absorb(
+        &mut self,
+        partition: i32,
+        evaluated: RecordBatch,
+        output: &mut Output,
+    ) -> Result<()> {
+        match self.pipeline.plan().aggregate() {
+            None => {
+                let lines = to_json_lines(&[evaluated])?;
+                for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                    output.results.push((None, line.to_vec()));
+                }
+                Ok(())
+            }
+            Some(_) => {
+                let open = self.drop_expired_windows(evaluated, self.windows.emitted(partition))?;
+                self.fold(partition, open, output)
+            }
+        }
+    }
+}
+
+pub(super) fn max_event_per_partition(
+    times: &[i64],
+    origin: &[&SourceRecord],
+) -> BTreeMap<i32, Option<i64>> {
+    let mut out: BTreeMap<i32, Option<i64>> = BTreeMap::new();
+    for (&time, record) in times.iter().zip(origin) {
+        let slot = out.entry(record.partition).or_default();
+        *slot = Some(slot.map_or(time, |t| t.max(time)));
+    }
+    out
+}
+
+pub(super) fn rows_per_partition(
+    keep: &[bool],
+    origin: &[&SourceRecord],
+) -> BTreeMap<i32, Vec<u32>> {
+    let mut out: BTreeMap<i32, Vec<u32>> = BTreeMap::new();
+    for (row, record) in origin.iter().enumerate() {
+        if keep[row] {
+            out.entry(record.partition).or_default().push(row as u32);
+        }
+    }
+    out
+}
