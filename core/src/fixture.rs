@@ -17,15 +17,14 @@ pub const T0_MS: i64 = 1_714_557_600_000;
 /// The regions orders come from; a generator uses the first [`OrderShape::regions`].
 pub const REGIONS: [&str; 6] = ["eu", "us", "apac", "latam", "mea", "anz"];
 
-/// The orders fields as a job file declares them (seed 000's order event).
-pub const ORDER_FIELDS: &str = r#"fields = [
-  { name = "order_id", type = "string", nullable = false },
+/// The orders fields as a job file's `fields` array lists them (seed 000's order event).
+pub const ORDER_FIELDS: &str = r#"  { name = "order_id", type = "string", nullable = false },
   { name = "customer_id", type = "string" },
   { name = "region", type = "string" },
   { name = "amount", type = "float64" },
   { name = "status", type = "string" },
   { name = "event_time", type = "timestamp" },
-]"#;
+"#;
 
 /// The knobs of an orders job; [`Default`] is a test job over topic `orders`.
 #[derive(Debug, Clone)]
@@ -37,6 +36,10 @@ pub struct OrdersJob<'a> {
     /// The view key, as a TOML array.
     pub key: &'a str,
     pub bucket: &'a str,
+    /// More `[source]` settings, as TOML lines.
+    pub source_extra: &'a str,
+    /// More fields after [`ORDER_FIELDS`], as TOML lines of the `fields` array.
+    pub extra_fields: &'a str,
 }
 
 impl Default for OrdersJob<'_> {
@@ -48,6 +51,8 @@ impl Default for OrdersJob<'_> {
             allowed_lateness: "30s",
             key: r#"["region"]"#,
             bucket: "1h",
+            source_extra: "",
+            extra_fields: "",
         }
     }
 }
@@ -62,6 +67,8 @@ impl OrdersJob<'_> {
             allowed_lateness,
             key,
             bucket,
+            source_extra,
+            extra_fields,
         } = self;
         format!(
             r#"
@@ -72,7 +79,9 @@ table = "orders"
 event_time = "event_time"
 watermark_delay = "{watermark_delay}"
 allowed_lateness = "{allowed_lateness}"
-{ORDER_FIELDS}
+{source_extra}
+fields = [
+{ORDER_FIELDS}{extra_fields}]
 [transform]
 sql = """
 {sql}

@@ -309,7 +309,9 @@ mod tests {
             ));
             let codec = StateCodec::new(vec![field]);
             let mut out = Vec::new();
-            codec.encode_row(&[column.clone()], 0, &mut out).unwrap();
+            codec
+                .encode_row(std::slice::from_ref(&column), 0, &mut out)
+                .unwrap();
             assert_eq!(
                 StateCodec::present_width(column.data_type()),
                 Some(out.len() - 1),

@@ -18,7 +18,7 @@ use arrow::array::RecordBatch;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sluice_core::decode::MAX_NESTING;
-use sluice_core::fixture::{OrderGenerator, OrderShape};
+use sluice_core::fixture::{OrderGenerator, OrderShape, OrdersJob};
 use sluice_core::lake::TableLocation;
 use sluice_core::{DivertReason, Job, Lake};
 
@@ -51,36 +51,20 @@ GROUP BY region, TUMBLE(event_time, INTERVAL '1' MINUTE)";
 /// `gift` (boolean), so the corpus can break every type's range. `order_id` comes first: the
 /// first required field, the one `{}` is reported missing.
 pub fn job_toml(name: &str, topic: &str) -> String {
-    format!(
-        r#"
-name = "{name}"
-[source]
-topic = "{topic}"
-table = "orders"
-event_time = "event_time"
-watermark_delay = "5s"
-allowed_lateness = "1h"
-max_future_skew = "1h"
-fields = [
-  {{ name = "order_id", type = "string", nullable = false }},
-  {{ name = "region", type = "string" }},
-  {{ name = "amount", type = "float64" }},
-  {{ name = "qty", type = "string" }},
-  {{ name = "status", type = "string" }},
-  {{ name = "items", type = "int64" }},
-  {{ name = "priority", type = "int32" }},
-  {{ name = "gift", type = "boolean" }},
-  {{ name = "event_time", type = "timestamp" }},
-]
-[transform]
-sql = """
-{SQL}
-"""
-[view]
-key = ["region"]
-bucket = "10m"
-"#
-    )
+    OrdersJob {
+        name,
+        topic,
+        allowed_lateness: "1h",
+        bucket: "10m",
+        source_extra: r#"max_future_skew = "1h""#,
+        extra_fields: r#"  { name = "qty", type = "string" },
+  { name = "items", type = "int64" },
+  { name = "priority", type = "int32" },
+  { name = "gift", type = "boolean" },
+"#,
+        ..OrdersJob::default()
+    }
+    .toml(SQL)
 }
 
 /// The corpus job parsed in process (for tests that need no job file).

@@ -1050,30 +1050,10 @@ fn jobs_on_one_topic_are_listed_and_report_their_topics_and_keys() {
         (served.name(0), json!(["region"])),
         (served.name(1), json!([])),
     ] {
+        // Every field of the status is checked in process (serving's api tests); here, what
+        // only the real processes know.
         let status = wait_caught_up(addr, job, None, LONG);
-        for field in [
-            "job",
-            "source_topic",
-            "speed_topic",
-            "view_table",
-            "key_columns",
-            "cutoff",
-            "cutoff_us",
-            "watermark",
-            "watermark_us",
-            "speed_lag_records",
-            "source_lag_records",
-            "last_batch_run",
-            "rows",
-            "freshness_ms",
-            "snapshot_at",
-            "ready",
-        ] {
-            assert!(
-                status.get(field).is_some(),
-                "job status lacks `{field}`: {status}"
-            );
-        }
+        assert_eq!(status["ready"], true, "{status}");
         assert_eq!(status["source_topic"], served.topic.as_str());
         assert_eq!(status["speed_topic"], format!("{job}.speed"));
         assert_eq!(status["key_columns"], keys);
