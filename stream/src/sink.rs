@@ -213,9 +213,15 @@ impl LakeSink {
                     &mut progress,
                     &mut summary,
                 )?;
-            } else if pending.records.is_empty() {
-                self.record_ends(&consumer, &runtime, &mut table, &mut progress, &mut summary)?;
             }
+            // Also while other partitions stream: a busy sink is rarely without pending rows.
+            self.record_ends(
+                &consumer,
+                &runtime,
+                &mut table,
+                (&pending, &mut progress),
+                &mut summary,
+            )?;
         }
         self.commit(
             &consumer,
@@ -379,15 +385,16 @@ impl LakeSink {
         }
     }
 
-    /// Records, in a commit without rows, the assigned partitions that have no landed row and
-    /// that this sink has read to their end: an empty partition must not hold the raw table's
-    /// completeness back forever. Checked once per commit interval.
+    /// Records, in a commit without rows, the assigned partitions that have no landed row, no
+    /// pending row, and that this sink has read to their end: an empty partition must not hold
+    /// the raw table's completeness back forever. Checked once per commit interval, whether or
+    /// not other partitions have rows pending.
     fn record_ends(
         &self,
         consumer: &BaseConsumer<GroupContext>,
         runtime: &tokio::runtime::Handle,
         table: &mut WritableTable,
-        progress: &mut Progress,
+        (pending, progress): (&Pending, &mut Progress),
         summary: &mut SinkSummary,
     ) -> Result<()> {
         if progress
@@ -409,7 +416,11 @@ impl LakeSink {
         for element in assignment.elements_for_topic(topic) {
             let partition = element.partition();
             let known = lake.by_partition.get(&partition).copied();
-            if known.is_some_and(|p| p.max_event_us.is_some() || p.at_end) {
+            // A partition with rows waiting for their commit is not empty: it must not count
+            // as complete before they land.
+            if known.is_some_and(|p| p.max_event_us.is_some() || p.at_end)
+                || pending.records.contains_key(&partition)
+            {
                 continue;
             }
             if !read_to_end(consumer, topic, partition) {
