@@ -30,3 +30,4 @@ if [ ! -f "$SLUICE_VENV/.sluice-reqs" ] || [ "$(cat "$SLUICE_VENV/.sluice-reqs")
   "$SLUICE_VENV/bin/pip" install -q --disable-pip-version-check $sluice_py_reqs
   echo "$sluice_py_reqs" > "$SLUICE_VENV/.sluice-reqs"
 fi
+

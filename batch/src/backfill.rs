@@ -4,7 +4,9 @@
 //! `JobPlan` exactly as micro-batches do in the speed layer: stage 1, then partial states per
 //! (key, window, bucket), merged as they accumulate. The result replaces that bucket range of
 //! the view table in one Delta commit, so re-running a range is idempotent. The commit records
-//! the new cutoff: the batch view covers every bucket before it.
+//! the new cutoff (the batch view covers every bucket before it) and the ranges landed beyond
+//! it ([`ViewCoverage`]): backfills of disjoint ranges may run concurrently, and the cutoff
+//! moves only over ranges contiguous with it.
 //!
 //! Raw rows the plan fails on (they decoded, so they are in the lake, but e.g. a CAST fails on
 //! them) are skipped, exactly the rows the speed layer dead-letters: both run
@@ -13,7 +15,7 @@
 //! backfill of its range.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arrow::array::{AsArray, RecordBatch, TimestampMicrosecondArray};
@@ -29,7 +31,8 @@ use sluice_core::lake_progress::{Completeness, raw_completeness};
 use sluice_core::rows::to_json_lines;
 use sluice_core::spec::UTC;
 use sluice_core::time::{ceil_to, floor_to, format_time};
-use sluice_core::{BatchTransform, DivertReason, Job, JobPlan, Lake, Pipeline};
+use sluice_core::topics::view_writer_app_id;
+use sluice_core::{BatchTransform, DivertReason, Job, JobPlan, Lake, Pipeline, ViewCoverage};
 
 use crate::error::{BatchError, Result};
 
@@ -106,22 +109,34 @@ pub async fn backfill(
     let pipeline = compile(job, transform)?;
     let raw = TableLocation::new(lake.raw_table(job));
     let view = TableLocation::new(lake.view_table(job));
+    view.check_view_plan(job).await?;
     let bucket = job.bucket_micros();
     let (from, requested_to) = resolve_range(job, &raw, &request, bucket).await?;
     let completeness = raw_completeness(&raw, job).await?;
     let (to, clamped_from, incomplete) =
         clamp_to_lake(job, (from, requested_to), completeness, &request)?;
+    // The rows of one raw version, recorded in the commit (what `sluice verify` cuts at).
+    let raw_version = raw.open().await?.version();
+    let pinned = raw_version.map_or_else(|| raw.clone(), |v| raw.at_version(v));
     let progress = progress_bar(request.progress);
     let mut fold = Fold::new(&pipeline);
-    fold_raw(job, &raw, &mut fold, (Some(from), Some(to)), &progress).await?;
+    fold_raw(job, &pinned, &mut fold, (Some(from), Some(to)), &progress).await?;
     progress.finish_and_clear();
     let rows = fold.finish()?;
     let view_rows = rows.num_rows();
-    let previous = view.cutoff().await?;
-    let cutoff = next_cutoff(previous, from, to);
+    let starts_history = match view.coverage().await?.cutoff {
+        Some(_) => false,
+        None => first_event(job, &raw)
+            .await?
+            .is_none_or(|first| from <= floor_to(first, bucket)),
+    };
     let mut metadata = HashMap::from([
         (commit_key::OPERATION.to_string(), json!("backfill")),
         (commit_key::JOB.to_string(), json!(job.name())),
+        (
+            commit_key::PLAN_FINGERPRINT.to_string(),
+            json!(job.plan_fingerprint()),
+        ),
         (commit_key::FROM_US.to_string(), json!(from)),
         (commit_key::TO_US.to_string(), json!(to)),
         (commit_key::ROWS_READ.to_string(), json!(fold.rows_read)),
@@ -131,13 +146,39 @@ pub async fn backfill(
             json!(fold.rejected.len()),
         ),
     ]);
-    if let Some(cutoff) = cutoff {
-        metadata.insert(CUTOFF_KEY.to_string(), json!(cutoff));
-    }
     if let Some(until) = completeness.until_us() {
         metadata.insert(commit_key::LAKE_COMPLETE_UNTIL_US.to_string(), json!(until));
     }
-    let written = view.replace_buckets(vec![rows], from, to, metadata).await?;
+    if let Some(version) = raw_version {
+        metadata.insert(commit_key::RAW_VERSION.to_string(), json!(version));
+    }
+    // The coverage this commit lands on (it may be redone on a newer one after a conflict
+    // with a concurrent shard): the last attempt's is the one committed.
+    let landed: Mutex<ViewCoverage> = Mutex::default();
+    let metadata_for = |coverage: &ViewCoverage| {
+        let next = coverage.land(from, to, starts_history);
+        let mut metadata = metadata.clone();
+        if let Some(cutoff) = next.cutoff {
+            metadata.insert(CUTOFF_KEY.to_string(), json!(cutoff));
+        }
+        metadata.insert(commit_key::LANDED_US.to_string(), next.landed_json());
+        *landed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = next;
+        metadata
+    };
+    let written = view
+        .replace_buckets(
+            vec![rows],
+            (from, to),
+            &view_writer_app_id(job),
+            metadata_for,
+        )
+        .await?;
+    let coverage = landed
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let cutoff = coverage.cutoff;
     if !fold.rejected.is_empty() {
         tracing::warn!(
             job = job.name(),
@@ -145,12 +186,12 @@ pub async fn backfill(
             "backfill skipped raw rows the plan failed on (the speed layer dead-letters the same records)"
         );
     }
-    if cutoff == previous && previous.is_some_and(|p| p < from) {
+    if let Some(&(gap_end, _)) = coverage.landed.first() {
         tracing::warn!(
             job = job.name(),
-            cutoff = %format_time(previous.unwrap_or_default()),
-            "backfill left a gap before {}: the cutoff stays until the gap is backfilled",
-            format_time(from)
+            cutoff = %cutoff.map_or_else(|| "none".to_string(), format_time),
+            gap_until = %format_time(gap_end),
+            "the batch view has a gap before the ranges landed beyond the cutoff: the cutoff moves over them once the gap is backfilled"
         );
     }
     Ok(BackfillReport {
@@ -192,6 +233,22 @@ async fn fold_raw(
     range: (Option<i64>, Option<i64>),
     progress: &ProgressBar,
 ) -> Result<()> {
+    scan_raw(job, raw, range, |source, origin| {
+        fold.add(source, origin)?;
+        progress.inc(source.num_rows() as u64);
+        Ok(())
+    })
+    .await
+}
+
+/// Hands every raw batch with event time in `range` to `each`, as the job's source columns
+/// with where each row came from.
+pub(crate) async fn scan_raw(
+    job: &Job,
+    raw: &TableLocation,
+    range: (Option<i64>, Option<i64>),
+    mut each: impl FnMut(&RecordBatch, &RawOrigin) -> Result<()>,
+) -> Result<()> {
     let source_schema = job.source_schema();
     let mut columns: Vec<String> = source_schema
         .fields()
@@ -213,8 +270,7 @@ async fn fold_raw(
                 during: "reading raw rows with the job's schema",
                 source: Box::new(source),
             })?;
-        fold.add(&source, &RawOrigin::of(&batch, width))?;
-        progress.inc(batch.num_rows() as u64);
+        each(&source, &RawOrigin::of(&batch, width))?;
     }
     Ok(())
 }
@@ -229,23 +285,7 @@ pub async fn recompute_partials(
     let raw = TableLocation::new(lake.raw_table(job));
     let mut fold = Fold::new(pipeline);
     fold_raw(job, &raw, &mut fold, (None, None), &ProgressBar::hidden()).await?;
-    let Some(stage) = pipeline.plan().aggregate() else {
-        return Err(BatchError::Stateless {
-            job: job.name().to_string(),
-            what: "recompute",
-        });
-    };
-    Ok(stage.merge(&fold.pending)?)
-}
-
-/// The cutoff moves to `to` when the new range starts at or before the old cutoff (the view
-/// stays contiguous) or when there was none; otherwise it stays.
-fn next_cutoff(previous: Option<i64>, from: i64, to: i64) -> Option<i64> {
-    match previous {
-        None => Some(to),
-        Some(previous) if from <= previous => Some(previous.max(to)),
-        Some(previous) => Some(previous),
-    }
+    fold.partials(job)
 }
 
 async fn resolve_range(
@@ -319,6 +359,24 @@ fn clamp_to_lake(
 }
 
 async fn earliest_event(job: &Job, raw: &TableLocation) -> Result<i64> {
+    first_event(job, raw)
+        .await?
+        .ok_or_else(|| BatchError::Range {
+            job: job.name().to_string(),
+            from: "(earliest event)".to_string(),
+            to: "-".to_string(),
+            why: format!(
+                "the raw table {} has no rows; load or ingest events first",
+                raw.location
+            ),
+        })
+}
+
+/// The raw table's earliest event time (µs), `None` when it has no rows.
+async fn first_event(job: &Job, raw: &TableLocation) -> Result<Option<i64>> {
+    if raw.open().await?.version().is_none() {
+        return Ok(None);
+    }
     let time = job.spec.source.event_time.clone();
     let mut stream = raw
         .scan(std::slice::from_ref(&time), &time, None, None)
@@ -331,15 +389,7 @@ async fn earliest_event(job: &Job, raw: &TableLocation) -> Result<i64> {
             earliest = Some(earliest.map_or(min, |e| e.min(min)));
         }
     }
-    earliest.ok_or_else(|| BatchError::Range {
-        job: job.name().to_string(),
-        from: "(earliest event)".to_string(),
-        to: "-".to_string(),
-        why: format!(
-            "the raw table {} has no rows; load or ingest events first",
-            raw.location
-        ),
-    })
+    Ok(earliest)
 }
 
 fn progress_bar(enabled: bool) -> ProgressBar {
@@ -358,9 +408,9 @@ fn progress_bar(enabled: bool) -> ProgressBar {
 }
 
 /// Where each raw row of a scanned batch came from (its source partition and offset columns).
-struct RawOrigin {
-    partitions: Vec<Option<i32>>,
-    offsets: Vec<Option<i64>>,
+pub(crate) struct RawOrigin {
+    pub(crate) partitions: Vec<Option<i32>>,
+    pub(crate) offsets: Vec<Option<i64>>,
 }
 
 impl RawOrigin {
@@ -383,7 +433,7 @@ impl RawOrigin {
 }
 
 /// Runs the plan over raw batches and accumulates the view rows.
-struct Fold<'a> {
+pub(crate) struct Fold<'a> {
     pipeline: &'a Pipeline,
     plan: &'a JobPlan,
     pending: Vec<RecordBatch>,
@@ -393,7 +443,7 @@ struct Fold<'a> {
 }
 
 impl<'a> Fold<'a> {
-    fn new(pipeline: &'a Pipeline) -> Fold<'a> {
+    pub(crate) fn new(pipeline: &'a Pipeline) -> Fold<'a> {
         Fold {
             pipeline,
             plan: pipeline.plan(),
@@ -404,7 +454,7 @@ impl<'a> Fold<'a> {
         }
     }
 
-    fn add(&mut self, raw: &RecordBatch, origin: &RawOrigin) -> Result<()> {
+    pub(crate) fn add(&mut self, raw: &RecordBatch, origin: &RawOrigin) -> Result<()> {
         self.rows_read += raw.num_rows();
         let isolated = self.pipeline.evaluate_isolating(raw)?;
         for failed in isolated.failed {
@@ -429,6 +479,17 @@ impl<'a> Fold<'a> {
             self.compact()?;
         }
         Ok(())
+    }
+
+    /// The partial states folded so far, merged per (key, window, bucket). Aggregate jobs.
+    pub(crate) fn partials(&self, job: &Job) -> Result<RecordBatch> {
+        let Some(stage) = self.plan.aggregate() else {
+            return Err(BatchError::Stateless {
+                job: job.name().to_string(),
+                what: "merge",
+            });
+        };
+        Ok(stage.merge(&self.pending)?)
     }
 
     fn compact(&mut self) -> Result<()> {
@@ -491,18 +552,4 @@ fn concat(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch> {
         }
         .into()
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::next_cutoff;
-
-    #[test]
-    fn cutoff_moves_only_when_the_view_stays_contiguous() {
-        assert_eq!(next_cutoff(None, 10, 20), Some(20));
-        assert_eq!(next_cutoff(Some(20), 10, 30), Some(30));
-        assert_eq!(next_cutoff(Some(20), 20, 30), Some(30));
-        assert_eq!(next_cutoff(Some(40), 10, 30), Some(40));
-        assert_eq!(next_cutoff(Some(20), 25, 30), Some(20));
-    }
 }

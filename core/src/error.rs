@@ -66,6 +66,9 @@ pub enum Error {
     Transform { name: String, message: String },
     #[error("invalid time `{value}`: {why}")]
     InvalidTime { value: String, why: String },
+    /// State written by another plan (see [`crate::plan_version`]).
+    #[error(transparent)]
+    Plan(#[from] Box<crate::plan_version::PlanMismatch>),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

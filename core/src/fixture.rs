@@ -5,6 +5,8 @@
 //! Amounts are multiples of 0.25, exact in binary floating point, so a SUM does not depend on
 //! the order the layers add values in: the batch and speed layers' answers compare exactly.
 
+use std::borrow::Cow;
+
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -128,6 +130,12 @@ impl Order {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
+    /// The position of the order's region in [`REGIONS`] (0 for a region not in it), for a
+    /// caller that partitions orders by region.
+    pub fn region_index(&self) -> usize {
+        REGIONS.iter().position(|r| *r == self.region).unwrap_or(0)
+    }
+
     /// The order as a JSON object, for a caller that adds fields of its own.
     pub fn to_value(&self) -> serde_json::Map<String, serde_json::Value> {
         match serde_json::to_value(self) {
@@ -140,8 +148,10 @@ impl Order {
 /// What a generator's orders look like.
 #[derive(Debug, Clone)]
 pub struct OrderShape {
-    /// `order_id` is this prefix and the order's sequence number.
-    pub id_prefix: &'static str,
+    /// `order_id` is this prefix and the order's sequence number; a caller that produces
+    /// several generators' orders into one topic gives each its own (e.g. `o{seed}-`), so ids
+    /// stay unique.
+    pub id_prefix: Cow<'static, str>,
     /// The first order's event time (ms).
     pub start_ms: i64,
     /// Event-time step between consecutive orders (ms).
@@ -159,7 +169,7 @@ pub struct OrderShape {
 impl Default for OrderShape {
     fn default() -> Self {
         OrderShape {
-            id_prefix: "o",
+            id_prefix: Cow::Borrowed("o"),
             start_ms: T0_MS,
             spacing_ms: 1_000,
             disorder_ms: 0,
@@ -277,5 +287,18 @@ mod tests {
         assert!(a.iter().all(|o| o.event_time >= T0_MS));
         assert!(a.iter().all(|o| (o.amount * 4.0).fract() == 0.0));
         assert_eq!(a[7].order_id, "o7");
+    }
+
+    #[test]
+    fn ids_carry_an_owned_prefix_and_region_indices_point_into_the_region_list() {
+        let seed = 9;
+        let shape = OrderShape {
+            id_prefix: format!("o{seed}-").into(),
+            regions: REGIONS.len(),
+            ..OrderShape::default()
+        };
+        let orders: Vec<Order> = OrderGenerator::new(seed, shape).take(50).collect();
+        assert_eq!(orders[3].order_id, "o9-3");
+        assert!(orders.iter().all(|o| REGIONS[o.region_index()] == o.region));
     }
 }

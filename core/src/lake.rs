@@ -31,6 +31,7 @@ use crate::error::{Error, Result, arrow_err};
 use crate::lake_progress::LakeProgress;
 use crate::plan::JobPlan;
 use crate::spec::{Job, UTC, timestamp_type};
+use crate::view_coverage::ViewCoverage;
 
 pub const SOURCE_PARTITION_COLUMN: &str = "__source_partition";
 pub const SOURCE_OFFSET_COLUMN: &str = "__source_offset";
@@ -62,6 +63,13 @@ pub mod commit_key {
     /// Backfill: the raw table's completeness bound it was clamped by (µs; absent when the
     /// raw table holds loaded files only).
     pub const LAKE_COMPLETE_UNTIL_US: &str = "sluice.lake_complete_until_us";
+    /// Backfill: the ranges landed beyond the cutoff, not yet contiguous with it
+    /// ([`crate::ViewCoverage`]: `[[from_us, to_us], …]`).
+    pub const LANDED_US: &str = "sluice.landed_us";
+    /// Backfill: the raw table version it read (its rows are exactly that version's).
+    pub const RAW_VERSION: &str = "sluice.raw_version";
+    /// Backfill: the [`crate::Job::plan_fingerprint`] of the plan that wrote the view.
+    pub const PLAN_FINGERPRINT: &str = "sluice.plan_fingerprint";
 }
 
 /// The raw table's schema for `job`.
@@ -179,12 +187,33 @@ impl WritableTable {
 #[derive(Debug, Clone)]
 pub struct TableLocation {
     pub location: String,
+    /// Read the table as of this version instead of the newest (for readers only: a write
+    /// always commits on the newest version).
+    as_of: Option<u64>,
+}
+
+/// A backfill's commit of a view table: the bucket range it replaced and the raw table
+/// version it read (`None` in commits from before the version was recorded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackfillSource {
+    pub from_us: i64,
+    pub to_us: i64,
+    pub raw_version: Option<u64>,
 }
 
 impl TableLocation {
     pub fn new(location: impl Into<String>) -> TableLocation {
         TableLocation {
             location: location.into(),
+            as_of: None,
+        }
+    }
+
+    /// The same table read as of `version` (time travel).
+    pub fn at_version(&self, version: u64) -> TableLocation {
+        TableLocation {
+            location: self.location.clone(),
+            as_of: Some(version),
         }
     }
 
@@ -199,6 +228,10 @@ impl TableLocation {
     pub async fn open(&self) -> Result<DeltaTable> {
         let url = deltalake::ensure_table_uri(&self.location).map_err(self.delta())?;
         let mut table = DeltaTable::try_from_url(url).await.map_err(self.delta())?;
+        if let Some(version) = self.as_of {
+            table.load_version(version).await.map_err(self.delta())?;
+            return Ok(table);
+        }
         match table.load().await {
             Ok(()) | Err(DeltaTableError::NotATable(_)) => Ok(table),
             Err(e) => Err(self.delta()(e)),
@@ -257,29 +290,130 @@ impl TableLocation {
         })
     }
 
-    /// Replaces every row whose `__bucket` is in `[from, to)` with `batches`, in one commit.
+    /// Replaces every row whose `__bucket` is in `[from, to)` with `batches`, in one commit
+    /// whose metadata `metadata_for` builds from the view's coverage as of the version the
+    /// commit lands on.
+    ///
+    /// Replaces of disjoint ranges may run concurrently (sharded backfills): every commit
+    /// carries a Delta transaction action under `writer_app_id`, so of two commits made on the
+    /// same table version the later one conflicts, and it is redone on the newer version with
+    /// the coverage read again. Coverage is never updated from a stale read.
     pub async fn replace_buckets(
         &self,
         batches: Vec<RecordBatch>,
-        from: i64,
-        to: i64,
-        metadata: HashMap<String, serde_json::Value>,
+        (from, to): (i64, i64),
+        writer_app_id: &str,
+        metadata_for: impl Fn(&ViewCoverage) -> HashMap<String, serde_json::Value>,
     ) -> Result<DeltaTable> {
+        /// Commits redone after a conflict before giving up.
+        const ATTEMPTS: u32 = 32;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            // The coverage is read from the very version the write commits on: any commit
+            // after it carries the same app id and so makes this one conflict.
+            let table = self.open().await?;
+            let coverage = self.coverage_in(&table).await?;
+            let metadata = metadata_for(&coverage);
+            let next_version = table.version().map_or(0, |v| v as i64 + 1);
+            let write = ReplaceWrite {
+                batches: batches.clone(),
+                range: (from, to),
+                metadata,
+                app: (writer_app_id, next_version),
+            };
+            match write.commit_on(table).await {
+                Err(e) if is_conflict(&e) && attempt < ATTEMPTS => {
+                    tracing::debug!(table = %self.location, attempt, error = %e, "view commit conflicted with a concurrent backfill; redoing it on the newer version");
+                    // Spreads the retries of several shards apart.
+                    let pause = 20 * u64::from(attempt) + u64::from(rand::random::<u8>() % 50);
+                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                }
+                Err(e) => return Err(self.delta()(e)),
+                Ok(table) => return Ok(table),
+            }
+        }
+    }
+
+    /// The view's coverage as of `table`'s version: the newest cutoff and landed ranges.
+    async fn coverage_in(&self, table: &DeltaTable) -> Result<ViewCoverage> {
+        if table.version().is_none() {
+            return Ok(ViewCoverage::default());
+        }
+        let mut history = table.history(None);
+        let (mut cutoff, mut landed) = (None, None);
+        while let Some(commit) = history.try_next().await.map_err(self.delta())? {
+            if cutoff.is_none() {
+                cutoff = commit.info.get(CUTOFF_KEY).cloned();
+            }
+            if landed.is_none() {
+                landed = commit.info.get(commit_key::LANDED_US).cloned();
+            }
+            if cutoff.is_some() && landed.is_some() {
+                break;
+            }
+        }
+        Ok(ViewCoverage::from_commit(cutoff.as_ref(), landed.as_ref()))
+    }
+
+    /// Refuses a view table another plan than `job`'s wrote (its newest commit that names a
+    /// plan decides; a table written before fingerprints existed names none and passes).
+    pub async fn check_view_plan(&self, job: &Job) -> Result<()> {
+        let found = self
+            .latest_commit_value(commit_key::PLAN_FINGERPRINT)
+            .await?;
+        let place = format!("the view table {}", self.location);
+        job.check_plan(&place, found.as_ref().and_then(|v| v.as_str()))
+            .map_err(|mismatch| Error::Plan(Box::new(mismatch)))
+    }
+
+    /// The backfill commits of this view table, newest first (as of the pinned version).
+    pub async fn backfill_sources(&self) -> Result<Vec<BackfillSource>> {
         let table = self.open().await?;
-        let exists = table.version().is_some();
-        let properties = CommitProperties::default().with_metadata(metadata);
-        let builder = table.write(batches).with_commit_properties(properties);
-        let builder = if exists {
-            let predicate = col(BUCKET_COLUMN)
-                .gt_eq(lit(micros(from)))
-                .and(col(BUCKET_COLUMN).lt(lit(micros(to))));
-            builder
-                .with_save_mode(SaveMode::Overwrite)
-                .with_replace_where(predicate)
-        } else {
-            builder.with_save_mode(SaveMode::Append)
-        };
-        builder.await.map_err(self.delta())
+        if table.version().is_none() {
+            return Ok(Vec::new());
+        }
+        let mut history = table.history(None);
+        let mut sources = Vec::new();
+        while let Some(commit) = history.try_next().await.map_err(self.delta())? {
+            let info = &commit.info;
+            let is_backfill = info
+                .get(commit_key::OPERATION)
+                .and_then(|v| v.as_str())
+                .is_some_and(|op| op == "backfill");
+            let us = |key: &str| info.get(key).and_then(|v| v.as_i64());
+            if let (true, Some(from_us), Some(to_us)) =
+                (is_backfill, us(commit_key::FROM_US), us(commit_key::TO_US))
+            {
+                sources.push(BackfillSource {
+                    from_us,
+                    to_us,
+                    raw_version: info.get(commit_key::RAW_VERSION).and_then(|v| v.as_u64()),
+                });
+            }
+        }
+        Ok(sources)
+    }
+
+    /// Deletes the table: every object under its location (`sluice retire`). Returns how
+    /// many were deleted; a table that does not exist deletes nothing.
+    pub async fn delete_all(&self) -> Result<usize> {
+        use futures::StreamExt;
+        let table = self.open().await?;
+        let store = table.object_store();
+        let objects = store.list(None).map_ok(|meta| meta.location).boxed();
+        let deleted: Vec<object_store::path::Path> = store
+            .delete_stream(objects)
+            .try_collect()
+            .await
+            .map_err(|e| self.delta()(DeltaTableError::ObjectStore { source: e }))?;
+        Ok(deleted.len())
+    }
+
+    /// The view's coverage now (see [`ViewCoverage`]).
+    pub async fn coverage(&self) -> Result<ViewCoverage> {
+        let table = self.open().await?;
+        self.coverage_in(&table).await
     }
 
     /// The last version written by `app_id` (a Delta transaction action), if any.
@@ -486,6 +620,53 @@ impl TableLocation {
 }
 
 /// A UTC microsecond timestamp literal.
+/// A commit lost to a concurrent one (redone on the newer version), as opposed to a failure.
+fn is_conflict(error: &DeltaTableError) -> bool {
+    use deltalake::kernel::transaction::TransactionError;
+    matches!(
+        error,
+        DeltaTableError::VersionAlreadyExists(_)
+            | DeltaTableError::Transaction {
+                source: TransactionError::CommitConflict(_)
+                    | TransactionError::MaxCommitAttempts(_)
+            }
+    )
+}
+
 pub fn micros(value: i64) -> ScalarValue {
     ScalarValue::TimestampMicrosecond(Some(value), Some(UTC.into()))
+}
+
+/// One attempt at a bucket-range replace (see [`TableLocation::replace_buckets`]).
+struct ReplaceWrite<'a> {
+    batches: Vec<RecordBatch>,
+    range: (i64, i64),
+    metadata: HashMap<String, serde_json::Value>,
+    /// The Delta transaction action that serializes view writers: app id and version.
+    app: (&'a str, i64),
+}
+
+impl ReplaceWrite<'_> {
+    async fn commit_on(
+        self,
+        table: DeltaTable,
+    ) -> std::result::Result<DeltaTable, DeltaTableError> {
+        let exists = table.version().is_some();
+        let properties = CommitProperties::default()
+            .with_metadata(self.metadata)
+            .with_application_transaction(Transaction::new(self.app.0, self.app.1));
+        let builder = table.write(self.batches).with_commit_properties(properties);
+        let builder = if exists {
+            let (from, to) = self.range;
+            let predicate = col(BUCKET_COLUMN)
+                .gt_eq(lit(micros(from)))
+                .and(col(BUCKET_COLUMN).lt(lit(micros(to))));
+            builder
+                .with_save_mode(SaveMode::Overwrite)
+                .with_replace_where(predicate)
+        } else {
+            builder.with_save_mode(SaveMode::Append)
+        };
+        builder.await
+    }
 }

@@ -22,6 +22,11 @@ use crate::spec::Job;
 /// How complete `job`'s raw table `raw` is (see the module docs).
 pub async fn raw_completeness(raw: &TableLocation, job: &Job) -> Result<Completeness> {
     let delay = job.spec.source.watermark_delay.as_micros() as i64;
+    // No table yet: nothing has landed, so nothing is complete (a backfill must not move the
+    // cutoff over records still on their way).
+    if raw.open().await?.version().is_none() {
+        return Ok(Completeness::Nothing);
+    }
     Ok(match raw.lake_progress().await? {
         None => Completeness::Unbounded,
         Some(progress) => progress.complete_until(delay),
@@ -73,6 +78,15 @@ impl Completeness {
                 to.min(floor)
             }
             Completeness::Nothing => i64::MIN,
+        }
+    }
+
+    /// `unbounded`, `until` or `nothing`, as `sluice lake status --output json` names it.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Completeness::Unbounded => "unbounded",
+            Completeness::Until(_) => "until",
+            Completeness::Nothing => "nothing",
         }
     }
 

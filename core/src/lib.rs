@@ -11,6 +11,7 @@
 //! benches and demo of every layer share.
 
 pub mod aggregate;
+pub mod control;
 pub mod decode;
 #[cfg(test)]
 mod decode_props;
@@ -25,6 +26,7 @@ pub mod lake_progress;
 pub mod partial_layout;
 pub mod pipeline;
 pub mod plan;
+pub mod plan_version;
 pub mod rows;
 pub mod spec;
 pub mod speed;
@@ -33,6 +35,7 @@ pub mod time;
 pub mod topics;
 pub mod transform;
 pub mod udf;
+pub mod view_coverage;
 pub mod window;
 
 pub use aggregate::AggregateStage;
@@ -41,6 +44,8 @@ pub use error::{Error, Result};
 pub use partial_layout::{KeyPrefix, Origin, PartialLayout};
 pub use pipeline::{Evaluated, FailedRow, Isolated, Pipeline};
 pub use plan::JobPlan;
+pub use plan_version::PlanMismatch;
 pub use spec::{Job, Lake};
 pub use topics::DivertReason;
 pub use transform::{BatchTransform, TransformRegistry};
+pub use view_coverage::ViewCoverage;

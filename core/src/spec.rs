@@ -166,6 +166,11 @@ pub struct ViewSpec {
     /// boundary. Default 1h.
     #[serde(default = "default_bucket", with = "serde_duration")]
     pub bucket: Duration,
+    /// The view version (default 1): raise it when the plan changes, and the new plan writes
+    /// its state under names of its own (see [`crate::plan_version`]) while the old version
+    /// keeps serving.
+    #[serde(default = "default_version")]
+    pub version: u32,
 }
 
 impl Default for ViewSpec {
@@ -173,8 +178,13 @@ impl Default for ViewSpec {
         ViewSpec {
             key: Vec::new(),
             bucket: default_bucket(),
+            version: default_version(),
         }
     }
+}
+
+fn default_version() -> u32 {
+    1
 }
 
 fn default_bucket() -> Duration {
@@ -261,25 +271,6 @@ impl Job {
         self.spec.view.bucket.as_micros() as i64
     }
 
-    /// A hash of everything that decides what the plan computes and how its state is laid
-    /// out (schema, event time, SQL, transform, view key, bucket, and Sluice's version): state
-    /// written under one fingerprint is never reused under another.
-    pub fn plan_fingerprint(&self) -> String {
-        let source = &self.spec.source;
-        let canonical = format!(
-            "sluice {}\0{:?}\0{}\0{}\0{}\0{:?}\0{:?}\0{}",
-            env!("CARGO_PKG_VERSION"),
-            source.fields,
-            source.event_time,
-            self.table_name(),
-            self.spec.transform.sql,
-            self.spec.transform.polars,
-            self.spec.view.key,
-            self.bucket_micros()
-        );
-        blake3::hash(canonical.as_bytes()).to_hex()[..32].to_string()
-    }
-
     fn invalid(&self, field: &str, expected: &str, got: impl Into<String>) -> Error {
         Error::InvalidField {
             file: self.file.clone(),
@@ -348,6 +339,9 @@ impl Job {
             }
             Some(_) => {}
         }
+        if spec.view.version == 0 {
+            return Err(self.invalid("view.version", "a version number from 1", "0"));
+        }
         if spec.view.bucket.as_millis() == 0 {
             return Err(self.invalid("view.bucket", "a positive duration", "0"));
         }
@@ -391,7 +385,7 @@ impl Lake {
             .lake
             .view
             .clone()
-            .unwrap_or_else(|| format!("{}/views/{}", self.root, job.spec.name))
+            .unwrap_or_else(|| format!("{}/views/{}", self.root, job.versioned_name()))
     }
 }
 

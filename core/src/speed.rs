@@ -13,10 +13,11 @@
 //! of every row key with those values: the state store scans a view key's windows or a window's
 //! buckets by prefix.
 //!
-//! One reserved key per partition, [`WATERMARK_KEY`], holds the partition's watermark as JSON
-//! ([`PartitionWatermark`]) so it survives restarts and the serving layer can show it. Row keys
-//! always start with the codec's version byte (1), so the reserved key (starting 0) never
-//! collides with them.
+//! Two reserved keys per partition: [`WATERMARK_KEY`] holds the partition's watermark as JSON
+//! ([`PartitionWatermark`]) so it survives restarts and the serving layer can show it, and
+//! [`PLAN_KEY`] the fingerprint of the plan that writes the partition, so no other plan ever
+//! runs on it. Row keys always start with the codec's version byte (1), so reserved keys
+//! (starting 0, [`is_reserved_key`]) never collide with them.
 
 use std::sync::Arc;
 
@@ -32,6 +33,15 @@ use crate::state_codec::StateCodec;
 /// The key of a `<job>.speed` partition's watermark record.
 pub const WATERMARK_KEY: &[u8] = b"\x00sluice.watermark";
 
+/// The key of a `<job>.speed` partition's plan record: the
+/// [`crate::Job::plan_fingerprint`] (UTF-8) of the plan that writes the partition.
+pub const PLAN_KEY: &[u8] = b"\x00sluice.plan";
+
+/// A reserved record (watermark, plan), not a state row: reserved keys start with 0.
+pub fn is_reserved_key(key: &[u8]) -> bool {
+    key.first() == Some(&0)
+}
+
 /// A partition's event-time progress, as stored under [`WATERMARK_KEY`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionWatermark {
@@ -42,6 +52,13 @@ pub struct PartitionWatermark {
     /// The job watermark up to which closed windows were emitted to `<job>.results`.
     #[serde(default)]
     pub emitted_us: Option<i64>,
+    /// Every record of the source partition before this offset is reflected in the state
+    /// written with this record (absent in records from before offsets were kept): the cut
+    /// `sluice verify` compares the raw table at. The daemon writes the watermark record last
+    /// among a partition's records of a transaction, so a reader that has just applied it
+    /// holds exactly the state of the offsets before this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_next_offset: Option<i64>,
 }
 
 impl PartitionWatermark {
@@ -53,6 +70,22 @@ impl PartitionWatermark {
         serde_json::from_slice(bytes)
             .map_err(|e| Error::StateCodec(format!("reading a speed watermark record: {e}")))
     }
+}
+
+/// What a replay computes from the raw table for one source partition, to start a new view
+/// version's speed layer where the lake ends (see `sluice replay`): the partial states of the
+/// partition's landed rows at or after the new batch view's cutoff, and where its Kafka
+/// records continue.
+#[derive(Debug, Clone)]
+pub struct SpeedSeed {
+    pub partition: i32,
+    /// Partial rows ([`AggregateStage::partial_schema`]), merged per (key, window, bucket).
+    pub partials: RecordBatch,
+    /// The largest event time among the partition's seeded rows (µs).
+    pub max_event_us: Option<i64>,
+    /// The source offset the speed layer continues from: every record before it is in the
+    /// raw table (seeded, below the cutoff, or dead-lettered).
+    pub next_offset: i64,
 }
 
 /// Encodes partial-state rows as `<job>.speed` records and decodes them back.
@@ -255,14 +288,22 @@ mod tests {
             hex(codec.value(&partial, 0).unwrap()),
             concat!("01", "01", "0100000000000000", "01", "0000000000000440")
         );
-        let watermark = PartitionWatermark {
+        let mut watermark = PartitionWatermark {
             max_event_us: 2,
             watermark_us: 1,
             emitted_us: None,
+            source_next_offset: None,
         };
         assert_eq!(
             String::from_utf8(watermark.encode()).unwrap(),
             r#"{"max_event_us":2,"watermark_us":1,"emitted_us":null}"#
         );
+        watermark.source_next_offset = Some(7);
+        let encoded = watermark.encode();
+        assert_eq!(
+            String::from_utf8(encoded.clone()).unwrap(),
+            r#"{"max_event_us":2,"watermark_us":1,"emitted_us":null,"source_next_offset":7}"#
+        );
+        assert_eq!(PartitionWatermark::decode(&encoded).unwrap(), watermark);
     }
 }

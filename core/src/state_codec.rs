@@ -23,7 +23,8 @@ use datafusion::common::ScalarValue;
 
 use crate::error::{Error, Result};
 
-const VERSION: u8 = 1;
+/// The format byte every encoded row starts with; part of every plan fingerprint.
+pub(crate) const VERSION: u8 = 1;
 
 /// Encodes and decodes rows of partial-state columns.
 #[derive(Debug, Clone)]

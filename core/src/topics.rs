@@ -7,6 +7,7 @@
 //! | `<job>.results` | JSON object of the result key: the view key columns and the window bounds the SELECT keeps | one finalized row as JSON |
 //! | `<job>.dlq` | the original key | the original value bytes, unchanged |
 //! | `<job>.late` | the original key | the original value bytes, unchanged |
+//! | `<job>.control` (compacted, per job) | see [`crate::control`] | JSON |
 //!
 //! Dead-lettered and late records keep their bytes exactly, so they can be inspected and
 //! re-published as they are; everything Sluice knows about them travels in headers
@@ -22,17 +23,22 @@ pub struct Topics {
     pub results: String,
     pub dlq: String,
     pub late: String,
+    /// `<job>.control` (one per job, whatever the version: see [`crate::control`]).
+    pub control: String,
 }
 
 impl Topics {
+    /// The topics of `job`'s version (see [`crate::plan_version`]): `<job>.speed` … for
+    /// version 1, `<job>.v<N>.speed` … after.
     pub fn for_job(job: &Job) -> Topics {
-        let name = job.name();
+        let name = job.versioned_name();
         Topics {
             source: job.spec.source.topic.clone(),
             speed: format!("{name}.speed"),
             results: format!("{name}.results"),
             dlq: format!("{name}.dlq"),
             late: format!("{name}.late"),
+            control: format!("{}.control", job.name()),
         }
     }
 }
@@ -104,8 +110,9 @@ impl std::fmt::Display for DivertReason {
     }
 }
 
-/// The speed layer's consumer group for `job` (the default of `sluice stream --group`); the
-/// serving layer reads its committed offsets to report lag.
+/// The speed layer's consumer group for a job version named `job_name`
+/// ([`Job::versioned_name`]; the default of `sluice stream --group`); the serving layer reads
+/// its committed offsets to report lag.
 pub fn stream_group(job_name: &str) -> String {
     format!("sluice-{job_name}")
 }
@@ -114,6 +121,12 @@ pub fn stream_group(job_name: &str) -> String {
 /// source partition `partition` it committed (the sink resumes after it).
 pub fn lake_app_id(job: &Job, partition: i32) -> String {
     format!("{}-p{partition}", job.name())
+}
+
+/// The Delta transaction app id every backfill commit of `job`'s view table carries, so that
+/// concurrent backfills conflict instead of updating the cutoff from a stale read.
+pub fn view_writer_app_id(job: &Job) -> String {
+    format!("{}-backfill", job.versioned_name())
 }
 
 /// Header names on `<job>.dlq` and `<job>.late` records. Values are UTF-8 text.

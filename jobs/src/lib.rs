@@ -6,13 +6,18 @@
 pub mod bench;
 pub mod bench_restore;
 pub mod bench_serve;
+pub mod bench_serve_memory;
 pub mod bench_stream;
 pub mod demo;
+pub mod replay;
 pub mod serve_cmd;
 pub mod signals;
 pub mod stream_cmd;
+pub mod target;
 pub mod transforms;
 pub mod verify;
+pub mod verify_cut;
+pub mod versions_cmd;
 
 /// How a command prints its result.
 #[derive(Clone, Copy, Debug, clap::ValueEnum, PartialEq, Eq)]

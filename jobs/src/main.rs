@@ -79,9 +79,26 @@ enum Command {
         after_help = "Examples:\n  sluice serve --job jobs/examples/orders_per_minute.toml --brokers 127.0.0.1:9092\n  sluice serve --job a.toml --job b.toml --brokers host:9092 --lake s3://bucket/lake --bind 0.0.0.0:8080 --token $TOKEN\n  curl 'http://127.0.0.1:8080/v1/jobs/orders_per_minute/view?from=2024-05-01T10:00:00Z&limit=10'\n  curl -XPOST http://127.0.0.1:8080/v1/sql -d '{\"sql\": \"SELECT * FROM orders_per_minute LIMIT 5\"}'\n\nPrints `listening on http://ADDR` once bound. The API is described at /openapi.yaml.\nSIGINT/SIGTERM stop it (exit 0)."
     )]
     Serve(ServeArgs),
+    /// Build a job's new view version (`[view] version = N`) from history while the current
+    /// version keeps serving: the lake, then Kafka from the matching offsets.
+    Replay(sluice_jobs::replay::ReplayArgs),
+    /// List a job's view versions: fingerprint, state (building, caught up, serving,
+    /// retired), lag, cutoff, rows.
+    #[command(
+        after_help = "Example:\n  sluice versions --job jobs/examples/orders_per_minute.toml --brokers 127.0.0.1:9092"
+    )]
+    Versions(sluice_jobs::versions_cmd::VersionArgs),
+    /// Make the serving layer answer from another view version, atomically, once it has
+    /// caught up and verifies (switching back is the rollback).
+    Switch(sluice_jobs::versions_cmd::SwitchArgs),
+    /// Delete a view version's topics, consumer group and view table (never the serving one).
+    #[command(
+        after_help = "Example:\n  sluice retire --job jobs/examples/orders_per_minute.toml --brokers 127.0.0.1:9092 --version 1"
+    )]
+    Retire(sluice_jobs::versions_cmd::RetireArgs),
     /// Recompute the view from the raw table and compare it with the serving layer's merge.
     #[command(
-        after_help = "Example:\n  sluice verify --job jobs/examples/orders_per_minute.toml --brokers 127.0.0.1:9092 --lake ./lake\n\nExit 0: identical. Exit 1: different (a summary names the rows). Exit 2: could not run.\nEvents later than the allowed lateness whose bucket is at or after the cutoff are in the\nlake but not in the speed view until the next backfill: verify reports them until then."
+        after_help = "Example:\n  sluice verify --job jobs/examples/orders_per_minute.toml --brokers 127.0.0.1:9092 --lake ./lake\n\nExit 0: identical. Exit 1: different (a summary names the rows). Exit 2: could not run.\nBy default it compares the raw rows each layer had seen (the raw version each backfill read,\nthe offsets the speed state reflects, less late records), so it passes while events flow;\n--quiescent compares the whole raw table (a stopped pipeline, late records backfilled)."
     )]
     Verify(VerifyArgs),
     /// Run the whole pipeline in this process: Kafka, an order generator, the speed layer, the
@@ -145,6 +162,12 @@ enum LakeCommand {
         #[arg(long)]
         rejects: Option<PathBuf>,
     },
+    /// Show what the raw table holds completely (per source partition) and the batch view's
+    /// cutoff: what a scheduler waits on before a backfill.
+    #[command(
+        after_help = "Example:\n  sluice lake status --job jobs/examples/orders_per_minute.toml --output json\n\n`completeness` is `unbounded` (files loaded whole only), `until` (every partition's records before `lake_complete_until` have landed) or `nothing` (no raw table yet, or a partition not reported by the lake sink yet)."
+    )]
+    Status(JobArgs),
 }
 
 #[derive(Args)]
@@ -225,6 +248,15 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             files,
             rejects,
         }) => lake_load(job, files, rejects).await,
+        Command::Lake(LakeCommand::Status(args)) => {
+            let (job, lake) = load_job(&args)?;
+            let status = sluice_batch::lake_status(&job, &lake).await?;
+            match args.output {
+                Output::Json => println!("{}", serde_json::to_string(&status)?),
+                Output::Text => print!("{}", status.to_text()),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Backfill(args) => run_backfill(args).await,
         Command::View(args) => view(args).await,
         Command::BenchStream {
@@ -260,6 +292,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify(args) => verify::run(args).await,
+        Command::Replay(args) => sluice_jobs::replay::run(args).await,
+        Command::Versions(args) => sluice_jobs::versions_cmd::versions(args).await,
+        Command::Switch(args) => sluice_jobs::versions_cmd::switch(args).await,
+        Command::Retire(args) => sluice_jobs::versions_cmd::retire(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Bench { events, batch_size } => {
             let result = bench::run(events, batch_size.max(1))?;

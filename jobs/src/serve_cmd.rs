@@ -75,6 +75,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.refresh = args.refresh.max(Duration::from_millis(10));
     config.batch_poll = args.batch_poll.max(Duration::from_millis(100));
     config.client_overrides = args.property.clone();
+    config.compile = Arc::new(|job: &Job| {
+        let transform = transforms::registry().for_job(job)?;
+        Ok(Arc::new(Pipeline::compile(job, transform)?))
+    });
     let mut signals = StopSignals::new()?;
     let server = Server::start(config).await?;
     println!("listening on http://{}", server.local_addr());

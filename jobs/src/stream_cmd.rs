@@ -125,10 +125,11 @@ impl SourceArgs {
     /// The client settings both processes share; `member` is the static member id prefix
     /// (the daemon's transactional id).
     fn config(&self, job: &Job, member: Option<&str>, state_dir: Option<&PathBuf>) -> StreamConfig {
-        let name = job.name();
-        let mut config = StreamConfig::new(name, &self.brokers);
+        // Plan-dependent names (group, state directory) are the job version's.
+        let name = job.versioned_name();
+        let mut config = StreamConfig::new(&name, &self.brokers);
         if let Some(dir) = state_dir {
-            config = config.with_state_dir(name, dir.clone());
+            config = config.with_state_dir(&name, dir.clone());
         }
         if let Some(group) = &self.group {
             config.group_id = group.clone();
@@ -140,6 +141,16 @@ impl SourceArgs {
         config.static_membership = !self.dynamic_membership;
         config.client_overrides = self.property.clone();
         config
+    }
+
+    /// The raw-lake sink's client settings: its group (`<group>.lake`) is the job's, whatever
+    /// the view version, because every version shares the one raw table and one sink lands it.
+    fn sink_client(&self, job: &Job, config: &StreamConfig) -> StreamConfig {
+        let mut sink = config.clone();
+        if self.group.is_none() {
+            sink.group_id = sluice_core::topics::stream_group(job.name());
+        }
+        sink
     }
 
     fn sink_config(&self) -> LakeSinkConfig {
@@ -184,6 +195,18 @@ pub async fn stream(args: StreamArgs) -> anyhow::Result<ExitCode> {
     let job = Job::from_file(&args.source.job)?;
     let transform = transforms::registry().for_job(&job)?;
     let pipeline = Arc::new(Pipeline::compile(&job, transform)?);
+    let job_toml = std::fs::read_to_string(&args.source.job)?;
+    let (brokers, overrides) = (args.source.brokers.clone(), args.source.property.clone());
+    let registering = job.clone();
+    // `<job>.control` names the versions a switch may return to; a broker that refuses it
+    // (no topic creation) costs only that.
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) =
+            crate::versions_cmd::register_if_missing(&registering, &job_toml, &brokers, &overrides)
+        {
+            tracing::warn!(job = registering.name(), error = %e, "could not record the version in the control topic");
+        }
+    });
     let config = args.config(&job);
     let metrics = StreamMetrics::new();
     start_metrics(args.source.metrics_addr, &metrics);
@@ -203,7 +226,7 @@ pub async fn stream(args: StreamArgs) -> anyhow::Result<ExitCode> {
         let sink = LakeSink::new(
             job.clone(),
             &lake,
-            config.clone(),
+            args.source.sink_client(&job, &config),
             sink_config,
             metrics.clone(),
         );
@@ -233,6 +256,7 @@ pub async fn stream(args: StreamArgs) -> anyhow::Result<ExitCode> {
 pub async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
     let job = Job::from_file(&args.source.job)?;
     let config = args.source.config(&job, args.member_id.as_deref(), None);
+    let config = args.source.sink_client(&job, &config);
     let metrics = StreamMetrics::new();
     start_metrics(args.source.metrics_addr, &metrics);
     let stop = StopSignals::new()?.into_flag();

@@ -1,8 +1,14 @@
-//! `sluice verify`: the parity proof. Recomputes a job's whole view from the raw table with the
-//! batch path and compares it, row by row, with what the serving layer's merge gives.
+//! `sluice verify`: the parity proof. Recomputes a job's view from the raw table with the batch
+//! path and compares it, row by row, with what the serving layer's merge gives.
+//!
+//! By default it compares one consistent cut ([`sluice_batch::cut`]): the raw rows each layer
+//! had actually seen when the merged view was read (below the cutoff, the raw version each
+//! backfill read; above it, the offsets the speed state reflects, less late records), so it
+//! passes on a healthy live pipeline and any difference it reports is real. `--quiescent`
+//! compares the whole raw table instead: right once the stream has stopped, the lake has
+//! caught up and a backfill has covered late records.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +22,7 @@ use sluice_core::time::format_time;
 use sluice_core::{Job, Lake, Pipeline};
 use sluice_serving::{MergedViewReader, ORIGIN_COLUMN, ServedJob};
 
-use crate::stream_cmd::{parse_duration_arg, parse_property};
+use crate::stream_cmd::parse_duration_arg;
 use crate::transforms;
 
 /// Exit code when verify could not run (as opposed to finding differences, exit 1).
@@ -29,23 +35,17 @@ const RELATIVE_TOLERANCE: f64 = 1e-9;
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
-    /// The job file (TOML).
-    #[arg(long)]
-    pub job: PathBuf,
-    /// Kafka bootstrap servers (where `<job>.speed` is).
-    #[arg(long, env = "SLUICE_BROKERS")]
-    pub brokers: String,
-    /// The lake root [env: SLUICE_LAKE] [default: ./lake]
-    #[arg(long)]
-    pub lake: Option<String>,
+    #[command(flatten)]
+    pub target: crate::target::KafkaJobArgs,
     /// Keep comparing this long while the layers differ (they may still be catching up).
     #[arg(long, default_value = "30s", value_parser = parse_duration_arg)]
     pub settle: Duration,
+    /// Compare with a recompute of the whole raw table instead of the cut each layer had seen
+    /// (for a stopped pipeline whose late records a backfill has covered).
+    #[arg(long)]
+    pub quiescent: bool,
     #[arg(long, value_enum, default_value_t = crate::OutputFormat::Text)]
     pub output: crate::OutputFormat,
-    /// Extra librdkafka property, `key=value` (repeatable).
-    #[arg(short = 'X', value_parser = parse_property)]
-    pub property: Vec<(String, String)>,
 }
 
 /// Rows present on one side only, or on both with different values.
@@ -77,37 +77,90 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn verify(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
-    let job = Job::from_file(&args.job)?;
-    let lake = Lake::resolve(args.lake.as_deref());
-    let pipeline = Arc::new(Pipeline::compile(
+    let job = Job::from_file(&args.target.job)?;
+    let lake = Lake::resolve(args.target.lake.as_deref());
+    let mode = if args.quiescent {
+        Mode::Quiescent
+    } else {
+        Mode::Cut
+    };
+    let (diff, merged) = check(
         &job,
-        transforms::registry().for_job(&job)?,
+        &lake,
+        (&args.target.brokers, &args.target.property),
+        mode,
+        args.settle,
+    )
+    .await?;
+    report(&job, &diff, &merged, args.output);
+    Ok(if diff.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Compares `job`'s merged view with a recompute from the raw table until they agree or
+/// `settle` has passed; returns the last comparison (what `sluice switch` checks too).
+pub async fn check(
+    job: &Job,
+    lake: &Lake,
+    (brokers, overrides): (&str, &[(String, String)]),
+    mode: Mode,
+    settle: Duration,
+) -> anyhow::Result<(Diff, sluice_serving::MergedView)> {
+    let pipeline = Arc::new(Pipeline::compile(
+        job,
+        transforms::registry().for_job(job)?,
     )?);
     let served = ServedJob::new(job.clone(), pipeline.clone());
-    let reader = MergedViewReader::start(served, &args.brokers, &lake, &args.property)?;
-    let verdict = compare_until_settled(&job, &lake, &pipeline, &reader, args).await;
+    let reader = MergedViewReader::start(served, brokers, lake, overrides)?;
+    let context = Context {
+        job,
+        lake,
+        pipeline: &pipeline,
+        reader: &reader,
+        kafka: (brokers, overrides),
+        settle,
+    };
+    let verdict = compare_until_settled(&context, mode).await;
     reader.stop().await;
     verdict
 }
 
-/// Compares until the layers agree or `--settle` has passed, then reports.
+/// What verify compares the merged view with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The raw rows each layer had seen when the merged view was read.
+    Cut,
+    /// The whole raw table.
+    Quiescent,
+}
+
+/// Everything one comparison reads.
+struct Context<'a> {
+    job: &'a Job,
+    lake: &'a Lake,
+    pipeline: &'a Arc<Pipeline>,
+    reader: &'a MergedViewReader,
+    kafka: (&'a str, &'a [(String, String)]),
+    settle: Duration,
+}
+
+/// Compares until the layers agree or `settle` has passed.
 async fn compare_until_settled(
-    job: &Job,
-    lake: &Lake,
-    pipeline: &Arc<Pipeline>,
-    reader: &MergedViewReader,
-    args: &VerifyArgs,
-) -> anyhow::Result<ExitCode> {
+    context: &Context<'_>,
+    mode: Mode,
+) -> anyhow::Result<(Diff, sluice_serving::MergedView)> {
     let started = Instant::now();
+    let job = context.job;
     loop {
-        let (diff, merged) = compare_once(job, lake, pipeline, reader).await?;
-        if diff.is_empty() || started.elapsed() >= args.settle {
-            report(job, &diff, &merged, args.output);
-            return Ok(if diff.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            });
+        let (diff, merged) = match mode {
+            Mode::Quiescent => compare_once(context).await?,
+            Mode::Cut => compare_cut(context).await?,
+        };
+        if diff.is_empty() || started.elapsed() >= context.settle {
+            return Ok((diff, merged));
         }
         tracing::info!(
             job = job.name(),
@@ -119,20 +172,50 @@ async fn compare_until_settled(
     }
 }
 
-async fn compare_once(
-    job: &Job,
-    lake: &Lake,
-    pipeline: &Arc<Pipeline>,
-    reader: &MergedViewReader,
-) -> anyhow::Result<(Diff, sluice_serving::MergedView)> {
-    let stage = pipeline.plan().aggregate().ok_or_else(|| {
+fn aggregate<'a>(context: &Context<'a>) -> anyhow::Result<&'a sluice_core::AggregateStage> {
+    context.pipeline.plan().aggregate().ok_or_else(|| {
         anyhow::anyhow!(
             "job `{}` is stateless: it has no merged view to verify",
-            job.name()
+            context.job.name()
         )
-    })?;
-    let merged = reader.read(Duration::from_secs(120)).await?;
-    let partials = sluice_batch::recompute_partials(job, lake, pipeline).await?;
+    })
+}
+
+async fn compare_once(context: &Context<'_>) -> anyhow::Result<(Diff, sluice_serving::MergedView)> {
+    let stage = aggregate(context)?;
+    let merged = context.reader.read(Duration::from_secs(120)).await?;
+    let partials =
+        sluice_batch::recompute_partials(context.job, context.lake, context.pipeline).await?;
+    let recomputed = stage.finalize(&[partials])?;
+    let diff = diff_rows(&recomputed, &merged.rows, stage.result_key_columns())?;
+    Ok((diff, merged))
+}
+
+/// One comparison of a consistent cut: the merged view read between transactions, the raw
+/// table once it holds every offset the speed side reflects, the late records excluded.
+async fn compare_cut(context: &Context<'_>) -> anyhow::Result<(Diff, sluice_serving::MergedView)> {
+    let (job, lake) = (context.job, context.lake);
+    let stage = aggregate(context)?;
+    let merged = context
+        .reader
+        .read_consistent(Duration::from_secs(120))
+        .await?;
+    let wait = context.settle.max(Duration::from_secs(10));
+    if !crate::verify_cut::wait_for_lake(job, lake, &merged.speed_offsets, wait).await? {
+        anyhow::bail!(
+            "the raw table does not hold the offsets the speed view reflects ({:?}) after {wait:?}: is the raw-lake sink running (`sluice stream` or `sluice ingest`)? `--quiescent` compares the whole raw table instead",
+            merged.speed_offsets
+        );
+    }
+    let (brokers, overrides) = context.kafka;
+    let late = crate::verify_cut::late_records(job, brokers, overrides)?;
+    let cut = sluice_batch::Cut {
+        cutoff_us: merged.cutoff_us,
+        view_version: merged.batch_version,
+        speed_offsets: merged.speed_offsets.clone(),
+        late,
+    };
+    let partials = sluice_batch::recompute_cut(job, lake, context.pipeline, &cut).await?;
     let recomputed = stage.finalize(&[partials])?;
     let diff = diff_rows(&recomputed, &merged.rows, stage.result_key_columns())?;
     Ok((diff, merged))

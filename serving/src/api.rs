@@ -20,6 +20,7 @@ use crate::metrics::ServingMetrics;
 use crate::query::{self, ViewQuery};
 use crate::service::JobService;
 use crate::sql;
+use crate::versions::JobSlot;
 
 /// The OpenAPI document of this API.
 pub const OPENAPI: &str = include_str!("../openapi.yaml");
@@ -41,16 +42,19 @@ mod route {
 /// What every handler can reach.
 #[derive(Clone)]
 pub(crate) struct AppState {
-    pub jobs: Arc<Vec<Arc<JobService>>>,
+    pub jobs: Arc<Vec<Arc<JobSlot>>>,
     pub metrics: ServingMetrics,
     pub token: Option<Arc<str>>,
 }
 
 impl AppState {
-    pub fn job(&self, name: &str) -> Result<&Arc<JobService>, ServingError> {
+    /// The service of `name`'s answering version (taken once per request: a switch during
+    /// the request does not change what it answers from).
+    pub fn job(&self, name: &str) -> Result<Arc<JobService>, ServingError> {
         self.jobs
             .iter()
             .find(|j| j.name() == name)
+            .map(|slot| slot.current())
             .ok_or_else(|| ServingError::UnknownJob {
                 job: name.to_string(),
                 known: self
@@ -176,7 +180,8 @@ async fn not_found() -> Response {
 async fn health(State(state): State<AppState>) -> Response {
     let mut jobs = serde_json::Map::new();
     let mut loading = Vec::new();
-    for job in state.jobs.iter() {
+    for slot in state.jobs.iter() {
+        let job = slot.current();
         let parts = job.loading();
         jobs.insert(
             job.name().to_string(),
@@ -208,7 +213,7 @@ async fn openapi() -> Response {
 }
 
 async fn list_jobs(State(state): State<AppState>) -> Response {
-    let jobs: Vec<_> = state.jobs.iter().map(|j| j.status()).collect();
+    let jobs: Vec<_> = state.jobs.iter().map(|j| j.current().status()).collect();
     json_response(StatusCode::OK, json!({"jobs": jobs}).to_string())
 }
 
@@ -240,7 +245,7 @@ async fn view(
     let selection = query::select(&snapshot, &service.shape(), &query)?;
     Ok(json_response(
         StatusCode::OK,
-        query::render(&snapshot, service.name(), &selection),
+        query::render(&snapshot, (service.name(), service.version()), &selection),
     ))
 }
 
@@ -308,14 +313,18 @@ async fn run_sql(State(state): State<AppState>, body: Bytes) -> Result<Response,
     let text = request.sql.as_str();
     let mut tables = Vec::new();
     let mut loading = Vec::new();
-    for job in state.jobs.iter() {
+    let mut versions = std::collections::BTreeMap::new();
+    for slot in state.jobs.iter() {
+        let job = slot.current();
+        versions.insert(job.name().to_string(), job.version());
         let snapshot = job.snapshot();
         if let Err(e) = job.require_batch(&snapshot) {
             loading.push((job.name().to_string(), e));
         }
         tables.push((job.name().to_string(), snapshot.table.clone()));
     }
-    let answer = sql::run(text, tables, loading).await?;
+    let mut answer = sql::run(text, tables, loading).await?;
+    answer.versions = versions;
     Ok(json_response(StatusCode::OK, json!(answer).to_string()))
 }
 

@@ -6,10 +6,13 @@
 //! through `sluice_core`'s aggregate stage into one snapshot per change (`snapshot`). The HTTP
 //! API ([`Server`]) answers job state, view lookups by key and time range, read-only SQL over
 //! every merged view, Prometheus metrics and health, and says which layer each row came from
-//! and how fresh it is. It never re-implements an aggregate: merging and finalizing are core's.
+//! and how fresh it is. Each job answers from one view version at a time, and follows
+//! `<job>.control` to switch versions without a restart ([`control`], `versions`). It never
+//! re-implements an aggregate: merging and finalizing are core's.
 
 mod api;
 mod batch_view;
+pub mod control;
 mod error;
 mod metrics;
 mod query;
@@ -18,11 +21,12 @@ mod service;
 mod snapshot;
 mod speed_view;
 mod sql;
+mod versions;
 
 pub use api::OPENAPI;
 pub use error::{Result, ServingError};
 pub use query::{DEFAULT_LIMIT, MAX_LIMIT, ViewAnswer, ViewQuery, ViewRow};
-pub use server::{ServeConfig, Server};
+pub use server::{PipelineCompiler, ServeConfig, Server};
 pub use service::{BATCH_VIEW, BatchRun, JobStatus, Loading, PartialRows, SPEED_VIEW, ServedJob};
 pub use sluice_core::Origin;
 pub use snapshot::{ORIGIN_COLUMN, OriginCounts};

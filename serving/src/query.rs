@@ -73,6 +73,8 @@ pub struct ViewRow {
 #[derive(Debug, Clone, Serialize)]
 pub struct ViewAnswer {
     pub job: String,
+    /// The view version that answered.
+    pub version: u32,
     pub cutoff: Option<String>,
     pub cutoff_us: Option<i64>,
     pub watermark: Option<String>,
@@ -166,6 +168,7 @@ struct RenderedAnswer<'a> {
     freshness_ms: Option<i64>,
     job: &'a str,
     truncated: bool,
+    version: u32,
     watermark: Option<String>,
     watermark_us: Option<i64>,
     rows: Vec<RenderedRow<'a>>,
@@ -178,7 +181,11 @@ struct RenderedRow<'a> {
     row: Option<&'a RawValue>,
 }
 
-pub(crate) fn render(snapshot: &Snapshot, job: &str, selection: &Selection) -> String {
+pub(crate) fn render(
+    snapshot: &Snapshot,
+    (job, version): (&str, u32),
+    selection: &Selection,
+) -> String {
     let answer = RenderedAnswer {
         count: selection.rows.len(),
         cutoff: snapshot.cutoff_us.map(format_time),
@@ -186,6 +193,7 @@ pub(crate) fn render(snapshot: &Snapshot, job: &str, selection: &Selection) -> S
         freshness_ms: freshness_ms(snapshot),
         job,
         truncated: selection.truncated,
+        version,
         watermark: snapshot.watermark_us.map(format_time),
         watermark_us: snapshot.watermark_us,
         rows: selection
@@ -202,9 +210,14 @@ pub(crate) fn render(snapshot: &Snapshot, job: &str, selection: &Selection) -> S
 }
 
 /// The same answer as a value, for callers in this process.
-pub(crate) fn answer(snapshot: &Snapshot, job: &str, selection: &Selection) -> ViewAnswer {
+pub(crate) fn answer(
+    snapshot: &Snapshot,
+    (job, version): (&str, u32),
+    selection: &Selection,
+) -> ViewAnswer {
     ViewAnswer {
         job: job.to_string(),
+        version,
         cutoff: snapshot.cutoff_us.map(format_time),
         cutoff_us: snapshot.cutoff_us,
         watermark: snapshot.watermark_us.map(format_time),

@@ -4,15 +4,23 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_core::Lake;
+use sluice_core::control::VersionSpec;
+use sluice_core::topics::Topics;
+use sluice_core::{Job, Lake, Pipeline};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api::{self, AppState};
+use crate::control::ControlTopic;
 use crate::error::{Result, ServingError};
 use crate::metrics::ServingMetrics;
 use crate::query::{self, ViewAnswer, ViewQuery};
 use crate::service::{JobService, JobStatus, ServedJob};
+use crate::versions::{FollowerSettings, JobSlot, VersionBuilder, follow_control, start_version};
+
+/// Compiles a job's plan (with the Rust transforms the binary registers), for the versions a
+/// switch brings in.
+pub type PipelineCompiler = Arc<dyn Fn(&Job) -> Result<Arc<Pipeline>> + Send + Sync>;
 
 /// How to serve. [`ServeConfig::new`] documents the defaults.
 #[derive(Clone)]
@@ -30,6 +38,10 @@ pub struct ServeConfig {
     pub batch_poll: Duration,
     /// Extra librdkafka properties for the speed-view consumers.
     pub client_overrides: Vec<(String, String)>,
+    /// How often each job's `<job>.control` is read for a switch. Default 1 s.
+    pub control_poll: Duration,
+    /// Compiles the plan of a version a switch names. Default: no Rust transforms.
+    pub compile: PipelineCompiler,
 }
 
 impl ServeConfig {
@@ -43,6 +55,8 @@ impl ServeConfig {
             refresh: Duration::from_millis(200),
             batch_poll: Duration::from_secs(2),
             client_overrides: Vec::new(),
+            control_poll: Duration::from_secs(1),
+            compile: Arc::new(|job: &Job| Ok(Arc::new(Pipeline::compile(job, None)?))),
         }
     }
 }
@@ -59,10 +73,16 @@ impl Server {
     /// Binds, starts following every job's layers and returns at once; the views fill in
     /// the background (`GET /health` says when they are ready).
     pub async fn start(config: ServeConfig) -> Result<Server> {
-        let services = services(&config)?;
         let metrics = ServingMetrics::new();
+        let settings = FollowerSettings {
+            metrics: metrics.clone(),
+            refresh: config.refresh,
+            batch_poll: config.batch_poll,
+        };
+        let build = version_builder(&config);
+        let slots = slots(&config, &build, &settings).await?;
         let state = AppState {
-            jobs: Arc::new(services),
+            jobs: Arc::new(slots.iter().map(|(slot, _)| slot.clone()).collect()),
             metrics: metrics.clone(),
             token: config.token.as_deref().map(Arc::from),
         };
@@ -77,15 +97,15 @@ impl Server {
             source,
         })?;
         let (stop, stopped) = watch::channel(false);
-        let mut tasks: Vec<JoinHandle<()>> = state
-            .jobs
-            .iter()
-            .map(|service| {
-                tokio::spawn(crate::service::run_followers(
-                    service.clone(),
-                    metrics.clone(),
-                    config.refresh,
-                    config.batch_poll,
+        let mut tasks: Vec<JoinHandle<()>> = slots
+            .into_iter()
+            .map(|(slot, control)| {
+                tokio::spawn(follow_control(
+                    slot,
+                    control,
+                    build.clone(),
+                    settings.clone(),
+                    config.control_poll,
                     stopped.clone(),
                 ))
             })
@@ -117,7 +137,11 @@ impl Server {
 
     /// Every job's state, as `GET /v1/jobs` answers.
     pub fn status(&self) -> Vec<JobStatus> {
-        self.state.jobs.iter().map(|j| j.status()).collect()
+        self.state
+            .jobs
+            .iter()
+            .map(|j| j.current().status())
+            .collect()
     }
 
     /// A view query, as `GET /v1/jobs/{job}/view` answers it ([`ServingError::Loading`] until
@@ -127,7 +151,11 @@ impl Server {
         let snapshot = service.snapshot();
         service.require_batch(&snapshot)?;
         let selection = query::select(&snapshot, &service.shape(), query)?;
-        Ok(query::answer(&snapshot, service.name(), &selection))
+        Ok(query::answer(
+            &snapshot,
+            (service.name(), service.version()),
+            &selection,
+        ))
     }
 
     /// Stops the listener and the followers and waits for them.
@@ -141,20 +169,75 @@ impl Server {
     }
 }
 
-fn services(config: &ServeConfig) -> Result<Vec<Arc<JobService>>> {
-    let mut services: Vec<Arc<JobService>> = Vec::new();
+/// Builds the service of a version the control topic names.
+fn version_builder(config: &ServeConfig) -> VersionBuilder {
+    let (brokers, lake) = (config.brokers.clone(), config.lake.clone());
+    let (overrides, compile) = (config.client_overrides.clone(), config.compile.clone());
+    Arc::new(move |spec: &VersionSpec| {
+        let job = spec.job(std::path::Path::new("<job>.control"))?;
+        let pipeline = compile(&job)?;
+        let served = ServedJob::new(job, pipeline);
+        Ok(Arc::new(JobService::new(
+            served, &brokers, &lake, &overrides,
+        )?))
+    })
+}
+
+/// Every served job's slot, answering from the version its control topic names (the job
+/// file's when it names none, or cannot be read), with the job's control topic.
+async fn slots(
+    config: &ServeConfig,
+    build: &VersionBuilder,
+    settings: &FollowerSettings,
+) -> Result<Vec<(Arc<JobSlot>, ControlTopic)>> {
+    let mut slots: Vec<(Arc<JobSlot>, ControlTopic)> = Vec::new();
     for served in &config.jobs {
-        if services.iter().any(|s| s.name() == served.job.name()) {
+        let name = served.job.name();
+        if slots.iter().any(|(s, _)| s.name() == name) {
             return Err(ServingError::DuplicateJob {
-                job: served.job.name().to_string(),
+                job: name.to_string(),
             });
         }
-        services.push(Arc::new(JobService::new(
-            served.clone(),
-            &config.brokers,
-            &config.lake,
-            &config.client_overrides,
-        )?));
+        let control = ControlTopic {
+            job: name.to_string(),
+            topic: Topics::for_job(&served.job).control,
+            brokers: config.brokers.clone(),
+            overrides: config.client_overrides.clone(),
+        };
+        let reader = control.clone();
+        let pointer = match tokio::task::spawn_blocking(move || reader.read()).await {
+            Ok(Ok(state)) => state.serving,
+            Ok(Err(e)) => {
+                tracing::warn!(job = name, error = %e, "cannot read the control topic; serving the job file's version");
+                None
+            }
+            Err(e) => return Err(ServingError::Internal(e.to_string())),
+        };
+        let file_serves = |spec: &VersionSpec| {
+            spec.version == served.job.version()
+                && spec.fingerprint == served.job.plan_fingerprint()
+        };
+        let service = match pointer {
+            Some(pointer) if !file_serves(&pointer.spec) => {
+                tracing::info!(
+                    job = name,
+                    version = pointer.spec.version,
+                    "serving the version the control topic names"
+                );
+                let (build, spec) = (build.clone(), pointer.spec.clone());
+                tokio::task::spawn_blocking(move || build(&spec))
+                    .await
+                    .map_err(|e| ServingError::Internal(e.to_string()))??
+            }
+            _ => Arc::new(JobService::new(
+                served.clone(),
+                &config.brokers,
+                &config.lake,
+                &config.client_overrides,
+            )?),
+        };
+        let slot = Arc::new(JobSlot::new(start_version(service, settings)));
+        slots.push((slot, control));
     }
-    Ok(services)
+    Ok(slots)
 }

@@ -18,7 +18,7 @@ use crate::error::{Result, ServingError};
 use crate::metrics::ServingMetrics;
 use crate::query::JobShape;
 use crate::snapshot::{Inputs, OriginCounts, Snapshot};
-use crate::speed_view::{SpeedFollower, SpeedSource};
+use crate::speed_view::{SpeedFollower, SpeedSource, SpeedView};
 
 /// A job to serve and where its speed daemon's consumer group is.
 #[derive(Clone)]
@@ -32,7 +32,7 @@ pub struct ServedJob {
 impl ServedJob {
     /// A job whose speed daemon runs in the default group, `sluice-<job>`.
     pub fn new(job: Job, pipeline: Arc<Pipeline>) -> ServedJob {
-        let stream_group = sluice_core::topics::stream_group(job.name());
+        let stream_group = sluice_core::topics::stream_group(&job.versioned_name());
         ServedJob {
             job,
             pipeline,
@@ -62,6 +62,9 @@ pub struct PartialRows {
 #[derive(Debug, Clone, Serialize)]
 pub struct JobStatus {
     pub job: String,
+    /// The view version answering (`[view] version`; see `sluice switch`).
+    pub version: u32,
+    pub plan_fingerprint: String,
     pub source_topic: String,
     pub speed_topic: String,
     pub view_table: String,
@@ -192,6 +195,16 @@ impl JobService {
         self.served.job.name()
     }
 
+    /// The view version this service answers from.
+    pub fn version(&self) -> u32 {
+        self.served.job.version()
+    }
+
+    /// Whether this service is the version `spec` describes (same version, same plan).
+    pub fn serves(&self, spec: &sluice_core::control::VersionSpec) -> bool {
+        spec.version == self.version() && spec.fingerprint == self.served.job.plan_fingerprint()
+    }
+
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot
             .read()
@@ -279,9 +292,39 @@ impl JobService {
             &self.view_table,
             known,
         )
-        .await;
+        .await
+        .and_then(|view| self.check_batch_plan(view));
         self.poll_lake_completeness().await;
         self.batch_read(read)
+    }
+
+    /// Refuses a view table version another plan wrote (its newest commit names the plan).
+    fn check_batch_plan(&self, view: Option<Arc<BatchView>>) -> Result<Option<Arc<BatchView>>> {
+        let found = view.as_ref().and_then(|view| {
+            view.last_run
+                .info
+                .get(commit_key::PLAN_FINGERPRINT)
+                .and_then(|v| v.as_str())
+        });
+        let place = format!("the view table {}", self.view_table.location);
+        self.served
+            .job
+            .check_plan(&place, found)
+            .map_err(|mismatch| sluice_core::Error::Plan(Box::new(mismatch)))?;
+        Ok(view)
+    }
+
+    /// Refuses speed state another plan wrote (a partition's plan record names it).
+    fn check_speed_plans(&self, speed: &SpeedView) -> Result<()> {
+        let topic = Topics::for_job(&self.served.job).speed;
+        for (partition, found) in &speed.plans {
+            let place = format!("partition {partition} of {topic}");
+            self.served
+                .job
+                .check_plan(&place, Some(found))
+                .map_err(|mismatch| sluice_core::Error::Plan(Box::new(mismatch)))?;
+        }
+        Ok(())
     }
 
     /// Reads how complete the raw table is, at most every [`LAKE_POLL`] (it reads the raw
@@ -351,6 +394,7 @@ impl JobService {
                 && batch_loaded == current.batch_loaded
                 && speed.watermark_us() == current.watermark_us;
             (!unchanged).then(|| {
+                self.check_speed_plans(speed)?;
                 Snapshot::build(&Inputs {
                     stage,
                     codec: &self.codec,
@@ -384,6 +428,8 @@ impl JobService {
             .filter(|&until| until != i64::MAX);
         JobStatus {
             job: self.name().to_string(),
+            version: self.version(),
+            plan_fingerprint: self.served.job.plan_fingerprint(),
             source_topic: self.topics.source.clone(),
             speed_topic: self.topics.speed.clone(),
             view_table: self.view_table.location.clone(),
@@ -498,6 +544,12 @@ pub struct MergedView {
     pub cutoff_us: Option<i64>,
     pub watermark_us: Option<i64>,
     pub counts: OriginCounts,
+    /// The view table version the batch side came from.
+    pub batch_version: Option<u64>,
+    /// Per source partition, the offset the speed side reflects.
+    pub speed_offsets: std::collections::BTreeMap<i32, i64>,
+    /// The speed side is exactly the state of `speed_offsets` (no transaction half read).
+    pub speed_consistent: bool,
 }
 
 /// Merges one job's layers outside a server, as often as asked (what `sluice verify` compares
@@ -547,7 +599,29 @@ impl MergedViewReader {
             cutoff_us: snapshot.cutoff_us,
             watermark_us: snapshot.watermark_us,
             counts: snapshot.counts,
+            batch_version: snapshot.batch_version,
+            speed_offsets: snapshot.speed_offsets.clone(),
+            speed_consistent: snapshot.speed_consistent,
         })
+    }
+
+    /// As [`MergedViewReader::read`], taken at a moment when no transaction of
+    /// `<job>.speed` is half read, so the speed side is the state of known source offsets.
+    pub async fn read_consistent(&self, timeout: Duration) -> Result<MergedView> {
+        let started = tokio::time::Instant::now();
+        loop {
+            let merged = self.read(timeout).await?;
+            if merged.speed_consistent {
+                return Ok(merged);
+            }
+            if started.elapsed() > timeout {
+                return Err(ServingError::Internal(format!(
+                    "job `{}`: the speed view was in the middle of a transaction at every read for {timeout:?}",
+                    self.service.name()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Stops following `<job>.speed`.

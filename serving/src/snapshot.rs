@@ -5,7 +5,7 @@
 //! [`AggregateStage::finalize_sources`] the other layers finalize with: AVG over both layers is
 //! the true average. Each result row remembers which layer its states came from.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, StringArray};
@@ -57,6 +57,12 @@ pub(crate) struct Snapshot {
     pub counts: OriginCounts,
     pub batch_partial_rows: usize,
     pub speed_partial_rows: usize,
+    /// Per source partition, the offset the speed rows reflect (see
+    /// [`sluice_core::speed::PartitionWatermark::source_next_offset`]).
+    pub speed_offsets: BTreeMap<i32, i64>,
+    /// No partition's transaction was read part of the way: the speed rows are exactly the
+    /// state of the offsets in `speed_offsets`.
+    pub speed_consistent: bool,
 }
 
 /// What a snapshot is built from.
@@ -90,6 +96,8 @@ impl Snapshot {
             counts: OriginCounts::default(),
             batch_partial_rows: 0,
             speed_partial_rows: 0,
+            speed_offsets: BTreeMap::new(),
+            speed_consistent: true,
         }
     }
 
@@ -134,6 +142,8 @@ impl Snapshot {
             by_key,
             batch_partial_rows: batch_partials.iter().map(RecordBatch::num_rows).sum(),
             speed_partial_rows: speed.num_rows(),
+            speed_offsets: inputs.speed.source_offsets.clone(),
+            speed_consistent: inputs.speed.mid_transaction.is_empty(),
         })
     }
 }
@@ -342,7 +352,7 @@ mod tests {
         assert_eq!(selection.rows.len(), 1);
         assert!(selection.truncated);
         let body: serde_json::Value =
-            serde_json::from_str(&render(&snapshot, "t", &selection)).unwrap();
+            serde_json::from_str(&render(&snapshot, ("t", 1), &selection)).unwrap();
         assert_eq!(body["rows"][0]["origin"], "merged");
         assert_eq!(body["rows"][0]["row"]["ws"], "2024-05-01T10:59:00Z");
         assert_eq!(body["cutoff"], "2024-05-01T11:00:00Z");

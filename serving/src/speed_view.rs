@@ -17,7 +17,7 @@ use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
-use sluice_core::speed::{PartitionWatermark, WATERMARK_KEY};
+use sluice_core::speed::{PLAN_KEY, PartitionWatermark, WATERMARK_KEY, is_reserved_key};
 use sluice_kafka::TopicWait;
 
 use crate::error::{Result, ServingError};
@@ -50,6 +50,14 @@ type FollowerConsumer = BaseConsumer<FollowerContext>;
 pub(crate) struct SpeedView {
     pub rows: HashMap<(i32, Vec<u8>), Vec<u8>>,
     pub watermarks: BTreeMap<i32, PartitionWatermark>,
+    /// The plan fingerprint each partition's plan record names (see
+    /// [`sluice_core::plan_version`]); answers are refused when one is not the served plan's.
+    pub plans: BTreeMap<i32, String>,
+    /// Per partition, the source offset its newest watermark record says the state reflects.
+    pub source_offsets: BTreeMap<i32, i64>,
+    /// Partitions with state records applied after their newest watermark record: a
+    /// transaction read part of the way, whose state matches no source offset yet.
+    pub mid_transaction: std::collections::BTreeSet<i32>,
     /// Partitions whose end the follower has reached (and read nothing since).
     pub at_end: BTreeMap<i32, bool>,
     pub speed_lag: i64,
@@ -75,9 +83,24 @@ impl SpeedView {
         if key == WATERMARK_KEY {
             if let Some(Ok(watermark)) = value.map(PartitionWatermark::decode) {
                 self.watermarks.insert(partition, watermark);
+                if let Some(next) = watermark.source_next_offset {
+                    self.source_offsets.insert(partition, next);
+                    self.mid_transaction.remove(&partition);
+                }
             }
             return;
         }
+        if key == PLAN_KEY {
+            if let Some(plan) = value {
+                self.plans
+                    .insert(partition, String::from_utf8_lossy(plan).into_owned());
+            }
+            return;
+        }
+        if is_reserved_key(key) {
+            return;
+        }
+        self.mid_transaction.insert(partition);
         match value {
             Some(value) => self.rows.insert((partition, key.to_vec()), value.to_vec()),
             None => self.rows.remove(&(partition, key.to_vec())),
@@ -302,6 +325,7 @@ mod tests {
             max_event_us: w,
             watermark_us: w,
             emitted_us: e,
+            source_next_offset: None,
         };
         view.apply(0, WATERMARK_KEY, Some(&mark(50, None).encode()));
         view.apply(1, WATERMARK_KEY, Some(&mark(20, None).encode()));

@@ -34,6 +34,8 @@ pub struct SqlColumn {
 
 #[derive(Debug, Serialize)]
 pub struct SqlAnswer {
+    /// The view version of every job the query could read (job name → version).
+    pub versions: std::collections::BTreeMap<String, u32>,
     pub columns: Vec<SqlColumn>,
     pub rows: Vec<serde_json::Value>,
     pub count: usize,
@@ -80,6 +82,7 @@ pub(crate) async fn run(
     let truncated = rows.len() > MAX_SQL_ROWS;
     rows.truncate(MAX_SQL_ROWS);
     Ok(SqlAnswer {
+        versions: Default::default(),
         columns: schema
             .fields()
             .iter()

@@ -166,6 +166,7 @@ impl Watermarks {
             max_event_us: seen,
             watermark_us: seen.saturating_sub(delay),
             emitted_us: None,
+            source_next_offset: None,
         })
     }
 
@@ -240,6 +241,7 @@ mod tests {
             max_event_us: 500,
             watermark_us: 495,
             emitted_us: None,
+            source_next_offset: None,
         };
         w.assign(2, Some(restored), later);
         assert_eq!(w.job_watermark(later), Some(495));

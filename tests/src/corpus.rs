@@ -220,7 +220,7 @@ pub fn cases(now_ms: i64) -> Vec<Case> {
 /// a small integer as text, `items`, `priority` and `gift`.
 pub fn good_orders(count: usize, seed: u64) -> Vec<Vec<u8>> {
     let shape = OrderShape {
-        id_prefix: "good-",
+        id_prefix: "good-".into(),
         start_ms: T0_MS,
         spacing_ms: 1_000,
         disorder_ms: 3_000,

@@ -154,3 +154,67 @@ async fn backfill_of_an_empty_lake_says_what_is_missing() {
         "{err}"
     );
 }
+
+/// Eight hours of orders (one a second) in a lake of their own.
+async fn eight_hours(dir: &std::path::Path) -> (Job, Lake) {
+    use sluice_core::fixture::{OrderGenerator, OrderShape, T0_MS};
+    let lake = Lake::resolve(Some(dir.to_str().unwrap()));
+    let job = example_job("orders_per_minute");
+    let shape = OrderShape {
+        start_ms: T0_MS,
+        spacing_ms: 1_000,
+        ..OrderShape::default()
+    };
+    let mut body = Vec::new();
+    for record in OrderGenerator::new(5, shape).records(8 * 3_600) {
+        body.extend_from_slice(&record);
+        body.push(b'\n');
+    }
+    let file = dir.join("orders.jsonl");
+    std::fs::write(&file, body).unwrap();
+    load_jsonl(&job, &lake, &file).await.unwrap();
+    (job, lake)
+}
+
+fn hour(h: i64) -> i64 {
+    sluice_core::fixture::T0_MS * 1_000 + h * 3_600_000_000
+}
+
+fn hours(from: i64, to: i64) -> BackfillRequest {
+    BackfillRequest {
+        from: Some(hour(from)),
+        to: Some(hour(to)),
+        ..BackfillRequest::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_shards_land_the_same_view_and_the_cutoff_waits_for_the_gap() {
+    let whole_dir = tempfile::tempdir().unwrap();
+    let (job, whole) = eight_hours(whole_dir.path()).await;
+    let one = backfill(&job, &whole, None, hours(0, 8)).await.unwrap();
+    assert_eq!(one.cutoff_us, Some(hour(8)));
+
+    let sharded_dir = tempfile::tempdir().unwrap();
+    let (job, sharded) = eight_hours(sharded_dir.path()).await;
+    // Hours 1..8 at once, racing for the same view table: the first hour of history is
+    // missing, so no cutoff may stand anywhere yet.
+    let shards = (1..8).map(|h| backfill(&job, &sharded, None, hours(h, h + 1)));
+    for report in futures::future::join_all(shards).await {
+        let report = report.expect("a shard lost to a concurrent one is redone, not failed");
+        assert_eq!(report.cutoff_us, None, "{report:?}");
+    }
+    let view = TableLocation::new(sharded.view_table(&job));
+    let coverage = view.coverage().await.unwrap();
+    assert_eq!(coverage.cutoff, None);
+    assert_eq!(coverage.landed, vec![(hour(1), hour(8))]);
+
+    // The gap filled: the cutoff moves over everything that landed beyond it.
+    let first = backfill(&job, &sharded, None, hours(0, 1)).await.unwrap();
+    assert_eq!(first.cutoff_us, Some(hour(8)));
+    assert_eq!(
+        view_rows(&job, &sharded).await,
+        view_rows(&job, &whole).await
+    );
+    assert_eq!(view.coverage().await.unwrap().landed, vec![]);
+}

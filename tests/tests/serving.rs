@@ -15,9 +15,8 @@ use std::time::{Duration, Instant};
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch};
 use arrow::compute::{cast, concat_batches, filter_record_batch};
 use arrow::datatypes::{DataType, Int64Type};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
+use sluice_core::fixture::{OrderGenerator, T0_MS};
 use sluice_core::lake::{CUTOFF_KEY, TableLocation};
 use sluice_core::rows::to_json_lines;
 use sluice_core::time::{format_time, parse_time};
@@ -27,17 +26,14 @@ use sluice_e2e::kafka::{
     Daemon, Outgoing, bootstrap, committed_offsets, create_topic, produce, read_all, sluice_bin,
     spawn_stream, unique, wait_until,
 };
-use sluice_e2e::orders::{self, watermark_pushers};
+use sluice_e2e::orders::{self, canonical, canonical_lines, watermark_pushers};
 use sluice_e2e::serve::{
     job_status, log_tail, serve_log, sluice, sluice_ok, spawn_demo, spawn_serve, wait_caught_up,
     wait_healthy, wait_status,
 };
 
-/// 2024-05-01T10:00:00Z: every event of these tests is long past, so cutoffs are meaningful.
-const T0_MS: i64 = 1_714_557_600_000;
 const MINUTE_MS: i64 = 60_000;
 const HOUR_MS: i64 = 3_600_000;
-const REGIONS: [&str; 6] = ["eu", "us", "apac", "latam", "mea", "anz"];
 const TOKEN: &str = "secret";
 const LONG: Duration = Duration::from_secs(120);
 
@@ -92,25 +88,13 @@ GROUP BY region",
     JobFile { path, job }
 }
 
-/// `count` orders from `start_ms`, `step_ms` apart, each up to 3 s early (less than the 5 s
-/// watermark delay: nothing is late), keyed and partitioned by region. Amounts are multiples
-/// of 0.25, so sums are exact in any order.
+/// `count` orders from `start_ms` (2024-05-01T10:00:00Z in these tests: long past, so
+/// cutoffs are meaningful), `step_ms` apart, each up to 3 s early (less than the 5 s watermark
+/// delay: nothing is late), keyed and partitioned by region. Amounts are multiples of 0.25, so
+/// sums are exact in any order. Ids are `o<seed>-<i>`: unique across the seeds of one topic.
 fn orders(count: usize, partitions: i32, start_ms: i64, step_ms: i64, seed: u64) -> Vec<Outgoing> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    (0..count)
-        .map(|i| {
-            let region = REGIONS[rng.random_range(0..REGIONS.len())];
-            let partition =
-                REGIONS.iter().position(|r| *r == region).unwrap_or(0) as i32 % partitions;
-            let at = (start_ms + i as i64 * step_ms - rng.random_range(0..=3_000)).max(start_ms);
-            let status = if rng.random_bool(0.8) { "completed" } else { "pending" };
-            let amount = rng.random_range(1..4000) as f64 * 0.25;
-            let value = format!(
-                r#"{{"order_id":"o{seed}-{i}","region":"{region}","amount":{amount},"status":"{status}","event_time":{at}}}"#
-            );
-            (partition, Some(region.as_bytes().to_vec()), value.into_bytes())
-        })
-        .collect()
+    let shape = orders::on_time_shape(format!("o{seed}-"), start_ms, step_ms);
+    orders::by_region(OrderGenerator::new(seed, shape).take(count), partitions)
 }
 
 fn completed(events: &[Outgoing]) -> Vec<Value> {
@@ -136,66 +120,6 @@ fn write_jsonl(path: &Path, events: &[Outgoing]) {
 
 // ---------------------------------------------------------------------------------------------
 // Ground truth
-
-/// Canonical JSON text of a value: object keys sorted, RFC 3339 strings as
-/// `sluice_core::time::format_time` renders them, integral numbers as integers.
-fn canonical(value: &Value) -> String {
-    match value {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            let fields: Vec<String> = keys
-                .iter()
-                .map(|k| {
-                    format!(
-                        "{}:{}",
-                        Value::String((*k).clone()),
-                        canonical(&map[k.as_str()])
-                    )
-                })
-                .collect();
-            format!("{{{}}}", fields.join(","))
-        }
-        Value::Array(items) => format!(
-            "[{}]",
-            items.iter().map(canonical).collect::<Vec<_>>().join(",")
-        ),
-        Value::String(text) => match chrono::DateTime::parse_from_rfc3339(text) {
-            Ok(t) => Value::String(format_time(t.timestamp_micros())).to_string(),
-            Err(_) => value.to_string(),
-        },
-        Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                i.to_string()
-            } else if let Some(u) = n.as_u64() {
-                u.to_string()
-            } else {
-                let f = n.as_f64().unwrap_or(f64::NAN);
-                if f.fract() == 0.0 && f.abs() < 1e15 {
-                    (f as i64).to_string()
-                } else {
-                    format!("{f:?}")
-                }
-            }
-        }
-        _ => value.to_string(),
-    }
-}
-
-/// JSON lines as sorted canonical rows.
-fn canonical_lines(text: &str) -> Vec<String> {
-    let mut rows: Vec<String> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            canonical(
-                &serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON row ({e}): {l}")),
-            )
-        })
-        .collect();
-    rows.sort();
-    rows
-}
 
 /// The full recompute, independent of the speed and serving layers: the events loaded from a
 /// file into a scratch lake with `sluice lake load`, `sluice backfill` over all of it, and the
@@ -1221,9 +1145,9 @@ fn corrupt_batch_view(lake: &Path, job: &Job, region: &str) -> i64 {
         table
             .replace_buckets(
                 vec![corrupted],
-                first,
-                first + job.bucket_micros(),
-                metadata,
+                (first, first + job.bucket_micros()),
+                "test-corruption",
+                |_| metadata.clone(),
             )
             .await
             .unwrap();

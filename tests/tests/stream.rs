@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use sluice_core::fixture::{OrderGenerator, OrderShape, REGIONS, T0_MS};
 use sluice_core::lake::{SOURCE_OFFSET_COLUMN, SOURCE_PARTITION_COLUMN, TableLocation};
 use sluice_core::rows::to_json_lines;
-use sluice_core::speed::{SpeedCodec, WATERMARK_KEY};
+use sluice_core::speed::{SpeedCodec, is_reserved_key};
 use sluice_core::{Job, JsonDecoder, Lake, Pipeline};
 use sluice_e2e::kafka::{
     Daemon, Outgoing, Read, committed_offsets, create_topic, group_protocol_args, latest_by_key,
@@ -17,11 +18,11 @@ use sluice_e2e::kafka::{
 };
 use sluice_e2e::orders::{self, watermark_pushers};
 
-const T0_MS: i64 = 1_714_557_600_000;
+/// Event-time step between consecutive orders of `orders()`.
+const SPACING_MS: i64 = 40;
 /// The `--max-record-bytes` that `spawn_stream` gives every daemon: small, so `oversized` needs
 /// no huge records.
 const RECORD_LIMIT: usize = 10_000;
-const REGIONS: [&str; 6] = ["eu", "us", "apac", "latam", "mea", "anz"];
 
 /// One test's job, topic and directories.
 struct Scenario {
@@ -90,20 +91,8 @@ impl Scenario {
 /// Orders keyed and partitioned by region (so each view key lives in one partition), event
 /// times rising with up to 3 s of disorder (less than the 5 s watermark delay: nothing is late).
 fn orders(count: usize, partitions: i32, seed: u64) -> Vec<Outgoing> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    (0..count)
-        .map(|i| {
-            let region = REGIONS[rng.random_range(0..REGIONS.len())];
-            let partition = REGIONS.iter().position(|r| *r == region).unwrap_or(0) as i32 % partitions;
-            let at = T0_MS + (i as i64) * 40 + rng.random_range(-3_000..=0);
-            let status = if rng.random_bool(0.8) { "completed" } else { "pending" };
-            let amount = rng.random_range(1..4000) as f64 * 0.25;
-            let value = format!(
-                r#"{{"order_id":"o{i}","region":"{region}","amount":{amount},"status":"{status}","event_time":{at}}}"#
-            );
-            (partition, Some(region.as_bytes().to_vec()), value.into_bytes())
-        })
-        .collect()
+    let shape = orders::on_time_shape("o", T0_MS, SPACING_MS);
+    orders::by_region(OrderGenerator::new(seed, shape).take(count), partitions)
 }
 
 /// The ground truth: every event through the shared plan at once, finalized, as JSON lines.
@@ -152,7 +141,7 @@ fn speed_view(s: &Scenario) -> BTreeSet<String> {
             .collect();
         let rows: Vec<(Vec<u8>, Vec<u8>)> = latest_by_key(&mine)
             .into_iter()
-            .filter(|(k, _)| k.as_slice() != WATERMARK_KEY)
+            .filter(|(k, _)| !is_reserved_key(k))
             .collect();
         partials.push(codec.decode(&rows).unwrap());
     }
@@ -319,7 +308,7 @@ fn assert_exactly_once(s: &Scenario, expected: &BTreeSet<String>, events: usize,
 
 /// The watermark pushers for `count` orders: ten minutes after the last one.
 fn pushers_after(count: usize, partitions: i32) -> Vec<Outgoing> {
-    watermark_pushers(partitions, T0_MS + count as i64 * 40 + 600_000)
+    watermark_pushers(partitions, T0_MS + count as i64 * SPACING_MS + 600_000)
 }
 
 #[test]
@@ -543,7 +532,8 @@ fn a_clean_restart_keeps_the_state_and_replays_only_the_newer_changelog() {
     assert_eq!(results(&s), expected);
 }
 
-/// The rows of `<job>.speed` as a compacted topic keeps them (watermark records left out).
+/// The rows of `<job>.speed` as a compacted topic keeps them (reserved records, the
+/// watermark and the plan, left out).
 fn speed_rows(s: &Scenario) -> usize {
     let records = read_all(&s.output("speed"));
     (0..s.partitions)
@@ -555,7 +545,7 @@ fn speed_rows(s: &Scenario) -> usize {
                 .collect();
             latest_by_key(&mine)
                 .keys()
-                .filter(|k| k.as_slice() != WATERMARK_KEY)
+                .filter(|k| !is_reserved_key(k))
                 .count()
         })
         .sum()
@@ -563,20 +553,18 @@ fn speed_rows(s: &Scenario) -> usize {
 
 #[test]
 fn history_the_batch_view_covers_is_tombstoned_and_the_merge_stays_exact() {
-    // One-minute buckets: an hour of events is 60 buckets of history.
+    // One-minute buckets: an hour of events is 60 buckets of history. Every order completed,
+    // two a second over six regions: each region has a row in every minute.
     let s = Scenario::with_bucket(2, "1m");
-    let mut events: Vec<Outgoing> = (0..1_800)
-        .map(|i| {
-            let region = REGIONS[i % REGIONS.len()];
-            let partition = (i % 2) as i32;
-            let at = T0_MS + i as i64 * 2_000;
-            let value = format!(
-                r#"{{"order_id":"h{i}","region":"{region}","amount":{}.25,"status":"completed","event_time":{at}}}"#,
-                i % 40
-            );
-            (partition, Some(region.as_bytes().to_vec()), value.into_bytes())
-        })
-        .collect();
+    let shape = OrderShape {
+        id_prefix: "h".into(),
+        start_ms: T0_MS,
+        spacing_ms: 500,
+        regions: REGIONS.len(),
+        completed_percent: 100,
+        ..OrderShape::default()
+    };
+    let mut events = orders::by_region(OrderGenerator::new(13, shape).take(7_200), 2);
     events.extend(watermark_pushers(2, T0_MS + 70 * 60_000));
     let expected = truth(&s.job, &events);
     produce(s.topic(), &events);

@@ -6,6 +6,7 @@
 use super::*;
 use crate::batch_view::BatchView;
 use crate::service::ServedJob;
+use crate::versions::JobSlot;
 use axum::body::Body;
 use axum::http::Method;
 use serde_json::Value;
@@ -258,7 +259,10 @@ fn fixture() -> Fixture {
         &metrics,
     );
     let state = AppState {
-        jobs: Arc::new(vec![totals, minutes]),
+        jobs: Arc::new(vec![
+            Arc::new(JobSlot::fixed(totals)),
+            Arc::new(JobSlot::fixed(minutes)),
+        ]),
         metrics,
         token: Some(Arc::from(TOKEN)),
     };
@@ -388,6 +392,8 @@ async fn job_status_names_topics_keys_and_readiness() {
         let status = answer.json();
         for field in [
             "job",
+            "version",
+            "plan_fingerprint",
             "source_topic",
             "speed_topic",
             "view_table",
@@ -471,6 +477,7 @@ async fn a_view_by_key_answers_that_key_s_rows() {
     let eu = eu.json();
     for field in [
         "job",
+        "version",
         "cutoff",
         "cutoff_us",
         "watermark",
@@ -654,15 +661,15 @@ async fn the_view_answer_embeds_each_row_s_json_as_the_in_process_answer_has_it(
     let snapshot = service.snapshot();
     let selection =
         query::select(&snapshot, &service.shape(), &ViewQuery::default()).expect("select");
-    let text = query::render(&snapshot, service.name(), &selection);
-    let answer =
-        serde_json::to_value(query::answer(&snapshot, service.name(), &selection)).expect("answer");
+    let named = (service.name(), service.version());
+    let text = query::render(&snapshot, named, &selection);
+    let answer = serde_json::to_value(query::answer(&snapshot, named, &selection)).expect("answer");
     let rendered: Value = serde_json::from_str(&text).expect("JSON");
     assert_eq!(rendered, answer);
     // The header's fields as before (sorted), then each row verbatim.
     assert!(
         text.starts_with(
-            r#"{"count":30,"cutoff":null,"cutoff_us":null,"freshness_ms":null,"job":"minutes","truncated":false,"watermark":null,"watermark_us":null,"rows":[{"origin":"speed","row":{"#
+            r#"{"count":30,"cutoff":null,"cutoff_us":null,"freshness_ms":null,"job":"minutes","truncated":false,"version":1,"watermark":null,"watermark_us":null,"rows":[{"origin":"speed","row":{"#
         ),
         "{text}"
     );
@@ -924,7 +931,7 @@ fn served(dir: &std::path::Path) -> (AppState, Arc<JobService>) {
         .expect("speed view")
         .caught_up = true;
     let state = AppState {
-        jobs: Arc::new(vec![service.clone()]),
+        jobs: Arc::new(vec![Arc::new(JobSlot::fixed(service.clone()))]),
         metrics: ServingMetrics::new(),
         token: None,
     };

@@ -53,3 +53,47 @@ pub fn create_topics(
         })
         .collect()
 }
+
+/// Deletes `topics` (one that does not exist counts as deleted) and consumer `groups` (one
+/// that does not exist counts too), waiting for the requests; any other refusal is an error
+/// naming the topic or group.
+pub fn delete_topics_and_groups(
+    client: &ClientConfig,
+    topics: &[&str],
+    groups: &[&str],
+    timeout: Duration,
+) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client
+        .create()
+        .map_err(Error::during("creating an admin client"))?;
+    let options = AdminOptions::new().operation_timeout(Some(timeout));
+    if !topics.is_empty() {
+        let results = futures::executor::block_on(admin.delete_topics(topics, &options))
+            .map_err(Error::during("deleting topics"))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+                Err((topic, code)) => {
+                    return Err(Error::during(format!("deleting topic `{topic}`"))(
+                        KafkaError::AdminOp(code),
+                    ));
+                }
+            }
+        }
+    }
+    if !groups.is_empty() {
+        let results = futures::executor::block_on(admin.delete_groups(groups, &options))
+            .map_err(Error::during("deleting consumer groups"))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::GroupIdNotFound)) => {}
+                Err((group, code)) => {
+                    return Err(Error::during(format!("deleting consumer group `{group}`"))(
+                        KafkaError::AdminOp(code),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -15,14 +15,14 @@ mod restore;
 mod routing;
 mod window_index;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{AsArray, UInt32Array};
 use arrow::compute::take_record_batch;
 use arrow::datatypes::TimestampMicrosecondType;
-use sluice_core::speed::{PartitionWatermark, SpeedCodec, WATERMARK_KEY};
+use sluice_core::speed::{PLAN_KEY, PartitionWatermark, SpeedCodec, WATERMARK_KEY};
 use sluice_core::{Job, JsonDecoder, Pipeline};
 
 use crate::error::Result;
@@ -52,6 +52,12 @@ pub(crate) struct Processor {
     /// to have loaded it: retired rows of buckets before it are tombstoned.
     batch_cutoff: Option<i64>,
     tombstones: TombstoneScan,
+    /// Restored partitions whose changelog does not name this plan yet: the next micro-batch
+    /// writes their plan record.
+    plan_pending: BTreeSet<i32>,
+    /// Per assigned partition, the source offset after the last record processed: what the
+    /// watermark records say the state reflects.
+    next_offsets: BTreeMap<i32, i64>,
 }
 
 impl Processor {
@@ -79,6 +85,8 @@ impl Processor {
             idle: BTreeSet::new(),
             batch_cutoff: None,
             tombstones: TombstoneScan::default(),
+            plan_pending: BTreeSet::new(),
+            next_offsets: BTreeMap::new(),
         }
     }
 
@@ -120,6 +128,7 @@ impl Processor {
                 max_event_us,
                 watermark_us: max_event_us.saturating_sub(delay),
                 emitted_us: self.windows.emitted(partition),
+                source_next_offset: self.next_offsets.get(&partition).copied(),
             })
     }
 
@@ -139,6 +148,8 @@ impl Processor {
         self.watermarks.revoke(partition);
         self.idle.remove(&partition);
         self.windows.revoke(partition);
+        self.plan_pending.remove(&partition);
+        self.next_offsets.remove(&partition);
         self.store.drop_partition(partition)
     }
 
@@ -151,6 +162,8 @@ impl Processor {
                 .insert(record.partition, record.offset + 1);
             *output.consumed.entry(record.partition).or_default() += 1;
         }
+        self.next_offsets
+            .extend(output.next_offsets.iter().map(|(&p, &next)| (p, next)));
         let before = self.watermarks.job_watermark(now);
         let (batch, origin) = self.decode(&records, &mut output)?;
         let times: Vec<i64> = batch
@@ -180,9 +193,11 @@ impl Processor {
         self.log_idleness(now);
         let emitted = self.emit_and_purge(after, &mut output)?;
         self.tombstone_covered(&mut output)?;
-        if emitted || !moved.is_empty() || after != before {
-            self.watermark_records(&mut output);
-        }
+        self.plan_records(&mut output);
+        // Last among each partition's records: a reader that applied it holds the state of
+        // exactly the offsets before its `source_next_offset`.
+        let all = emitted || !moved.is_empty() || after != before;
+        self.watermark_records(all, &mut output);
         Ok(output)
     }
 
@@ -201,9 +216,20 @@ impl Processor {
         self.idle = idle;
     }
 
-    /// Every assigned partition's progress, so a restore resumes where this batch ends.
-    fn watermark_records(&self, output: &mut Output) {
+    /// The progress of every assigned partition (`all`) or of those this batch consumed or
+    /// wrote state for, so a restore resumes where this batch ends and a reader knows which
+    /// offsets the state it read reflects.
+    fn watermark_records(&self, all: bool, output: &mut Output) {
+        let touched: BTreeSet<i32> = output
+            .next_offsets
+            .keys()
+            .copied()
+            .chain(output.speed.iter().map(|r| r.partition))
+            .collect();
         for (partition, _) in self.watermarks.partitions() {
+            if !all && !touched.contains(&partition) {
+                continue;
+            }
             let Some(watermark) = self.partition_watermark(partition) else {
                 continue;
             };
@@ -211,6 +237,21 @@ impl Processor {
                 partition,
                 key: WATERMARK_KEY.to_vec(),
                 value: Some(watermark.encode()),
+            });
+        }
+    }
+}
+
+impl Processor {
+    /// The plan records of partitions restored since the last micro-batch without one (an
+    /// aborted batch's are written again: the restores after it find none).
+    fn plan_records(&mut self, output: &mut Output) {
+        let fingerprint = self.job.plan_fingerprint();
+        for partition in std::mem::take(&mut self.plan_pending) {
+            output.speed.push(SpeedRecord {
+                partition,
+                key: PLAN_KEY.to_vec(),
+                value: Some(fingerprint.as_bytes().to_vec()),
             });
         }
     }

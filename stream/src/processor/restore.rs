@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use sluice_core::speed::{PartitionWatermark, WATERMARK_KEY};
+use sluice_core::speed::{PLAN_KEY, PartitionWatermark, WATERMARK_KEY, is_reserved_key};
 
 use super::Processor;
 use crate::error::Result;
@@ -24,6 +24,11 @@ pub(crate) struct Restoring {
     partition: i32,
     /// The newest watermark record seen so far.
     watermark: Option<PartitionWatermark>,
+    /// The fingerprint in the newest plan record seen so far.
+    plan: Option<String>,
+    /// Resumed from a checkpoint of this plan (its changelog holds this plan's record, from
+    /// before the checkpoint).
+    from_checkpoint: bool,
 }
 
 impl Restoring {
@@ -33,6 +38,8 @@ impl Restoring {
         Restoring {
             partition,
             watermark,
+            plan: None,
+            from_checkpoint: true,
         }
     }
 }
@@ -45,6 +52,8 @@ impl Processor {
         Ok(Restoring {
             partition,
             watermark: None,
+            plan: None,
+            from_checkpoint: false,
         })
     }
 
@@ -62,6 +71,13 @@ impl Processor {
                     .as_deref()
                     .map(PartitionWatermark::decode)
                     .transpose()?;
+                continue;
+            }
+            if key == PLAN_KEY {
+                restoring.plan = value.map(|v| String::from_utf8_lossy(&v).into_owned());
+                continue;
+            }
+            if is_reserved_key(&key) {
                 continue;
             }
             writes.push(match value {
@@ -82,7 +98,25 @@ impl Processor {
         let Restoring {
             partition,
             watermark,
+            plan,
+            from_checkpoint,
         } = restoring;
+        let place = format!(
+            "partition {partition} of {}",
+            sluice_core::topics::Topics::for_job(&self.job).speed
+        );
+        self.job
+            .check_plan(&place, plan.as_deref())
+            .map_err(|mismatch| sluice_core::Error::Plan(Box::new(mismatch)))?;
+        if plan.is_none() && !from_checkpoint {
+            // A new changelog (or one from before plan records): say whose it is now.
+            self.plan_pending.insert(partition);
+        }
+        // What the committed changelog says, never what an aborted batch consumed.
+        match watermark.and_then(|w| w.source_next_offset) {
+            Some(next) => self.next_offsets.insert(partition, next),
+            None => self.next_offsets.remove(&partition),
+        };
         self.watermarks.assign(partition, watermark, now);
         self.windows
             .restore_emitted(partition, watermark.and_then(|w| w.emitted_us));

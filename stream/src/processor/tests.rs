@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_core::fixture::OrdersJob;
-use sluice_core::speed::WATERMARK_KEY;
+use sluice_core::speed::{PLAN_KEY, is_reserved_key};
 use sluice_core::{DivertReason, Pipeline};
 
 use super::*;
@@ -130,7 +130,7 @@ fn retired_windows_are_tombstoned_once_the_batch_view_covers_their_bucket() {
     let emitted_us = (T0 + 3 * MINUTE_MS) * 1000;
     let expected: BTreeSet<(i32, Vec<u8>)> = written
         .iter()
-        .filter(|((_, key), value)| value.is_some() && key.as_slice() != WATERMARK_KEY)
+        .filter(|((_, key), value)| value.is_some() && !is_reserved_key(key))
         .filter(|((_, key), _)| {
             let end = codec.key_times(key).unwrap().1.unwrap();
             end + 60_000_000 <= emitted_us
@@ -225,4 +225,35 @@ fn restoring_from_the_changelog_continues_exactly_where_the_state_was() {
     assert_eq!(results(&rest), results(&expected[2..]));
     let speed = |o: &[Output]| o.iter().flat_map(|o| o.speed.clone()).collect::<Vec<_>>();
     assert_eq!(speed(&rest), speed(&expected[2..]));
+}
+
+#[test]
+fn a_changelog_another_plan_wrote_is_refused_and_a_new_one_gets_this_plans_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = processor(&dir.path().join("p"));
+    let now = Instant::now();
+    p.restore(0, Vec::new(), now).unwrap();
+    let first = p.process(Vec::new(), now).unwrap();
+    let plan: Vec<_> = first.speed.iter().filter(|r| r.key == PLAN_KEY).collect();
+    assert_eq!(plan.len(), 1, "one plan record for the new partition");
+    let fingerprint = p.job.plan_fingerprint();
+    assert_eq!(plan[0].value.as_deref(), Some(fingerprint.as_bytes()));
+    assert!(
+        p.process(Vec::new(), now)
+            .unwrap()
+            .speed
+            .iter()
+            .all(|r| r.key != PLAN_KEY),
+        "written once"
+    );
+
+    let ours = vec![(PLAN_KEY.to_vec(), Some(fingerprint.as_bytes().to_vec()))];
+    p.restore(1, ours, now).unwrap();
+    assert!(p.plan_pending.is_empty(), "the changelog names this plan");
+
+    let theirs = vec![(PLAN_KEY.to_vec(), Some(b"0123456789abcdef".to_vec()))];
+    let refused = p.restore(2, theirs, now).unwrap_err().to_string();
+    assert!(refused.contains("0123456789abcdef"), "{refused}");
+    assert!(refused.contains(&fingerprint), "{refused}");
+    assert!(refused.contains("[view] version"), "{refused}");
 }

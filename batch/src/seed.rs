@@ -1,0 +1,154 @@
+//! The seam of a replay: the partial states a new view version's speed layer starts from.
+//!
+//! `sluice replay` builds a new version's batch view from the raw table up to its cutoff C,
+//! then starts that version's speed layer where the lake ends. The raw table also holds rows at
+//! or after C (landed, but in buckets the batch view does not cover), and Kafka still holds
+//! them too; the speed layer must count each exactly once. So for every source partition the
+//! rows at or after C with offsets up to the partition's last landed offset (the raw table's
+//! Delta transaction version for it) are folded here into partial states, and the speed layer
+//! continues from the offset after it. Rows that land while this runs are past that offset:
+//! they are skipped here and read from Kafka. Rows loaded from files (no partition) are not in
+//! Kafka at all: they reach the view with the next backfill whose range covers them.
+
+use std::collections::BTreeMap;
+
+use arrow::array::{AsArray, UInt32Array};
+use arrow::compute::take_record_batch;
+use arrow::datatypes::TimestampMicrosecondType;
+use sluice_core::lake::TableLocation;
+use sluice_core::speed::SpeedSeed;
+use sluice_core::topics::lake_app_id;
+use sluice_core::{Job, Lake, Pipeline};
+
+use crate::backfill::{Fold, RawOrigin, scan_raw};
+use crate::error::Result;
+
+/// Where a source partition's records continue after what the raw table holds: after its
+/// last landed offset, or (nothing landed) where the lake sink found it read to its end.
+async fn continue_offsets(
+    job: &Job,
+    raw: &TableLocation,
+    partitions: i32,
+) -> Result<BTreeMap<i32, (Option<i64>, i64)>> {
+    let progress = raw.lake_progress().await?.unwrap_or_default();
+    let mut offsets = BTreeMap::new();
+    for partition in 0..partitions {
+        let last = raw
+            .transaction_version(&lake_app_id(job, partition))
+            .await?;
+        let next = match last {
+            Some(last) => last + 1,
+            None => progress
+                .by_partition
+                .get(&partition)
+                .map_or(0, |p| p.next_offset),
+        };
+        offsets.insert(partition, (last, next));
+    }
+    Ok(offsets)
+}
+
+/// The seed of each of the source topic's `partitions`: partial states of its landed rows with
+/// event time at or after `from_us` (the new batch view's cutoff).
+pub async fn speed_seeds(
+    job: &Job,
+    lake: &Lake,
+    pipeline: &Pipeline,
+    partitions: i32,
+    from_us: i64,
+) -> Result<Vec<SpeedSeed>> {
+    let raw = TableLocation::new(lake.raw_table(job));
+    // Read before the scan: rows landing after it have larger offsets and are skipped.
+    let offsets = continue_offsets(job, &raw, partitions).await?;
+    let mut folds: BTreeMap<i32, (Fold<'_>, Option<i64>)> = offsets
+        .keys()
+        .map(|&p| (p, (Fold::new(pipeline), None)))
+        .collect();
+    let time_index = job
+        .source_schema()
+        .index_of(&job.spec.source.event_time)
+        .unwrap_or_default();
+    if raw.open().await?.version().is_some() {
+        scan_raw(job, &raw, (Some(from_us), None), |source, origin| {
+            for (partition, rows) in rows_landed_before(origin, &offsets) {
+                let Some((fold, max_event)) = folds.get_mut(&partition) else {
+                    continue;
+                };
+                let indices = UInt32Array::from(rows.clone());
+                let part = take_record_batch(source, &indices).map_err(|source| {
+                    sluice_core::Error::Arrow {
+                        during: "selecting a partition's raw rows",
+                        source: Box::new(source),
+                    }
+                })?;
+                let times = part
+                    .column(time_index)
+                    .as_primitive::<TimestampMicrosecondType>();
+                if let Some(max) = arrow::compute::max(times) {
+                    *max_event = Some(max_event.map_or(max, |m: i64| m.max(max)));
+                }
+                let sub_origin = RawOrigin {
+                    partitions: rows
+                        .iter()
+                        .map(|&i| origin.partitions[i as usize])
+                        .collect(),
+                    offsets: rows.iter().map(|&i| origin.offsets[i as usize]).collect(),
+                };
+                fold.add(&part, &sub_origin)?;
+            }
+            Ok(())
+        })
+        .await?;
+    }
+    let mut seeds = Vec::with_capacity(folds.len());
+    for (partition, (fold, max_event_us)) in folds {
+        seeds.push(SpeedSeed {
+            partition,
+            partials: fold.partials(job)?,
+            max_event_us,
+            next_offset: offsets.get(&partition).map_or(0, |&(_, next)| next),
+        });
+    }
+    Ok(seeds)
+}
+
+/// Row indices per source partition of the rows at or before the partition's last landed
+/// offset; file rows (no partition) and rows of unknown partitions are left out.
+fn rows_landed_before(
+    origin: &RawOrigin,
+    offsets: &BTreeMap<i32, (Option<i64>, i64)>,
+) -> BTreeMap<i32, Vec<u32>> {
+    let mut rows: BTreeMap<i32, Vec<u32>> = BTreeMap::new();
+    for (i, (partition, offset)) in origin.partitions.iter().zip(&origin.offsets).enumerate() {
+        let (Some(partition), Some(offset)) = (partition, offset) else {
+            continue;
+        };
+        let Some(&(Some(last), _)) = offsets.get(partition) else {
+            continue;
+        };
+        if *offset <= last {
+            rows.entry(*partition).or_default().push(i as u32);
+        }
+    }
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_rows_up_to_each_partitions_last_landed_offset_seed() {
+        let origin = RawOrigin {
+            partitions: vec![Some(0), Some(0), Some(1), None, Some(2), Some(1)],
+            offsets: vec![Some(5), Some(6), Some(3), None, Some(0), Some(9)],
+        };
+        let offsets = BTreeMap::from([(0, (Some(5), 6)), (1, (Some(9), 10)), (2, (None, 0))]);
+        let rows = rows_landed_before(&origin, &offsets);
+        assert_eq!(
+            rows,
+            BTreeMap::from([(0, vec![0]), (1, vec![2, 5])]),
+            "offset 6 of partition 0 landed after the offsets were read; file rows and a partition with nothing landed are not seeded"
+        );
+    }
+}
