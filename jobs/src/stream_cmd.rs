@@ -28,15 +28,9 @@ pub enum GuaranteeArg {
 /// What the speed-layer daemon and the raw-lake sink both take.
 #[derive(Args, Debug)]
 pub struct SourceArgs {
-    /// The job file (TOML).
-    #[arg(long)]
-    pub job: PathBuf,
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "SLUICE_BROKERS")]
-    pub brokers: String,
-    /// The lake root for the raw-lake sink [env: SLUICE_LAKE] [default: ./lake]
-    #[arg(long)]
-    pub lake: Option<String>,
+    /// The job, the brokers and the lake (for the raw-lake sink).
+    #[command(flatten)]
+    pub target: crate::target::KafkaJobArgs,
     /// Consumer group [default: sluice-<job>; the raw-lake sink uses <group>.lake]
     #[arg(long, env = "SLUICE_GROUP")]
     pub group: Option<String>,
@@ -57,9 +51,6 @@ pub struct SourceArgs {
     /// Records larger than this many bytes go to the DLQ as `oversized`.
     #[arg(long, default_value_t = sluice_core::decode::DEFAULT_MAX_RECORD_BYTES)]
     pub max_record_bytes: usize,
-    /// Extra librdkafka property, `key=value` (repeatable).
-    #[arg(short = 'X', value_parser = parse_property)]
-    pub property: Vec<(String, String)>,
 }
 
 #[derive(Args, Debug)]
@@ -127,7 +118,7 @@ impl SourceArgs {
     fn config(&self, job: &Job, member: Option<&str>, state_dir: Option<&PathBuf>) -> StreamConfig {
         // Plan-dependent names (group, state directory) are the job version's.
         let name = job.versioned_name();
-        let mut config = StreamConfig::new(&name, &self.brokers);
+        let mut config = StreamConfig::new(&name, &self.target.brokers);
         if let Some(dir) = state_dir {
             config = config.with_state_dir(&name, dir.clone());
         }
@@ -139,7 +130,7 @@ impl SourceArgs {
         }
         config.max_record_bytes = self.max_record_bytes.max(1);
         config.static_membership = !self.dynamic_membership;
-        config.client_overrides = self.property.clone();
+        config.client_overrides = self.target.property.clone();
         config
     }
 
@@ -192,11 +183,14 @@ fn start_metrics(addr: Option<SocketAddr>, metrics: &StreamMetrics) {
 }
 
 pub async fn stream(args: StreamArgs) -> anyhow::Result<ExitCode> {
-    let job = Job::from_file(&args.source.job)?;
+    let job = Job::from_file(&args.source.target.job)?;
     let transform = transforms::registry().for_job(&job)?;
     let pipeline = Arc::new(Pipeline::compile(&job, transform)?);
-    let job_toml = std::fs::read_to_string(&args.source.job)?;
-    let (brokers, overrides) = (args.source.brokers.clone(), args.source.property.clone());
+    let job_toml = std::fs::read_to_string(&args.source.target.job)?;
+    let (brokers, overrides) = (
+        args.source.target.brokers.clone(),
+        args.source.target.property.clone(),
+    );
     let registering = job.clone();
     // `<job>.control` names the versions a switch may return to; a broker that refuses it
     // (no topic creation) costs only that.
@@ -212,7 +206,7 @@ pub async fn stream(args: StreamArgs) -> anyhow::Result<ExitCode> {
     start_metrics(args.source.metrics_addr, &metrics);
     let stop = StopSignals::new()?.into_flag();
     let sink_config = (!args.no_lake_sink).then(|| args.source.sink_config());
-    let lake = Lake::resolve(args.source.lake.as_deref());
+    let lake = Lake::resolve(args.source.target.lake.as_deref());
     let cutoff = BatchCutoff::new(args.tombstone_grace);
     tokio::spawn(cutoff.clone().watch(
         job.name().to_string(),
@@ -254,13 +248,13 @@ pub async fn stream(args: StreamArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
-    let job = Job::from_file(&args.source.job)?;
+    let job = Job::from_file(&args.source.target.job)?;
     let config = args.source.config(&job, args.member_id.as_deref(), None);
     let config = args.source.sink_client(&job, &config);
     let metrics = StreamMetrics::new();
     start_metrics(args.source.metrics_addr, &metrics);
     let stop = StopSignals::new()?.into_flag();
-    let lake = Lake::resolve(args.source.lake.as_deref());
+    let lake = Lake::resolve(args.source.target.lake.as_deref());
     let sink = LakeSink::new(job, &lake, config, args.source.sink_config(), metrics);
     let runtime = tokio::runtime::Handle::current();
     let summary = tokio::task::spawn_blocking(move || sink.run(runtime, stop)).await??;

@@ -73,3 +73,27 @@ pub fn canonical_rows(batches: &[RecordBatch]) -> Vec<String> {
     let text = String::from_utf8(to_json_lines(&[all]).expect("json")).expect("utf-8");
     text.lines().map(str::to_string).collect()
 }
+
+/// Rows of `job`'s raw Delta table in the lake at `lake` (0 while it does not exist).
+pub fn raw_rows(lake: &std::path::Path, job: &Job) -> usize {
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let lake = Lake::resolve(Some(&lake.to_string_lossy()));
+    let table = sluice_core::lake::TableLocation::new(lake.raw_table(job));
+    match runtime.block_on(table.read_all()) {
+        Ok(batches) => batches.iter().map(RecordBatch::num_rows).sum(),
+        Err(_) => 0,
+    }
+}
+
+/// Waits (up to `limit`) until the raw-lake sink has landed `expected` rows, and not one more.
+pub fn wait_raw_rows(
+    lake: &std::path::Path,
+    job: &Job,
+    expected: usize,
+    limit: std::time::Duration,
+) {
+    kafka::wait_until(limit, "the raw-lake sink to land every record", || {
+        raw_rows(lake, job) >= expected
+    });
+    assert_eq!(raw_rows(lake, job), expected, "rows in the raw table");
+}

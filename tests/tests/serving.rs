@@ -31,6 +31,7 @@ use sluice_e2e::serve::{
     job_status, log_tail, serve_log, sluice, sluice_ok, spawn_demo, spawn_serve, wait_caught_up,
     wait_healthy, wait_status,
 };
+use sluice_e2e::wait_raw_rows;
 
 const MINUTE_MS: i64 = 60_000;
 const HOUR_MS: i64 = 3_600_000;
@@ -196,23 +197,6 @@ fn spawn_stream_for(dir: &Path, job: &JobFile, lake: &Path, extra: &[&str]) -> (
         extra,
     );
     (daemon, log)
-}
-
-/// Rows of the job's raw Delta table (0 while it does not exist).
-fn raw_rows(lake: &Path, job: &Job) -> usize {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let lake = Lake::resolve(Some(path_str(lake)));
-    match runtime.block_on(TableLocation::new(lake.raw_table(job)).read_all()) {
-        Ok(batches) => batches.iter().map(RecordBatch::num_rows).sum(),
-        Err(_) => 0,
-    }
-}
-
-fn wait_raw_rows(lake: &Path, job: &Job, expected: usize) {
-    wait_until(LONG, "the raw-lake sink to land every record", || {
-        raw_rows(lake, job) >= expected
-    });
-    assert_eq!(raw_rows(lake, job), expected, "rows in the raw table");
 }
 
 /// `sluice backfill --output json` on `lake`, to `to` (default: up to now); the report.
@@ -467,7 +451,7 @@ fn merged_view_equals_full_recompute_before_and_after_backfill() {
     );
 
     // The batch layer takes the first two hours: the cutoff moves into the middle.
-    wait_raw_rows(&lake, &job.job, events.len());
+    wait_raw_rows(&lake, &job.job, events.len(), LONG);
     let mid_us = parse_time("2024-05-01T12:00:00Z").unwrap();
     let report = backfill(&job, &lake, Some("2024-05-01T12:00:00Z"));
     assert_eq!(report["cutoff_us"].as_i64(), Some(mid_us), "{report}");
@@ -634,7 +618,7 @@ fn a_backfill_stops_where_the_lake_is_complete_and_the_merge_stays_exact() {
     produce(&topic, &first);
     let metrics = free_address();
     let mut ingest = spawn_ingest(dir.path(), &job, &lake, &metrics);
-    wait_raw_rows(&lake, &job.job, first.len());
+    wait_raw_rows(&lake, &job.job, first.len(), LONG);
     let first_until = complete_until_us(&first, 2);
     let gauge = format!("sluice_lake_complete_until_seconds{{job=\"{name}\"}}");
     wait_until(LONG, "the sink's completeness gauge", || {
@@ -723,7 +707,7 @@ fn a_backfill_stops_where_the_lake_is_complete_and_the_merge_stays_exact() {
 
     // The lake catches up; a backfill up to now moves the cutoff as far as it now holds.
     let mut ingest = spawn_ingest(dir.path(), &job, &lake, &free_address());
-    wait_raw_rows(&lake, &job.job, all.len());
+    wait_raw_rows(&lake, &job.job, all.len(), LONG);
     let report = backfill(&job, &lake, None);
     let all_until = complete_until_us(&all, 2);
     assert_eq!(
@@ -810,7 +794,7 @@ fn late_event_is_absent_from_speed_until_the_next_backfill() {
     );
 
     // The raw sink landed it; a backfill of its bucket brings it in.
-    wait_raw_rows(&lake, &job.job, all.len());
+    wait_raw_rows(&lake, &job.job, all.len(), LONG);
     let cutoff_us = parse_time("2024-05-01T11:00:00Z").unwrap();
     let report = backfill(&job, &lake, Some("2024-05-01T11:00:00Z"));
     assert_eq!(report["cutoff_us"].as_i64(), Some(cutoff_us), "{report}");
@@ -1180,7 +1164,7 @@ fn verify_passes_on_live_data_and_fails_on_a_corrupted_batch_view() {
     let lake = dir.path().join("lake");
     let (mut stream, stream_log) = spawn_stream_for(dir.path(), &job, &lake, &[]);
     wait_stream_caught_up(&job, 2, events.len(), &stream_log);
-    wait_raw_rows(&lake, &job.job, events.len());
+    wait_raw_rows(&lake, &job.job, events.len(), LONG);
     let report = backfill(&job, &lake, Some("2024-05-01T11:00:00Z"));
     assert_eq!(
         report["cutoff_us"].as_i64(),

@@ -31,13 +31,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use arrow::array::RecordBatch;
 use serde_json::{Value, json};
 use sluice_core::fixture::{OrderGenerator, T0_MS};
-use sluice_core::lake::TableLocation;
 use sluice_core::speed::{PartitionWatermark, SpeedCodec, WATERMARK_KEY, is_reserved_key};
 use sluice_core::topics::{Topics, stream_group};
-use sluice_core::{Job, Lake, Pipeline};
+use sluice_core::{Job, Pipeline};
 use sluice_e2e::http::{get, post_json, try_get};
 use sluice_e2e::kafka::{
     Daemon, Outgoing, Read, bootstrap, committed_offsets, create_topic, group_protocol_args,
@@ -45,6 +43,7 @@ use sluice_e2e::kafka::{
 };
 use sluice_e2e::orders::{self, canonical, truth, watermark_pushers};
 use sluice_e2e::serve::{log_tail, serve_log, sluice, spawn_serve, wait_healthy, wait_status};
+use sluice_e2e::{raw_rows, wait_raw_rows};
 
 /// How long any one wait may take before the test fails (the happy path takes seconds).
 const LONG: Duration = Duration::from_secs(90);
@@ -447,24 +446,6 @@ fn retire(job: &JobFile, lake: &Path, version: u32) -> Output {
     ])
 }
 
-/// Rows of the raw Delta table (0 while it does not exist).
-fn raw_rows(lake: &Path, job: &Job) -> usize {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let lake = Lake::resolve(Some(path_str(lake)));
-    match runtime.block_on(TableLocation::new(lake.raw_table(job)).read_all()) {
-        Ok(batches) => batches.iter().map(RecordBatch::num_rows).sum(),
-        Err(_) => 0,
-    }
-}
-
-/// Waits until the raw-lake sink has landed `expected` rows, and not one more.
-fn wait_raw_rows(lake: &Path, job: &Job, expected: usize) {
-    wait_until(LONG, "the raw-lake sink to land every record", || {
-        raw_rows(lake, job) >= expected
-    });
-    assert_eq!(raw_rows(lake, job), expected, "rows in the raw table");
-}
-
 /// Regular files under `dir` (0 when it does not exist).
 fn files_under(dir: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -831,7 +812,7 @@ fn replay_switch_and_rollback_answer_exact_versions_while_events_flow() {
     s.wait_committed(&v1, &first, &log_v1);
     let (mut serve, addr) = spawn_serve(&[v1.path.as_path()], &lake, &["--batch-poll", "500ms"]);
     wait_healthy(&addr, LONG);
-    wait_raw_rows(&lake, &v1.job, first.len());
+    wait_raw_rows(&lake, &v1.job, first.len(), LONG);
     let report = backfill(&v1, &lake);
     let cutoff = report["cutoff_us"].as_i64().expect("a cutoff");
     wait_view(&addr, &name, 1, cutoff, &truth(&v1.job, &first));
@@ -923,7 +904,7 @@ fn replay_switch_and_rollback_answer_exact_versions_while_events_flow() {
     all.extend(pushers);
     s.wait_committed(&v1, &all, &log_v1);
     s.wait_committed(&v2, &all, &log_v2);
-    wait_raw_rows(&lake, &v1.job, all.len());
+    wait_raw_rows(&lake, &v1.job, all.len(), LONG);
     let (report_v2, report_v1) = (backfill(&v2, &lake), backfill(&v1, &lake));
     let cutoff_of = |report: &Value| {
         let cutoff = report["cutoff_us"].as_i64().expect("a cutoff");
@@ -1068,7 +1049,7 @@ fn a_changed_plan_under_the_same_version_is_refused() {
     produce(&s.topic, &events);
     let (mut daemon, log) = s.stream(&job, "a", &membership);
     s.wait_committed(&job, &events, &log);
-    wait_raw_rows(&lake, &job.job, events.len());
+    wait_raw_rows(&lake, &job.job, events.len(), LONG);
     let report = backfill(&job, &lake);
     assert!(report["cutoff_us"].as_i64().is_some(), "{report}");
     assert!(daemon.terminate().success(), "{}", log_tail(&log, 30));
@@ -1207,7 +1188,7 @@ fn verify_passes_while_events_flow_and_fails_on_a_corrupted_state_row() {
         "{diverted} records in <job>.late; {} orders were stamped late",
         flowed.late
     );
-    wait_raw_rows(&lake, &job.job, flowed.events.len());
+    wait_raw_rows(&lake, &job.job, flowed.events.len(), LONG);
     let cutoff_us = backfill(&job, &lake)["cutoff_us"]
         .as_i64()
         .expect("a cutoff");
