@@ -87,7 +87,7 @@ enum Command {
     #[command(
         after_help = "Example:\n  sluice versions --job jobs/examples/orders_per_minute.toml --brokers 127.0.0.1:9092"
     )]
-    Versions(sluice_jobs::versions_cmd::VersionArgs),
+    Versions(sluice_jobs::versions_cmd::VersionsArgs),
     /// Make the serving layer answer from another view version, atomically, once it has
     /// caught up and verifies (switching back is the rollback).
     Switch(sluice_jobs::versions_cmd::SwitchArgs),

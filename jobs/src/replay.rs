@@ -131,6 +131,13 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             let report = match sluice_batch::backfill(&job, &lake, transform, request).await {
                 Ok(report) => report,
                 Err(error @ BatchError::Incomplete { .. }) => {
+                    if args.output == OutputFormat::Json {
+                        let body = serde_json::json!({
+                            "job": job.name(), "version": job.version(), "status": "incomplete",
+                            "message": error.to_string(),
+                        });
+                        println!("{body}");
+                    }
                     eprintln!("error: {error}; replay --from earliest reads Kafka instead");
                     return Ok(ExitCode::from(EXIT_INCOMPLETE));
                 }

@@ -20,8 +20,9 @@ pub fn late_records(
 ) -> anyhow::Result<HashSet<(i32, i64)>> {
     let topic = Topics::for_job(job).late;
     let group = format!("sluice-{}-verify", job.versioned_name());
-    let consumer: BaseConsumer =
-        sluice_kafka::reader_config(brokers, overrides, &group).create()?;
+    let consumer: BaseConsumer<sluice_kafka::ReaderContext> =
+        sluice_kafka::reader_config(brokers, overrides, &group)
+            .create_with_context(sluice_kafka::ReaderContext)?;
     let timeout = Duration::from_secs(30);
     let partitions = sluice_kafka::partition_count(&consumer, &topic, timeout)? as i32;
     let mut late = HashSet::new();

@@ -54,6 +54,15 @@ pub struct SwitchArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct VersionsArgs {
+    #[command(flatten)]
+    pub common: VersionArgs,
+    /// A version is listed as caught up when its consumer lag is under this many records.
+    #[arg(long, default_value_t = 1_000)]
+    pub caught_up: i64,
+}
+
+#[derive(Args, Debug)]
 pub struct RetireArgs {
     #[command(flatten)]
     pub common: VersionArgs,
@@ -207,8 +216,9 @@ async fn view_rows(view: &TableLocation) -> Option<u64> {
     (!counts.is_empty()).then(|| counts.value(0).max(0) as u64)
 }
 
-pub async fn versions(args: VersionArgs) -> anyhow::Result<ExitCode> {
-    let known = Known::read(&args)?;
+pub async fn versions(versions_args: VersionsArgs) -> anyhow::Result<ExitCode> {
+    let args = &versions_args.common;
+    let known = Known::read(args)?;
     let lake = Lake::resolve(args.target.lake.as_deref());
     let mut rows = Vec::new();
     for version in known.versions() {
@@ -216,12 +226,12 @@ pub async fn versions(args: VersionArgs) -> anyhow::Result<ExitCode> {
             continue;
         };
         let job = spec.job(&args.target.job)?;
-        let lag = version_lag(&known.job, version, &args)?;
+        let lag = version_lag(&known.job, version, args)?;
         let state = if known.retired(version) {
             "retired"
         } else if version == known.serving() {
             "serving"
-        } else if lag.is_some_and(|lag| lag < 1_000) {
+        } else if lag.is_some_and(|lag| lag < versions_args.caught_up) {
             "caught up"
         } else {
             "building"

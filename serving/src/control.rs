@@ -55,9 +55,9 @@ impl ControlTopic {
     /// The newest value of every key (an empty state when the topic does not exist yet).
     pub fn read(&self) -> Result<ControlState> {
         let group = format!("sluice-{}-control-reader", self.job);
-        let consumer: BaseConsumer =
+        let consumer: BaseConsumer<sluice_kafka::ReaderContext> =
             sluice_kafka::reader_config(&self.brokers, &self.overrides, &group)
-                .create()
+                .create_with_context(sluice_kafka::ReaderContext)
                 .map_err(self.kafka("creating a reader of"))?;
         let partitions = sluice_kafka::partition_count(&consumer, &self.topic, TIMEOUT)
             .map_err(self.client("reading the metadata of"))?;

@@ -11,11 +11,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_core::speed::{PLAN_KEY, PartitionWatermark, WATERMARK_KEY, is_reserved_key};
 use sluice_kafka::TopicWait;
@@ -25,23 +23,7 @@ use crate::error::{Result, ServingError};
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const LAG_EVERY: Duration = Duration::from_secs(1);
 
-/// Reaching a partition's end is how the follower knows it caught up, not an error; librdkafka
-/// also reports it to the client's error callback, which would log it as one.
-struct FollowerContext;
-
-impl ClientContext for FollowerContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        let end_of_partition = matches!(
-            error,
-            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
-        );
-        if !end_of_partition {
-            tracing::warn!(error = %error, reason, "speed-view consumer");
-        }
-    }
-}
-
-impl ConsumerContext for FollowerContext {}
+type FollowerContext = sluice_kafka::ReaderContext;
 
 type FollowerConsumer = BaseConsumer<FollowerContext>;
 
@@ -211,7 +193,7 @@ fn kafka(source: &SpeedSource, during: &str) -> impl FnOnce(KafkaError) -> Servi
 fn follow(source: &SpeedSource, view: &RwLock<SpeedView>, stop: &AtomicBool) -> Result<()> {
     let reader = |group: &str| -> KafkaResult<FollowerConsumer> {
         sluice_kafka::reader_config(&source.brokers, &source.overrides, group)
-            .create_with_context(FollowerContext)
+            .create_with_context(sluice_kafka::ReaderContext)
     };
     let consumer: FollowerConsumer = reader(&format!("{}-serving", source.stream_group))
         .map_err(kafka(source, "creating the speed-view consumer"))?;

@@ -32,6 +32,26 @@ pub fn reader_config(brokers: &str, overrides: &[(String, String)], group: &str)
     })
 }
 
+/// The context of a [`reader_config`] consumer: reaching a partition's end is how a reader
+/// knows it is done, not an error, but librdkafka also reports it to the client's error
+/// callback, which would log it as one. Other errors are logged as warnings.
+pub struct ReaderContext;
+
+impl rdkafka::ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let end_of_partition = matches!(
+            error,
+            KafkaError::PartitionEOF(_)
+                | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+        );
+        if !end_of_partition {
+            tracing::warn!(error = %error, reason, "kafka reader");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
 /// Why [`read_partition`] stopped before the end: Kafka, or the caller's `apply`.
 #[derive(Debug)]
 pub enum ReadError<E> {

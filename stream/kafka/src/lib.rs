@@ -16,7 +16,7 @@ mod metadata;
 mod send;
 
 pub use admin::{Created, create_topics, delete_topics_and_groups};
-pub use changelog::{ReadError, Record, read_partition, reader_config};
+pub use changelog::{ReadError, ReaderContext, Record, read_partition, reader_config};
 pub use client::client_config;
 pub use error::{Error, Result};
 pub use lag::{
