@@ -111,7 +111,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     crate::versions_cmd::register(&job, &job_toml, &args.target.brokers, &args.target.property)?;
     let config = stream_config(&args, &job);
     let partitions = source_partitions(&job, &args)?;
-    let started_before = version_started(&job, &config)?;
+    let started_before = version_started(&job, &config, partitions)?;
     let (backfill, seed) = match (args.from, started_before) {
         (_, true) => {
             eprintln!(
@@ -209,15 +209,10 @@ fn lag_reader(config: &StreamConfig) -> anyhow::Result<BaseConsumer> {
 }
 
 /// Whether the version's group has committed offsets (it was seeded or streamed before).
-fn version_started(job: &Job, config: &StreamConfig) -> anyhow::Result<bool> {
+fn version_started(job: &Job, config: &StreamConfig, partitions: i32) -> anyhow::Result<bool> {
     let reader = lag_reader(config)?;
     let topic = &job.spec.source.topic;
-    let partitions = sluice_kafka::partition_count(&reader, topic, Duration::from_secs(30))?;
-    if partitions == 0 {
-        anyhow::bail!("source topic `{topic}` does not exist (or has no partitions)");
-    }
-    let committed =
-        sluice_kafka::committed(&reader, topic, partitions as i32, Duration::from_secs(30))?;
+    let committed = sluice_kafka::committed(&reader, topic, partitions, Duration::from_secs(30))?;
     Ok(committed.iter().any(Option::is_some))
 }
 
@@ -226,7 +221,11 @@ fn source_partitions(job: &Job, args: &ReplayArgs) -> anyhow::Result<i32> {
         sluice_kafka::client_config(&args.target.brokers, &args.target.property, |_| {})
             .create()?;
     let topic = &job.spec.source.topic;
-    Ok(sluice_kafka::partition_count(&reader, topic, Duration::from_secs(30))? as i32)
+    let partitions = sluice_kafka::partition_count(&reader, topic, Duration::from_secs(30))?;
+    if partitions == 0 {
+        anyhow::bail!("source topic `{topic}` does not exist (or has no partitions)");
+    }
+    Ok(partitions as i32)
 }
 
 struct Outcome {

@@ -96,12 +96,7 @@ impl Known {
     fn read(args: &VersionArgs) -> anyhow::Result<Known> {
         let job = Job::from_file(&args.target.job)?;
         let text = std::fs::read_to_string(&args.target.job)?;
-        let control = ControlTopic {
-            job: job.name().to_string(),
-            topic: Topics::for_job(&job).control,
-            brokers: args.target.brokers.clone(),
-            overrides: args.target.property.clone(),
-        };
+        let control = ControlTopic::for_job(&job, &args.target.brokers, &args.target.property);
         let state = control.read()?;
         let file_spec = VersionSpec::of(&job, &text);
         Ok(Known {
@@ -144,15 +139,6 @@ impl Known {
     }
 }
 
-fn control_of(job: &Job, brokers: &str, overrides: &[(String, String)]) -> ControlTopic {
-    ControlTopic {
-        job: job.name().to_string(),
-        topic: Topics::for_job(job).control,
-        brokers: brokers.to_string(),
-        overrides: overrides.to_vec(),
-    }
-}
-
 /// Records the version in `<job>.control` (what `sluice replay` does first).
 pub fn register(
     job: &Job,
@@ -160,7 +146,7 @@ pub fn register(
     brokers: &str,
     overrides: &[(String, String)],
 ) -> anyhow::Result<()> {
-    let control = control_of(job, brokers, overrides);
+    let control = ControlTopic::for_job(job, brokers, overrides);
     let record = VersionRecord {
         spec: VersionSpec::of(job, job_toml),
         registered_at_ms: chrono::Utc::now().timestamp_millis(),
@@ -178,7 +164,7 @@ pub fn register_if_missing(
     brokers: &str,
     overrides: &[(String, String)],
 ) -> anyhow::Result<()> {
-    let state = control_of(job, brokers, overrides).read()?;
+    let state = ControlTopic::for_job(job, brokers, overrides).read()?;
     match state.versions.get(&job.version()) {
         Some(known) if known.spec.fingerprint == job.plan_fingerprint() && !known.retired => Ok(()),
         _ => register(job, job_toml, brokers, overrides),

@@ -34,6 +34,16 @@ pub struct ControlState {
 }
 
 impl ControlTopic {
+    /// The control topic of `job` (whatever its version) on `brokers`.
+    pub fn for_job(job: &sluice_core::Job, brokers: &str, overrides: &[(String, String)]) -> Self {
+        ControlTopic {
+            job: job.name().to_string(),
+            topic: sluice_core::topics::Topics::for_job(job).control,
+            brokers: brokers.to_string(),
+            overrides: overrides.to_vec(),
+        }
+    }
+
     fn kafka(&self, during: &str) -> impl FnOnce(rdkafka::error::KafkaError) -> ServingError {
         let (job, during) = (self.job.clone(), format!("{during} `{}`", self.topic));
         move |e| ServingError::Kafka {

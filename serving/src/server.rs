@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_core::control::VersionSpec;
-use sluice_core::topics::Topics;
 use sluice_core::{Job, Lake, Pipeline};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -198,12 +197,7 @@ async fn slots(
                 job: name.to_string(),
             });
         }
-        let control = ControlTopic {
-            job: name.to_string(),
-            topic: Topics::for_job(&served.job).control,
-            brokers: config.brokers.clone(),
-            overrides: config.client_overrides.clone(),
-        };
+        let control = ControlTopic::for_job(&served.job, &config.brokers, &config.client_overrides);
         let reader = control.clone();
         let pointer = match tokio::task::spawn_blocking(move || reader.read()).await {
             Ok(Ok(state)) => state.serving,
@@ -213,12 +207,8 @@ async fn slots(
             }
             Err(e) => return Err(ServingError::Internal(e.to_string())),
         };
-        let file_serves = |spec: &VersionSpec| {
-            spec.version == served.job.version()
-                && spec.fingerprint == served.job.plan_fingerprint()
-        };
         let service = match pointer {
-            Some(pointer) if !file_serves(&pointer.spec) => {
+            Some(pointer) if !served.serves(&pointer.spec) => {
                 tracing::info!(
                     job = name,
                     version = pointer.spec.version,

@@ -30,6 +30,11 @@ pub struct ServedJob {
 }
 
 impl ServedJob {
+    /// Whether this job is the version `spec` describes (same version, same plan).
+    pub fn serves(&self, spec: &sluice_core::control::VersionSpec) -> bool {
+        spec.version == self.job.version() && spec.fingerprint == self.job.plan_fingerprint()
+    }
+
     /// A job whose speed daemon runs in the default group, `sluice-<job>`.
     pub fn new(job: Job, pipeline: Arc<Pipeline>) -> ServedJob {
         let stream_group = sluice_core::topics::stream_group(&job.versioned_name());
@@ -202,7 +207,7 @@ impl JobService {
 
     /// Whether this service is the version `spec` describes (same version, same plan).
     pub fn serves(&self, spec: &sluice_core::control::VersionSpec) -> bool {
-        spec.version == self.version() && spec.fingerprint == self.served.job.plan_fingerprint()
+        self.served.serves(spec)
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
