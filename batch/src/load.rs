@@ -1,5 +1,6 @@
 //! `sluice lake load`: JSON-lines files → the job's raw Delta table, so the batch layer works
-//! before (and without) the stream.
+//! before (and without) the stream. Files are JSON lines whatever the topic's wire format
+//! (JSON or Avro): the job's fields, by their source names (`from`).
 //!
 //! Every good line lands in one commit; bad lines are reported with their line number, field
 //! and reason, and the commit records a content hash as a Delta transaction action so loading
@@ -10,6 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
+use sluice_core::decode::SourceDecoder;
 use sluice_core::lake::{TableLocation, commit_key, raw_rows};
 use sluice_core::{Job, JsonDecoder, Lake, RecordError};
 
@@ -51,7 +53,10 @@ pub async fn load_jsonl(job: &Job, lake: &Lake, file: &Path) -> Result<LoadRepor
         report.already_loaded = true;
         return Ok(report);
     }
-    let decoder = JsonDecoder::new(job);
+    // Files are JSON lines whatever the topic's wire format: the same fields, by their
+    // source names, through the same checks.
+    let json = JsonDecoder::new(job);
+    let decoder: &dyn SourceDecoder = &json;
     let lines: Vec<(usize, &[u8])> = bytes
         .split(|b| *b == b'\n')
         .enumerate()
@@ -61,7 +66,7 @@ pub async fn load_jsonl(job: &Job, lake: &Lake, file: &Path) -> Result<LoadRepor
     let mut batches = Vec::new();
     for chunk in lines.chunks(CHUNK_LINES) {
         let records: Vec<&[u8]> = chunk.iter().map(|(_, line)| *line).collect();
-        let decoded = decoder.decode(&records)?;
+        let decoded = decoder.decode_records(&records)?;
         for error in decoded.errors {
             report.rejected.push((chunk[error.index].0, error));
         }

@@ -66,6 +66,21 @@ pub enum Error {
     Transform { name: String, message: String },
     #[error("invalid time `{value}`: {why}")]
     InvalidTime { value: String, why: String },
+    /// `format = "avro"`: the writer schema file cannot be read.
+    #[error("job `{job}`: cannot read the Avro schema file {file}: {source}")]
+    ReadSchema {
+        job: String,
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A decoder broke its own rules (not a bad record: those are `RecordError`s).
+    #[error("job `{job}`: decoder: {message}")]
+    Decode { job: String, message: String },
+    /// Records named a registry schema id nobody fetched: the caller must hand every id
+    /// `missing_writer_schemas` names to `add_writer_schema` before decoding.
+    #[error("job `{job}`: schema id {id} was not fetched from the registry before decoding")]
+    MissingWriterSchema { job: String, id: u32 },
     /// State written by another plan (see [`crate::plan_version`]).
     #[error(transparent)]
     Plan(#[from] Box<crate::plan_version::PlanMismatch>),

@@ -1,6 +1,6 @@
 //! `sluice-core`: everything the layers share, so none of them re-implements the plan.
 //!
-//! It owns the job file ([`spec`]), the JSON decoder ([`decode`]), the plan compiler
+//! It owns the job file ([`spec`]), the source decoders behind one trait ([`decode`]: JSON, Avro), the plan compiler
 //! ([`JobPlan`]) with its windows ([`window`]) and partial-state aggregation
 //! ([`AggregateStage`]) and the layout of its partial rows ([`partial_layout`]), the stable
 //! partial-state codec ([`state_codec`]), Rust UDFs ([`udf`]), the record-transform contract
@@ -18,6 +18,7 @@ mod decode_props;
 pub mod duration;
 pub mod error;
 pub mod fixture;
+pub mod fixture_avro;
 mod flat_json;
 mod flink_sql;
 mod json_escapes;
@@ -39,7 +40,9 @@ pub mod view_coverage;
 pub mod window;
 
 pub use aggregate::AggregateStage;
-pub use decode::{Decoded, JsonDecoder, RecordError};
+pub use decode::{
+    AvroDecoder, Decoded, JsonDecoder, RecordError, SourceDecoder, WriterSchemaLookup,
+};
 pub use error::{Error, Result};
 pub use partial_layout::{KeyPrefix, Origin, PartialLayout};
 pub use pipeline::{Evaluated, FailedRow, Isolated, Pipeline};

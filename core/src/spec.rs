@@ -10,10 +10,13 @@
 //! allowed_lateness = "1m"         # default 0s
 //! max_future_skew = "1h"          # default 1h; event times further ahead of the record's
 //!                                 # timestamp are dead-lettered as clock_skew; "0s" disables
+//! format = "json"                 # default; or "avro-confluent" (registry) or "avro" (schema file)
+//! registry = "http://registry:8081" # avro-confluent only; SLUICE_REGISTRY_URL overrides it
+//! schema = "order_event.avsc"     # avro only: the writer schema, relative to the job file
 //! fields = [
 //!   { name = "order_id", type = "string", nullable = false },
 //!   { name = "amount", type = "float64" },
-//!   { name = "event_time", type = "timestamp" },
+//!   { name = "event_time", type = "timestamp", from = "timestamp" }, # read from field `timestamp`
 //! ]
 //! [transform]
 //! sql = "SELECT ... FROM orders_kafka ..."
@@ -76,8 +79,18 @@ pub struct SourceSpec {
     /// and turn every later record late. `0s` disables the guard.
     #[serde(default = "default_max_future_skew", with = "serde_duration")]
     pub max_future_skew: Duration,
+    /// `format = "avro-confluent"`: the schema registry writer schemas are fetched from by id
+    /// (`SLUICE_REGISTRY_URL` overrides it; credentials come from the URL or the environment,
+    /// never from the job file).
+    pub registry: Option<String>,
+    /// `format = "avro"`: the file holding the writer schema every record is written with,
+    /// relative to the job file.
+    pub schema: Option<PathBuf>,
     pub fields: Vec<FieldSpec>,
 }
+
+/// The environment variable that overrides `[source] registry`.
+pub const REGISTRY_ENV: &str = "SLUICE_REGISTRY_URL";
 
 fn default_watermark_delay() -> Duration {
     Duration::from_secs(5)
@@ -88,14 +101,29 @@ fn default_max_future_skew() -> Duration {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum SourceFormat {
     /// One JSON object per record (per Kafka message value, per line of a JSONL file).
     #[default]
     Json,
+    /// Confluent's wire format (Flink's name for it): magic byte 0, the writer schema's
+    /// registry id (4 bytes, big-endian), then the Avro binary body.
+    AvroConfluent,
+    /// Plain Avro binary bodies, all written with the schema in `[source] schema`.
+    Avro,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+impl SourceFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceFormat::Json => "json",
+            SourceFormat::AvroConfluent => "avro-confluent",
+            SourceFormat::Avro => "avro",
+        }
+    }
+}
+
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FieldSpec {
     pub name: String,
@@ -103,6 +131,32 @@ pub struct FieldSpec {
     pub data_type: FieldType,
     #[serde(default = "default_true")]
     pub nullable: bool,
+    /// The field of the source record this one is read from, when its name differs (the
+    /// seed's Avro `timestamp` feeding the SQL's `event_time`). Default: `name`.
+    #[serde(default)]
+    pub from: Option<String>,
+}
+
+impl FieldSpec {
+    /// The name of the field in the source record.
+    pub fn source_name(&self) -> &str {
+        self.from.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// The plan fingerprint hashes this text, so it stays what it was before `from` existed for
+/// fields without one: a job's fingerprint must not change when Sluice grows a field.
+impl std::fmt::Debug for FieldSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut out = f.debug_struct("FieldSpec");
+        out.field("name", &self.name)
+            .field("data_type", &self.data_type)
+            .field("nullable", &self.nullable);
+        if let Some(from) = &self.from {
+            out.field("from", from);
+        }
+        out.finish()
+    }
 }
 
 fn default_true() -> bool {
@@ -248,9 +302,20 @@ impl Job {
         Arc::new(self.schema_with(FieldType::arrow_type))
     }
 
-    /// The schema the JSON decoder fills (timestamps as epoch milliseconds).
+    /// The schema the JSON decoder fills: source field names (`from`), timestamps as epoch
+    /// milliseconds.
     pub(crate) fn decode_schema(&self) -> SchemaRef {
-        Arc::new(self.schema_with(FieldType::decode_type))
+        let source = &self.spec.source;
+        Arc::new(Schema::new(
+            source
+                .fields
+                .iter()
+                .map(|f| {
+                    let nullable = f.nullable && f.name != source.event_time;
+                    Field::new(f.source_name(), f.data_type.decode_type(), nullable)
+                })
+                .collect::<Vec<_>>(),
+        ))
     }
 
     fn schema_with(&self, data_type: impl Fn(FieldType) -> DataType) -> Schema {
@@ -265,6 +330,24 @@ impl Job {
                 })
                 .collect::<Vec<_>>(),
         )
+    }
+
+    /// The registry `format = "avro-confluent"` fetches writer schemas from:
+    /// `SLUICE_REGISTRY_URL`, else `[source] registry`.
+    pub fn registry_url(&self) -> Option<String> {
+        std::env::var(REGISTRY_ENV)
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .or_else(|| self.spec.source.registry.clone())
+    }
+
+    /// `[source] schema`, resolved against the job file's directory.
+    pub fn schema_file(&self) -> Option<PathBuf> {
+        let schema = self.spec.source.schema.as_ref()?;
+        Some(match self.file.parent() {
+            Some(dir) if schema.is_relative() => dir.join(schema),
+            _ => schema.clone(),
+        })
     }
 
     pub fn bucket_micros(&self) -> i64 {
@@ -301,7 +384,15 @@ impl Job {
             return Err(self.invalid("source.fields", "at least one field", "none"));
         }
         let mut seen = std::collections::HashSet::new();
+        let mut sources = std::collections::HashSet::new();
         for (i, field) in spec.source.fields.iter().enumerate() {
+            if field.source_name().is_empty() || !sources.insert(field.source_name()) {
+                return Err(self.invalid(
+                    &format!("source.fields[{i}].from"),
+                    "a non-empty source field no other field reads",
+                    format!("{:?}", field.source_name()),
+                ));
+            }
             if field.name.is_empty() || field.name.starts_with("__") {
                 return Err(self.invalid(
                     &format!("source.fields[{i}].name"),
@@ -339,6 +430,7 @@ impl Job {
             }
             Some(_) => {}
         }
+        self.validate_format()?;
         if spec.view.version == 0 {
             return Err(self.invalid("view.version", "a version number from 1", "0"));
         }
@@ -347,6 +439,60 @@ impl Job {
         }
         if spec.transform.sql.trim().is_empty() {
             return Err(self.invalid("transform.sql", "a SELECT statement", "empty text"));
+        }
+        Ok(())
+    }
+}
+
+impl Job {
+    fn validate_format(&self) -> Result<()> {
+        let source = &self.spec.source;
+        let format = source.format.as_str();
+        match source.format {
+            SourceFormat::AvroConfluent => {
+                if source.schema.is_some() {
+                    return Err(self.invalid(
+                        "source.schema",
+                        "no schema file with format \"avro-confluent\" (writer schemas come from the registry)",
+                        "a schema file",
+                    ));
+                }
+                if let Some(url) = &source.registry
+                    && url.trim().is_empty()
+                {
+                    return Err(self.invalid("source.registry", "a registry URL", "\"\""));
+                }
+            }
+            SourceFormat::Avro => {
+                if source.schema.is_none() {
+                    return Err(self.invalid(
+                        "source.schema",
+                        "the writer schema file (format \"avro\" has no registry)",
+                        "none",
+                    ));
+                }
+                if source.registry.is_some() {
+                    return Err(self.invalid(
+                        "source.registry",
+                        "no registry with format \"avro\" (use \"avro-confluent\")",
+                        "a registry URL",
+                    ));
+                }
+            }
+            SourceFormat::Json => {
+                for (key, set) in [
+                    ("source.registry", source.registry.is_some()),
+                    ("source.schema", source.schema.is_some()),
+                ] {
+                    if set {
+                        return Err(self.invalid(
+                            key,
+                            &format!("nothing with format \"{format}\" (it is for Avro formats)"),
+                            "a value",
+                        ));
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -448,5 +594,69 @@ sql = "SELECT x FROM orders_events"
             .to_string();
         assert!(err.contains("field `source.event_time`"), "{err}");
         assert!(err.contains("timestamp"), "{err}");
+    }
+
+    #[test]
+    fn a_field_without_from_prints_as_before_so_fingerprints_stay() {
+        let job = parse(GOOD).unwrap();
+        assert_eq!(
+            format!("{:?}", job.spec.source.fields[0]),
+            r#"FieldSpec { name: "ts", data_type: Timestamp, nullable: true }"#
+        );
+        let renamed = parse(&GOOD.replace(
+            r#"{ name = "x", type = "int64" }"#,
+            r#"{ name = "x", type = "int64", from = "y" }"#,
+        ))
+        .unwrap();
+        assert_ne!(job.plan_fingerprint(), renamed.plan_fingerprint());
+        assert_eq!(renamed.spec.source.fields[1].source_name(), "y");
+        assert_eq!(renamed.decode_schema().field(1).name(), "y");
+        assert_eq!(renamed.source_schema().field(1).name(), "x");
+    }
+
+    #[test]
+    fn two_fields_may_not_read_one_source_field() {
+        let err = parse(&GOOD.replace(
+            r#"{ name = "x", type = "int64" }"#,
+            r#"{ name = "x", type = "int64", from = "ts" }"#,
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("source.fields[1].from"), "{err}");
+    }
+
+    #[test]
+    fn formats_take_only_their_own_settings() {
+        let with = |lines: &str| {
+            parse(&GOOD.replace(
+                "event_time = \"ts\"",
+                &format!("event_time = \"ts\"\n{lines}"),
+            ))
+        };
+        let confluent = with("format = \"avro-confluent\"\nregistry = \"http://r:8081\"").unwrap();
+        assert_eq!(confluent.spec.source.format, SourceFormat::AvroConfluent);
+        assert_eq!(
+            confluent.spec.source.registry.as_deref(),
+            Some("http://r:8081")
+        );
+        let avro = with("format = \"avro\"\nschema = \"s.avsc\"").unwrap();
+        assert_eq!(avro.schema_file(), Some(PathBuf::from("s.avsc")));
+        for (lines, field) in [
+            ("format = \"avro\"", "source.schema"),
+            (
+                "format = \"avro\"\nschema = \"s.avsc\"\nregistry = \"http://r\"",
+                "source.registry",
+            ),
+            (
+                "format = \"avro-confluent\"\nschema = \"s.avsc\"",
+                "source.schema",
+            ),
+            ("registry = \"http://r\"", "source.registry"),
+        ] {
+            let err = with(lines).unwrap_err().to_string();
+            assert!(err.contains(&format!("field `{field}`")), "{lines}: {err}");
+        }
+        let err = with("format = \"protobuf\"").unwrap_err().to_string();
+        assert!(err.contains("avro-confluent"), "{err}");
     }
 }

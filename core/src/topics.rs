@@ -66,10 +66,21 @@ pub enum DivertReason {
     TransformError,
     /// Every window of the event closed more than the allowed lateness ago (`<job>.late`).
     Late,
+    /// `avro-confluent`: the record does not start with the magic byte 0 and a 4-byte schema
+    /// id (JSON on an Avro topic, a producer without the registry serializer).
+    MissingMagicByte,
+    /// `avro-confluent`: the registry says the record's schema id does not exist.
+    UnknownSchemaId,
+    /// The Avro body does not decode with its writer schema: truncated, corrupt, or with
+    /// bytes left over.
+    MalformedAvro,
+    /// The writer schema cannot be resolved to the job's fields (a required field it lacks, a
+    /// type that does not promote to the field's type) or does not parse.
+    IncompatibleSchema,
 }
 
 impl DivertReason {
-    pub const ALL: [DivertReason; 8] = [
+    pub const ALL: [DivertReason; 12] = [
         DivertReason::NotUtf8,
         DivertReason::MalformedJson,
         DivertReason::SchemaViolation,
@@ -78,6 +89,10 @@ impl DivertReason {
         DivertReason::ClockSkew,
         DivertReason::TransformError,
         DivertReason::Late,
+        DivertReason::MissingMagicByte,
+        DivertReason::UnknownSchemaId,
+        DivertReason::MalformedAvro,
+        DivertReason::IncompatibleSchema,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -90,6 +105,10 @@ impl DivertReason {
             DivertReason::ClockSkew => "clock_skew",
             DivertReason::TransformError => "transform_error",
             DivertReason::Late => "late",
+            DivertReason::MissingMagicByte => "missing_magic_byte",
+            DivertReason::UnknownSchemaId => "unknown_schema_id",
+            DivertReason::MalformedAvro => "malformed_avro",
+            DivertReason::IncompatibleSchema => "incompatible_schema",
         }
     }
 

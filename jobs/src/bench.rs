@@ -1,36 +1,102 @@
-//! `sluice bench`: JSON decode + the seed 000 plan over synthetic order events, single thread.
+//! `sluice bench`: decode (JSON, and Avro with `--format avro`) + the seed 000 plan over
+//! synthetic order events, single thread.
 
 use std::time::Instant;
 
-use sluice_core::fixture::{OrderGenerator, OrderShape};
-use sluice_core::{Job, JobPlan, JsonDecoder};
+use arrow::array::RecordBatch;
+use sluice_core::decode::SourceDecoder;
+use sluice_core::fixture::{Order, OrderGenerator, OrderShape};
+use sluice_core::fixture_avro::{ORDER_EVENT_V1, OrderAvro};
+use sluice_core::{AvroDecoder, Job, JobPlan, JsonDecoder, WriterSchemaLookup};
 
 pub const ORDERS_PER_MINUTE: &str = include_str!("../examples/orders_per_minute.toml");
 
 /// Synthetic order events as JSON (the shared generator): 3 ms apart with up to 5 s of
 /// disorder, 60% completed, four regions.
 pub fn synthetic_orders(count: usize, seed: u64) -> Vec<Vec<u8>> {
-    let shape = OrderShape {
+    OrderGenerator::new(seed, bench_shape()).records(count)
+}
+
+fn bench_shape() -> OrderShape {
+    OrderShape {
         spacing_ms: 3,
         disorder_ms: 5_000,
         completed_percent: 60,
         customers: 50_000,
         ..OrderShape::default()
-    };
-    OrderGenerator::new(seed, shape).records(count)
+    }
+}
+
+/// Which decoders `sluice bench` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchFormat {
+    /// JSON records.
+    Json,
+    /// Confluent-framed Avro (seed 000's `OrderEvent`), beside JSON on the same orders.
+    Avro,
 }
 
 pub struct BenchResult {
     pub events: usize,
     pub batch_size: usize,
-    pub decode_seconds: f64,
+    /// Per decoder: its label and seconds.
+    pub decode: Vec<(&'static str, f64)>,
     pub plan_seconds: f64,
     pub windows: usize,
 }
 
+/// The seed query over orders in Avro (`event_time` read from the seed's `timestamp`).
+fn avro_job(json_job: &Job) -> anyhow::Result<Job> {
+    let toml = format!(
+        r#"
+name = "orders_per_minute"
+[source]
+topic = "orders.events"
+table = "orders_kafka"
+format = "avro-confluent"
+registry = "http://127.0.0.1:8081"
+event_time = "event_time"
+fields = [
+{}]
+[transform]
+sql = """{}"""
+"#,
+        sluice_core::fixture_avro::ORDER_AVRO_FIELDS,
+        json_job.spec.transform.sql
+    );
+    Ok(Job::from_toml(
+        &toml,
+        std::path::Path::new("bench-avro.toml"),
+    )?)
+}
+
+/// Decodes `records` in micro-batches of `batch_size`: the batches and the seconds it took.
+fn decode_all(
+    decoder: &dyn SourceDecoder,
+    records: &[Vec<u8>],
+    batch_size: usize,
+) -> anyhow::Result<(Vec<RecordBatch>, f64)> {
+    let mut seconds = 0.0;
+    let mut batches = Vec::new();
+    for chunk in records.chunks(batch_size) {
+        let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+        let started = Instant::now();
+        let decoded = decoder.decode_records(&refs)?;
+        seconds += started.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            decoded.errors.is_empty(),
+            "bench records failed to decode: {}",
+            decoded.errors[0]
+        );
+        batches.push(decoded.batch);
+    }
+    Ok((batches, seconds))
+}
+
 /// Decodes and aggregates `events` in micro-batches of `batch_size`, folding partial states
-/// the way the speed layer does.
-pub fn run(events: usize, batch_size: usize) -> anyhow::Result<BenchResult> {
+/// the way the speed layer does. With [`BenchFormat::Avro`] the same orders are also decoded
+/// from Avro, and both decoders must give the same batches.
+pub fn run(events: usize, batch_size: usize, format: BenchFormat) -> anyhow::Result<BenchResult> {
     let job = Job::from_toml(
         ORDERS_PER_MINUTE,
         std::path::Path::new("jobs/examples/orders_per_minute.toml"),
@@ -39,21 +105,38 @@ pub fn run(events: usize, batch_size: usize) -> anyhow::Result<BenchResult> {
     let stage = plan
         .aggregate()
         .ok_or_else(|| anyhow::anyhow!("bench job has no aggregate"))?;
-    let decoder = JsonDecoder::new(&job);
-    let records = synthetic_orders(events, 7);
-    let (mut decode_seconds, mut plan_seconds) = (0.0, 0.0);
+    let orders: Vec<Order> = OrderGenerator::new(7, bench_shape()).take(events).collect();
+    let json: Vec<Vec<u8>> = orders.iter().map(Order::to_json).collect();
+    let (batches, json_seconds) = decode_all(&JsonDecoder::new(&job), &json, batch_size)?;
+    let mut decode = vec![("JSON decode", json_seconds)];
+    if format == BenchFormat::Avro {
+        let avro_job = avro_job(&job)?;
+        let writer = OrderAvro::new(1, 1);
+        let avro: Vec<Vec<u8>> = orders.iter().map(|o| writer.confluent(o)).collect();
+        drop(orders);
+        let decoder = AvroDecoder::confluent(&avro_job)?;
+        decoder.add_writer_schema(1, WriterSchemaLookup::Found(ORDER_EVENT_V1.to_string()));
+        let (avro_batches, avro_seconds) = decode_all(&decoder, &avro, batch_size)?;
+        decode.push(("Avro decode (Confluent)", avro_seconds));
+        // The orders job has `email`, the Avro one does not: compare the shared columns.
+        for (a, j) in avro_batches.iter().zip(&batches) {
+            for name in ["order_id", "amount", "status", "event_time"] {
+                anyhow::ensure!(
+                    a.column_by_name(name) == j.column_by_name(name),
+                    "Avro and JSON decoded `{name}` differently"
+                );
+            }
+        }
+    }
+    let mut plan_seconds = 0.0;
     let mut state = Vec::new();
-    for chunk in records.chunks(batch_size) {
+    for batch in &batches {
         let started = Instant::now();
-        let decoded = decoder.decode(chunk)?;
-        let decoded_at = Instant::now();
-        let partial = plan.partial(&decoded.batch)?;
-        state.push(partial);
+        state.push(plan.partial(batch)?);
         if state.len() >= 16 {
             state = vec![stage.merge(&state)?];
         }
-        decode_seconds += (decoded_at - started).as_secs_f64();
-        plan_seconds += decoded_at.elapsed().as_secs_f64();
+        plan_seconds += started.elapsed().as_secs_f64();
     }
     let started = Instant::now();
     let result = stage.finalize(&state)?;
@@ -61,14 +144,13 @@ pub fn run(events: usize, batch_size: usize) -> anyhow::Result<BenchResult> {
     Ok(BenchResult {
         events,
         batch_size,
-        decode_seconds,
+        decode,
         plan_seconds,
         windows: result.num_rows(),
     })
 }
 
 pub fn print_table(r: &BenchResult) {
-    let total = r.decode_seconds + r.plan_seconds;
     let rate = |s: f64| {
         if s > 0.0 {
             r.events as f64 / s
@@ -81,21 +163,19 @@ pub fn print_table(r: &BenchResult) {
         r.events, r.batch_size
     );
     println!("{:<28} {:>10} {:>16}", "stage", "seconds", "events/s/core");
-    println!(
-        "{:<28} {:>10.3} {:>16.0}",
-        "JSON decode",
-        r.decode_seconds,
-        rate(r.decode_seconds)
-    );
+    for (label, seconds) in &r.decode {
+        println!("{label:<28} {seconds:>10.3} {:>16.0}", rate(*seconds));
+    }
     println!(
         "{:<28} {:>10.3} {:>16.0}",
         "seed 000 plan (partial+merge)",
         r.plan_seconds,
         rate(r.plan_seconds)
     );
+    let total = r.decode[0].1 + r.plan_seconds;
     println!(
         "{:<28} {:>10.3} {:>16.0}",
-        "decode + plan",
+        "JSON decode + plan",
         total,
         rate(total)
     );

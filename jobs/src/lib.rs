@@ -9,6 +9,7 @@ pub mod bench_serve;
 pub mod bench_serve_memory;
 pub mod bench_stream;
 pub mod demo;
+pub mod registry_cmd;
 pub mod replay;
 pub mod serve_cmd;
 pub mod signals;

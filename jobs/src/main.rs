@@ -79,6 +79,12 @@ enum Command {
         after_help = "Examples:\n  sluice serve --job jobs/examples/orders_per_minute.toml --brokers 127.0.0.1:9092\n  sluice serve --job a.toml --job b.toml --brokers host:9092 --lake s3://bucket/lake --bind 0.0.0.0:8080 --token $TOKEN\n  curl 'http://127.0.0.1:8080/v1/jobs/orders_per_minute/view?from=2024-05-01T10:00:00Z&limit=10'\n  curl -XPOST http://127.0.0.1:8080/v1/sql -d '{\"sql\": \"SELECT * FROM orders_per_minute LIMIT 5\"}'\n\nPrints `listening on http://ADDR` once bound. The API is described at /openapi.yaml.\nSIGINT/SIGTERM stop it (exit 0)."
     )]
     Serve(ServeArgs),
+    /// Run the built-in schema registry: Confluent's REST API, its state in a compacted Kafka
+    /// topic (run several on one topic; they agree through it).
+    #[command(
+        after_help = "Examples:\n  sluice registry --brokers 127.0.0.1:9092\n  sluice registry --brokers host:9092 --listen 0.0.0.0:8081 --topic _schemas\n  curl -XPOST http://127.0.0.1:8081/subjects/orders-value/versions \\\n    -H 'Content-Type: application/vnd.schemaregistry.v1+json' \\\n    -d '{\"schema\": \"{\\\"type\\\": \\\"string\\\"}\"}'\n  curl http://127.0.0.1:8081/schemas/ids/1\n\nPrints `registry listening on http://ADDR` once it has read the topic to its end and is\nbound. Point Sluice at it with `[source] registry = \"http://ADDR\"` or SLUICE_REGISTRY_URL.\nSee docs/registry.md. SIGINT/SIGTERM stop it (exit 0)."
+    )]
+    Registry(sluice_jobs::registry_cmd::RegistryArgs),
     /// Build a job's new view version (`[view] version = N`) from history while the current
     /// version keeps serving: the lake, then Kafka from the matching offsets.
     Replay(sluice_jobs::replay::ReplayArgs),
@@ -107,15 +113,19 @@ enum Command {
         after_help = "Examples:\n  sluice demo\n  sluice demo --bind 127.0.0.1:0 --rate 1000 --backfill-every 30s\n  sluice demo --dir /tmp/sluice-demo --events 20000 --plain\n  sluice demo --brokers 127.0.0.1:9092\n\nWithout --brokers, Kafka is librdkafka's in-process mock cluster and the speed layer runs\nat-least-once (the mock writes no transaction markers). The first stdout line is\n`listening on http://ADDR`; then come example requests and the `sluice verify` command line.\n<dir>/lake and <dir>/state are recreated on start (kept when the last run used the same\n--brokers). SLUICE_BROKERS in the environment counts as --brokers. Ctrl-C stops everything (exit 0)."
     )]
     Demo(DemoArgs),
-    /// Measure JSON decode + the seed 000 plan on synthetic events (prints a table).
+    /// Measure decode (JSON; with --format avro also Avro) + the seed 000 plan on synthetic
+    /// events (prints a table).
     #[command(
-        after_help = "Example:\n  sluice bench --events 1000000 --batch-size 10000\nBuild with --release for representative figures."
+        after_help = "Examples:\n  sluice bench --events 1000000 --batch-size 10000\n  sluice bench --format avro --events 2000000\n\n--format avro decodes the same orders from Confluent-framed Avro (seed 000's OrderEvent)\nbeside JSON. Build with --release for representative figures."
     )]
     Bench {
         #[arg(long, default_value_t = 1_000_000)]
         events: usize,
         #[arg(long, default_value_t = 10_000)]
         batch_size: usize,
+        /// `avro`: also measure the Avro decoder on the same orders.
+        #[arg(long, value_enum, default_value = "json")]
+        format: bench::BenchFormat,
     },
     /// Measure the speed layer through a real broker: events/s with exactly-once on and off,
     /// and produce -> <job>.speed latency at a fixed rate (prints tables).
@@ -224,7 +234,7 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "warn,buoyant_kernel=off,sluice=info,sluice_jobs=info,sluice_core=info,sluice_batch=info,sluice_stream=info,sluice_serving=info".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "warn,buoyant_kernel=off,sluice=info,sluice_jobs=info,sluice_core=info,sluice_batch=info,sluice_stream=info,sluice_serving=info,sluice_registry=info".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         // Colours only on a terminal: a log file or a collector gets plain text.
@@ -287,6 +297,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Stream(args) => stream_cmd::stream(args).await,
         Command::Ingest(args) => stream_cmd::ingest(args).await,
         Command::Serve(args) => serve_cmd::serve(args).await,
+        Command::Registry(args) => sluice_jobs::registry_cmd::run(args).await,
         Command::BenchServe(args) => {
             tokio::task::spawn_blocking(move || sluice_jobs::bench_serve::run(&args)).await??;
             Ok(ExitCode::SUCCESS)
@@ -297,8 +308,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Switch(args) => sluice_jobs::versions_cmd::switch(args).await,
         Command::Retire(args) => sluice_jobs::versions_cmd::retire(args).await,
         Command::Demo(args) => demo::run(args).await,
-        Command::Bench { events, batch_size } => {
-            let result = bench::run(events, batch_size.max(1))?;
+        Command::Bench {
+            events,
+            batch_size,
+            format,
+        } => {
+            let result = bench::run(events, batch_size.max(1), format)?;
             bench::print_table(&result);
             Ok(ExitCode::SUCCESS)
         }

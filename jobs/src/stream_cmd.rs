@@ -216,17 +216,20 @@ pub async fn stream(args: StreamArgs) -> anyhow::Result<ExitCode> {
     ));
     let bound = MemoryBound::of(&config, sink_config.as_ref());
     tracing::info!(job = job.name(), bound_mib = bound.total_mib(), terms = %bound, "memory bound (beyond the process's fixed footprint)");
-    let sink = sink_config.map(|sink_config| {
-        let sink = LakeSink::new(
-            job.clone(),
-            &lake,
-            args.source.sink_client(&job, &config),
-            sink_config,
-            metrics.clone(),
-        );
-        let (runtime, stop) = (tokio::runtime::Handle::current(), stop.clone());
-        std::thread::spawn(move || sink.run(runtime, stop))
-    });
+    let sink = match sink_config {
+        Some(sink_config) => {
+            let sink = LakeSink::new(
+                job.clone(),
+                &lake,
+                args.source.sink_client(&job, &config),
+                sink_config,
+                metrics.clone(),
+            )?;
+            let (runtime, stop) = (tokio::runtime::Handle::current(), stop.clone());
+            Some(std::thread::spawn(move || sink.run(runtime, stop)))
+        }
+        None => None,
+    };
     let daemon = StreamDaemon::new(job, pipeline, config, metrics).with_batch_cutoff(cutoff);
     let daemon_stop = stop.clone();
     let summary = tokio::task::spawn_blocking(move || daemon.run(daemon_stop)).await?;
@@ -255,7 +258,7 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
     start_metrics(args.source.metrics_addr, &metrics);
     let stop = StopSignals::new()?.into_flag();
     let lake = Lake::resolve(args.source.target.lake.as_deref());
-    let sink = LakeSink::new(job, &lake, config, args.source.sink_config(), metrics);
+    let sink = LakeSink::new(job, &lake, config, args.source.sink_config(), metrics)?;
     let runtime = tokio::runtime::Handle::current();
     let summary = tokio::task::spawn_blocking(move || sink.run(runtime, stop)).await??;
     eprintln!(

@@ -35,6 +35,7 @@ use crate::kafka::{
 };
 use crate::metrics::StreamMetrics;
 use crate::processor::{Diverted, Output, Processor, Restoring, SourceRecord};
+use crate::schemas::{Fetched, SchemaFetcher};
 use crate::state::{Checkpoint, PartitionCheckpoint, StateStore};
 use crate::watermark::Watermarks;
 
@@ -99,6 +100,8 @@ struct Running {
     consumer: BaseConsumer<GroupContext>,
     producer: BaseProducer<DeliveryContext>,
     processor: Processor,
+    /// `avro-confluent` jobs: where writer schemas come from.
+    schemas: Option<SchemaFetcher>,
     assigned: Vec<i32>,
     summary: RunSummary,
     consecutive_failures: u32,
@@ -139,7 +142,10 @@ impl StreamDaemon {
         let mut running = self.start()?;
         tracing::info!(job = self.name(), topic = %self.topics.source, guarantee = ?self.config.guarantee, "speed layer started");
         while !stop.load(Ordering::SeqCst) {
-            let records = self.poll_batch(&mut running, &stop)?;
+            let mut records = self.poll_batch(&mut running, &stop)?;
+            if !self.wait_for_schemas(&mut running, &mut records, &stop)? {
+                break;
+            }
             let now = Instant::now();
             self.ask_broker_about_silent_partitions(&mut running, now);
             let cutoff = self.batch_cutoff.as_ref().and_then(|c| c.settled(now));
@@ -226,12 +232,14 @@ impl StreamDaemon {
             self.job.spec.source.watermark_delay,
             self.config.idle_timeout,
         );
+        let decoder = sluice_core::decode::for_job(&self.job, self.config.max_record_bytes)?;
+        let schemas = SchemaFetcher::for_job(&self.job)?;
         let processor = Processor::new(
             self.job.clone(),
             self.pipeline.clone(),
             store,
             watermarks,
-            self.config.max_record_bytes,
+            decoder,
         );
         consumer.subscribe(&[&self.topics.source]).map_err(kafka(
             job,
@@ -241,6 +249,7 @@ impl StreamDaemon {
             consumer,
             producer,
             processor,
+            schemas,
             assigned: Vec::new(),
             summary: RunSummary::default(),
             consecutive_failures: 0,
@@ -285,13 +294,7 @@ impl StreamDaemon {
                     tracing::warn!(job = self.name(), error = %e, "consumer error");
                     None
                 }
-                Some(Ok(message)) => Some(SourceRecord {
-                    partition: message.partition(),
-                    offset: message.offset(),
-                    timestamp_ms: message.timestamp().to_millis(),
-                    key: message.key().map(<[u8]>::to_vec),
-                    payload: message.payload().map(<[u8]>::to_vec),
-                }),
+                Some(Ok(message)) => Some(source_record(&message)),
             };
             // Rebalance callbacks ran inside poll: restore or drop partitions before using the record.
             self.apply_changes(running, &mut records)?;
@@ -308,6 +311,99 @@ impl StreamDaemon {
             }
         }
         Ok(records)
+    }
+
+    /// Holds the batch until the registry has answered for every writer schema it names (see
+    /// [`crate::schemas`]): its partitions are paused meanwhile and the consumer keeps
+    /// polling, so the group keeps them and rebalances still apply. `false` when `stop` was
+    /// set while waiting: the batch is dropped uncommitted and read again on the next start.
+    fn wait_for_schemas(
+        &self,
+        running: &mut Running,
+        records: &mut Vec<SourceRecord>,
+        stop: &AtomicBool,
+    ) -> Result<bool> {
+        let Some(mut fetcher) = running.schemas.take() else {
+            return Ok(true);
+        };
+        let waited = self.wait_with(&mut fetcher, running, records, stop);
+        running.schemas = Some(fetcher);
+        waited
+    }
+
+    fn wait_with(
+        &self,
+        fetcher: &mut SchemaFetcher,
+        running: &mut Running,
+        records: &mut Vec<SourceRecord>,
+        stop: &AtomicBool,
+    ) -> Result<bool> {
+        let job = self.name();
+        let mut paused = false;
+        loop {
+            let payloads: Vec<&[u8]> = records
+                .iter()
+                .filter_map(|r| r.payload.as_deref())
+                .collect();
+            let retry_at = match fetcher.fetch_missing(running.processor.decoder(), &payloads) {
+                Fetched::Ready => break,
+                Fetched::Unavailable { retry_at, .. } => retry_at,
+            };
+            self.metrics.registry_waits.with_label_values(&[job]).inc();
+            while Instant::now() < retry_at {
+                if stop.load(Ordering::SeqCst) {
+                    return Ok(false);
+                }
+                // Paused again each round: a rebalance may have assigned new partitions.
+                self.pause_assigned(running, true)?;
+                paused = true;
+                let timeout = retry_at
+                    .saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(100));
+                let polled = match running.consumer.poll(timeout) {
+                    Some(Ok(message)) => Some(source_record(&message)),
+                    _ => None,
+                };
+                self.apply_changes(running, records)?;
+                // Fetched before the pause took effect: it belongs to this batch.
+                if let Some(record) = polled
+                    && running.assigned.contains(&record.partition)
+                {
+                    records.push(record);
+                }
+            }
+        }
+        if paused {
+            self.pause_assigned(running, false)?;
+            tracing::info!(
+                job,
+                registry = fetcher.url(),
+                "schema registry answered: partitions resumed"
+            );
+        }
+        Ok(true)
+    }
+
+    fn pause_assigned(&self, running: &Running, pause: bool) -> Result<()> {
+        let job = self.name();
+        let mut list = TopicPartitionList::new();
+        for &partition in &running.assigned {
+            list.add_partition(&self.topics.source, partition);
+        }
+        if list.count() == 0 {
+            return Ok(());
+        }
+        if pause {
+            running.consumer.pause(&list).map_err(kafka(
+                job,
+                "pausing while the schema registry is unavailable",
+            ))
+        } else {
+            running
+                .consumer
+                .resume(&list)
+                .map_err(kafka(job, "resuming after the schema registry answered"))
+        }
     }
 
     fn apply_changes(&self, running: &mut Running, records: &mut Vec<SourceRecord>) -> Result<()> {
@@ -674,5 +770,15 @@ impl StreamDaemon {
                 .with_label_values(&[job])
                 .set((now - watermark) as f64 / 1e6);
         }
+    }
+}
+
+fn source_record(message: &rdkafka::message::BorrowedMessage<'_>) -> SourceRecord {
+    SourceRecord {
+        partition: message.partition(),
+        offset: message.offset(),
+        timestamp_ms: message.timestamp().to_millis(),
+        key: message.key().map(<[u8]>::to_vec),
+        payload: message.payload().map(<[u8]>::to_vec),
     }
 }

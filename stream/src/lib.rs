@@ -16,6 +16,7 @@ mod kafka;
 mod memory;
 mod metrics;
 mod processor;
+mod schemas;
 mod seed;
 mod sink;
 mod state;

@@ -27,6 +27,8 @@ pub struct StreamMetrics {
     pub restore_seconds: HistogramVec,
     pub state_keys: IntGaugeVec,
     pub transaction_aborts: IntCounterVec,
+    /// Times a micro-batch or lake commit waited for the schema registry (it was unreachable).
+    pub registry_waits: IntCounterVec,
     pub speed_tombstones: IntCounterVec,
     pub lake_rows: IntCounterVec,
     pub lake_commits: IntCounterVec,
@@ -151,6 +153,12 @@ impl StreamMetrics {
                 &registry,
                 "sluice_transaction_aborts_total",
                 "Aborted micro-batch transactions.",
+                &["job"],
+            ),
+            registry_waits: counter(
+                &registry,
+                "sluice_registry_waits_total",
+                "Times records waited, partitions paused, because the schema registry did not answer.",
                 &["job"],
             ),
             lake_rows: counter(

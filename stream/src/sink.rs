@@ -24,15 +24,17 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
+use sluice_core::decode::SourceDecoder;
 use sluice_core::lake::{TableLocation, WritableTable, commit_key, raw_rows, raw_schema};
 use sluice_core::lake_progress::{Completeness, LakeProgress, PartitionProgress};
 use sluice_core::topics::lake_app_id;
-use sluice_core::{Job, JsonDecoder, Lake};
+use sluice_core::{Job, Lake};
 
 use crate::config::StreamConfig;
 use crate::error::{Result, kafka};
 use crate::kafka::{Change, GroupContext, REQUEST_TIMEOUT, consumer_config, read_to_end};
 use crate::metrics::StreamMetrics;
+use crate::schemas::{Fetched, SchemaFetcher};
 
 /// One buffered source record: what decoding it into a raw row needs.
 struct BufferedRecord {
@@ -83,6 +85,7 @@ pub struct SinkSummary {
 
 pub struct LakeSink {
     job: Job,
+    decoder: Arc<dyn SourceDecoder>,
     config: StreamConfig,
     sink: LakeSinkConfig,
     table: TableLocation,
@@ -111,14 +114,15 @@ impl LakeSink {
         config: StreamConfig,
         sink: LakeSinkConfig,
         metrics: StreamMetrics,
-    ) -> LakeSink {
-        LakeSink {
+    ) -> Result<LakeSink> {
+        Ok(LakeSink {
             table: TableLocation::new(lake.raw_table(&job)),
+            decoder: sluice_core::decode::for_job(&job, config.max_record_bytes)?,
             job,
             config,
             sink,
             metrics,
-        }
+        })
     }
 
     fn name(&self) -> &str {
@@ -149,6 +153,8 @@ impl LakeSink {
             since: None,
         };
         let mut summary = SinkSummary::default();
+        let mut schemas = SchemaFetcher::for_job(&self.job)?;
+        let mut registry_wait: Option<Instant> = None;
         let mut table = runtime.block_on(self.table.writable())?;
         let mut progress = Progress {
             lake: runtime
@@ -203,7 +209,9 @@ impl LakeSink {
                 || pending
                     .since
                     .is_some_and(|s| s.elapsed() >= self.sink.commit_interval);
-            if due {
+            if due
+                && self.schemas_ready(&consumer, schemas.as_mut(), &pending, &mut registry_wait)?
+            {
                 self.commit(
                     &consumer,
                     &runtime,
@@ -223,17 +231,72 @@ impl LakeSink {
                 &mut summary,
             )?;
         }
-        self.commit(
-            &consumer,
-            &runtime,
-            &mut table,
-            &mut versions,
-            &mut pending,
-            &mut progress,
-            &mut summary,
-        )?;
+        registry_wait = None;
+        if self.schemas_ready(&consumer, schemas.as_mut(), &pending, &mut registry_wait)? {
+            self.commit(
+                &consumer,
+                &runtime,
+                &mut table,
+                &mut versions,
+                &mut pending,
+                &mut progress,
+                &mut summary,
+            )?;
+        } else {
+            tracing::warn!(
+                job,
+                "stopping with records the schema registry has not answered for: they land on the next start"
+            );
+        }
         tracing::info!(job, ?summary, "raw lake sink stopped");
         Ok(summary)
+    }
+
+    /// `avro-confluent`: whether the registry has answered for every writer schema the
+    /// pending records name (see [`crate::schemas`]). While it has not, the sink's partitions
+    /// stay paused, so the buffer stops growing; nothing is committed and nothing is lost.
+    fn schemas_ready(
+        &self,
+        consumer: &BaseConsumer<GroupContext>,
+        fetcher: Option<&mut SchemaFetcher>,
+        pending: &Pending,
+        wait: &mut Option<Instant>,
+    ) -> Result<bool> {
+        let Some(fetcher) = fetcher else {
+            return Ok(true);
+        };
+        let job = self.name();
+        if wait.is_some_and(|at| Instant::now() < at) {
+            return Ok(false);
+        }
+        let payloads: Vec<&[u8]> = pending
+            .records
+            .values()
+            .flatten()
+            .map(|r| r.payload.as_slice())
+            .collect();
+        let assignment = consumer
+            .assignment()
+            .map_err(kafka(job, "reading the assignment"))?;
+        match fetcher.fetch_missing(self.decoder.as_ref(), &payloads) {
+            Fetched::Ready => {
+                if wait.take().is_some() {
+                    consumer
+                        .resume(&assignment)
+                        .map_err(kafka(job, "resuming after the schema registry answered"))?;
+                }
+                Ok(true)
+            }
+            Fetched::Unavailable { retry_at, .. } => {
+                self.metrics.registry_waits.with_label_values(&[job]).inc();
+                consumer.pause(&assignment).map_err(kafka(
+                    job,
+                    "pausing while the schema registry is unavailable",
+                ))?;
+                *wait = Some(retry_at);
+                Ok(false)
+            }
+        }
     }
 
     fn apply_changes(
@@ -508,8 +571,7 @@ impl LakeSink {
     }
 
     fn raw_batches(&self, records: &Buffered) -> Result<LakeCommit> {
-        let decoder =
-            JsonDecoder::new(&self.job).with_max_record_bytes(self.config.max_record_bytes);
+        let decoder = self.decoder.as_ref();
         let event_time = &self.job.spec.source.event_time;
         let mut batches = Vec::new();
         let mut transactions = Vec::new();

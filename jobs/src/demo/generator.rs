@@ -4,6 +4,12 @@
 //! and about 2% orders stamped two minutes in the past, later than the watermark delay plus
 //! the allowed lateness (they end in `<job>.late`, and in the lake). Produced at `--rate` per
 //! second on a thread of their own, counted by kind for the summary.
+//!
+//! With `--format avro` the orders are Confluent-framed Avro: the generator registers seed
+//! 000's `OrderEvent` (v1) with the demo's registry, then after [`EVOLVE_AFTER`] (or half of
+//! `--events`) v2, which adds `channel` with a default, and writes v2 from then on; the job
+//! reads both. Its malformed records are JSON on the Avro topic, truncated Avro bodies, and
+//! records naming a schema id the registry does not have.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,8 +22,10 @@ use rand::{Rng, SeedableRng};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::json;
 use sluice_core::Job;
-use sluice_core::fixture::{OrderGenerator, OrderShape};
+use sluice_core::fixture::{Order, OrderGenerator, OrderShape};
+use sluice_core::fixture_avro::{ORDER_EVENT_V1, ORDER_EVENT_V2, OrderAvro};
 use sluice_kafka::client_config;
+use sluice_registry::RegistryClient;
 
 use super::DemoArgs;
 
@@ -26,6 +34,9 @@ const MALFORMED_PERCENT: u32 = 2;
 const LATE_PERCENT: u32 = 2;
 /// Late events are this far in the past: well beyond watermark delay (2 s) + lateness (5 s).
 const LATE_BY_MS: i64 = 120_000;
+
+/// `--format avro`: v2 of the schema replaces v1 after this long.
+const EVOLVE_AFTER: Duration = Duration::from_secs(30);
 
 /// Keeps the orders' random stream apart from the one that picks malformed and late events.
 const ORDERS_SEED: u64 = 0x5eed_0de5;
@@ -84,6 +95,90 @@ struct Event {
     kind: Kind,
 }
 
+/// How events are written.
+enum Wire {
+    Json,
+    Avro(Box<AvroWire>),
+}
+
+/// Confluent-framed Avro, the schemas registered with `registry` under `subject`.
+struct AvroWire {
+    registry: RegistryClient,
+    subject: String,
+    writer: OrderAvro,
+    evolved: bool,
+}
+
+impl Wire {
+    fn for_job(job: &Job) -> anyhow::Result<Wire> {
+        if job.spec.source.format != sluice_core::spec::SourceFormat::AvroConfluent {
+            return Ok(Wire::Json);
+        }
+        let url = job
+            .registry_url()
+            .context("the demo's Avro job names no registry")?;
+        let registry = RegistryClient::new(&url).context("the demo's schema registry")?;
+        let subject = format!("{}-value", job.spec.source.topic);
+        let id = registry
+            .register(&subject, ORDER_EVENT_V1)
+            .with_context(|| format!("registering OrderEvent v1 under `{subject}`"))?;
+        tracing::info!(%subject, id, "OrderEvent v1 registered");
+        Ok(Wire::Avro(Box::new(AvroWire {
+            registry,
+            subject,
+            writer: OrderAvro::new(1, id),
+            evolved: false,
+        })))
+    }
+
+    /// Switches to v2 once it is time (see [`EVOLVE_AFTER`]).
+    fn evolve(&mut self, due: bool) -> anyhow::Result<()> {
+        let Wire::Avro(avro) = self else {
+            return Ok(());
+        };
+        if due && !avro.evolved {
+            let id = avro
+                .registry
+                .register(&avro.subject, ORDER_EVENT_V2)
+                .with_context(|| format!("registering OrderEvent v2 under `{}`", avro.subject))?;
+            tracing::info!(subject = %avro.subject, id, "OrderEvent v2 (adds `channel`) registered; the generator writes v2 now");
+            avro.writer = OrderAvro::new(2, id);
+            avro.evolved = true;
+        }
+        Ok(())
+    }
+
+    fn order(&self, order: &Order) -> Vec<u8> {
+        match self {
+            Wire::Json => order.to_json(),
+            Wire::Avro(avro) => avro.writer.confluent(order),
+        }
+    }
+
+    fn malformed(&self, seq: u64, key: &str, now: i64, order: &Order) -> Vec<u8> {
+        let Wire::Avro(avro) = self else {
+            return malformed(seq, key, now);
+        };
+        let writer = &avro.writer;
+        match seq % 3 {
+            // JSON on an Avro topic: missing_magic_byte.
+            0 => order.to_json(),
+            // Cut short: malformed_avro.
+            1 => {
+                let mut record = writer.confluent(order);
+                record.truncate(record.len() / 2);
+                record
+            }
+            // A schema id the registry never gave out: unknown_schema_id.
+            _ => {
+                let mut record = writer.confluent(order);
+                record[1..5].copy_from_slice(&u32::MAX.to_be_bytes());
+                record
+            }
+        }
+    }
+}
+
 pub(super) fn spawn_generator(
     brokers: &str,
     job: &Job,
@@ -91,6 +186,7 @@ pub(super) fn spawn_generator(
     counters: &Arc<Counters>,
     stop: &Arc<AtomicBool>,
 ) -> anyhow::Result<JoinHandle<()>> {
+    let wire = Wire::for_job(job)?;
     let producer: BaseProducer = client_config(brokers, &[], |client| {
         client
             .set("linger.ms", "5")
@@ -104,7 +200,7 @@ pub(super) fn spawn_generator(
     std::thread::Builder::new()
         .name("demo-generator".into())
         .spawn(move || {
-            if let Err(e) = generate(&producer, &topic, rate, limit, &counters, &stop) {
+            if let Err(e) = generate(&producer, &topic, wire, (rate, limit), &counters, &stop) {
                 tracing::error!(error = %format!("{e:#}"), "the order generator stopped");
             }
             if let Err(e) = producer.flush(Duration::from_secs(10)) {
@@ -119,8 +215,8 @@ pub(super) fn spawn_generator(
 fn generate(
     producer: &BaseProducer,
     topic: &str,
-    rate: u64,
-    limit: Option<u64>,
+    mut wire: Wire,
+    (rate, limit): (u64, Option<u64>),
     counters: &Counters,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
@@ -132,8 +228,10 @@ fn generate(
     let mut seq: u64 = 0;
     while !stop.load(Ordering::SeqCst) && within(seq) {
         let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+        let halfway = limit.is_some_and(|limit| seq >= limit / 2);
+        wire.evolve(started.elapsed() >= EVOLVE_AFTER || halfway)?;
         while seq < due && within(seq) {
-            let event = next_event(seq, &mut rng, &mut orders);
+            let event = next_event(seq, &mut rng, &mut orders, &wire);
             send(producer, topic, &event)?;
             counters.count(event.kind);
             seq += 1;
@@ -154,12 +252,14 @@ fn send(producer: &BaseProducer, topic: &str, event: &Event) -> anyhow::Result<(
 /// One event: usually an order of the shared generator as JSON (amounts are multiples of
 /// 0.25, exact in binary floating point, so sums do not depend on the order the layers add them
 /// in), stamped now or [`LATE_BY_MS`] ago; now and then a malformed record.
-fn next_event(seq: u64, rng: &mut StdRng, orders: &mut OrderGenerator) -> Event {
+fn next_event(seq: u64, rng: &mut StdRng, orders: &mut OrderGenerator, wire: &Wire) -> Event {
     let now = chrono::Utc::now().timestamp_millis();
     let key = format!("o-{seq:09}");
     let roll = rng.random_range(0..100u32);
     if roll < MALFORMED_PERCENT {
-        let value = malformed(seq, &key, now);
+        let mut order = orders.order_at(now);
+        order.order_id.clone_from(&key);
+        let value = wire.malformed(seq, &key, now, &order);
         return Event {
             key,
             value,
@@ -173,7 +273,7 @@ fn next_event(seq: u64, rng: &mut StdRng, orders: &mut OrderGenerator) -> Event 
     order.order_id.clone_from(&key);
     Event {
         key,
-        value: order.to_json(),
+        value: wire.order(&order),
         kind: if late { Kind::Late } else { Kind::OnTime },
     }
 }
@@ -202,7 +302,7 @@ mod tests {
         let mut orders = OrderGenerator::new(7, order_shape());
         let (mut late, mut malformed) = (0, 0);
         for seq in 0..5_000 {
-            let event = next_event(seq, &mut rng, &mut orders);
+            let event = next_event(seq, &mut rng, &mut orders, &Wire::Json);
             let parsed = serde_json::from_slice::<Value>(&event.value);
             match event.kind {
                 Kind::OnTime | Kind::Late => {

@@ -99,6 +99,9 @@ pub(super) async fn start_in_process(topics: &Topics, partitions: i32) -> anyhow
     })
 }
 
+/// The topic the demo's schema registry keeps schemas in.
+pub(super) const REGISTRY_TOPIC: &str = "_schemas";
+
 /// A one-broker mock cluster with every topic of the job (`<job>.speed` needs as many
 /// partitions as the source).
 fn mock_cluster(
@@ -117,6 +120,10 @@ fn mock_cluster(
             .create_topic(topic, partitions, 1)
             .with_context(|| format!("creating topic `{topic}` on the in-process Kafka"))?;
     }
+    // `--format avro`: the in-process registry's store (it cannot create topics here).
+    cluster
+        .create_topic(REGISTRY_TOPIC, 1, 1)
+        .with_context(|| format!("creating topic `{REGISTRY_TOPIC}` on the in-process Kafka"))?;
     Ok(cluster)
 }
 

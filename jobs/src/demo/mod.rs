@@ -15,7 +15,10 @@
 //!   raw-lake sink ([`LakeSink`](sluice_stream::LakeSink)) into `<dir>/lake`;
 //! - a backfill every `--backfill-every`: the view's buckets are one minute, so the cutoff moves
 //!   once a minute;
-//! - the serving layer ([`Server`](sluice_serving::Server)) on `--bind`.
+//! - the serving layer ([`Server`](sluice_serving::Server)) on `--bind`;
+//! - with `--format avro`, the built-in schema registry ([`sluice_registry`]) on a free port,
+//!   keeping schemas in the demo Kafka's `_schemas`; the job then reads Confluent-framed Avro
+//!   and the generator evolves the schema from v1 to v2 while it runs.
 //!
 //! The first stdout line is `listening on http://ADDR`, as with `sluice serve`; then come
 //! example requests and the `sluice verify` command line, then a live one-screen summary
@@ -50,11 +53,13 @@ use clap::Args;
 use sluice_core::topics::Topics;
 use sluice_core::{Job, Lake, Pipeline};
 
-use self::kafka::{start_external, start_in_process};
+use sluice_registry::{RegistryConfig, RegistryServer};
+
+use self::kafka::{REGISTRY_TOPIC, start_external, start_in_process};
 use self::parts::{start_running, start_server, stream_config};
 use self::screen::{Info, header, say, watch};
 use self::stopping::shutdown;
-use self::workdir::{JOB_FILE, LAKE_DIR, prepare_dir};
+use self::workdir::{JOB_FILE, LAKE_DIR, prepare_dir, write_avro_job};
 use crate::signals::StopSignals;
 use crate::stream_cmd::parse_duration_arg;
 use crate::transforms;
@@ -87,6 +92,16 @@ pub struct DemoArgs {
     /// The demo's topics on it should be new: the lake is recreated when the Kafka changes.
     #[arg(long, env = "SLUICE_BROKERS")]
     pub brokers: Option<String>,
+    /// `avro`: orders in Confluent-framed Avro through an in-process schema registry, with the
+    /// schema evolving from v1 to v2 (an added field) while the demo runs.
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: DemoFormat,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DemoFormat {
+    Json,
+    Avro,
 }
 
 /// Runs the demo until SIGINT or SIGTERM (or until the speed layer or the sink fails).
@@ -94,10 +109,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let brokers = args.brokers.clone().filter(|b| !b.trim().is_empty());
     let dir = prepare_dir(&args.dir, brokers.as_deref())?;
     let job = Job::from_file(&dir.join(JOB_FILE))?;
-    let pipeline = Arc::new(Pipeline::compile(
-        &job,
-        transforms::registry().for_job(&job)?,
-    )?);
     let lake_dir = dir.join(LAKE_DIR);
     let lake_root = lake_dir
         .to_str()
@@ -108,6 +119,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         Some(brokers) => start_external(brokers, &topics, args.partitions).await?,
         None => start_in_process(&topics, args.partitions).await?,
     };
+    let registry = match args.format {
+        DemoFormat::Json => None,
+        DemoFormat::Avro => {
+            let registry = start_registry(&kafka).await?;
+            write_avro_job(&dir, &format!("http://{}", registry.local_addr()))?;
+            Some(registry)
+        }
+    };
+    let job = Job::from_file(&dir.join(JOB_FILE))?;
+    let pipeline = Arc::new(Pipeline::compile(
+        &job,
+        transforms::registry().for_job(&job)?,
+    )?);
     let config = stream_config(&job, &kafka, &dir);
     let server = start_server(&job, &pipeline, &config, &lake, args.bind).await?;
     let info = Info {
@@ -126,5 +150,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     say(&header(&info).join("\n"));
     let plain = args.plain || !std::io::stdout().is_terminal();
     watch(&mut signals, &server, &running, &info, plain).await;
-    shutdown(server, running, kafka, &info).await
+    shutdown(server, running, registry, kafka, &info).await
+}
+
+/// The built-in schema registry, in this process, over the demo's Kafka.
+async fn start_registry(kafka: &self::kafka::Kafka) -> anyhow::Result<RegistryServer> {
+    let config = RegistryConfig {
+        brokers: kafka.bootstrap().to_string(),
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        topic: REGISTRY_TOPIC.to_string(),
+        kafka_overrides: Vec::new(),
+    };
+    RegistryServer::start(config)
+        .await
+        .context("starting the demo's schema registry")
 }

@@ -111,7 +111,7 @@ fn spawn_sink(
         commit_interval: Duration::from_secs(1),
         commit_bytes: 64 << 20,
     };
-    let sink = LakeSink::new(job.clone(), lake, config.clone(), commits, metrics.clone());
+    let sink = LakeSink::new(job.clone(), lake, config.clone(), commits, metrics.clone())?;
     let (runtime, stop) = (tokio::runtime::Handle::current(), stop.clone());
     std::thread::Builder::new()
         .name("demo-lake-sink".into())

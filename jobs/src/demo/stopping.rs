@@ -21,6 +21,7 @@ use super::screen::{Info, say};
 pub(super) async fn shutdown(
     server: Server,
     running: Running,
+    registry: Option<sluice_registry::RegistryServer>,
     kafka: Kafka,
     info: &Info,
 ) -> anyhow::Result<ExitCode> {
@@ -36,6 +37,9 @@ pub(super) async fn shutdown(
         .and_then(|result| result.map_err(anyhow::Error::from));
     let _ = join(running.backfill, "the backfill loop").await;
     let _ = join(running.generator, "the order generator").await;
+    if let Some(registry) = registry {
+        registry.shutdown().await;
+    }
     kafka.stop().await;
     let runs = running.backfills.lock().map(|b| b.runs).unwrap_or_default();
     say(&final_line(

@@ -50,6 +50,28 @@ pub(super) fn prepare_dir(dir: &Path, brokers: Option<&str>) -> anyhow::Result<P
     Ok(dir)
 }
 
+/// `--format avro`: the demo job reading Confluent-framed Avro through `registry`, its event
+/// time from seed 000's `timestamp`, plus the `channel` that v2 of the schema adds.
+pub(super) fn write_avro_job(dir: &Path, registry: &str) -> anyhow::Result<()> {
+    let toml = JOB_TOML
+        .replacen(
+            "table = \"orders\"\n",
+            &format!("table = \"orders\"\nformat = \"avro-confluent\"\nregistry = \"{registry}\"\n"),
+            1,
+        )
+        .replacen(
+            "{ name = \"event_time\", type = \"timestamp\" },",
+            "{ name = \"event_time\", type = \"timestamp\", from = \"timestamp\" },\n  { name = \"channel\", type = \"string\" },",
+            1,
+        );
+    anyhow::ensure!(
+        toml.contains("avro-confluent") && toml.contains("from = \"timestamp\""),
+        "the embedded demo job no longer has the lines the Avro demo rewrites"
+    );
+    let job_file = dir.join(JOB_FILE);
+    std::fs::write(&job_file, toml).with_context(|| format!("writing {}", job_file.display()))
+}
+
 fn remove_dir_if_exists(path: &Path) -> anyhow::Result<()> {
     match std::fs::remove_dir_all(path) {
         Ok(()) => Ok(()),
@@ -69,6 +91,23 @@ mod tests {
         let job = Job::from_toml(JOB_TOML, Path::new(JOB_FILE)).expect("demo job parses");
         assert_eq!(job.name(), "orders_demo");
         Pipeline::compile(&job, None).expect("demo job compiles");
+    }
+
+    #[test]
+    fn the_avro_job_reads_avro_through_the_registry() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = prepare_dir(&dir.path().join("demo"), None).expect("prepared");
+        write_avro_job(&root, "http://127.0.0.1:9").expect("written");
+        let job = Job::from_file(&root.join(JOB_FILE)).expect("avro demo job parses");
+        assert_eq!(
+            job.spec.source.format,
+            sluice_core::spec::SourceFormat::AvroConfluent
+        );
+        assert_eq!(
+            job.spec.source.registry.as_deref(),
+            Some("http://127.0.0.1:9")
+        );
+        Pipeline::compile(&job, None).expect("avro demo job compiles");
     }
 
     #[test]

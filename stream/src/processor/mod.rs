@@ -22,8 +22,9 @@ use std::time::Instant;
 use arrow::array::{AsArray, UInt32Array};
 use arrow::compute::take_record_batch;
 use arrow::datatypes::TimestampMicrosecondType;
+use sluice_core::decode::SourceDecoder;
 use sluice_core::speed::{PLAN_KEY, PartitionWatermark, SpeedCodec, WATERMARK_KEY};
-use sluice_core::{Job, JsonDecoder, Pipeline};
+use sluice_core::{Job, Pipeline};
 
 use crate::error::Result;
 use crate::state::StateStore;
@@ -38,7 +39,7 @@ pub(crate) use restore::{ChangelogRecord, Restoring};
 pub(crate) struct Processor {
     job: Job,
     pipeline: Arc<Pipeline>,
-    decoder: JsonDecoder,
+    decoder: Arc<dyn SourceDecoder>,
     event_time_index: usize,
     codec: Option<SpeedCodec>,
     store: StateStore,
@@ -66,14 +67,14 @@ impl Processor {
         pipeline: Arc<Pipeline>,
         store: StateStore,
         watermarks: Watermarks,
-        max_record_bytes: usize,
+        decoder: Arc<dyn SourceDecoder>,
     ) -> Processor {
         let source = job.source_schema();
         let event_time_index = source
             .index_of(&job.spec.source.event_time)
             .unwrap_or_default();
         Processor {
-            decoder: JsonDecoder::new(&job).with_max_record_bytes(max_record_bytes),
+            decoder,
             event_time_index,
             windows: WindowIndex::new(job.spec.source.allowed_lateness.as_micros() as i64),
             codec: pipeline.plan().aggregate().map(SpeedCodec::new),
@@ -88,6 +89,11 @@ impl Processor {
             plan_pending: BTreeSet::new(),
             next_offsets: BTreeMap::new(),
         }
+    }
+
+    /// The decoder, which `avro-confluent` jobs hand the writer schemas it needs.
+    pub(crate) fn decoder(&self) -> &dyn SourceDecoder {
+        self.decoder.as_ref()
     }
 
     /// The batch cutoff the serving layer has had time to load (see `crate::cutoff`).

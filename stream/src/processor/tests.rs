@@ -32,7 +32,8 @@ fn processor(dir: &Path) -> Processor {
     let pipeline = Arc::new(Pipeline::compile(&job, None).unwrap());
     let store = StateStore::open_fresh("opm", dir).unwrap();
     let watermarks = Watermarks::new(Duration::ZERO, Duration::from_secs(3600));
-    Processor::new(job, pipeline, store, watermarks, 1 << 20)
+    let decoder = sluice_core::decode::for_job(&job, 1 << 20).unwrap();
+    Processor::new(job, pipeline, store, watermarks, decoder)
 }
 
 fn record(partition: i32, offset: i64, payload: &str) -> SourceRecord {

@@ -1,67 +1,28 @@
-//! JSON records → Arrow `RecordBatch` for a job's declared schema.
+//! JSON records → Arrow `RecordBatch` for a job's declared schema (`format = "json"`).
 //!
 //! The fast path hands the whole micro-batch to arrow-json's tape decoder (vectorised, no
 //! `serde_json::Value` trees). Only when that fails does the decoder fall back to decoding
 //! record by record, to say exactly which records are bad and why; the good ones still decode
 //! together. Required (non-nullable) fields are checked on the decoded columns, not per record.
 //!
-//! What decodes is then validated on the columns, so nothing that would break a later stage
-//! gets through: timestamps must lie within chrono's years (so microseconds, window bounds and
-//! RFC 3339 output never overflow; arrow's cast would otherwise turn an overflow into a null
-//! in a non-null column and fail the whole micro-batch), floats must be finite (an infinity
-//! turns SUM and AVG into null for its whole window), and the event time must not be more
-//! than `max_future_skew` ahead of the record's own timestamp (one record from a broken clock
-//! would otherwise move the watermark into the future and make every later record late).
-//! Each bad record gets one [`RecordError`] naming its field.
+//! What decodes then passes the column checks every format shares ([`super::checks`]). Fields
+//! are matched by their source names (`from`) and come out under the job's names.
 
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
-use arrow::compute::{cast, filter_record_batch};
-use arrow::datatypes::{
-    DataType, Date32Type, Field, Float32Type, Float64Type, Schema, SchemaRef, TimeUnit,
-    TimestampMillisecondType,
-};
+use arrow::array::RecordBatch;
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow_json::ReaderBuilder;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::Utc;
 
+use super::checks::ColumnChecks;
+use super::{DEFAULT_MAX_RECORD_BYTES, Decoded, RecordError};
 use crate::error::{Result, arrow_err};
 use crate::flat_json::FlatDecoder;
 use crate::json_escapes::decode_surrogate_pairs;
 use crate::spec::Job;
-use crate::time::format_time;
 use crate::topics::DivertReason;
-
-/// The default largest record accepted, in bytes.
-pub const DEFAULT_MAX_RECORD_BYTES: usize = 1 << 20;
-
-/// One bad record: its index in the input, the field at fault when known, and the reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordError {
-    pub index: usize,
-    pub kind: DivertReason,
-    pub field: Option<String>,
-    pub reason: String,
-}
-
-impl std::fmt::Display for RecordError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "record {}: {}", self.index, self.kind.as_str())?;
-        if let Some(field) = &self.field {
-            write!(f, " (field `{field}`)")?;
-        }
-        write!(f, ": {}", self.reason)
-    }
-}
-
-/// The good rows of a micro-batch, which input record each came from, and the bad records.
-#[derive(Debug)]
-pub struct Decoded {
-    pub batch: RecordBatch,
-    /// `rows[i]` is the input index of batch row `i`.
-    pub rows: Vec<usize>,
-    pub errors: Vec<RecordError>,
-}
 
 /// Decodes JSON records of one job. Cheap to share; decoding allocates per call.
 #[derive(Debug, Clone)]
@@ -69,19 +30,9 @@ pub struct JsonDecoder {
     /// Every field nullable, timestamps in milliseconds: what arrow-json fills.
     lenient_schema: SchemaRef,
     output_schema: SchemaRef,
-    required: Vec<usize>,
+    checks: ColumnChecks,
     max_record_bytes: usize,
     fast: Option<FlatDecoder>,
-    event_time_index: usize,
-    /// `None`: the clock-skew guard is off.
-    max_future_skew_ms: Option<i64>,
-}
-
-/// The epoch milliseconds a timestamp may take: chrono's years (about ±262,000), so every
-/// accepted time converts to microseconds, formats as RFC 3339, and leaves room for window
-/// and bucket arithmetic.
-fn timestamp_range_ms() -> std::ops::RangeInclusive<i64> {
-    DateTime::<Utc>::MIN_UTC.timestamp_millis()..=DateTime::<Utc>::MAX_UTC.timestamp_millis()
 }
 
 impl JsonDecoder {
@@ -94,21 +45,13 @@ impl JsonDecoder {
                 .map(|f| Field::new(f.name(), f.data_type().clone(), true))
                 .collect::<Vec<_>>(),
         );
-        let output_schema = job.source_schema();
-        let required = (0..output_schema.fields().len())
-            .filter(|&i| !output_schema.field(i).is_nullable())
-            .collect();
         let lenient = Arc::new(lenient);
-        let source = &job.spec.source;
-        let skew = source.max_future_skew.as_millis();
         JsonDecoder {
             fast: FlatDecoder::new(lenient.clone()),
-            event_time_index: output_schema.index_of(&source.event_time).unwrap_or(0),
             lenient_schema: lenient,
-            output_schema,
-            required,
+            output_schema: job.source_schema(),
+            checks: ColumnChecks::new(job),
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
-            max_future_skew_ms: (skew > 0).then(|| i64::try_from(skew).unwrap_or(i64::MAX)),
         }
     }
 
@@ -161,7 +104,7 @@ impl JsonDecoder {
         };
         let now_ms = Utc::now().timestamp_millis();
         let reference = |index: usize| stamps_ms.get(index).copied().flatten().unwrap_or(now_ms);
-        let (batch, rows) = self.validate(batch, rows, &mut errors, reference)?;
+        let (batch, rows) = self.checks.validate(batch, rows, &mut errors, reference)?;
         errors.sort_by_key(|e| e.index);
         Ok(Decoded {
             batch: self.to_output(batch)?,
@@ -365,116 +308,6 @@ impl JsonDecoder {
         Ok((batch, good))
     }
 
-    /// Drops the rows that decoded but break the schema's rules (see the module docs), each
-    /// with the first rule it breaks: a missing required field, then a value out of its type's
-    /// range, then clock skew.
-    fn validate(
-        &self,
-        batch: RecordBatch,
-        rows: Vec<usize>,
-        errors: &mut Vec<RecordError>,
-        reference_ms: impl Fn(usize) -> i64,
-    ) -> Result<(RecordBatch, Vec<usize>)> {
-        let mut bad: Vec<Option<RecordError>> = vec![None; batch.num_rows()];
-        let name = |col: usize| self.output_schema.field(col).name().clone();
-        let mut flag = |row: usize, kind, col: usize, reason: String| {
-            if bad[row].is_none() {
-                bad[row] = Some(RecordError {
-                    index: rows[row],
-                    kind,
-                    field: Some(name(col)),
-                    reason,
-                });
-            }
-        };
-        for &col in &self.required {
-            let column = batch.column(col);
-            for row in (0..column.len()).filter(|&r| column.is_null(r)) {
-                let reason = format!("required field `{}` is missing or null", name(col));
-                flag(row, DivertReason::MissingField, col, reason);
-            }
-        }
-        let range = timestamp_range_ms();
-        for (col, column) in batch.columns().iter().enumerate() {
-            match column.data_type() {
-                DataType::Timestamp(TimeUnit::Millisecond, _) => {
-                    let times = column.as_primitive::<TimestampMillisecondType>();
-                    for (row, ms) in times.iter().enumerate() {
-                        if let Some(ms) = ms.filter(|ms| !range.contains(ms)) {
-                            let reason = format!(
-                                "{ms} ms since the epoch is outside the supported time range ({} .. {})",
-                                format_time(range.start() * 1000),
-                                format_time(range.end() * 1000)
-                            );
-                            flag(row, DivertReason::SchemaViolation, col, reason);
-                        }
-                    }
-                }
-                DataType::Date32 => {
-                    let days = date_range_days();
-                    for (row, d) in column.as_primitive::<Date32Type>().iter().enumerate() {
-                        if let Some(d) = d.filter(|d| !days.contains(d)) {
-                            let reason = format!(
-                                "{d} days since the epoch is outside the supported dates ({} .. {})",
-                                NaiveDate::MIN,
-                                NaiveDate::MAX
-                            );
-                            flag(row, DivertReason::SchemaViolation, col, reason);
-                        }
-                    }
-                }
-                DataType::Float64 => {
-                    for (row, v) in column.as_primitive::<Float64Type>().iter().enumerate() {
-                        if let Some(v) = v.filter(|v| !v.is_finite()) {
-                            let reason = format!("{v} is not a finite number");
-                            flag(row, DivertReason::SchemaViolation, col, reason);
-                        }
-                    }
-                }
-                DataType::Float32 => {
-                    for (row, v) in column.as_primitive::<Float32Type>().iter().enumerate() {
-                        if let Some(v) = v.filter(|v| !v.is_finite()) {
-                            let reason = format!("{v} is not a finite number");
-                            flag(row, DivertReason::SchemaViolation, col, reason);
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        if let Some(skew) = self.max_future_skew_ms {
-            let col = self.event_time_index;
-            let times = batch.column(col).as_primitive::<TimestampMillisecondType>();
-            for (row, ms) in times.iter().enumerate() {
-                let stamp = reference_ms(rows[row]);
-                if let Some(ms) = ms.filter(|&ms| ms > stamp.saturating_add(skew)) {
-                    let reason = format!(
-                        "event time {} is {} ahead of the record's timestamp {}; max_future_skew is {}",
-                        format_time(ms.saturating_mul(1000)),
-                        human_millis(ms.saturating_sub(stamp)),
-                        format_time(stamp.saturating_mul(1000)),
-                        human_millis(skew)
-                    );
-                    flag(row, DivertReason::ClockSkew, col, reason);
-                }
-            }
-        }
-        if bad.iter().all(Option::is_none) {
-            return Ok((batch, rows));
-        }
-        let keep: Vec<bool> = bad.iter().map(Option::is_none).collect();
-        errors.extend(bad.into_iter().flatten());
-        let mask = BooleanArray::from(keep.clone());
-        let batch =
-            filter_record_batch(&batch, &mask).map_err(arrow_err("dropping bad records"))?;
-        let rows = rows
-            .into_iter()
-            .zip(keep)
-            .filter_map(|(r, k)| k.then_some(r))
-            .collect();
-        Ok((batch, rows))
-    }
-
     /// Casts to the output types (timestamps to microseconds) and applies non-nullability.
     fn to_output(&self, batch: RecordBatch) -> Result<RecordBatch> {
         let columns = batch
@@ -528,30 +361,6 @@ fn nesting_beyond(record: &[u8], limit: usize) -> Option<usize> {
     None
 }
 
-/// The days since the epoch a date may take: chrono's, as for timestamps.
-fn date_range_days() -> std::ops::RangeInclusive<i32> {
-    let epoch = DateTime::UNIX_EPOCH.date_naive();
-    let days = |d: NaiveDate| i32::try_from((d - epoch).num_days()).unwrap_or(0);
-    days(NaiveDate::MIN)..=days(NaiveDate::MAX)
-}
-
-/// `90061000` → `1d 1h 1m 1s`: how far ahead a skewed event is, readable in a DLQ header.
-fn human_millis(ms: i64) -> String {
-    let mut rest = ms.max(0) / 1000;
-    let mut parts = Vec::new();
-    for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
-        if rest >= size {
-            parts.push(format!("{}{unit}", rest / size));
-            rest %= size;
-        }
-    }
-    if parts.is_empty() {
-        format!("{}ms", ms.max(0))
-    } else {
-        parts.join(" ")
-    }
-}
-
 fn classify(index: usize, error: &arrow::error::ArrowError) -> RecordError {
     let message = match error {
         arrow::error::ArrowError::JsonError(m) => m.clone(),
@@ -579,7 +388,7 @@ fn classify(index: usize, error: &arrow::error::ArrowError) -> RecordError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Float64Array, TimestampMicrosecondArray};
+    use arrow::array::{Array, Float64Array, TimestampMicrosecondArray};
     use std::path::Path;
 
     fn job() -> Job {
@@ -799,5 +608,65 @@ sql = "SELECT id FROM t"
             .unwrap();
         assert_eq!(out.rows, vec![1]);
         assert_eq!(out.errors[0].index, 0);
+    }
+
+    #[test]
+    fn fields_read_their_source_names_and_come_out_under_the_job_names() {
+        let job = Job::from_toml(
+            r#"
+name = "t"
+[source]
+topic = "t"
+event_time = "event_time"
+max_future_skew = "0s"
+fields = [
+  { name = "id", type = "string", nullable = false, from = "order_id" },
+  { name = "event_time", type = "timestamp", from = "timestamp" },
+]
+[transform]
+sql = "SELECT id FROM t"
+"#,
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let decoder = JsonDecoder::new(&job);
+        // All good (the fast path), then with a bad record among them (the slow paths).
+        for records in [
+            vec![
+                r#"{"order_id":"a","timestamp":1000}"#,
+                r#"{"order_id":"b","timestamp":2000}"#,
+            ],
+            vec![
+                r#"{"order_id":"a","timestamp":1000}"#,
+                r#"{"order_id":"b","timestamp":2000}"#,
+                r#"{"order_id":"c","event_time":3000}"#,
+                r#"{"order_id":"d","timestamp":"x"}"#,
+            ],
+        ] {
+            let out = decoder.decode(&records).unwrap();
+            assert_eq!(out.rows, vec![0, 1]);
+            assert_eq!(out.batch.schema().field(1).name(), "event_time");
+            let ts = out
+                .batch
+                .column(1)
+                .as_any()
+                .downcast_ref::<TimestampMicrosecondArray>()
+                .unwrap();
+            assert_eq!(ts.values(), &[1_000_000, 2_000_000]);
+            let fields: Vec<_> = out
+                .errors
+                .iter()
+                .map(|e| (e.index, e.field.clone()))
+                .collect();
+            let expected = if records.len() > 2 {
+                vec![
+                    (2, Some("timestamp".to_string())),
+                    (3, Some("timestamp".to_string())),
+                ]
+            } else {
+                vec![]
+            };
+            assert_eq!(fields, expected);
+        }
     }
 }

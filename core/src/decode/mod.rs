@@ -1,0 +1,125 @@
+//! Source records → Arrow `RecordBatch` of a job's declared schema, whatever the wire format.
+//!
+//! Every layer that reads source records (the speed layer, the raw-lake sink, `lake load`,
+//! the benches) holds a [`SourceDecoder`] made by [`for_job`] and nothing else, so a format is
+//! added once and every layer rejects exactly the same records. The formats:
+//!
+//! - [`json`]: one JSON object per record (the default);
+//! - [`avro`]: Avro binary, framed the Confluent way (schema registry ids) or plain with a
+//!   fixed writer schema, resolved column by column to the job's schema ([`avro_columns`]).
+//!
+//! Whatever the format, the decoded columns then pass the same checks ([`checks`]): required
+//! fields present, timestamps and dates within chrono's range, finite floats, and event times
+//! not too far ahead of the record's own timestamp. A bad record never fails a micro-batch: it
+//! comes back as a [`RecordError`] whose [`DivertReason`] is its DLQ error type.
+
+pub mod avro;
+mod avro_columns;
+#[cfg(test)]
+mod avro_tests;
+mod checks;
+pub mod json;
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+
+use crate::error::Result;
+use crate::spec::{Job, SourceFormat};
+use crate::topics::DivertReason;
+
+pub use avro::{AvroDecoder, WriterSchemaLookup};
+pub use json::JsonDecoder;
+pub use json::MAX_NESTING;
+
+/// The default largest record accepted, in bytes.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1 << 20;
+
+/// One bad record: its index in the input, the field at fault when known, and the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordError {
+    pub index: usize,
+    pub kind: DivertReason,
+    pub field: Option<String>,
+    pub reason: String,
+}
+
+impl std::fmt::Display for RecordError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "record {}: {}", self.index, self.kind.as_str())?;
+        if let Some(field) = &self.field {
+            write!(f, " (field `{field}`)")?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+/// The good rows of a micro-batch, which input record each came from, and the bad records.
+#[derive(Debug)]
+pub struct Decoded {
+    pub batch: RecordBatch,
+    /// `rows[i]` is the input index of batch row `i`.
+    pub rows: Vec<usize>,
+    pub errors: Vec<RecordError>,
+}
+
+/// Decodes the records of one job's source into its source schema ([`Job::source_schema`]).
+///
+/// Rules every implementation keeps:
+/// - `decode_stamped` fails only when the decoder itself is broken, never because of a
+///   record's content: a bad record is one [`RecordError`] in [`Decoded::errors`], and every
+///   input index is either a row (in order) or an error, never both, never neither;
+/// - the same records with the same stamps give the same rows and errors, in any micro-batch
+///   split (the speed layer and the raw-lake sink batch differently and must agree);
+/// - decoders whose records name writer schemas kept elsewhere (a registry) never fetch them:
+///   [`SourceDecoder::missing_writer_schemas`] says which are needed and the caller, which
+///   owns the network and the retries, hands them over with
+///   [`SourceDecoder::add_writer_schema`]. A record whose schema is still missing is an error
+///   ([`DivertReason::UnknownSchemaId`]) only once the registry has said it does not exist.
+pub trait SourceDecoder: Send + Sync + std::fmt::Debug {
+    /// The schema of every decoded batch.
+    fn schema(&self) -> &SchemaRef;
+
+    /// Decodes `records`; `stamps_ms[i]` is record `i`'s Kafka timestamp, the time its event
+    /// time may be at most `max_future_skew` ahead of (missing or `None`: the wall clock).
+    fn decode_stamped(&self, records: &[&[u8]], stamps_ms: &[Option<i64>]) -> Result<Decoded>;
+
+    /// [`SourceDecoder::decode_stamped`] against the wall clock (records from files).
+    fn decode_records(&self, records: &[&[u8]]) -> Result<Decoded> {
+        self.decode_stamped(records, &[])
+    }
+
+    /// The registry ids named by `records` that this decoder has no answer for yet.
+    fn missing_writer_schemas(&self, _records: &[&[u8]]) -> Vec<u32> {
+        Vec::new()
+    }
+
+    /// The registry's answer for schema `id`: its text, or that it does not exist.
+    fn add_writer_schema(&self, _id: u32, _answer: WriterSchemaLookup) {}
+}
+
+/// The decoder of `job`'s `[source] format`, accepting records up to `max_record_bytes`.
+pub fn for_job(job: &Job, max_record_bytes: usize) -> Result<Arc<dyn SourceDecoder>> {
+    Ok(match job.spec.source.format {
+        SourceFormat::Json => {
+            Arc::new(JsonDecoder::new(job).with_max_record_bytes(max_record_bytes))
+        }
+        SourceFormat::AvroConfluent => {
+            Arc::new(AvroDecoder::confluent(job)?.with_max_record_bytes(max_record_bytes))
+        }
+        SourceFormat::Avro => {
+            Arc::new(AvroDecoder::with_schema_file(job)?.with_max_record_bytes(max_record_bytes))
+        }
+    })
+}
+
+impl SourceDecoder for JsonDecoder {
+    fn schema(&self) -> &SchemaRef {
+        JsonDecoder::schema(self)
+    }
+
+    fn decode_stamped(&self, records: &[&[u8]], stamps_ms: &[Option<i64>]) -> Result<Decoded> {
+        JsonDecoder::decode_stamped(self, records, stamps_ms)
+    }
+}
