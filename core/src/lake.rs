@@ -313,6 +313,25 @@ impl TableLocation {
             // The coverage is read from the very version the write commits on: any commit
             // after it carries the same app id and so makes this one conflict.
             let table = self.open().await?;
+            if table.version().is_none()
+                && let Some(schema) = batches.first().map(RecordBatch::schema)
+            {
+                // Created empty first, apart from any coverage: when writers race to create a
+                // table, delta-rs retries the loser on the winner's version without checking it
+                // for conflicts, so a creating write would commit coverage read from nothing
+                // and drop the winner's landed range. Only writes on an existing table carry
+                // coverage, and those conflict on the app id.
+                let created = table
+                    .write(vec![RecordBatch::new_empty(schema)])
+                    .with_save_mode(SaveMode::Append)
+                    .await;
+                if let Err(e) = created
+                    && !is_conflict(&e)
+                {
+                    return Err(self.delta()(e));
+                }
+                continue;
+            }
             let coverage = self.coverage_in(&table).await?;
             let metadata = metadata_for(&coverage);
             let next_version = table.version().map_or(0, |v| v as i64 + 1);

@@ -24,14 +24,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use arrow::array::RecordBatch;
-use arrow::compute::{cast, concat_batches};
+use arrow::compute::concat_batches;
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow_avro::reader::{Decoder, ReaderBuilder};
 use arrow_avro::schema::{AvroSchema, Fingerprint, FingerprintAlgorithm, SchemaStore};
 use chrono::Utc;
 
 use super::avro_columns::ColumnPlan;
-use super::checks::ColumnChecks;
+use super::checks::{ColumnChecks, keep_rows, to_output};
 use super::{DEFAULT_MAX_RECORD_BYTES, Decoded, RecordError, SourceDecoder};
 use crate::error::{Error, Result, arrow_err};
 use crate::spec::Job;
@@ -251,7 +251,7 @@ impl AvroDecoder {
             .map_err(arrow_err("building the resolved Avro batch"))?;
         let (batch, rows) = drop_bad_values(batch, rows, bad_values, &self.checks, errors)?;
         let (batch, rows) = self.checks.validate(batch, rows, errors, reference_ms)?;
-        Ok(Some((self.to_output(batch)?, rows)))
+        Ok(Some((to_output(&self.output_schema, batch)?, rows)))
     }
 
     /// The Avro bodies of one run into writer-typed batches, restarting the decoder after
@@ -367,25 +367,6 @@ impl AvroDecoder {
             message: format!("{} decoded before but not now: {e}", self.describe(id)),
         })
     }
-
-    /// Casts to the output types (timestamps to microseconds) and applies non-nullability.
-    fn to_output(&self, batch: RecordBatch) -> Result<RecordBatch> {
-        let columns = batch
-            .columns()
-            .iter()
-            .zip(self.output_schema.fields())
-            .map(|(column, field)| {
-                if column.data_type() == field.data_type() {
-                    Ok(column.clone())
-                } else {
-                    cast(column, field.data_type())
-                }
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(arrow_err("casting decoded columns"))?;
-        RecordBatch::try_new(self.output_schema.clone(), columns)
-            .map_err(arrow_err("building the decoded batch"))
-    }
 }
 
 /// A decoder for records written with `schema`, filed under `id`, with room for `records`.
@@ -442,15 +423,7 @@ fn drop_bad_values(
             });
         }
     }
-    let mask = arrow::array::BooleanArray::from(keep.clone());
-    let batch = arrow::compute::filter_record_batch(&batch, &mask)
-        .map_err(arrow_err("dropping bad records"))?;
-    let rows = rows
-        .into_iter()
-        .zip(keep)
-        .filter_map(|(r, k)| k.then_some(r))
-        .collect();
-    Ok((batch, rows))
+    keep_rows(batch, rows, keep)
 }
 
 impl SourceDecoder for AvroDecoder {

@@ -13,9 +13,9 @@
 //! Each bad record gets one [`RecordError`] naming its field, for the first rule it breaks.
 
 use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
-use arrow::compute::filter_record_batch;
+use arrow::compute::{cast, filter_record_batch};
 use arrow::datatypes::{
-    DataType, Date32Type, Float32Type, Float64Type, TimeUnit, TimestampMicrosecondType,
+    DataType, Date32Type, Float32Type, Float64Type, SchemaRef, TimeUnit, TimestampMicrosecondType,
     TimestampMillisecondType,
 };
 use chrono::{DateTime, NaiveDate, Utc};
@@ -190,16 +190,43 @@ impl ColumnChecks {
         }
         let keep: Vec<bool> = bad.iter().map(Option::is_none).collect();
         errors.extend(bad.into_iter().flatten());
-        let mask = BooleanArray::from(keep.clone());
-        let batch =
-            filter_record_batch(&batch, &mask).map_err(arrow_err("dropping bad records"))?;
-        let rows = rows
-            .into_iter()
-            .zip(keep)
-            .filter_map(|(r, k)| k.then_some(r))
-            .collect();
-        Ok((batch, rows))
+        keep_rows(batch, rows, keep)
     }
+}
+
+/// The rows of `batch` (and their input indices) whose `keep` is true.
+pub(crate) fn keep_rows(
+    batch: RecordBatch,
+    rows: Vec<usize>,
+    keep: Vec<bool>,
+) -> Result<(RecordBatch, Vec<usize>)> {
+    let mask = BooleanArray::from(keep.clone());
+    let batch = filter_record_batch(&batch, &mask).map_err(arrow_err("dropping bad records"))?;
+    let rows = rows
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(r, k)| k.then_some(r))
+        .collect();
+    Ok((batch, rows))
+}
+
+/// Casts checked columns to `output`'s types (timestamps to microseconds) and names, and
+/// applies its non-nullability.
+pub(crate) fn to_output(output: &SchemaRef, batch: RecordBatch) -> Result<RecordBatch> {
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(output.fields())
+        .map(|(column, field)| {
+            if column.data_type() == field.data_type() {
+                Ok(column.clone())
+            } else {
+                cast(column, field.data_type())
+            }
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(arrow_err("casting decoded columns"))?;
+    RecordBatch::try_new(output.clone(), columns).map_err(arrow_err("building the decoded batch"))
 }
 
 fn out_of_range(value: i64, unit: &str) -> String {

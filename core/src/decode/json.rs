@@ -11,12 +11,11 @@
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow_json::ReaderBuilder;
 use chrono::Utc;
 
-use super::checks::ColumnChecks;
+use super::checks::{ColumnChecks, to_output};
 use super::{DEFAULT_MAX_RECORD_BYTES, Decoded, RecordError};
 use crate::error::{Result, arrow_err};
 use crate::flat_json::FlatDecoder;
@@ -107,7 +106,7 @@ impl JsonDecoder {
         let (batch, rows) = self.checks.validate(batch, rows, &mut errors, reference)?;
         errors.sort_by_key(|e| e.index);
         Ok(Decoded {
-            batch: self.to_output(batch)?,
+            batch: to_output(&self.output_schema, batch)?,
             rows,
             errors,
         })
@@ -306,25 +305,6 @@ impl JsonDecoder {
         let batch = arrow::compute::concat_batches(&self.lenient_schema, &singles)
             .map_err(arrow_err("joining records decoded one by one"))?;
         Ok((batch, good))
-    }
-
-    /// Casts to the output types (timestamps to microseconds) and applies non-nullability.
-    fn to_output(&self, batch: RecordBatch) -> Result<RecordBatch> {
-        let columns = batch
-            .columns()
-            .iter()
-            .zip(self.output_schema.fields())
-            .map(|(column, field)| {
-                if column.data_type() == field.data_type() {
-                    Ok(column.clone())
-                } else {
-                    cast(column, field.data_type())
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(arrow_err("casting decoded columns"))?;
-        RecordBatch::try_new(self.output_schema.clone(), columns)
-            .map_err(arrow_err("building the decoded batch"))
     }
 }
 

@@ -26,6 +26,8 @@ use sluice_core::topics::{Topics, header};
 use sluice_core::{Job, Pipeline};
 use sluice_kafka::send_waiting;
 
+mod registry_wait;
+
 use crate::config::{Guarantee, StreamConfig};
 use crate::cutoff::BatchCutoff;
 use crate::error::{Result, kafka};
@@ -35,7 +37,7 @@ use crate::kafka::{
 };
 use crate::metrics::StreamMetrics;
 use crate::processor::{Diverted, Output, Processor, Restoring, SourceRecord};
-use crate::schemas::{Fetched, SchemaFetcher};
+use crate::schemas::SchemaFetcher;
 use crate::state::{Checkpoint, PartitionCheckpoint, StateStore};
 use crate::watermark::Watermarks;
 
@@ -311,99 +313,6 @@ impl StreamDaemon {
             }
         }
         Ok(records)
-    }
-
-    /// Holds the batch until the registry has answered for every writer schema it names (see
-    /// [`crate::schemas`]): its partitions are paused meanwhile and the consumer keeps
-    /// polling, so the group keeps them and rebalances still apply. `false` when `stop` was
-    /// set while waiting: the batch is dropped uncommitted and read again on the next start.
-    fn wait_for_schemas(
-        &self,
-        running: &mut Running,
-        records: &mut Vec<SourceRecord>,
-        stop: &AtomicBool,
-    ) -> Result<bool> {
-        let Some(mut fetcher) = running.schemas.take() else {
-            return Ok(true);
-        };
-        let waited = self.wait_with(&mut fetcher, running, records, stop);
-        running.schemas = Some(fetcher);
-        waited
-    }
-
-    fn wait_with(
-        &self,
-        fetcher: &mut SchemaFetcher,
-        running: &mut Running,
-        records: &mut Vec<SourceRecord>,
-        stop: &AtomicBool,
-    ) -> Result<bool> {
-        let job = self.name();
-        let mut paused = false;
-        loop {
-            let payloads: Vec<&[u8]> = records
-                .iter()
-                .filter_map(|r| r.payload.as_deref())
-                .collect();
-            let retry_at = match fetcher.fetch_missing(running.processor.decoder(), &payloads) {
-                Fetched::Ready => break,
-                Fetched::Unavailable { retry_at, .. } => retry_at,
-            };
-            self.metrics.registry_waits.with_label_values(&[job]).inc();
-            while Instant::now() < retry_at {
-                if stop.load(Ordering::SeqCst) {
-                    return Ok(false);
-                }
-                // Paused again each round: a rebalance may have assigned new partitions.
-                self.pause_assigned(running, true)?;
-                paused = true;
-                let timeout = retry_at
-                    .saturating_duration_since(Instant::now())
-                    .min(Duration::from_millis(100));
-                let polled = match running.consumer.poll(timeout) {
-                    Some(Ok(message)) => Some(source_record(&message)),
-                    _ => None,
-                };
-                self.apply_changes(running, records)?;
-                // Fetched before the pause took effect: it belongs to this batch.
-                if let Some(record) = polled
-                    && running.assigned.contains(&record.partition)
-                {
-                    records.push(record);
-                }
-            }
-        }
-        if paused {
-            self.pause_assigned(running, false)?;
-            tracing::info!(
-                job,
-                registry = fetcher.url(),
-                "schema registry answered: partitions resumed"
-            );
-        }
-        Ok(true)
-    }
-
-    fn pause_assigned(&self, running: &Running, pause: bool) -> Result<()> {
-        let job = self.name();
-        let mut list = TopicPartitionList::new();
-        for &partition in &running.assigned {
-            list.add_partition(&self.topics.source, partition);
-        }
-        if list.count() == 0 {
-            return Ok(());
-        }
-        if pause {
-            running.consumer.pause(&list).map_err(kafka(
-                job,
-                "pausing while the schema registry is unavailable",
-            ))
-        } else {
-            running
-                .consumer
-                .resume(&list)
-                .map_err(kafka(job, "resuming after the schema registry answered"))
-        }
     }
 
     fn apply_changes(&self, running: &mut Running, records: &mut Vec<SourceRecord>) -> Result<()> {
