@@ -1224,22 +1224,45 @@ fn verify_passes_on_live_data_and_fails_on_a_corrupted_batch_view() {
 
 #[test]
 fn demo_serves_a_merged_view_that_verify_proves_and_stops_on_sigint() {
+    demo_run_verifies(&[]);
+}
+
+/// `--format avro`: the in-process registry, v1 then v2 of the schema halfway through the
+/// events, and the same proofs as the JSON demo.
+#[test]
+fn the_avro_demo_evolves_its_schema_and_verify_proves_the_merge() {
+    let log = demo_run_verifies(&["--format", "avro"]);
+    for registered in [
+        "OrderEvent v1 registered",
+        "OrderEvent v2 (adds `channel`) registered",
+    ] {
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        assert!(
+            log.contains(registered),
+            "{registered}:\n{}",
+            tail.join("\n")
+        );
+    }
+}
+
+/// Runs a finite demo with `extra` arguments, proves its merge with `sluice verify`, stops it
+/// with SIGINT, and returns its log.
+fn demo_run_verifies(extra: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let demo_dir = dir.path().join("demo");
     let log = PathBuf::from(format!("{}.log", demo_dir.display()));
     // A finite run, so the layers settle and `sluice verify` can prove the merge on its data.
-    let (mut demo, addr) = spawn_demo(
-        &demo_dir,
-        &[
-            "--plain",
-            "--backfill-every",
-            "3s",
-            "--events",
-            "3000",
-            "--rate",
-            "600",
-        ],
-    );
+    let mut args = vec![
+        "--plain",
+        "--backfill-every",
+        "3s",
+        "--events",
+        "3000",
+        "--rate",
+        "600",
+    ];
+    args.extend_from_slice(extra);
+    let (mut demo, addr) = spawn_demo(&demo_dir, &args);
     let mut last = String::new();
     let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         wait_until(
@@ -1316,4 +1339,6 @@ fn demo_serves_a_merged_view_that_verify_proves_and_stops_on_sigint() {
         "demo exit {status}:\n{}",
         log_tail(&log, 40)
     );
+    // The log is in the temporary directory, which is removed on return.
+    std::fs::read_to_string(&log).unwrap_or_default()
 }
