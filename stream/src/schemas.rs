@@ -6,7 +6,7 @@
 //! says the registry is unavailable, callers pause their partitions (librdkafka stops
 //! fetching, so memory stays bounded), keep polling (the group keeps them), and try again
 //! after the backoff. The decoder keeps every answer, so a schema costs one request per
-//! process.
+//! decoder (the speed layer and the raw-lake sink each hold one).
 
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,7 @@ pub(crate) enum Fetched {
     /// Every id has an answer: decode.
     Ready,
     /// The registry did not answer: pause, and try again at `retry_at`.
-    Unavailable { retry_at: Instant, error: String },
+    Unavailable { retry_at: Instant },
 }
 
 pub(crate) struct SchemaFetcher {
@@ -52,8 +52,8 @@ impl SchemaFetcher {
                 sluice_core::spec::REGISTRY_ENV
             ))
         })?;
-        let client = RegistryClient::new(&url)
-            .map_err(|e| config(format!("schema registry `{url}`: {e}")))?;
+        // The client's error names the registry URL (without credentials).
+        let client = RegistryClient::new(&url).map_err(|e| config(e.to_string()))?;
         Ok(Some(SchemaFetcher {
             job: job.name().to_string(),
             client,
@@ -89,7 +89,6 @@ impl SchemaFetcher {
                     tracing::warn!(job = %self.job, id, registry = self.url(), error = %e, retry_in = ?backoff, "schema registry unavailable: records wait, partitions paused");
                     return Fetched::Unavailable {
                         retry_at: Instant::now() + backoff,
-                        error: e.to_string(),
                     };
                 }
             }

@@ -287,7 +287,7 @@ impl LakeSink {
                 }
                 Ok(true)
             }
-            Fetched::Unavailable { retry_at, .. } => {
+            Fetched::Unavailable { retry_at } => {
                 self.metrics.registry_waits.with_label_values(&[job]).inc();
                 consumer.pause(&assignment).map_err(kafka(
                     job,

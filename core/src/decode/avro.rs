@@ -31,7 +31,7 @@ use arrow_avro::schema::{AvroSchema, Fingerprint, FingerprintAlgorithm, SchemaSt
 use chrono::Utc;
 
 use super::avro_columns::ColumnPlan;
-use super::checks::{ColumnChecks, keep_rows, to_output};
+use super::checks::{ColumnChecks, keep_rows, oversized, to_output};
 use super::{DEFAULT_MAX_RECORD_BYTES, Decoded, RecordError, SourceDecoder};
 use crate::error::{Error, Result, arrow_err};
 use crate::spec::Job;
@@ -166,10 +166,7 @@ impl AvroDecoder {
         let writer_columns: Schema = decoder.schema().as_ref().clone();
         match ColumnPlan::resolve(&writer_columns, &self.job) {
             Ok(plan) => Writer::Ready { schema, plan },
-            Err(reason) => {
-                let field = reason.split('`').nth(1).map(str::to_string);
-                unusable(field, reason)
-            }
+            Err(unresolved) => unusable(Some(unresolved.field), unresolved.reason),
         }
     }
 
@@ -438,17 +435,8 @@ impl SourceDecoder for AvroDecoder {
         // Consecutive records with the same writer schema decode together.
         let mut runs: Vec<(u32, Run<'_>)> = Vec::new();
         for (index, &record) in records.iter().enumerate() {
-            if record.len() > self.max_record_bytes {
-                errors.push(RecordError {
-                    index,
-                    kind: DivertReason::Oversized,
-                    field: None,
-                    reason: format!(
-                        "{} bytes, the limit is {}",
-                        record.len(),
-                        self.max_record_bytes
-                    ),
-                });
+            if let Some(error) = oversized(index, record, self.max_record_bytes) {
+                errors.push(error);
                 continue;
             }
             let id = match self.frame(record) {

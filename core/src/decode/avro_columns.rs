@@ -57,6 +57,12 @@ pub(crate) struct ColumnPlan {
     types: Vec<DataType>,
 }
 
+/// Why a writer schema does not resolve: the job field (its source name) and the reason.
+pub(crate) struct Unresolved {
+    pub field: String,
+    pub reason: String,
+}
+
 /// A value the conversion could not carry: its row, job column and why.
 pub(crate) struct BadValue {
     pub row: usize,
@@ -66,8 +72,8 @@ pub(crate) struct BadValue {
 
 impl ColumnPlan {
     /// The plan from `writer` (what arrow-avro decodes the writer schema into) to `job`'s
-    /// fields, or why there is none, naming the field.
-    pub(crate) fn resolve(writer: &Schema, job: &Job) -> Result<ColumnPlan, String> {
+    /// fields, or the field there is none for and why.
+    pub(crate) fn resolve(writer: &Schema, job: &Job) -> Result<ColumnPlan, Unresolved> {
         let source = &job.spec.source;
         let mut sources = Vec::with_capacity(source.fields.len());
         let mut types = Vec::with_capacity(source.fields.len());
@@ -76,10 +82,13 @@ impl ColumnPlan {
             let required = !field.nullable || field.name == source.event_time;
             let Ok(index) = writer.index_of(name) else {
                 if required {
-                    return Err(format!(
-                        "the writer schema has no field `{name}`, which the job requires (it has {})",
-                        field_list(writer)
-                    ));
+                    return Err(Unresolved {
+                        field: name.to_string(),
+                        reason: format!(
+                            "the writer schema has no field `{name}`, which the job requires (it has {})",
+                            field_list(writer)
+                        ),
+                    });
                 }
                 sources.push(Source::Null);
                 types.push(decode_type(field.data_type, None));
@@ -87,11 +96,14 @@ impl ColumnPlan {
             };
             let from = writer.field(index).data_type();
             let Some(conversion) = conversion(from, field.data_type) else {
-                return Err(format!(
-                    "field `{name}` is {} in the writer schema, which does not resolve to the job's {}",
-                    avro_name(from),
-                    field_type_name(field.data_type)
-                ));
+                return Err(Unresolved {
+                    field: name.to_string(),
+                    reason: format!(
+                        "field `{name}` is {} in the writer schema, which does not resolve to the job's {}",
+                        avro_name(from),
+                        field_type_name(field.data_type)
+                    ),
+                });
             };
             types.push(match &conversion {
                 Conversion::Cast(t) => t.clone(),

@@ -194,6 +194,16 @@ impl ColumnChecks {
     }
 }
 
+/// Record `index` is larger than `max` bytes, whatever its format: `oversized`.
+pub(crate) fn oversized(index: usize, record: &[u8], max: usize) -> Option<RecordError> {
+    (record.len() > max).then(|| RecordError {
+        index,
+        kind: DivertReason::Oversized,
+        field: None,
+        reason: format!("{} bytes, the limit is {max}", record.len()),
+    })
+}
+
 /// The rows of `batch` (and their input indices) whose `keep` is true.
 pub(crate) fn keep_rows(
     batch: RecordBatch,

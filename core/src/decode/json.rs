@@ -15,7 +15,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow_json::ReaderBuilder;
 use chrono::Utc;
 
-use super::checks::{ColumnChecks, to_output};
+use super::checks::{ColumnChecks, oversized, to_output};
 use super::{DEFAULT_MAX_RECORD_BYTES, Decoded, RecordError};
 use crate::error::{Result, arrow_err};
 use crate::flat_json::FlatDecoder;
@@ -119,15 +119,8 @@ impl JsonDecoder {
             field: None,
             reason,
         };
-        if record.len() > self.max_record_bytes {
-            return Err(fail(
-                DivertReason::Oversized,
-                format!(
-                    "{} bytes, the limit is {}",
-                    record.len(),
-                    self.max_record_bytes
-                ),
-            ));
+        if let Some(error) = oversized(index, record, self.max_record_bytes) {
+            return Err(error);
         }
         if let Err(e) = std::str::from_utf8(record) {
             return Err(fail(

@@ -49,7 +49,7 @@ impl StreamDaemon {
                 .collect();
             let retry_at = match fetcher.fetch_missing(running.processor.decoder(), &payloads) {
                 Fetched::Ready => break,
-                Fetched::Unavailable { retry_at, .. } => retry_at,
+                Fetched::Unavailable { retry_at } => retry_at,
             };
             self.metrics.registry_waits.with_label_values(&[job]).inc();
             while Instant::now() < retry_at {
