@@ -15,6 +15,7 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 
 use crate::error::{Error, Result};
+use crate::outputs::OutputRouter;
 use crate::plan::JobPlan;
 use crate::spec::Job;
 use crate::transform::BatchTransform;
@@ -45,29 +46,41 @@ pub struct Isolated {
     pub failed: Vec<FailedRow>,
 }
 
-/// The transform (if any) followed by the compiled plan.
+/// The transform (if any) followed by the compiled plan, and the job's `[[outputs]]`
+/// compiled against the plan's result rows.
 #[derive(Debug)]
 pub struct Pipeline {
     plan: JobPlan,
     transform: Option<Arc<dyn BatchTransform>>,
+    outputs: Option<OutputRouter>,
 }
 
 impl Pipeline {
-    /// Compiles `job`'s SQL against its transform's output schema (or the source schema).
+    /// Compiles `job`'s SQL against its transform's output schema (or the source schema), and
+    /// its `[[outputs]]` predicates against the SQL's result rows, so that a bad predicate
+    /// fails here, when the job starts.
     pub fn compile(job: &Job, transform: Option<Arc<dyn BatchTransform>>) -> Result<Pipeline> {
         let source = job.source_schema();
         let input = match &transform {
             Some(t) => t.output_schema(&source)?,
             None => source,
         };
+        let plan = JobPlan::compile(job, input)?;
+        let outputs = OutputRouter::compile(job, &plan.output_schema())?;
         Ok(Pipeline {
-            plan: JobPlan::compile(job, input)?,
+            plan,
             transform,
+            outputs,
         })
     }
 
     pub fn plan(&self) -> &JobPlan {
         &self.plan
+    }
+
+    /// The job's `[[outputs]]`, when it has any: which result rows go to which output topic.
+    pub fn outputs(&self) -> Option<&OutputRouter> {
+        self.outputs.as_ref()
     }
 
     /// Source rows → the transform → stage 1's filter.

@@ -58,10 +58,10 @@ enum PlanKind {
 }
 
 /// What the compiler needs to know about the job beside its SQL.
-struct Compilation<'a> {
-    job: &'a Job,
-    input_schema: SchemaRef,
-    ctx: SessionContext,
+pub(crate) struct Compilation<'a> {
+    pub(crate) job: &'a Job,
+    pub(crate) input_schema: SchemaRef,
+    pub(crate) ctx: SessionContext,
 }
 
 impl JobPlan {
@@ -291,7 +291,7 @@ impl Compilation<'_> {
             .map_err(|e| self.invalid_sql(e))
     }
 
-    fn physical(&self, expr: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
+    pub(crate) fn physical(&self, expr: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
         let expr = self.simplified(expr, schema)?;
         create_physical_expr(
             &expr,

@@ -38,6 +38,9 @@ use serde::Deserialize;
 
 use crate::duration::serde_duration;
 use crate::error::{Error, Result};
+pub use crate::spec_sinks::{
+    OutputSpec, POSTGRES_URL_ENV, SinkKind, SinkMode, SinkSpec, redact_url,
+};
 
 /// The time zone every Sluice timestamp carries.
 pub const UTC: &str = "UTC";
@@ -58,6 +61,12 @@ pub struct JobSpec {
     pub view: ViewSpec,
     #[serde(default)]
     pub lake: LakeSpec,
+    /// Branching: result rows routed to further topics by predicate.
+    #[serde(default)]
+    pub outputs: Vec<OutputSpec>,
+    /// External stores the results are written to, exactly once.
+    #[serde(default)]
+    pub sinks: Vec<SinkSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -439,6 +448,85 @@ impl Job {
         }
         if spec.transform.sql.trim().is_empty() {
             return Err(self.invalid("transform.sql", "a SELECT statement", "empty text"));
+        }
+        self.validate_outputs()?;
+        self.validate_sinks()
+    }
+
+    fn validate_outputs(&self) -> Result<()> {
+        let mut names = std::collections::HashSet::new();
+        let mut catch_all = false;
+        for (i, output) in self.spec.outputs.iter().enumerate() {
+            if !crate::spec_sinks::valid_route_name(&output.name) || !names.insert(&output.name) {
+                return Err(self.invalid(
+                    &format!("outputs[{i}].name"),
+                    "a unique name of letters, digits, `_` and `-`",
+                    format!("{:?}", output.name),
+                ));
+            }
+            match (&output.predicate, output.otherwise) {
+                (Some(_), true) => {
+                    return Err(self.invalid(
+                        &format!("outputs[{i}].where"),
+                        "no predicate on the `else = true` output",
+                        "both",
+                    ));
+                }
+                (None, false) => {
+                    return Err(self.invalid(
+                        &format!("outputs[{i}].where"),
+                        "an SQL predicate, or `else = true`",
+                        "neither",
+                    ));
+                }
+                (Some(p), false) if p.trim().is_empty() => {
+                    return Err(self.invalid(&format!("outputs[{i}].where"), "an SQL predicate", "\"\""));
+                }
+                (None, true) if catch_all => {
+                    return Err(self.invalid(
+                        &format!("outputs[{i}].else"),
+                        "at most one `else = true` output",
+                        "a second one",
+                    ));
+                }
+                (None, true) => catch_all = true,
+                (Some(_), false) => {}
+            }
+            if output.topic.as_deref().is_some_and(|t| t.trim().is_empty()) {
+                return Err(self.invalid(&format!("outputs[{i}].topic"), "a Kafka topic name", "\"\""));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_sinks(&self) -> Result<()> {
+        let mut names = std::collections::HashSet::new();
+        for (i, sink) in self.spec.sinks.iter().enumerate() {
+            let name = sink.sink_name();
+            if !crate::spec_sinks::valid_route_name(name) || !names.insert(name.to_string()) {
+                return Err(self.invalid(
+                    &format!("sinks[{i}].name"),
+                    "a unique name of letters, digits, `_` and `-` (two sinks of one kind need names)",
+                    format!("{name:?}"),
+                ));
+            }
+            if sink.url.trim().is_empty() {
+                return Err(self.invalid(&format!("sinks[{i}].url"), "a postgres:// URL", "\"\""));
+            }
+            if let Some(output) = &sink.output
+                && !self.spec.outputs.iter().any(|o| &o.name == output)
+            {
+                return Err(self.invalid(
+                    &format!("sinks[{i}].output"),
+                    "the name of an [[outputs]] entry",
+                    format!("{output:?}"),
+                ));
+            }
+            if let Some(table) = &sink.table
+                && table.trim().is_empty()
+            {
+                return Err(self.invalid(&format!("sinks[{i}].table"), "a table name", "\"\""));
+            }
         }
         Ok(())
     }

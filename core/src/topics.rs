@@ -25,6 +25,8 @@ pub struct Topics {
     pub late: String,
     /// `<job>.control` (one per job, whatever the version: see [`crate::control`]).
     pub control: String,
+    /// `[[outputs]]`: (output name, topic), in the job file's order.
+    pub outputs: Vec<(String, String)>,
 }
 
 impl Topics {
@@ -39,8 +41,44 @@ impl Topics {
             dlq: format!("{name}.dlq"),
             late: format!("{name}.late"),
             control: format!("{}.control", job.name()),
+            outputs: job
+                .spec
+                .outputs
+                .iter()
+                .map(|o| {
+                    let topic = o
+                        .topic
+                        .clone()
+                        .unwrap_or_else(|| format!("{name}.out.{}", o.name));
+                    (o.name.clone(), topic)
+                })
+                .collect(),
         }
     }
+
+    /// The topic a sink reads: its output's, or `<job>.results`.
+    pub fn sink_input(&self, sink: &crate::spec::SinkSpec) -> &str {
+        sink.output
+            .as_deref()
+            .and_then(|name| self.outputs.iter().find(|(n, _)| n == name))
+            .map_or(self.results.as_str(), |(_, topic)| topic.as_str())
+    }
+}
+
+/// The consumer group of sink `sink` of the job whose speed-layer group is `group`; its
+/// offsets live in the sink's own store (PostgreSQL: `ETLCheckpoint.consumer_group`).
+pub fn sink_group(group: &str, sink: &str) -> String {
+    format!("{group}.sink.{sink}")
+}
+
+/// The consumer group under which a sink mirrors `<job>.dlq` into its store.
+pub fn dead_letter_group(group: &str, sink: &str) -> String {
+    format!("{group}.sink.{sink}.dlq")
+}
+
+/// The consumer group under which `sluice dlq replay` records how far it re-published.
+pub fn replay_group(job_name: &str) -> String {
+    format!("sluice-{job_name}.dlq-replay")
 }
 
 /// Why a record was diverted: the `sluice.error.type` header, the DLQ metric's label, the

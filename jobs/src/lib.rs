@@ -4,11 +4,14 @@
 //! `jobs/examples/`, the Airflow DAG in `jobs/airflow/`.
 
 pub mod bench;
+pub mod bench_postgres;
 pub mod bench_restore;
 pub mod bench_serve;
 pub mod bench_serve_memory;
 pub mod bench_stream;
 pub mod demo;
+pub mod postgres_cmd;
+pub mod dlq;
 pub mod registry_cmd;
 pub mod replay;
 pub mod serve_cmd;

@@ -85,6 +85,19 @@ enum Command {
         after_help = "Examples:\n  sluice registry --brokers 127.0.0.1:9092\n  sluice registry --brokers host:9092 --listen 0.0.0.0:8081 --topic _schemas\n  curl -XPOST http://127.0.0.1:8081/subjects/orders-value/versions \\\n    -H 'Content-Type: application/vnd.schemaregistry.v1+json' \\\n    -d '{\"schema\": \"{\\\"type\\\": \\\"string\\\"}\"}'\n  curl http://127.0.0.1:8081/schemas/ids/1\n\nPrints `registry listening on http://ADDR` once it has read the topic to its end and is\nbound. Point Sluice at it with `[source] registry = \"http://ADDR\"` or SLUICE_REGISTRY_URL.\nSee docs/registry.md. SIGINT/SIGTERM stop it (exit 0)."
     )]
     Registry(sluice_jobs::registry_cmd::RegistryArgs),
+    /// Look into a job's dead-letter topic and re-publish what failed, exactly once.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  sluice dlq list --job jobs/examples/orders_per_minute.toml --brokers 127.0.0.1:9092\n  sluice dlq show --job job.toml --brokers 127.0.0.1:9092 --error-type schema_violation --limit 5\n  sluice dlq replay --job job.toml --brokers 127.0.0.1:9092 --dry-run\n\nSee docs/dlq.md."
+    )]
+    Dlq(sluice_jobs::dlq::DlqCommand),
+    /// PostgreSQL: create the seed 003 tables (ETLCheckpoint, ETLDeadLetter, ETLJobMetric).
+    #[command(subcommand)]
+    Postgres(sluice_jobs::postgres_cmd::PostgresCommand),
+    /// Measure rows/s into PostgreSQL with exactly-once on (append, upsert, per-transaction
+    /// overhead, and row-by-row INSERTs as the peer); prints a table.
+    #[command(name = "bench-postgres", after_help = sluice_jobs::bench_postgres::BENCH_HELP)]
+    BenchPostgres(sluice_jobs::bench_postgres::BenchPostgresArgs),
     /// Build a job's new view version (`[view] version = N`) from history while the current
     /// version keeps serving: the lake, then Kafka from the matching offsets.
     Replay(sluice_jobs::replay::ReplayArgs),
@@ -300,6 +313,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Ingest(args) => stream_cmd::ingest(args).await,
         Command::Serve(args) => serve_cmd::serve(args).await,
         Command::Registry(args) => sluice_jobs::registry_cmd::run(args).await,
+        Command::Dlq(command) => sluice_jobs::dlq::run(command).await,
+        Command::Postgres(command) => sluice_jobs::postgres_cmd::run(command).await,
+        Command::BenchPostgres(args) => sluice_jobs::bench_postgres::run(args).await,
         Command::BenchServe(args) => {
             tokio::task::spawn_blocking(move || sluice_jobs::bench_serve::run(&args)).await??;
             Ok(ExitCode::SUCCESS)

@@ -12,8 +12,8 @@ use sluice_core::duration::parse_duration;
 use sluice_core::lake::TableLocation;
 use sluice_core::{Job, Lake, Pipeline};
 use sluice_stream::{
-    BatchCutoff, Guarantee, LakeSink, LakeSinkConfig, MemoryBound, StreamConfig, StreamDaemon,
-    StreamMetrics, serve_metrics,
+    BatchCutoff, CommitPolicy, Guarantee, LakeSink, LakeSinkConfig, MemoryBound, PostgresSink,
+    SinkHealth, StreamConfig, StreamDaemon, StreamMetrics, sample_job_metrics, serve_metrics,
 };
 
 use crate::signals::StopSignals;
@@ -81,6 +81,20 @@ pub struct StreamArgs {
     /// Do not run the raw-lake sink in this process (run `sluice ingest` instead).
     #[arg(long)]
     pub no_lake_sink: bool,
+    /// Do not run the job's `[[sinks]]` (PostgreSQL …) in this process.
+    #[arg(long)]
+    pub no_sinks: bool,
+    /// The `[[sinks]]` commit at least this often (each commit one transaction with its
+    /// offsets) ...
+    #[arg(long, default_value = "1s", value_parser = parse_duration_arg)]
+    pub sink_commit_interval: Duration,
+    /// ... or when this many MiB are buffered.
+    #[arg(long, default_value_t = 16)]
+    pub sink_commit_mb: usize,
+    /// How often the daemon samples its counters into PostgreSQL's `ETLJobMetric` (when the
+    /// job has a postgres sink).
+    #[arg(long, default_value = "10s", value_parser = parse_duration_arg)]
+    pub metric_interval: Duration,
     /// How often to read the batch view's cutoff from the lake.
     #[arg(long, default_value = "30s", value_parser = parse_duration_arg)]
     pub batch_poll: Duration,
@@ -171,11 +185,11 @@ impl StreamArgs {
     }
 }
 
-fn start_metrics(addr: Option<SocketAddr>, metrics: &StreamMetrics) {
+fn start_metrics(addr: Option<SocketAddr>, metrics: &StreamMetrics, health: &SinkHealth) {
     if let Some(addr) = addr {
-        let metrics = metrics.clone();
+        let (metrics, health) = (metrics.clone(), health.clone());
         tokio::spawn(async move {
-            if let Err(e) = serve_metrics(addr, metrics).await {
+            if let Err(e) = serve_metrics(addr, metrics, health).await {
                 tracing::error!(error = %e, "metrics endpoint failed");
             }
         });
@@ -203,7 +217,8 @@ pub async fn stream(args: StreamArgs) -> anyhow::Result<ExitCode> {
     });
     let config = args.config(&job);
     let metrics = StreamMetrics::new();
-    start_metrics(args.source.metrics_addr, &metrics);
+    let health = SinkHealth::new();
+    start_metrics(args.source.metrics_addr, &metrics, &health);
     let stop = StopSignals::new()?.into_flag();
     let sink_config = (!args.no_lake_sink).then(|| args.source.sink_config());
     let lake = Lake::resolve(args.source.target.lake.as_deref());
@@ -214,7 +229,16 @@ pub async fn stream(args: StreamArgs) -> anyhow::Result<ExitCode> {
         args.batch_poll.max(Duration::from_millis(100)),
         stop.clone(),
     ));
-    let bound = MemoryBound::of(&config, sink_config.as_ref());
+    let postgres = if args.no_sinks {
+        Vec::new()
+    } else {
+        start_postgres_sinks(&args, &job, &pipeline, &config, &metrics, &health, &stop).await?
+    };
+    let bound = MemoryBound::of(&config, sink_config.as_ref()).with_sinks(
+        &config,
+        2 * postgres.len() as u64,
+        args.sink_commit_mb.max(1) << 20,
+    );
     tracing::info!(job = job.name(), bound_mib = bound.total_mib(), terms = %bound, "memory bound (beyond the process's fixed footprint)");
     let sink = match sink_config {
         Some(sink_config) => {
@@ -224,7 +248,8 @@ pub async fn stream(args: StreamArgs) -> anyhow::Result<ExitCode> {
                 args.source.sink_client(&job, &config),
                 sink_config,
                 metrics.clone(),
-            )?;
+            )?
+            .with_health(health.clone());
             let (runtime, stop) = (tokio::runtime::Handle::current(), stop.clone());
             Some(std::thread::spawn(move || sink.run(runtime, stop)))
         }
@@ -242,6 +267,12 @@ pub async fn stream(args: StreamArgs) -> anyhow::Result<ExitCode> {
             Err(_) => anyhow::bail!("the raw-lake sink thread panicked"),
         }
     }
+    for (name, thread) in postgres {
+        match thread.join() {
+            Ok(result) => result?,
+            Err(_) => anyhow::bail!("the thread of sink `{name}` panicked"),
+        }
+    }
     let summary = summary?;
     eprintln!(
         "stopped: {} micro-batches, {} records, {} dead-lettered, {} late, {} aborted",
@@ -250,15 +281,94 @@ pub async fn stream(args: StreamArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A sink's two loops in one thread each, joined as one.
+type SinkThread = std::thread::JoinHandle<sluice_stream::Result<()>>;
+
+/// Prepares every `[[sinks]]` entry (a configuration error stops the start here), then runs
+/// each one's results and dead-letter loops on their own threads and samples the process's
+/// counters into the first one's `ETLJobMetric`.
+async fn start_postgres_sinks(
+    args: &StreamArgs,
+    job: &Job,
+    pipeline: &Arc<Pipeline>,
+    config: &StreamConfig,
+    metrics: &StreamMetrics,
+    health: &SinkHealth,
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<Vec<(String, SinkThread)>> {
+    let policy = CommitPolicy {
+        interval: args.sink_commit_interval,
+        bytes: args.sink_commit_mb.max(1) << 20,
+    };
+    let mut threads = Vec::new();
+    for spec in &job.spec.sinks {
+        let sink = Arc::new(PostgresSink::new(
+            job,
+            pipeline,
+            spec,
+            config.clone(),
+            policy.clone(),
+            metrics.clone(),
+            health.clone(),
+        )?);
+        let runtime = tokio::runtime::Handle::current();
+        let preparing = sink.clone();
+        let prepared = runtime.clone();
+        tokio::task::spawn_blocking(move || preparing.prepare(&prepared)).await??;
+        if threads.is_empty() {
+            tokio::spawn(sample_job_metrics(
+                sink.target().clone(),
+                job.name().to_string(),
+                metrics.clone(),
+                args.metric_interval,
+                stop.clone(),
+            ));
+        }
+        let (dlq_sink, dlq_runtime, dlq_stop) = (sink.clone(), runtime.clone(), stop.clone());
+        let dead_letters = std::thread::spawn(move || {
+            let result = dlq_sink.run_dead_letters(dlq_runtime, dlq_stop.clone());
+            // One loop failing stops the other and the process.
+            if result.is_err() {
+                dlq_stop.store(true, Ordering::SeqCst);
+            }
+            result.map(|_| ())
+        });
+        let loop_stop = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let results = sink.run(runtime, loop_stop.clone());
+            // One loop failing stops the other and the process.
+            if results.is_err() {
+                loop_stop.store(true, Ordering::SeqCst);
+            }
+            let dead = match dead_letters.join() {
+                Ok(dead) => dead,
+                Err(_) => {
+                    tracing::error!("the dead-letter loop panicked");
+                    Ok(())
+                }
+            };
+            if dead.is_err() {
+                loop_stop.store(true, Ordering::SeqCst);
+            }
+            results.map(|_| ())?;
+            dead
+        });
+        threads.push((spec.sink_name().to_string(), thread));
+    }
+    Ok(threads)
+}
+
 pub async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
     let job = Job::from_file(&args.source.target.job)?;
     let config = args.source.config(&job, args.member_id.as_deref(), None);
     let config = args.source.sink_client(&job, &config);
     let metrics = StreamMetrics::new();
-    start_metrics(args.source.metrics_addr, &metrics);
+    let health = SinkHealth::new();
+    start_metrics(args.source.metrics_addr, &metrics, &health);
     let stop = StopSignals::new()?.into_flag();
     let lake = Lake::resolve(args.source.target.lake.as_deref());
-    let sink = LakeSink::new(job, &lake, config, args.source.sink_config(), metrics)?;
+    let sink = LakeSink::new(job, &lake, config, args.source.sink_config(), metrics)?
+        .with_health(health);
     let runtime = tokio::runtime::Handle::current();
     let summary = tokio::task::spawn_blocking(move || sink.run(runtime, stop)).await??;
     eprintln!(

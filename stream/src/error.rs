@@ -31,6 +31,14 @@ pub enum StreamError {
         partition: i32,
         message: String,
     },
+    /// A PostgreSQL sink's store refused for a reason retrying cannot fix.
+    #[error("job `{job}`: postgres sink `{sink}`: {source}")]
+    Postgres {
+        job: String,
+        sink: String,
+        #[source]
+        source: Box<crate::sink::postgres::error::PgError>,
+    },
     #[error("metrics endpoint {addr}: {source}")]
     Metrics {
         addr: String,

@@ -3,6 +3,7 @@
 //! The plumbing under them (client configuration, topic creation, metadata, reading a partition
 //! to its end, producing on a full queue) is `sluice_kafka`'s, shared with serving and the tools.
 
+use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -219,7 +220,8 @@ pub(crate) fn partition_count(
 
 /// Creates the job's output topics if they are missing: `<job>.speed` compacted with one
 /// partition per source partition (partition `p` holds source partition `p`'s state), the
-/// others with as many partitions as the source.
+/// others (results, DLQ, late, and the `[[outputs]]` topics) with as many partitions as the
+/// source.
 pub(crate) fn ensure_topics(
     job: &str,
     config: &StreamConfig,
@@ -236,6 +238,12 @@ pub(crate) fn ensure_topics(
     if existing.iter().any(|name| name == &topics.speed) {
         check_speed_partitions(job, &metadata, &topics.speed, partitions)?;
     }
+    // `[[outputs]]` topics are made like `<job>.results`, whose rows they repeat.
+    let outputs = topics
+        .outputs
+        .iter()
+        .map(|(_, topic)| NewTopic::new(topic, partitions, TopicReplication::Fixed(1)));
+    let mut wanted = HashSet::new();
     let new_topics: Vec<NewTopic> = [
         NewTopic::new(&topics.speed, partitions, TopicReplication::Fixed(1))
             .set("cleanup.policy", "compact"),
@@ -244,7 +252,9 @@ pub(crate) fn ensure_topics(
         NewTopic::new(&topics.late, partitions, TopicReplication::Fixed(1)),
     ]
     .into_iter()
+    .chain(outputs)
     .filter(|topic| !existing.iter().any(|name| name == topic.name))
+    .filter(|topic| wanted.insert(topic.name))
     .collect();
     let created = sluice_kafka::create_topics(
         &client_config(config, |_| {}),

@@ -31,15 +31,7 @@ impl MemoryBound {
     /// The bound of a daemon with `config`, with the raw-lake sink in the process when `sink`
     /// is given.
     pub fn of(config: &StreamConfig, sink: Option<&LakeSinkConfig>) -> MemoryBound {
-        let consumer = consumer_config(config, &config.group_id, "");
-        // The queue may overshoot its limit by one fetch response. A compliant broker keeps a
-        // response under `fetch.max.bytes`, but some (noida-db) answer with everything unread;
-        // librdkafka refuses any response over `receive.message.max.bytes`, so that is the bound.
-        let queue = setting(&consumer, "queued.max.messages.kbytes").unwrap_or(65_536) * 1024;
-        let fetch_max = setting(&consumer, "fetch.max.bytes").unwrap_or(queue.min(52_428_800));
-        let response = setting(&consumer, "receive.message.max.bytes")
-            .unwrap_or((fetch_max + 512).max(100_000_000));
-        let fetch_queue = queue + response;
+        let fetch_queue = fetch_queue(config);
         let consumers = if sink.is_some() { 2 } else { 1 };
         let producer = producer_config(config);
         let mut terms = vec![
@@ -64,6 +56,20 @@ impl MemoryBound {
         MemoryBound { terms }
     }
 
+    /// Adds `loops` sink loops (a PostgreSQL sink runs two: results and dead letters) that
+    /// commit every `commit_bytes`: each has a consumer and a buffer.
+    pub fn with_sinks(mut self, config: &StreamConfig, loops: u64, commit_bytes: usize) -> MemoryBound {
+        if loops > 0 {
+            self.terms
+                .push(("sink consumer fetch queues", loops * fetch_queue(config)));
+            self.terms.push((
+                "sink buffers",
+                loops * SINK_BUFFER_COPIES * commit_bytes as u64,
+            ));
+        }
+        self
+    }
+
     pub fn total_bytes(&self) -> u64 {
         self.terms.iter().map(|(_, b)| b).sum()
     }
@@ -71,6 +77,19 @@ impl MemoryBound {
     pub fn total_mib(&self) -> u64 {
         mib(self.total_bytes())
     }
+}
+
+/// What one consumer's fetch queue may hold. The queue may overshoot its limit by one fetch
+/// response. A compliant broker keeps a response under `fetch.max.bytes`, but some (noida-db)
+/// answer with everything unread; librdkafka refuses any response over
+/// `receive.message.max.bytes`, so that is the bound.
+fn fetch_queue(config: &StreamConfig) -> u64 {
+    let consumer = consumer_config(config, &config.group_id, "");
+    let queue = setting(&consumer, "queued.max.messages.kbytes").unwrap_or(65_536) * 1024;
+    let fetch_max = setting(&consumer, "fetch.max.bytes").unwrap_or(queue.min(52_428_800));
+    let response = setting(&consumer, "receive.message.max.bytes")
+        .unwrap_or((fetch_max + 512).max(100_000_000));
+    queue + response
 }
 
 /// A numeric property the client sets (librdkafka's default applies where it does not).

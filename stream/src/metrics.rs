@@ -34,6 +34,12 @@ pub struct StreamMetrics {
     pub lake_commits: IntCounterVec,
     /// The raw table's completeness bound (Unix seconds): see `sluice_core::lake_progress`.
     pub lake_complete_until: GaugeVec,
+    /// 1 while a sink's store answers, 0 during an outage (labels job, sink).
+    pub sink_up: IntGaugeVec,
+    pub sink_paused_partitions: IntGaugeVec,
+    pub sink_rows: IntCounterVec,
+    pub sink_commits: IntCounterVec,
+    pub sink_retries: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -173,6 +179,36 @@ impl StreamMetrics {
                 "Delta commits of the raw-lake sink.",
                 &["job"],
             ),
+            sink_up: gauge(
+                &registry,
+                "sluice_sink_up",
+                "1 while the sink's store answers, 0 while it is unavailable.",
+                &["job", "sink"],
+            ),
+            sink_paused_partitions: gauge(
+                &registry,
+                "sluice_sink_paused_partitions",
+                "Partitions the sink paused (a commit running, or its store unavailable).",
+                &["job", "sink"],
+            ),
+            sink_rows: counter(
+                &registry,
+                "sluice_sink_rows_total",
+                "Rows a sink committed.",
+                &["job", "sink"],
+            ),
+            sink_commits: counter(
+                &registry,
+                "sluice_sink_commits_total",
+                "Commits of a sink (each one transaction with its offsets).",
+                &["job", "sink"],
+            ),
+            sink_retries: counter(
+                &registry,
+                "sluice_sink_retries_total",
+                "Sink commits retried because the store was unavailable.",
+                &["job", "sink"],
+            ),
             watermark_lag,
             lake_complete_until,
             batch_latency,
@@ -215,14 +251,27 @@ impl Default for StreamMetrics {
 }
 
 /// Serves `GET /metrics` on `addr` until the process ends.
-pub async fn serve_metrics(addr: SocketAddr, metrics: StreamMetrics) -> Result<()> {
-    let app = Router::new().route(
-        "/metrics",
-        get(move || {
-            let body = metrics.render();
-            async move { ([(CONTENT_TYPE, "text/plain; version=0.0.4")], body) }
-        }),
-    );
+/// Serves `/metrics` and `/health` (the sinks' state, `degraded` while a store is down).
+pub async fn serve_metrics(
+    addr: SocketAddr,
+    metrics: StreamMetrics,
+    health: crate::SinkHealth,
+) -> Result<()> {
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let body = metrics.render();
+                async move { ([(CONTENT_TYPE, "text/plain; version=0.0.4")], body) }
+            }),
+        )
+        .route(
+            "/health",
+            get(move || {
+                let report = health.report();
+                async move { axum::Json(report) }
+            }),
+        );
     let error = |source| StreamError::Metrics {
         addr: addr.to_string(),
         source,

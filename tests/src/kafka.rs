@@ -286,6 +286,36 @@ pub fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) 
     }
 }
 
+/// Waits until `measure` reaches `target`, polling every `every`; panics with `what` only when
+/// the measure has not grown for `stall_limit`. For work whose speed depends on how loaded the
+/// machine is (a lake sink catching up on hundreds of MB), a fixed deadline fails slow machines,
+/// while a stall is what a bug looks like.
+pub fn wait_while_progressing(
+    stall_limit: Duration,
+    every: Duration,
+    what: &str,
+    target: usize,
+    mut measure: impl FnMut() -> usize,
+) {
+    let mut best = 0;
+    let mut last_growth = Instant::now();
+    loop {
+        let now = measure();
+        if now >= target {
+            return;
+        }
+        if now > best {
+            best = now;
+            last_growth = Instant::now();
+        }
+        assert!(
+            last_growth.elapsed() < stall_limit,
+            "stalled at {best} of {target} for {stall_limit:?} waiting for {what}"
+        );
+        std::thread::sleep(every);
+    }
+}
+
 /// The latest value per key (what a compacted topic or an upsert consumer keeps); tombstones
 /// remove the key.
 pub fn latest_by_key(records: &[Read]) -> BTreeMap<Vec<u8>, Vec<u8>> {

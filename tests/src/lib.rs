@@ -5,6 +5,7 @@ pub mod corpus;
 pub mod http;
 pub mod kafka;
 pub mod orders;
+pub mod postgres;
 pub mod s3;
 pub mod serve;
 

@@ -14,7 +14,7 @@ use sluice_core::speed::{SpeedCodec, is_reserved_key};
 use sluice_core::{Job, JsonDecoder, Lake, Pipeline};
 use sluice_e2e::kafka::{
     Daemon, Outgoing, Read, committed_offsets, create_topic, group_protocol_args, latest_by_key,
-    produce, read_all, spawn_stream, unique, wait_until,
+    produce, read_all, spawn_stream, unique, wait_until, wait_while_progressing,
 };
 use sluice_e2e::orders::{self, watermark_pushers};
 
@@ -186,10 +186,14 @@ fn lake_offsets(s: &Scenario) -> Vec<(i32, i64)> {
 }
 
 fn assert_lake_holds_every_offset_once(s: &Scenario, expected: usize) {
-    wait_until(
-        Duration::from_secs(120),
+    // Every poll scans the lake, so poll slowly: on two cores a tight loop would compete with
+    // the sink it waits for.
+    wait_while_progressing(
+        Duration::from_secs(90),
+        Duration::from_secs(2),
         "the raw lake to hold every event",
-        || lake_offsets(s).len() >= expected,
+        expected,
+        || lake_offsets(s).len(),
     );
     let offsets = lake_offsets(s);
     let distinct: BTreeSet<(i32, i64)> = offsets.iter().copied().collect();

@@ -1,8 +1,9 @@
 //! `sluice stream`: the consumer-group daemon that runs micro-batches as Kafka transactions.
 //!
 //! Each cycle polls a micro-batch, hands it to the [`Processor`] and commits everything it
-//! produced (state upserts to `<job>.speed`, closed windows to `<job>.results`, DLQ and late
-//! records) together with the consumed offsets in ONE transaction. The RocksDB store is only a
+//! produced (state upserts to `<job>.speed`, closed windows to `<job>.results` and to the
+//! `[[outputs]]` topics they match, DLQ and late records; see [`produce`]) together with the
+//! consumed offsets in ONE transaction. The RocksDB store is only a
 //! cache of the committed changelog: on start, on partition assignment and after any failed
 //! transaction, the affected partitions are restored from `<job>.speed`, and the consumer
 //! rewinds to the committed offsets, so a crash anywhere loses and repeats nothing. A daemon
@@ -17,15 +18,14 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use sluice_core::time::format_time;
-use sluice_core::topics::{Topics, header};
+use sluice_core::topics::Topics;
 use sluice_core::{Job, Pipeline};
-use sluice_kafka::send_waiting;
 
+mod produce;
 mod registry_wait;
 
 use crate::config::{Guarantee, StreamConfig};
@@ -36,7 +36,7 @@ use crate::kafka::{
     producer_config, read_changelog, read_to_end,
 };
 use crate::metrics::StreamMetrics;
-use crate::processor::{Diverted, Output, Processor, Restoring, SourceRecord};
+use crate::processor::{Output, Processor, Restoring, SourceRecord};
 use crate::schemas::SchemaFetcher;
 use crate::state::{Checkpoint, PartitionCheckpoint, StateStore};
 use crate::watermark::Watermarks;
@@ -49,8 +49,6 @@ const RESTORE_CHUNK_RECORDS: usize = 10_000;
 pub(crate) const RESTORE_CHUNK_BYTES: usize = 8 << 20;
 /// Failed micro-batches in a row before the daemon gives up (each is aborted and retried).
 const MAX_CONSECUTIVE_FAILURES: u32 = 5;
-/// Dead letters and late records larger than this keep only their first bytes.
-const MAX_DIVERTED_PAYLOAD: usize = 512 * 1024;
 
 /// Counts failed deliveries, so an at-least-once batch whose outputs did not all arrive is not
 /// committed (a transaction fails by itself).
@@ -446,110 +444,6 @@ impl StreamDaemon {
         Ok(list)
     }
 
-    fn produce_all(
-        &self,
-        running: &Running,
-        output: &Output,
-    ) -> std::result::Result<(), KafkaError> {
-        let producer = &running.producer;
-        for (sent, record) in output.speed.iter().enumerate() {
-            if sent % 1024 == 1023 {
-                producer.poll(Duration::ZERO);
-            }
-            let mut base = BaseRecord::<[u8], [u8]>::to(&self.topics.speed)
-                .partition(record.partition)
-                .key(&record.key);
-            if let Some(value) = &record.value {
-                base = base.payload(value);
-            }
-            send_waiting(producer, base)?;
-        }
-        for (key, value) in &output.results {
-            let mut base = BaseRecord::<[u8], [u8]>::to(&self.topics.results).payload(value);
-            if let Some(key) = key {
-                base = base.key(key);
-            }
-            send_waiting(producer, base)?;
-        }
-        for diverted in &output.dlq {
-            send_waiting(producer, self.diverted_record(&self.topics.dlq, diverted))?;
-        }
-        for diverted in &output.late {
-            send_waiting(producer, self.diverted_record(&self.topics.late, diverted))?;
-        }
-        Ok(())
-    }
-
-    fn diverted_record<'a>(
-        &self,
-        topic: &'a str,
-        diverted: &'a Diverted,
-    ) -> BaseRecord<'a, [u8], [u8]> {
-        let record = &diverted.record;
-        let partition = record.partition.to_string();
-        let offset = record.offset.to_string();
-        let mut headers = OwnedHeaders::new()
-            .insert(Header {
-                key: header::SOURCE_TOPIC,
-                value: Some(&self.topics.source),
-            })
-            .insert(Header {
-                key: header::SOURCE_PARTITION,
-                value: Some(&partition),
-            })
-            .insert(Header {
-                key: header::SOURCE_OFFSET,
-                value: Some(&offset),
-            })
-            .insert(Header {
-                key: header::ERROR_TYPE,
-                value: Some(diverted.error_type.as_str()),
-            })
-            .insert(Header {
-                key: header::ERROR_MESSAGE,
-                value: Some(&diverted.message),
-            });
-        let optional = [
-            (
-                header::SOURCE_TIMESTAMP,
-                record.timestamp_ms.map(|t| t.to_string()),
-            ),
-            (header::ERROR_FIELD, diverted.field.clone()),
-            (header::WATERMARK, diverted.watermark_us.map(format_time)),
-            (header::EVENT_TIME, diverted.event_time_us.map(format_time)),
-        ];
-        for (key, value) in optional {
-            if let Some(value) = value {
-                headers = headers.insert(Header {
-                    key,
-                    value: Some(&value),
-                });
-            }
-        }
-        let payload = record.payload.as_deref().unwrap_or_default();
-        if payload.len() > MAX_DIVERTED_PAYLOAD {
-            // Kafka's default record limit is about 1 MB: keep the record's head, say so.
-            let size = payload.len().to_string();
-            headers = headers
-                .insert(Header {
-                    key: header::TRUNCATED,
-                    value: Some("true"),
-                })
-                .insert(Header {
-                    key: header::ORIGINAL_SIZE,
-                    value: Some(&size),
-                });
-        }
-        let mut base = BaseRecord::<[u8], [u8]>::to(topic).headers(headers);
-        if let Some(key) = &record.key {
-            base = base.key(key);
-        }
-        if let Some(payload) = &record.payload {
-            base = base.payload(&payload[..payload.len().min(MAX_DIVERTED_PAYLOAD)]);
-        }
-        base
-    }
-
     /// A failed transaction: abort it, rewind every assigned partition to its committed offset
     /// and restore its state, so the batch is redone from committed facts only.
     fn recover(&self, running: &mut Running, error: KafkaError) -> Result<()> {
@@ -646,6 +540,9 @@ impl StreamDaemon {
             m.records_out
                 .with_label_values(&[job, topic])
                 .inc_by(count as u64);
+        }
+        for (topic, count) in self.routed_counts(output) {
+            m.records_out.with_label_values(&[job, topic]).inc_by(count);
         }
         for diverted in &output.dlq {
             m.dlq_records

@@ -11,7 +11,7 @@ use sluice_core::AggregateStage;
 use sluice_core::rows::to_json_lines;
 use sluice_core::speed::{KeyPrefix, SpeedCodec};
 
-use super::records::{Output, SpeedRecord};
+use super::records::{Output, RoutedRecord, SpeedRecord};
 use super::window_index::window_expired;
 use super::{Processor, arrow_error};
 use crate::error::Result;
@@ -175,24 +175,19 @@ impl Processor {
             }
         }
         let finalized = stage.finalize(&[codec.decode(&rows)?])?;
-        let keys = finalized
-            .project(
-                &stage
-                    .result_key_columns()
-                    .iter()
-                    .filter_map(|k| finalized.schema().index_of(k).ok())
-                    .collect::<Vec<_>>(),
-            )
-            .map_err(arrow_error("selecting the view key of result rows"))?;
-        let values = to_json_lines(&[finalized])?;
-        let keys = to_json_lines(&[keys])?;
-        for (key, value) in keys
-            .split(|b| *b == b'\n')
-            .zip(values.split(|b| *b == b'\n'))
-        {
-            if !value.is_empty() {
-                output.results.push((Some(key.to_vec()), value.to_vec()));
+        if let Some(router) = self.pipeline.outputs() {
+            for (index, rows) in router.route(&finalized)? {
+                for (key, value) in keyed_json(stage, &rows)? {
+                    output.routed.push(RoutedRecord {
+                        output: index,
+                        key: Some(key),
+                        value,
+                    });
+                }
             }
+        }
+        for (key, value) in keyed_json(stage, &finalized)? {
+            output.results.push((Some(key), value));
         }
         Ok(())
     }
@@ -253,6 +248,27 @@ impl Processor {
         output.tombstoned += writes.len();
         self.store.apply(&writes)
     }
+}
+
+/// Finalized rows as (result key, row) JSON, as `<job>.results` carries them.
+fn keyed_json(stage: &AggregateStage, finalized: &RecordBatch) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let keys = finalized
+        .project(
+            &stage
+                .result_key_columns()
+                .iter()
+                .filter_map(|k| finalized.schema().index_of(k).ok())
+                .collect::<Vec<_>>(),
+        )
+        .map_err(arrow_error("selecting the view key of result rows"))?;
+    let values = to_json_lines(std::slice::from_ref(finalized))?;
+    let keys = to_json_lines(&[keys])?;
+    Ok(keys
+        .split(|b| *b == b'\n')
+        .zip(values.split(|b| *b == b'\n'))
+        .filter(|(_, value)| !value.is_empty())
+        .map(|(key, value)| (key.to_vec(), value.to_vec()))
+        .collect())
 }
 
 /// The stored rows `partial`'s rows merge with: the same (key, window, bucket), or for

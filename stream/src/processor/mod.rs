@@ -33,7 +33,7 @@ use lifecycle::TombstoneScan;
 use routing::{max_event_per_partition, rows_per_partition};
 use window_index::WindowIndex;
 
-pub use records::{Diverted, Output, SourceRecord, SpeedRecord};
+pub use records::{Diverted, Output, RoutedRecord, SourceRecord, SpeedRecord};
 pub(crate) use restore::{ChangelogRecord, Restoring};
 
 pub(crate) struct Processor {

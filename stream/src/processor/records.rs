@@ -1,5 +1,6 @@
 //! What goes into and comes out of one micro-batch: source records in; speed records,
-//! results, diverted records and offsets out, all bound for one Kafka transaction.
+//! results, routed results, diverted records and offsets out, all bound for one Kafka
+//! transaction.
 
 use std::collections::BTreeMap;
 
@@ -35,12 +36,27 @@ pub struct SpeedRecord {
     pub value: Option<Vec<u8>>,
 }
 
+/// One result row routed to an `[[outputs]]` entry (see [`sluice_core::outputs`]): encoded as
+/// on `<job>.results`, and sent beside it in the same transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutedRecord {
+    /// The output's index in the job file's `[[outputs]]` (and in `Topics::outputs`).
+    pub output: usize,
+    /// An aggregate's result key (the same JSON as on `<job>.results`); none for a stateless
+    /// job's rows.
+    pub key: Option<Vec<u8>>,
+    /// The row as JSON.
+    pub value: Vec<u8>,
+}
+
 /// What one micro-batch's transaction holds.
 #[derive(Debug, Default)]
 pub struct Output {
     pub speed: Vec<SpeedRecord>,
     /// `<job>.results`: (key, value) JSON.
     pub results: Vec<(Option<Vec<u8>>, Vec<u8>)>,
+    /// Result rows again, for each `[[outputs]]` entry whose predicate they match.
+    pub routed: Vec<RoutedRecord>,
     pub dlq: Vec<Diverted>,
     pub late: Vec<Diverted>,
     /// The next offset to consume per source partition.
@@ -57,6 +73,7 @@ impl Output {
     pub fn is_empty(&self) -> bool {
         self.speed.is_empty()
             && self.results.is_empty()
+            && self.routed.is_empty()
             && self.dlq.is_empty()
             && self.late.is_empty()
             && self.next_offsets.is_empty()

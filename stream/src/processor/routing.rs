@@ -1,5 +1,6 @@
 //! Routing a micro-batch: decode the records, divert the undecodable and the late, run the
-//! shared plan per source partition and dead-letter the rows it fails on.
+//! shared plan per source partition and dead-letter the rows it fails on; a stateless job's
+//! rows go to `<job>.results` and to the `[[outputs]]` they match.
 
 use std::collections::BTreeMap;
 
@@ -8,7 +9,7 @@ use sluice_core::DivertReason;
 use sluice_core::rows::to_json_lines;
 
 use super::Processor;
-use super::records::{Diverted, Output, SourceRecord};
+use super::records::{Diverted, Output, RoutedRecord, SourceRecord};
 use crate::error::Result;
 
 impl Processor {
@@ -129,9 +130,19 @@ impl Processor {
     ) -> Result<()> {
         match self.pipeline.plan().aggregate() {
             None => {
-                let lines = to_json_lines(&[evaluated])?;
-                for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                    output.results.push((None, line.to_vec()));
+                if let Some(router) = self.pipeline.outputs() {
+                    for (index, rows) in router.route(&evaluated)? {
+                        for value in json_lines(&rows)? {
+                            output.routed.push(RoutedRecord {
+                                output: index,
+                                key: None,
+                                value,
+                            });
+                        }
+                    }
+                }
+                for value in json_lines(&evaluated)? {
+                    output.results.push((None, value));
                 }
                 Ok(())
             }
@@ -141,6 +152,16 @@ impl Processor {
             }
         }
     }
+}
+
+/// One JSON object per row, as `<job>.results` carries them.
+fn json_lines(rows: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+    let lines = to_json_lines(std::slice::from_ref(rows))?;
+    Ok(lines
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect())
 }
 
 pub(super) fn max_event_per_partition(

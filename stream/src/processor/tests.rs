@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use sluice_core::fixture::OrdersJob;
 use sluice_core::speed::{PLAN_KEY, is_reserved_key};
-use sluice_core::{DivertReason, Pipeline};
+use sluice_core::{DivertReason, Job, Pipeline};
 
 use super::*;
 use crate::state::StateStore;
@@ -257,4 +257,115 @@ fn a_changelog_another_plan_wrote_is_refused_and_a_new_one_gets_this_plans_recor
     assert!(refused.contains("0123456789abcdef"), "{refused}");
     assert!(refused.contains(&fingerprint), "{refused}");
     assert!(refused.contains("[view] version"), "{refused}");
+}
+
+/// A processor like [`processor`]'s for `sql` (view key `key`) with the `outputs` TOML.
+fn routing_processor(dir: &Path, sql: &str, key: &str, outputs: &str) -> Processor {
+    let toml = OrdersJob {
+        name: "opm",
+        watermark_delay: "0s",
+        allowed_lateness: "1m",
+        key,
+        ..OrdersJob::default()
+    }
+    .toml(sql)
+        + outputs;
+    let job = Job::from_toml(&toml, Path::new("opm.toml")).unwrap();
+    let pipeline = Arc::new(Pipeline::compile(&job, None).unwrap());
+    let store = StateStore::open_fresh("opm", dir).unwrap();
+    let watermarks = Watermarks::new(Duration::ZERO, Duration::from_secs(3600));
+    let decoder = sluice_core::decode::for_job(&job, 1 << 20).unwrap();
+    Processor::new(job, pipeline, store, watermarks, decoder)
+}
+
+/// (output, key, value) of an output's routed records, sorted.
+fn routed(output: &Output) -> Vec<(usize, Option<Vec<u8>>, Vec<u8>)> {
+    let mut routed: Vec<_> = output
+        .routed
+        .iter()
+        .map(|r| (r.output, r.key.clone(), r.value.clone()))
+        .collect();
+    routed.sort();
+    routed
+}
+
+fn field(row: &[u8], name: &str) -> serde_json::Value {
+    let row: serde_json::Value = serde_json::from_slice(row).unwrap();
+    row[name].clone()
+}
+
+#[test]
+fn an_aggregates_emitted_windows_are_routed_with_their_result_keys() {
+    let outputs = r#"
+[[outputs]]
+name = "busy"
+where = "n >= 2"
+[[outputs]]
+name = "quiet"
+else = true
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = routing_processor(&dir.path().join("s"), SQL, r#"["region"]"#, outputs);
+    let now = Instant::now();
+    p.restore(0, Vec::new(), now).unwrap();
+    p.restore(1, Vec::new(), now).unwrap();
+    let mut seen = BTreeSet::new();
+    for batch in batches() {
+        let out = p.process(batch, now).unwrap();
+        let mut expected: Vec<_> = out
+            .results
+            .iter()
+            .map(|(key, value)| {
+                let busy = field(value, "n").as_i64().unwrap() >= 2;
+                (usize::from(!busy), key.clone(), value.clone())
+            })
+            .collect();
+        expected.sort();
+        assert_eq!(routed(&out), expected, "each result once, in its output");
+        seen.extend(expected.iter().map(|(output, _, _)| *output));
+    }
+    assert_eq!(seen, BTreeSet::from([0, 1]), "both outputs got rows");
+}
+
+#[test]
+fn a_stateless_jobs_rows_go_to_every_output_they_match_and_all_to_results() {
+    let outputs = r#"
+[[outputs]]
+name = "big"
+where = "amount >= 5"
+[[outputs]]
+name = "eu"
+where = "region = 'eu'"
+"#;
+    let sql = "SELECT order_id, region, amount FROM orders WHERE status = 'completed'";
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = routing_processor(&dir.path().join("s"), sql, "[]", outputs);
+    let now = Instant::now();
+    p.restore(0, Vec::new(), now).unwrap();
+    let out = p
+        .process(
+            vec![
+                order(0, 0, "eu", 10.0, T0),
+                order(0, 1, "us", 10.0, T0),
+                order(0, 2, "eu", 1.0, T0),
+                order(0, 3, "us", 1.0, T0),
+            ],
+            now,
+        )
+        .unwrap();
+    assert_eq!(out.results.len(), 4, "results keep every row");
+    let ids = |wanted: usize| -> Vec<String> {
+        routed(&out)
+            .into_iter()
+            .filter(|(output, _, _)| *output == wanted)
+            .map(|(_, key, value)| {
+                assert_eq!(key, None, "a stateless row has no result key");
+                field(&value, "order_id").as_str().unwrap().to_string()
+            })
+            .collect()
+    };
+    assert_eq!(ids(0), vec!["o0-0", "o0-1"]);
+    assert_eq!(ids(1), vec!["o0-0", "o0-2"]);
+    let results: BTreeSet<&Vec<u8>> = out.results.iter().map(|(_, v)| v).collect();
+    assert!(out.routed.iter().all(|r| results.contains(&r.value)));
 }
