@@ -480,7 +480,11 @@ impl Job {
                     ));
                 }
                 (Some(p), false) if p.trim().is_empty() => {
-                    return Err(self.invalid(&format!("outputs[{i}].where"), "an SQL predicate", "\"\""));
+                    return Err(self.invalid(
+                        &format!("outputs[{i}].where"),
+                        "an SQL predicate",
+                        "\"\"",
+                    ));
                 }
                 (None, true) if catch_all => {
                     return Err(self.invalid(
@@ -493,7 +497,11 @@ impl Job {
                 (Some(_), false) => {}
             }
             if output.topic.as_deref().is_some_and(|t| t.trim().is_empty()) {
-                return Err(self.invalid(&format!("outputs[{i}].topic"), "a Kafka topic name", "\"\""));
+                return Err(self.invalid(
+                    &format!("outputs[{i}].topic"),
+                    "a Kafka topic name",
+                    "\"\"",
+                ));
             }
         }
         Ok(())

@@ -367,8 +367,8 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
     start_metrics(args.source.metrics_addr, &metrics, &health);
     let stop = StopSignals::new()?.into_flag();
     let lake = Lake::resolve(args.source.target.lake.as_deref());
-    let sink = LakeSink::new(job, &lake, config, args.source.sink_config(), metrics)?
-        .with_health(health);
+    let sink =
+        LakeSink::new(job, &lake, config, args.source.sink_config(), metrics)?.with_health(health);
     let runtime = tokio::runtime::Handle::current();
     let summary = tokio::task::spawn_blocking(move || sink.run(runtime, stop)).await??;
     eprintln!(

@@ -58,7 +58,12 @@ impl MemoryBound {
 
     /// Adds `loops` sink loops (a PostgreSQL sink runs two: results and dead letters) that
     /// commit every `commit_bytes`: each has a consumer and a buffer.
-    pub fn with_sinks(mut self, config: &StreamConfig, loops: u64, commit_bytes: usize) -> MemoryBound {
+    pub fn with_sinks(
+        mut self,
+        config: &StreamConfig,
+        loops: u64,
+        commit_bytes: usize,
+    ) -> MemoryBound {
         if loops > 0 {
             self.terms
                 .push(("sink consumer fetch queues", loops * fetch_queue(config)));

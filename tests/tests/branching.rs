@@ -6,6 +6,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// Which expected rows an output holds.
+type Selects = fn(&Expected) -> bool;
+
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
@@ -260,7 +263,7 @@ fn a_stateless_jobs_rows_reach_each_matching_output_exactly_once_across_a_kill_9
         all,
         "<job>.results holds every row, once"
     );
-    let cases: [(&str, fn(&Expected) -> bool); 3] = [
+    let cases: [(&str, Selects); 3] = [
         ("big", |e| e.big),
         ("eu", |e| e.eu),
         ("rest", |e| !e.big && !e.eu),

@@ -15,6 +15,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// What `show` prints of a record: source offset, error type, key, value.
+type ShownRecord = (Option<i64>, String, Option<Vec<u8>>, Vec<u8>);
+/// A re-published record: where it came from (`sluice.replayed.from`), key, value.
+type Republished = (String, Option<Vec<u8>>, Option<Vec<u8>>);
+
 use rdkafka::consumer::BaseConsumer;
 use serde_json::Value;
 use sluice_core::time::format_time;
@@ -384,7 +389,7 @@ fn list_and_show_report_every_dead_letter_with_its_bytes_intact() {
     ));
     assert_eq!(shown.len(), bads.len() + 1, "records shown");
     let mut wrong = Vec::new();
-    let mut expected: Vec<(Option<i64>, String, Option<Vec<u8>>, Vec<u8>)> = bads
+    let mut expected: Vec<ShownRecord> = bads
         .iter()
         .map(|b| {
             (
@@ -764,7 +769,7 @@ fn a_replay_killed_mid_way_and_run_again_republishes_each_record_once() {
         "the second run read {scanned} of {DEAD}: it did not resume"
     );
 
-    let expected: Vec<(String, Option<Vec<u8>>, Option<Vec<u8>>)> = {
+    let expected: Vec<Republished> = {
         let mut e: Vec<_> = dead
             .iter()
             .map(|r| (origin_of(&dlq_topic, r), r.key.clone(), r.value.clone()))
@@ -772,7 +777,7 @@ fn a_replay_killed_mid_way_and_run_again_republishes_each_record_once() {
         e.sort();
         e
     };
-    let mut got: Vec<(String, Option<Vec<u8>>, Option<Vec<u8>>)> = replayed(&s.topic)
+    let mut got: Vec<Republished> = replayed(&s.topic)
         .into_iter()
         .map(|(from, r)| (from, r.key, r.value))
         .collect();

@@ -10,6 +10,10 @@
 //! A record someone else wrote to the topic (no Sluice headers) is listed and shown with error
 //! type `unknown`; it is re-published only to an explicit `--to-topic`.
 
+// `DlqError` carries the topic, partition, offset and the client's error by value: a command
+// returns one at most once, on its way out, so its size costs nothing.
+#![allow(clippy::result_large_err)]
+
 mod list;
 mod record;
 mod replay;
@@ -102,7 +106,7 @@ pub enum DlqError {
     Kafka {
         job: String,
         #[source]
-        source: sluice_kafka::Error,
+        source: Box<sluice_kafka::Error>,
     },
     #[error("job `{job}`: kafka: while {during}: {source}")]
     Client {
@@ -196,7 +200,7 @@ impl DeadLetters {
             sluice_kafka::partition_count(&metadata, &topic, REQUEST_TIMEOUT).map_err(|source| {
                 DlqError::Kafka {
                     job: name.clone(),
-                    source,
+                    source: Box::new(source),
                 }
             })? as i32;
         if partitions == 0 {
@@ -205,7 +209,7 @@ impl DeadLetters {
         let watermarks = sluice_kafka::watermarks(&metadata, &topic, partitions, REQUEST_TIMEOUT)
             .map_err(|source| DlqError::Kafka {
             job: name.clone(),
-            source,
+            source: Box::new(source),
         })?;
         Ok(DeadLetters {
             job,

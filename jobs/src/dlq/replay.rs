@@ -168,7 +168,7 @@ pub(crate) fn replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     let target_partitions = sluice_kafka::partition_count(&metadata, &target, REQUEST_TIMEOUT)
         .map_err(|source| DlqError::Kafka {
             job: job.clone(),
-            source,
+            source: Box::new(source),
         })? as i32;
     if target_partitions == 0 {
         return Err(DlqError::NoTargetTopic { job, topic: target }.into());
@@ -193,7 +193,7 @@ pub(crate) fn replay(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
         sluice_kafka::committed(&consumer, &dlq.topic, dlq.partitions, COMMITTED_TIMEOUT).map_err(
             |source| DlqError::Kafka {
                 job: job.clone(),
-                source,
+                source: Box::new(source),
             },
         )?;
     let ranges: Vec<Range> = (0..dlq.partitions)

@@ -273,7 +273,11 @@ impl CommitTarget for DeltaTarget<'_> {
             .map_err(|e| lake_failure(e.into()))?;
         self.progress.lake = lake;
         self.observe_completeness();
-        self.sink.metrics.lake_commits.with_label_values(&[job]).inc();
+        self.sink
+            .metrics
+            .lake_commits
+            .with_label_values(&[job])
+            .inc();
         for (partition, records) in batch.iter().filter(|(p, _)| !moved.contains_key(p)) {
             self.sink
                 .metrics
@@ -343,7 +347,11 @@ impl DeltaTarget<'_> {
     /// pending row, and that this sink has read to their end: an empty partition must not hold
     /// the raw table's completeness back forever. Checked once per commit interval, whether or
     /// not other partitions have rows pending.
-    fn record_ends(&mut self, ctx: &SinkContext<'_>, pending: &Buffered) -> Result<(), SinkFailure> {
+    fn record_ends(
+        &mut self,
+        ctx: &SinkContext<'_>,
+        pending: &Buffered,
+    ) -> Result<(), SinkFailure> {
         let job = self.sink.job.name();
         let (consumer, topic) = (ctx.consumer, ctx.topic);
         let assignment = consumer

@@ -193,7 +193,28 @@ impl<T: CommitTarget> SinkLoop<'_, T> {
         let consumer: BaseConsumer<GroupContext> =
             consumer_config(self.client, self.group, &suffix)
                 .create_with_context(GroupContext::new(job, topic, self.metrics.clone()))
-                .map_err(kafka(job, format!("creating the {} sink's consumer", suffix)))?;
+                .map_err(kafka(
+                    job,
+                    format!("creating the {} sink's consumer", suffix),
+                ))?;
+        // A sink of the speed layer's topics may start before the daemon has created them,
+        // and librdkafka rechecks a missing subscribed topic only every few minutes.
+        let mut waited = false;
+        while !stop.load(Ordering::SeqCst)
+            && !sluice_kafka::partition_count(&consumer, topic, REQUEST_TIMEOUT)
+                .is_ok_and(|n| n > 0)
+        {
+            if !waited {
+                tracing::info!(
+                    job,
+                    sink = self.target.name(),
+                    topic,
+                    "waiting for the topic to exist"
+                );
+                waited = true;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
         consumer.subscribe(&[topic]).map_err(kafka(
             job,
             format!("subscribing the {} sink to `{topic}`", self.target.name()),
@@ -292,10 +313,16 @@ impl<T: CommitTarget> SinkLoop<'_, T> {
         if state.unpositioned.remove(&partition) && !self.at_start(ctx, partition, offset) {
             // The store has nothing of this partition but the group's Kafka offset is past its
             // start (the store's checkpoints were removed): read it from the beginning.
-            tracing::info!(job = self.job, sink = self.target.name(), partition, offset, "the store has no position for this partition: reading it from the start");
-            if let Err(e) = ctx
-                .consumer
-                .seek(ctx.topic, partition, Offset::Beginning, REQUEST_TIMEOUT)
+            tracing::info!(
+                job = self.job,
+                sink = self.target.name(),
+                partition,
+                offset,
+                "the store has no position for this partition: reading it from the start"
+            );
+            if let Err(e) =
+                ctx.consumer
+                    .seek(ctx.topic, partition, Offset::Beginning, REQUEST_TIMEOUT)
             {
                 tracing::warn!(job = self.job, partition, error = %e, "could not rewind to the partition's start; retrying on its next record");
                 state.unpositioned.insert(partition);
@@ -329,8 +356,8 @@ impl<T: CommitTarget> SinkLoop<'_, T> {
             headers,
         };
         let pending = &mut state.pending;
-        pending.bytes += record.payload.as_ref().map_or(0, Vec::len)
-            + record.key.as_ref().map_or(0, Vec::len);
+        pending.bytes +=
+            record.payload.as_ref().map_or(0, Vec::len) + record.key.as_ref().map_or(0, Vec::len);
         pending.since.get_or_insert_with(Instant::now);
         pending.records.entry(partition).or_default().push(record);
     }

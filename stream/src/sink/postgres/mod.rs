@@ -70,12 +70,10 @@ impl Connection {
             rows.prepare(&client).await?;
             self.client = Some(client);
         }
-        self.client
-            .as_mut()
-            .ok_or_else(|| PgError::InvalidUrl {
-                target: self.target.redacted().to_string(),
-                message: "no connection".into(),
-            })
+        self.client.as_mut().ok_or_else(|| PgError::InvalidUrl {
+            target: self.target.redacted().to_string(),
+            message: "no connection".into(),
+        })
     }
 
     fn reset(&mut self) {
@@ -320,7 +318,13 @@ impl PostgresSink {
             topic: topic.to_string(),
             wants_headers,
         };
-        tracing::info!(job = self.job.name(), sink = name, topic, group, "postgres sink started");
+        tracing::info!(
+            job = self.job.name(),
+            sink = name,
+            topic,
+            group,
+            "postgres sink started"
+        );
         SinkLoop {
             job: self.job.name(),
             topic,

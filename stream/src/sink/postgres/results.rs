@@ -83,7 +83,9 @@ fn result_rows(
         };
         // A row is one JSON object; the newline keeps two rows from reading as one.
         for bytes in [payload, b"\n".as_slice()] {
-            let consumed = decoder.decode(bytes).map_err(|e| not_a_row(e.to_string()))?;
+            let consumed = decoder
+                .decode(bytes)
+                .map_err(|e| not_a_row(e.to_string()))?;
             if consumed != bytes.len() {
                 return Err(not_a_row("it holds more than one row".into()));
             }
@@ -102,4 +104,3 @@ fn result_rows(
     }
     Ok(rows)
 }
-

@@ -81,9 +81,9 @@ fn type_matches(data_type: &DataType, expected: &str, found: &str) -> bool {
 #[derive(Debug, Clone)]
 pub struct ResultTable {
     /// As the job named it, for messages.
-    table: String,
+    given: String,
     namespace: Option<String>,
-    name: String,
+    relation: String,
     schema: SchemaRef,
     key: Vec<String>,
     /// `pg_type` of each field, in schema order.
@@ -151,9 +151,9 @@ impl ResultTable {
             }
         }
         Ok(ResultTable {
-            table: table.to_string(),
+            given: table.to_string(),
             namespace: namespace.map(str::to_string),
-            name: name.to_string(),
+            relation: name.to_string(),
             schema,
             key: key.to_vec(),
             types,
@@ -162,14 +162,16 @@ impl ResultTable {
 
     /// The table as the job named it (for messages).
     pub fn name(&self) -> &str {
-        &self.table
+        &self.given
     }
 
     /// `"schema"."name"` or `"name"`, ready for SQL.
     pub fn qualified(&self) -> String {
         match &self.namespace {
-            Some(namespace) => format!("{}.{}", quote_ident(namespace), quote_ident(&self.name)),
-            None => quote_ident(&self.name),
+            Some(namespace) => {
+                format!("{}.{}", quote_ident(namespace), quote_ident(&self.relation))
+            }
+            None => quote_ident(&self.relation),
         }
     }
 
@@ -251,7 +253,7 @@ impl ResultTable {
         let found = self.look_up(client, target).await?;
         let Some(oid) = found.oid else {
             return Err(PgError::InvalidTable {
-                table: self.table.clone(),
+                table: self.given.clone(),
                 message:
                     "it does not exist (create it; `sluice postgres init` creates the seed tables)"
                         .to_string(),
@@ -269,7 +271,7 @@ impl ResultTable {
     /// Who is connected, to which server version, and the table's oid if it exists. A key
     /// needs PostgreSQL 15 (`NULLS NOT DISTINCT`), so an older server is refused here.
     async fn look_up(&self, client: &Client, target: &str) -> Result<LookUp, PgError> {
-        let what = format!("looking up table {}", self.table);
+        let what = format!("looking up table {}", self.given);
         let row = client
             .query_one(
                 "SELECT current_user::text, current_schema()::text, \
@@ -290,7 +292,7 @@ impl ResultTable {
                 found: version,
                 needed: format!(
                     "the upsert key of table `{}` (UNIQUE NULLS NOT DISTINCT)",
-                    self.table
+                    self.given
                 ),
             });
         }
@@ -320,7 +322,7 @@ impl ResultTable {
                     .or(current_schema)
                     .unwrap_or("public");
                 PgError::MissingPrivilege {
-                    table: self.table.clone(),
+                    table: self.given.clone(),
                     role: role.to_string(),
                     privilege: "CREATE".to_string(),
                     on: format!("SCHEMA {}", quote_ident(schema)),
@@ -328,7 +330,7 @@ impl ResultTable {
             } else {
                 PgError::Query {
                     target: target.to_string(),
-                    what: format!("creating table {}", self.table),
+                    what: format!("creating table {}", self.given),
                     source,
                 }
             }
@@ -343,7 +345,7 @@ impl ResultTable {
         oid: u32,
         role: &str,
     ) -> Result<(), PgError> {
-        let what = format!("checking privileges on table {}", self.table);
+        let what = format!("checking privileges on table {}", self.given);
         let row = client
             .query_one(
                 "SELECT c.relkind::text, has_table_privilege(c.oid, 'INSERT'), \
@@ -356,7 +358,7 @@ impl ResultTable {
         let kind: String = column(&row, 0, target, &what)?;
         if kind != "r" && kind != "p" {
             return Err(PgError::InvalidTable {
-                table: self.table.clone(),
+                table: self.given.clone(),
                 message: format!(
                     "it is not a table (pg_class.relkind `{kind}`: a view, sequence or foreign table?); point the sink at a table"
                 ),
@@ -370,7 +372,7 @@ impl ResultTable {
         }
         if let Some((privilege, _)) = needed.iter().find(|(_, granted)| !granted) {
             return Err(PgError::MissingPrivilege {
-                table: self.table.clone(),
+                table: self.given.clone(),
                 role: role.to_string(),
                 privilege: (*privilege).to_string(),
                 on: format!("TABLE {}", self.qualified()),
@@ -395,7 +397,7 @@ impl ResultTable {
         if let Some(row) = sequences.first() {
             let sequence: String = column(row, 0, target, &what)?;
             return Err(PgError::MissingPrivilege {
-                table: self.table.clone(),
+                table: self.given.clone(),
                 role: role.to_string(),
                 privilege: "USAGE".to_string(),
                 on: format!("SEQUENCE {sequence}"),
@@ -405,7 +407,7 @@ impl ResultTable {
     }
 
     async fn check_columns(&self, client: &Client, target: &str, oid: u32) -> Result<(), PgError> {
-        let what = format!("reading the columns of table {}", self.table);
+        let what = format!("reading the columns of table {}", self.given);
         let rows = client
             .query(
                 "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull, \
@@ -430,13 +432,13 @@ impl ResultTable {
         for (field, expected) in self.schema.fields().iter().zip(&self.types) {
             let Some(found) = existing.iter().find(|c| &c.name == field.name()) else {
                 return Err(PgError::MissingColumn {
-                    table: self.table.clone(),
+                    table: self.given.clone(),
                     column: field.name().clone(),
                 });
             };
             if found.generated {
                 return Err(PgError::ColumnMismatch {
-                    table: self.table.clone(),
+                    table: self.given.clone(),
                     column: field.name().clone(),
                     expected: (*expected).to_string(),
                     found: format!("{} GENERATED (not writable)", found.data_type),
@@ -444,7 +446,7 @@ impl ResultTable {
             }
             if !type_matches(field.data_type(), expected, &found.data_type) {
                 return Err(PgError::ColumnMismatch {
-                    table: self.table.clone(),
+                    table: self.given.clone(),
                     column: field.name().clone(),
                     expected: (*expected).to_string(),
                     found: found.data_type.clone(),
@@ -456,7 +458,7 @@ impl ResultTable {
             .find(|c| c.not_null && !c.has_default && self.schema.index_of(&c.name).is_err())
         {
             return Err(PgError::RequiredColumn {
-                table: self.table.clone(),
+                table: self.given.clone(),
                 column: required.name.clone(),
             });
         }
@@ -469,7 +471,7 @@ impl ResultTable {
         target: &str,
         oid: u32,
     ) -> Result<(), PgError> {
-        let what = format!("reading the unique indexes of table {}", self.table);
+        let what = format!("reading the unique indexes of table {}", self.given);
         // Only indexes ON CONFLICT can infer: unique, valid, immediate (not deferrable), over
         // plain columns, without a predicate; INCLUDE columns are not part of the key.
         let rows = client
@@ -509,7 +511,7 @@ impl ResultTable {
             }
         }
         Err(PgError::MissingUniqueKey {
-            table: self.table.clone(),
+            table: self.given.clone(),
             columns: self.key.clone(),
         })
     }

@@ -45,6 +45,9 @@ pub(crate) struct PostgresTarget<R: PgRows> {
     pub wants_headers: bool,
 }
 
+/// Rows written and the partitions that moved (not written).
+type Written = (u64, BTreeMap<i32, Option<i64>>);
+
 /// How long one call to PostgreSQL (a whole commit transaction) may take before the sink
 /// treats the server as unavailable, drops the connection and retries.
 const CALL_DEADLINE: Duration = Duration::from_secs(90);
@@ -143,16 +146,15 @@ impl<R: PgRows> CommitTarget for PostgresTarget<R> {
                 .map_err(connection_error("committing the rows and their offsets"))?;
             Ok::<_, PgError>(Ok((written, moved)))
         };
-        let committed: Result<Result<(u64, BTreeMap<i32, Option<i64>>), String>, PgError> =
-            runtime.block_on(async {
-                match tokio::time::timeout(CALL_DEADLINE, work).await {
-                    Ok(done) => done,
-                    Err(_) => Err(PgError::CallTimeout {
-                        target: String::new(),
-                        seconds: CALL_DEADLINE.as_secs(),
-                    }),
-                }
-            });
+        let committed: Result<Result<Written, String>, PgError> = runtime.block_on(async {
+            match tokio::time::timeout(CALL_DEADLINE, work).await {
+                Ok(done) => done,
+                Err(_) => Err(PgError::CallTimeout {
+                    target: String::new(),
+                    seconds: CALL_DEADLINE.as_secs(),
+                }),
+            }
+        });
         match committed {
             Ok(Ok((rows, moved))) => Ok(CommitOutcome {
                 rows: rows as usize,

@@ -42,7 +42,7 @@ fn every_type() -> (RecordBatch, Vec<&'static str>) {
         col(
             "c_bool",
             Arc::new(BooleanArray::from(vec![Some(true), None])),
-            "t",
+            "true",
         ),
         col(
             "c_i8",
