@@ -333,3 +333,32 @@ pub fn latest_by_key(records: &[Read]) -> BTreeMap<Vec<u8>, Vec<u8>> {
     }
     out
 }
+
+/// `VmRSS` and `VmHWM` (the peak) of a process, in KiB.
+pub fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{name} not in /proc/{pid}/status"))
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The `bound_mib` a daemon logged at start (`memory bound ... bound_mib=N`).
+pub fn logged_bound_mib(log: &str) -> u64 {
+    crate::serve::strip_ansi(log)
+        .lines()
+        .filter(|l| l.contains("memory bound"))
+        .find_map(|l| {
+            let rest = l.split("bound_mib=").nth(1)?;
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no memory bound in the log:\n{log}"))
+}

@@ -19,7 +19,6 @@ use serde_json::Value;
 
 use crate::http;
 use crate::kafka::{Daemon, bootstrap, committed_offsets, read_all, sluice_bin, unique};
-use crate::serve::strip_ansi;
 
 /// Overrides where the server binaries (`initdb`, `postgres`) are looked for.
 pub const PG_BIN_ENV: &str = "SLUICE_TEST_PG_BIN";
@@ -532,7 +531,10 @@ pub fn stream_command(job_file: &Path, lake: &Path, state_dir: &Path, extra: &[&
             command.args([flag, value]);
         }
     }
+    // noida-db loses partitions of a cooperative group when a member rejoins (see
+    // `group_protocol_args`), which the kill -9 tests do on purpose.
     command
+        .args(crate::kafka::group_protocol_args())
         .args(extra)
         .env_remove(sluice_core::spec::POSTGRES_URL_ENV)
         .env_remove("PGPASSWORD")
@@ -624,34 +626,7 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     })
 }
 
-/// `VmRSS` and `VmHWM` (the peak) of a process, in KiB.
-pub fn memory_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("{name} not in /proc/{pid}/status"))
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-/// The `bound_mib` a daemon logged at start (`memory bound ... bound_mib=N`).
-pub fn logged_bound_mib(log: &str) -> u64 {
-    strip_ansi(log)
-        .lines()
-        .filter(|l| l.contains("memory bound"))
-        .find_map(|l| {
-            let rest = l.split("bound_mib=").nth(1)?;
-            rest.split(|c: char| !c.is_ascii_digit())
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no memory bound in the log:\n{log}"))
-}
+pub use crate::kafka::{logged_bound_mib, memory_kib};
 
 /// Lowercase hex of `bytes` (what `encode(bytea, 'hex')` gives).
 pub fn hex(bytes: &[u8]) -> String {

@@ -14,7 +14,8 @@ use sluice_core::speed::{SpeedCodec, is_reserved_key};
 use sluice_core::{Job, JsonDecoder, Lake, Pipeline};
 use sluice_e2e::kafka::{
     Daemon, Outgoing, Read, committed_offsets, create_topic, group_protocol_args, latest_by_key,
-    produce, read_all, spawn_stream, unique, wait_until, wait_while_progressing,
+    logged_bound_mib, memory_kib, produce, read_all, spawn_stream, unique, wait_until,
+    wait_while_progressing,
 };
 use sluice_e2e::orders::{self, watermark_pushers};
 
@@ -662,29 +663,6 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     let mut child = s.spawn("a", &[]);
     assert_exactly_once(&s, &expected, events.len(), Duration::from_secs(300));
     assert!(child.terminate().success());
-}
-
-/// `VmRSS` and `VmHWM` (the peak) of a process, in KiB.
-fn memory_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("{name} not in /proc/{pid}/status"))
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-/// The `bound_mib` a daemon logged at start.
-fn logged_bound_mib(log: &str) -> u64 {
-    log.lines()
-        .filter(|l| l.contains("memory bound"))
-        .find_map(|l| l.split("bound_mib=").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no memory bound in the log:\n{log}"))
 }
 
 /// Far more data than the daemon's memory bound flows through it (speed layer and raw-lake

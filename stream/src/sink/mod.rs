@@ -149,6 +149,8 @@ pub struct SinkSummary {
     pub retries: u64,
 }
 
+/// How often the loop looks for partitions whose fetch does not move (see `unstick`).
+const STUCK_CHECK: Duration = Duration::from_secs(5);
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -233,6 +235,9 @@ impl<T: CommitTarget> SinkLoop<'_, T> {
             last_tick: None,
             unplaced: false,
             unpositioned: HashSet::new(),
+            delivered: HashSet::new(),
+            stuck_checked: None,
+            paused: HashSet::new(),
         };
         while !stop.load(Ordering::SeqCst) {
             let polled = consumer.poll(Duration::from_millis(100));
@@ -260,6 +265,14 @@ impl<T: CommitTarget> SinkLoop<'_, T> {
             // An outage also ends with nothing pending (it began at an assignment).
             if (due || state.outage.is_some()) && !waiting {
                 self.commit(&ctx, &mut state)?;
+            }
+            if state.outage.is_none()
+                && state
+                    .stuck_checked
+                    .is_none_or(|at| at.elapsed() >= STUCK_CHECK)
+            {
+                state.stuck_checked = Some(Instant::now());
+                self.unstick(&ctx, &mut state);
             }
             if state
                 .last_tick
@@ -310,6 +323,7 @@ impl<T: CommitTarget> SinkLoop<'_, T> {
     ) {
         let partition = message.partition();
         let offset = message.offset();
+        state.delivered.insert(partition);
         if state.unpositioned.remove(&partition) && !self.at_start(ctx, partition, offset) {
             // The store has nothing of this partition but the group's Kafka offset is past its
             // start (the store's checkpoints were removed): read it from the beginning.
@@ -331,6 +345,14 @@ impl<T: CommitTarget> SinkLoop<'_, T> {
         }
         if let Some(&next) = state.next.get(&partition).filter(|&&n| offset < n) {
             state.summary.skipped_duplicates += 1;
+            tracing::debug!(
+                job = self.job,
+                sink = self.target.name(),
+                partition,
+                offset,
+                next,
+                "sink skips a committed record"
+            );
             // The partition is fetching now, so a seek works: skip the rest at once.
             if offset + 1 < next
                 && let Err(e) =
@@ -362,6 +384,62 @@ impl<T: CommitTarget> SinkLoop<'_, T> {
         pending.records.entry(partition).or_default().push(record);
     }
 
+    /// Re-seeks partitions whose position has not moved since the last check although the
+    /// partition holds more beyond it. Seen against noida-db with read_committed: after a
+    /// pause and resume, a fetch that lands in a long run of aborted transactional records
+    /// never moves on, while a fresh fetch from the same offset does. A seek to the position
+    /// restarts the fetch; on a healthy partition it costs one fetch.
+    fn unstick(&self, ctx: &SinkContext<'_>, state: &mut LoopState) {
+        let delivered = std::mem::take(&mut state.delivered);
+        let Ok(assignment) = self.assignment(ctx) else {
+            return;
+        };
+        let positions = ctx.consumer.position().ok();
+        for element in assignment.elements_for_topic(ctx.topic) {
+            let partition = element.partition();
+            if delivered.contains(&partition) || state.pending.records.contains_key(&partition) {
+                continue;
+            }
+            // Before its first record a partition has no position: it stands where it resumed.
+            let position = positions
+                .as_ref()
+                .and_then(|list| list.find_partition(ctx.topic, partition))
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(position) => Some(position),
+                    _ => None,
+                })
+                .or_else(|| state.next.get(&partition).copied());
+            let Some(position) = position else {
+                continue;
+            };
+            let Ok((_, high)) =
+                ctx.consumer
+                    .fetch_watermarks(ctx.topic, partition, REQUEST_TIMEOUT)
+            else {
+                continue;
+            };
+            // One offset past the position is the usual closing transaction marker.
+            if high > position + 1 {
+                tracing::debug!(
+                    job = self.job,
+                    sink = self.target.name(),
+                    partition,
+                    position,
+                    high,
+                    "partition not moving: re-seeking"
+                );
+                if let Err(e) = ctx.consumer.seek(
+                    ctx.topic,
+                    partition,
+                    Offset::Offset(position),
+                    REQUEST_TIMEOUT,
+                ) {
+                    tracing::debug!(job = self.job, partition, error = %e, "could not re-seek");
+                }
+            }
+        }
+    }
+
     /// Whether `offset` is the first record `partition` still holds.
     fn at_start(&self, ctx: &SinkContext<'_>, partition: i32, offset: i64) -> bool {
         offset == 0
@@ -380,6 +458,12 @@ impl<T: CommitTarget> SinkLoop<'_, T> {
         for change in ctx.consumer.context().take_changes() {
             match change {
                 Change::Assigned(partitions) => {
+                    tracing::debug!(
+                        job = self.job,
+                        sink = self.target.name(),
+                        ?partitions,
+                        "sink assigned"
+                    );
                     // Without its position the sink cannot read these partitions: wait for
                     // the target without polling (a record polled now could not be placed).
                     // An outage longer than `max.poll.interval.ms` costs a rejoin, and the
@@ -421,15 +505,20 @@ impl<T: CommitTarget> SinkLoop<'_, T> {
                     // librdkafka keeps a partition the application paused paused across a
                     // revoke and a new assignment: resume what is ours again, unless the
                     // store is still down.
+                    // (Only those this sink paused: resuming a partition librdkafka is still
+                    // starting can leave it without a fetch.)
                     if state.outage.is_some() {
-                        self.pause(ctx);
+                        self.pause(ctx, &mut state.paused);
                     } else {
                         let mut list = TopicPartitionList::new();
-                        for &partition in &partitions {
+                        for &partition in partitions.iter().filter(|p| state.paused.contains(p)) {
                             list.add_partition(ctx.topic, partition);
                         }
-                        if let Err(e) = ctx.consumer.resume(&list) {
-                            tracing::debug!(job = self.job, error = %e, "resuming newly assigned partitions");
+                        if list.count() > 0 {
+                            if let Err(e) = ctx.consumer.resume(&list) {
+                                tracing::debug!(job = self.job, error = %e, "resuming reassigned partitions");
+                            }
+                            state.paused.retain(|p| !partitions.contains(p));
                         }
                     }
                     // Newly assigned partitions get their first tick (e.g. a lake commit
@@ -463,11 +552,14 @@ impl<T: CommitTarget> SinkLoop<'_, T> {
             .map_err(kafka(self.job, "reading the sink's assignment"))
     }
 
-    fn pause(&self, ctx: &SinkContext<'_>) {
-        if let Ok(assignment) = self.assignment(ctx)
-            && let Err(e) = ctx.consumer.pause(&assignment)
-        {
-            tracing::warn!(job = self.job, sink = self.target.name(), error = %e, "could not pause the sink's partitions");
+    /// Pauses the assignment; `paused` remembers which partitions this sink paused (librdkafka
+    /// keeps them paused across a revoke and a new assignment).
+    fn pause(&self, ctx: &SinkContext<'_>, paused: &mut HashSet<i32>) {
+        if let Ok(assignment) = self.assignment(ctx) {
+            if let Err(e) = ctx.consumer.pause(&assignment) {
+                tracing::warn!(job = self.job, sink = self.target.name(), error = %e, "could not pause the sink's partitions");
+            }
+            paused.extend(assignment.elements().iter().map(|e| e.partition()));
         }
         let paused = self.assignment(ctx).map_or(0, |a| a.count());
         self.metrics
@@ -476,11 +568,14 @@ impl<T: CommitTarget> SinkLoop<'_, T> {
             .set(paused as i64);
     }
 
-    fn resume(&self, ctx: &SinkContext<'_>) -> Result<()> {
+    fn resume(&self, ctx: &SinkContext<'_>, paused: &mut HashSet<i32>) -> Result<()> {
         let assignment = self.assignment(ctx)?;
         ctx.consumer
             .resume(&assignment)
             .map_err(kafka(self.job, "resuming the sink's partitions"))?;
+        for element in assignment.elements() {
+            paused.remove(&element.partition());
+        }
         self.metrics
             .sink_paused_partitions
             .with_label_values(&[self.job, self.target.name()])
@@ -508,7 +603,7 @@ impl<T: CommitTarget> SinkLoop<'_, T> {
             .with_label_values(&[self.job, self.target.name()])
             .inc();
         self.up(false);
-        self.pause(ctx);
+        self.pause(ctx, &mut state.paused);
         let paused = self
             .assignment(ctx)
             .map(|a| a.elements().iter().map(|e| e.partition()).collect())
@@ -521,7 +616,7 @@ impl<T: CommitTarget> SinkLoop<'_, T> {
     fn commit(&mut self, ctx: &SinkContext<'_>, state: &mut LoopState) -> Result<()> {
         if state.pending.records.is_empty() {
             if state.outage.take().is_some() {
-                self.recovered(ctx)?;
+                self.recovered(ctx, &mut state.paused)?;
             }
             return Ok(());
         }
@@ -534,7 +629,7 @@ impl<T: CommitTarget> SinkLoop<'_, T> {
             .keys()
             .map(|p| (*p, state.next.get(p).copied()))
             .collect();
-        self.pause(ctx);
+        self.pause(ctx, &mut state.paused);
         let outcome = self.target.commit(ctx, &state.pending.records, &expected);
         let outcome = match outcome {
             Ok(outcome) => outcome,
@@ -542,9 +637,9 @@ impl<T: CommitTarget> SinkLoop<'_, T> {
         };
         let records = state.pending.take();
         let recovering = state.outage.take().is_some();
-        self.resume(ctx)?;
+        self.resume(ctx, &mut state.paused)?;
         if recovering {
-            self.recovered(ctx)?;
+            self.recovered(ctx, &mut state.paused)?;
         }
         let mut offsets = TopicPartitionList::new();
         for (partition, records) in &records {
@@ -587,6 +682,7 @@ impl<T: CommitTarget> SinkLoop<'_, T> {
         }
         state.summary.commits += 1;
         state.summary.rows += outcome.rows as u64;
+        tracing::debug!(job = self.job, sink = self.target.name(), rows = outcome.rows, moved = ?outcome.moved, "sink committed");
         let labels = [self.job, self.target.name()];
         self.metrics.sink_commits.with_label_values(&labels).inc();
         self.metrics
@@ -616,13 +712,13 @@ impl<T: CommitTarget> SinkLoop<'_, T> {
         }
     }
 
-    fn recovered(&self, ctx: &SinkContext<'_>) -> Result<()> {
+    fn recovered(&self, ctx: &SinkContext<'_>, paused: &mut HashSet<i32>) -> Result<()> {
         tracing::info!(
             job = self.job,
             sink = self.target.name(),
             "sink available again: resuming"
         );
-        self.resume(ctx)?;
+        self.resume(ctx, paused)?;
         self.up(true);
         self.health.ok(self.target.name());
         Ok(())
@@ -642,4 +738,10 @@ struct LoopState {
     /// Assigned partitions the store has no position for, until their first record: the
     /// consumer starts them at the group's Kafka offset, which only the store can vouch for.
     unpositioned: HashSet<i32>,
+    /// Partitions that delivered a record since the last check for partitions that do not
+    /// move.
+    delivered: HashSet<i32>,
+    stuck_checked: Option<Instant>,
+    /// Partitions this sink paused and has not resumed.
+    paused: HashSet<i32>,
 }
