@@ -394,22 +394,15 @@ impl<T: CommitTarget> SinkLoop<'_, T> {
         let Ok(assignment) = self.assignment(ctx) else {
             return;
         };
-        let positions = ctx.consumer.position().ok();
         for element in assignment.elements_for_topic(ctx.topic) {
             let partition = element.partition();
             if delivered.contains(&partition) || state.pending.records.contains_key(&partition) {
                 continue;
             }
-            // Before its first record a partition has no position: it stands where it resumed.
-            let position = positions
-                .as_ref()
-                .and_then(|list| list.find_partition(ctx.topic, partition))
-                .and_then(|e| match e.offset() {
-                    Offset::Offset(position) => Some(position),
-                    _ => None,
-                })
-                .or_else(|| state.next.get(&partition).copied());
-            let Some(position) = position else {
+            // With nothing pending, everything this partition delivered is committed, so the
+            // committed position is where it stands. (Not `position()`: after a revoke and a
+            // new assignment it still names records whose buffer the revoke dropped.)
+            let Some(&position) = state.next.get(&partition) else {
                 continue;
             };
             let Ok((_, high)) =
