@@ -8,8 +8,9 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$SLUICE_CACHE/target}
 export SLUICE_VENV=${SLUICE_VENV:-$SLUICE_CACHE/venv}
 mkdir -p "$SLUICE_CACHE"
 
-# Debian packages: cmake/clang/libclang for rdkafka and rocksdb, curl headers for rdkafka.
-sluice_apt_packages=(cmake clang libclang-dev libcurl4-openssl-dev pkg-config python3-venv)
+# Debian packages: cmake/clang/libclang for rdkafka and rocksdb, curl headers for rdkafka,
+# promtool (prometheus) for the alert-rule tests, chromium for the dashboard's browser test.
+sluice_apt_packages=(cmake clang libclang-dev libcurl4-openssl-dev pkg-config python3-venv prometheus chromium)
 sluice_missing=()
 for pkg in "${sluice_apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || sluice_missing+=("$pkg")
@@ -23,8 +24,9 @@ fi
 
 # The Python venv: interop tests (the official deltalake reader, pyarrow, pytest), the test
 # harness's Kafka-protocol broker (noida-db) and S3-compatible store (moto's server), and
-# Confluent's Python client with its schema registry client and Avro serializer (interop).
-sluice_py_reqs="deltalake==1.1.4 pyarrow==21.0.0 pytest==8.4.2 noida-db==0.2.3 moto[server]==5.2.5 confluent-kafka[avro]==2.16.1"
+# Confluent's Python client with its schema registry client and Avro serializer (interop),
+# and schemathesis (the serving API checked against its OpenAPI document).
+sluice_py_reqs="deltalake==1.1.4 pyarrow==21.0.0 pytest==8.4.2 noida-db==0.2.3 moto[server]==5.2.5 confluent-kafka[avro]==2.16.1 schemathesis==4.32.5 playwright==1.65.2"
 if [ ! -f "$SLUICE_VENV/.sluice-reqs" ] || [ "$(cat "$SLUICE_VENV/.sluice-reqs")" != "$sluice_py_reqs" ]; then
   echo "prereqs: creating the Python venv at $SLUICE_VENV" >&2
   python3 -m venv "$SLUICE_VENV"

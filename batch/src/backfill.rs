@@ -32,7 +32,9 @@ use sluice_core::rows::to_json_lines;
 use sluice_core::spec::UTC;
 use sluice_core::time::{ceil_to, floor_to, format_time};
 use sluice_core::topics::view_writer_app_id;
-use sluice_core::{BatchTransform, DivertReason, Job, JobPlan, Lake, Pipeline, ViewCoverage};
+use sluice_core::{
+    BatchTransform, CheckViolations, DivertReason, Job, JobPlan, Lake, Pipeline, ViewCoverage,
+};
 
 use crate::error::{BatchError, Result};
 
@@ -62,8 +64,12 @@ pub struct BackfillReport {
     pub to: String,
     pub rows_read: usize,
     pub view_rows: usize,
-    /// Raw rows the plan failed on, skipped (listed in [`BackfillReport::rejected`]).
+    /// Raw rows the plan failed on or a `quarantine` check rejected, skipped (listed in
+    /// [`BackfillReport::rejected`]).
     pub rows_rejected: usize,
+    /// Rows violating each data-quality check, in the job file's order (empty without
+    /// `[[checks]]`).
+    pub check_violations: Vec<CheckViolations>,
     pub cutoff: Option<String>,
     pub cutoff_us: Option<i64>,
     /// The event time before which the raw table holds every source partition's records
@@ -87,9 +93,12 @@ pub struct RejectedRow {
     /// Where the record came from: null for rows loaded from files.
     pub partition: Option<i32>,
     pub offset: Option<i64>,
-    /// Always `transform_error` (rows that did not decode never reached the lake).
+    /// `transform_error` or `check_failed` (rows that did not decode never reached the lake).
     pub error: DivertReason,
     pub reason: String,
+    /// `check_failed`: the check's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
     /// The row's source columns.
     pub record: serde_json::Value,
 }
@@ -146,6 +155,14 @@ pub async fn backfill(
             json!(fold.rejected.len()),
         ),
     ]);
+    if !fold.violations.is_empty() {
+        let counts: serde_json::Map<String, serde_json::Value> = fold
+            .violations
+            .iter()
+            .map(|v| (v.check.clone(), json!(v.rows)))
+            .collect();
+        metadata.insert(commit_key::CHECK_VIOLATIONS.to_string(), counts.into());
+    }
     if let Some(until) = completeness.until_us() {
         metadata.insert(commit_key::LAKE_COMPLETE_UNTIL_US.to_string(), json!(until));
     }
@@ -183,7 +200,7 @@ pub async fn backfill(
         tracing::warn!(
             job = job.name(),
             rows = fold.rejected.len(),
-            "backfill skipped raw rows the plan failed on (the speed layer dead-letters the same records)"
+            "backfill skipped raw rows the plan failed on or checks quarantined (the speed layer dead-letters the same records)"
         );
     }
     if let Some(&(gap_end, _)) = coverage.landed.first() {
@@ -202,6 +219,7 @@ pub async fn backfill(
         rows_read: fold.rows_read,
         view_rows,
         rows_rejected: fold.rejected.len(),
+        check_violations: fold.violations.clone(),
         cutoff: cutoff.map(format_time),
         cutoff_us: cutoff,
         lake_complete_until: completeness.until_us().map(format_time),
@@ -440,6 +458,9 @@ pub(crate) struct Fold<'a> {
     pending_rows: usize,
     rows_read: usize,
     rejected: Vec<RejectedRow>,
+    /// Check violations summed over every batch added (the same checks, in the same order,
+    /// for each).
+    violations: Vec<CheckViolations>,
 }
 
 impl<'a> Fold<'a> {
@@ -451,6 +472,7 @@ impl<'a> Fold<'a> {
             pending_rows: 0,
             rows_read: 0,
             rejected: Vec::new(),
+            violations: Vec::new(),
         }
     }
 
@@ -462,10 +484,18 @@ impl<'a> Fold<'a> {
             self.rejected.push(RejectedRow {
                 partition: origin.partitions.get(failed.row).copied().flatten(),
                 offset: origin.offsets.get(failed.row).copied().flatten(),
-                error: DivertReason::TransformError,
+                error: failed.reason,
                 reason: failed.error.to_string(),
+                check: failed.check,
                 record: serde_json::from_slice(&record).unwrap_or(serde_json::Value::Null),
             });
+        }
+        if self.violations.is_empty() {
+            self.violations = isolated.violations;
+        } else {
+            for (sum, more) in self.violations.iter_mut().zip(isolated.violations) {
+                sum.rows += more.rows;
+            }
         }
         for piece in isolated.pieces {
             let rows = match self.plan.aggregate() {

@@ -81,6 +81,13 @@ pub enum Error {
     /// `missing_writer_schemas` names to `add_writer_schema` before decoding.
     #[error("job `{job}`: schema id {id} was not fetched from the registry before decoding")]
     MissingWriterSchema { job: String, id: u32 },
+    /// A source row violates a `quarantine` data-quality check (see [`crate::checks`]).
+    #[error("check `{check}` failed: expected {rule}")]
+    CheckFailed {
+        job: String,
+        check: String,
+        rule: String,
+    },
     /// State written by another plan (see [`crate::plan_version`]).
     #[error(transparent)]
     Plan(#[from] Box<crate::plan_version::PlanMismatch>),

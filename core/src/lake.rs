@@ -51,6 +51,8 @@ pub mod commit_key {
     pub const ROWS_READ: &str = "sluice.rows_read";
     pub const VIEW_ROWS: &str = "sluice.view_rows";
     pub const ROWS_REJECTED: &str = "sluice.rows_rejected";
+    /// Backfill: rows violating each data-quality check (`{check: rows}`).
+    pub const CHECK_VIOLATIONS: &str = "sluice.check_violations";
     /// The batch view's cutoff after this commit (µs): it covers every bucket before it.
     pub const CUTOFF_US: &str = "sluice.cutoff_us";
     /// Lake load and ingest: rows appended; lake load: the file and its rejected lines.
@@ -190,7 +192,14 @@ pub struct TableLocation {
     /// Read the table as of this version instead of the newest (for readers only: a write
     /// always commits on the newest version).
     as_of: Option<u64>,
+    /// Object-store options beyond the environment's (see [`TableLocation::failing_fast`]).
+    options: HashMap<String, String>,
 }
+
+/// How long a fail-fast writer's object store retries one request before the writer hears of
+/// it (object_store's default is 3 minutes).
+const FAIL_FAST_RETRY_TIMEOUT: &str = "10s";
+const FAIL_FAST_MAX_RETRIES: &str = "3";
 
 /// A backfill's commit of a view table: the bucket range it replaced and the raw table
 /// version it read (`None` in commits from before the version was recorded).
@@ -206,6 +215,7 @@ impl TableLocation {
         TableLocation {
             location: location.into(),
             as_of: None,
+            options: HashMap::new(),
         }
     }
 
@@ -214,7 +224,20 @@ impl TableLocation {
         TableLocation {
             location: self.location.clone(),
             as_of: Some(version),
+            options: self.options.clone(),
         }
+    }
+
+    /// The same table for a writer that retries on its own (the lake sink pauses its
+    /// partitions and backs off): the object store gives up on a request after a few seconds
+    /// instead of minutes, so an outage reaches the writer, `/health` and the metrics while
+    /// it lasts rather than after.
+    pub fn failing_fast(mut self) -> TableLocation {
+        self.options
+            .insert("retry_timeout".into(), FAIL_FAST_RETRY_TIMEOUT.into());
+        self.options
+            .insert("max_retries".into(), FAIL_FAST_MAX_RETRIES.into());
+        self
     }
 
     fn delta(&self) -> impl FnOnce(DeltaTableError) -> Error + '_ {
@@ -227,7 +250,12 @@ impl TableLocation {
     /// The table, or a handle that creates it on first write (`version()` is `None`).
     pub async fn open(&self) -> Result<DeltaTable> {
         let url = deltalake::ensure_table_uri(&self.location).map_err(self.delta())?;
-        let mut table = DeltaTable::try_from_url(url).await.map_err(self.delta())?;
+        let mut table = if self.options.is_empty() || url.scheme() == "file" {
+            DeltaTable::try_from_url(url).await
+        } else {
+            DeltaTable::try_from_url_with_storage_options(url, self.options.clone()).await
+        }
+        .map_err(self.delta())?;
         if let Some(version) = self.as_of {
             table.load_version(version).await.map_err(self.delta())?;
             return Ok(table);

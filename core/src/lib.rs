@@ -11,6 +11,7 @@
 //! benches and demo of every layer share.
 
 pub mod aggregate;
+pub mod checks;
 pub mod control;
 pub mod decode;
 #[cfg(test)]
@@ -24,13 +25,18 @@ mod flink_sql;
 mod json_escapes;
 pub mod lake;
 pub mod lake_progress;
+pub mod lake_writer;
 pub mod outputs;
 pub mod partial_layout;
 pub mod pipeline;
 pub mod plan;
 pub mod plan_version;
+mod predicate;
 pub mod rows;
 pub mod spec;
+mod spec_checks;
+#[cfg(test)]
+mod spec_props;
 mod spec_sinks;
 pub mod speed;
 pub mod state_codec;
@@ -47,7 +53,7 @@ pub use decode::{
 };
 pub use error::{Error, Result};
 pub use partial_layout::{KeyPrefix, Origin, PartialLayout};
-pub use pipeline::{Evaluated, FailedRow, Isolated, Pipeline};
+pub use pipeline::{CheckViolations, Evaluated, FailedRow, Isolated, Pipeline};
 pub use plan::JobPlan;
 pub use plan_version::PlanMismatch;
 pub use spec::{Job, Lake};

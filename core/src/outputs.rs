@@ -2,9 +2,8 @@
 //! among the outputs by their SQL predicates.
 //!
 //! A predicate is one SQL boolean expression over the job's result columns (the plan's output
-//! schema), in the dialect of the job's own SQL: it is parsed, planned, type-coerced and lowered
-//! to a DataFusion physical expression by the plan compiler's own steps ([`crate::plan`]), so
-//! `where = "amount >= 100"` means exactly what `WHERE amount >= 100` would, UDFs included.
+//! schema), compiled by [`crate::predicate`], so `where = "amount >= 100"` means exactly what
+//! `WHERE amount >= 100` would, UDFs included.
 //! Compiling it with the [`crate::Pipeline`] makes a bad predicate fail the job at start, not
 //! at its first row.
 //!
@@ -15,27 +14,17 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use arrow::array::{BooleanArray, RecordBatch};
+use arrow::compute::filter_record_batch;
 use arrow::compute::kernels::boolean::{not, or};
-use arrow::compute::{filter_record_batch, prep_null_mask_filter};
-use arrow::datatypes::{DataType, SchemaRef};
-use datafusion::common::tree_node::TreeNode;
-use datafusion::datasource::empty::EmptyTable;
+use arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
-use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::prelude::SessionContext;
-use datafusion::sql::parser::Statement as DFStatement;
-use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, SetExpr, Statement};
-use datafusion::sql::sqlparser::dialect::GenericDialect;
-use datafusion::sql::sqlparser::parser::Parser;
-use datafusion::sql::sqlparser::tokenizer::Token;
 
 use crate::error::{Error, Result, arrow_err};
-use crate::plan::Compilation;
+use crate::predicate::{self, PredicateCompiler};
 use crate::spec::Job;
 use crate::topics::Topics;
-use crate::udf;
 
 /// The table predicates are planned against; it only shows in DataFusion's messages
 /// (`Valid fields are results.region, …`).
@@ -67,22 +56,7 @@ impl OutputRouter {
             return Ok(None);
         }
         check_topics(job)?;
-        let compilation = Compilation {
-            job,
-            input_schema: output_schema.clone(),
-            ctx: SessionContext::new(),
-        };
-        udf::register(&compilation.ctx);
-        compilation
-            .ctx
-            .register_table(
-                OUTPUT_TABLE,
-                Arc::new(EmptyTable::new(output_schema.clone())),
-            )
-            .map_err(|e| Error::InvalidSql {
-                job: job.name().to_string(),
-                source: Box::new(e),
-            })?;
+        let compiler = PredicateCompiler::new(job, OUTPUT_TABLE, output_schema)?;
         let outputs = job
             .spec
             .outputs
@@ -93,7 +67,8 @@ impl OutputRouter {
                     .predicate
                     .as_deref()
                     .map(|text| {
-                        compile_predicate(&compilation, text, output_schema)
+                        compiler
+                            .compile(text)
                             .map_err(|why| invalid_predicate(job, i, text, output_schema, &why))
                     })
                     .transpose()?;
@@ -173,42 +148,25 @@ impl OutputRouter {
         predicate: &dyn PhysicalExpr,
         batch: &RecordBatch,
     ) -> BooleanArray {
-        match evaluate(predicate, batch) {
-            Ok(mask) => mask,
-            Err(error) => {
-                let mut mask = Vec::with_capacity(batch.num_rows());
-                let mut failed = 0;
-                bisect(
-                    predicate,
-                    batch,
-                    (0, batch.num_rows()),
-                    &mut mask,
-                    &mut failed,
-                );
-                tracing::warn!(
-                    job = %self.job,
-                    output = %output.name,
-                    rows = failed,
-                    error = %error.strip_backtrace(),
-                    "an output's predicate failed on some result rows; they do not match it"
-                );
-                BooleanArray::from(mask)
-            }
+        let (mask, failed) = predicate::evaluate_isolating(predicate, batch);
+        if let Some(&first) = failed.first() {
+            let error = predicate::evaluate(predicate, &batch.slice(first, 1))
+                .err()
+                .map(|e| predicate::reason(&e))
+                .unwrap_or_default();
+            tracing::warn!(
+                job = %self.job,
+                output = %output.name,
+                rows = failed.len(),
+                %error,
+                "an output's predicate failed on some result rows; they do not match it"
+            );
         }
+        mask
     }
 
     fn check_schema(&self, batch: &RecordBatch) -> Result<()> {
-        let expected = self
-            .schema
-            .fields()
-            .iter()
-            .map(|f| (f.name(), f.data_type()));
-        let actual = batch
-            .schema_ref()
-            .fields()
-            .iter()
-            .map(|f| (f.name(), f.data_type()));
-        if expected.eq(actual) {
+        if crate::plan::same_fields(&self.schema, batch.schema_ref()) {
             return Ok(());
         }
         Err(Error::Execution {
@@ -221,143 +179,6 @@ impl OutputRouter {
             ))),
         })
     }
-}
-
-/// `predicate` on `batch`, NULL turned into no match.
-fn evaluate(
-    predicate: &dyn PhysicalExpr,
-    batch: &RecordBatch,
-) -> datafusion::error::Result<BooleanArray> {
-    let value = predicate.evaluate(batch)?.into_array(batch.num_rows())?;
-    let mask = value.as_boolean_opt().ok_or_else(|| {
-        DataFusionError::Internal(format!(
-            "an output predicate returned {} instead of booleans",
-            value.data_type()
-        ))
-    })?;
-    Ok(if mask.nulls().is_some() {
-        prep_null_mask_filter(mask)
-    } else {
-        mask.clone()
-    })
-}
-
-/// Appends the matches of rows `offset..offset + len` to `mask`, halving where `predicate`
-/// fails down to single rows, which match nothing.
-fn bisect(
-    predicate: &dyn PhysicalExpr,
-    batch: &RecordBatch,
-    (offset, len): (usize, usize),
-    mask: &mut Vec<bool>,
-    failed: &mut usize,
-) {
-    if len == 0 {
-        return;
-    }
-    match evaluate(predicate, &batch.slice(offset, len)) {
-        Ok(part) => mask.extend(part.values().iter()),
-        Err(_) if len == 1 => {
-            mask.push(false);
-            *failed += 1;
-        }
-        Err(_) => {
-            let half = len / 2;
-            bisect(predicate, batch, (offset, half), mask, failed);
-            bisect(predicate, batch, (offset + half, len - half), mask, failed);
-        }
-    }
-}
-
-/// `text` as a physical predicate over `schema`, or why not. It is planned as the WHERE of a
-/// `SELECT * FROM results`, so DataFusion resolves its columns, coerces its types and refuses
-/// what a WHERE refuses (aggregates, window functions), exactly as for the job's SQL.
-fn compile_predicate(
-    compilation: &Compilation<'_>,
-    text: &str,
-    schema: &SchemaRef,
-) -> std::result::Result<Arc<dyn PhysicalExpr>, String> {
-    let dialect = GenericDialect {};
-    let mut parser = Parser::new(&dialect)
-        .try_with_sql(text)
-        .map_err(|e| e.to_string())?;
-    let expr = parser.parse_expr().map_err(|e| e.to_string())?;
-    parser
-        .expect_token(&Token::EOF)
-        .map_err(|e| format!("{e} (a predicate is one expression)"))?;
-    let statement = select_where(expr)?;
-    let state = compilation.ctx.state();
-    let plan = futures::executor::block_on(
-        state.statement_to_plan(DFStatement::Statement(Box::new(statement))),
-    )
-    .map_err(|e| reason(&e))?;
-    let plan = state
-        .analyzer()
-        .execute_and_check(plan, state.config_options(), |_, _| {})
-        .map_err(|e| reason(&e))?;
-    let filter = match &plan {
-        LogicalPlan::Projection(projection) => match projection.input.as_ref() {
-            LogicalPlan::Filter(filter)
-                if matches!(filter.input.as_ref(), LogicalPlan::TableScan(_)) =>
-            {
-                Some(filter)
-            }
-            _ => None,
-        },
-        _ => None,
-    };
-    let Some(filter) = filter else {
-        return Err("not a predicate over one result row".to_string());
-    };
-    // Each row is routed on its own: a subquery would read other rows (or other tables).
-    let subquery = filter
-        .predicate
-        .exists(|e| {
-            Ok(matches!(
-                e,
-                Expr::ScalarSubquery(_)
-                    | Expr::InSubquery(_)
-                    | Expr::Exists(_)
-                    | Expr::SetComparison(_)
-            ))
-        })
-        .map_err(|e| reason(&e))?;
-    if subquery {
-        return Err("subqueries are not supported: a predicate reads one result row".to_string());
-    }
-    let physical = compilation
-        .physical(&filter.predicate, filter.input.schema())
-        .map_err(|e| match e {
-            Error::InvalidSql { source, .. } => reason(&source),
-            other => other.to_string(),
-        })?;
-    match physical.data_type(schema) {
-        Ok(DataType::Boolean) => Ok(physical),
-        Ok(other) => Err(format!("it is of type {other}, not boolean")),
-        Err(e) => Err(reason(&e)),
-    }
-}
-
-/// `SELECT * FROM results WHERE <expr>`, built as a syntax tree so that nothing in the
-/// predicate's text can change the statement around it.
-fn select_where(expr: SqlExpr) -> std::result::Result<Statement, String> {
-    let internal = |what: &str| format!("internal: the predicate's SELECT {what}");
-    let mut statements =
-        Parser::parse_sql(&GenericDialect {}, &format!("SELECT * FROM {OUTPUT_TABLE}"))
-            .map_err(|e| internal(&e.to_string()))?;
-    let mut statement = statements.pop().ok_or_else(|| internal("is empty"))?;
-    let Statement::Query(query) = &mut statement else {
-        return Err(internal("is no query"));
-    };
-    let SetExpr::Select(select) = query.body.as_mut() else {
-        return Err(internal("is no SELECT"));
-    };
-    select.selection = Some(expr);
-    Ok(statement)
-}
-
-/// A DataFusion error on one line, without the backtrace.
-fn reason(error: &DataFusionError) -> String {
-    error.strip_backtrace().replace('\n', " ")
 }
 
 fn invalid_predicate(job: &Job, index: usize, text: &str, schema: &SchemaRef, why: &str) -> Error {

@@ -9,15 +9,22 @@
 //! to the failing rows, so k bad rows among n cost about 2·k·log₂(n) plan runs, not n. The
 //! speed layer dead-letters exactly the failed rows and the batch layer skips exactly the
 //! same ones.
+//!
+//! The job's data-quality checks ([`crate::checks`]) run first, on the source rows: the rows a
+//! `quarantine` check rejects are failed rows too (as `check_failed`), and the plan runs on
+//! the others; every check's violations are counted for both layers to report.
 
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
+use arrow::array::{BooleanArray, RecordBatch};
+use arrow::compute::filter_record_batch;
 
-use crate::error::{Error, Result};
+use crate::checks::QualityChecks;
+use crate::error::{Error, Result, arrow_err};
 use crate::outputs::OutputRouter;
 use crate::plan::JobPlan;
-use crate::spec::Job;
+use crate::spec::{Job, Severity};
+use crate::topics::DivertReason;
 use crate::transform::BatchTransform;
 
 /// What the plan made of some source rows.
@@ -30,20 +37,48 @@ pub struct Evaluated {
     pub output: RecordBatch,
 }
 
-/// One source row the plan failed on.
+/// One source row the plan failed on, or a `quarantine` check rejected.
 #[derive(Debug)]
 pub struct FailedRow {
     /// The row's index in the evaluated batch.
     pub row: usize,
     pub error: Error,
+    /// `transform_error` or `check_failed`.
+    pub reason: DivertReason,
+    /// `check_failed`: the check's name.
+    pub check: Option<String>,
+    /// The field at fault, when known (a check's column).
+    pub field: Option<String>,
+}
+
+impl FailedRow {
+    fn plan(row: usize, error: Error) -> FailedRow {
+        FailedRow {
+            row,
+            error,
+            reason: DivertReason::TransformError,
+            check: None,
+            field: None,
+        }
+    }
+}
+
+/// How many rows of a batch violated one data-quality check.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CheckViolations {
+    pub check: String,
+    pub severity: Severity,
+    pub rows: usize,
 }
 
 /// The plan's results over the rows it accepted (in row order, possibly in several pieces that
-/// merge or concatenate to the whole), and the rows it failed on, in row order.
+/// merge or concatenate to the whole), the rows it failed on or checks rejected, in row
+/// order, and every check's violations (in the job file's order; empty without checks).
 #[derive(Debug, Default)]
 pub struct Isolated {
     pub pieces: Vec<Evaluated>,
     pub failed: Vec<FailedRow>,
+    pub violations: Vec<CheckViolations>,
 }
 
 /// The transform (if any) followed by the compiled plan, and the job's `[[outputs]]`
@@ -53,6 +88,7 @@ pub struct Pipeline {
     plan: JobPlan,
     transform: Option<Arc<dyn BatchTransform>>,
     outputs: Option<OutputRouter>,
+    checks: Option<QualityChecks>,
 }
 
 impl Pipeline {
@@ -61,6 +97,7 @@ impl Pipeline {
     /// fails here, when the job starts.
     pub fn compile(job: &Job, transform: Option<Arc<dyn BatchTransform>>) -> Result<Pipeline> {
         let source = job.source_schema();
+        let checks = QualityChecks::compile(job, &source)?;
         let input = match &transform {
             Some(t) => t.output_schema(&source)?,
             None => source,
@@ -71,7 +108,13 @@ impl Pipeline {
             plan,
             transform,
             outputs,
+            checks,
         })
+    }
+
+    /// The job's data-quality checks, when it has any.
+    pub fn checks(&self) -> Option<&QualityChecks> {
+        self.checks.as_ref()
     }
 
     pub fn plan(&self) -> &JobPlan {
@@ -102,10 +145,60 @@ impl Pipeline {
         Ok(Evaluated { filtered, output })
     }
 
-    /// [`Pipeline::evaluate`], isolating the rows the plan fails on (see the module docs).
-    /// `Err` only when the plan fails whatever the rows (it fails on no rows at all): an
-    /// error of the plan, not of the data.
+    /// The checks, then [`Pipeline::evaluate`] on the rows no `quarantine` check rejected,
+    /// isolating the rows the plan fails on (see the module docs). `Err` only when the plan
+    /// fails whatever the rows (it fails on no rows at all): an error of the plan, not of the
+    /// data.
     pub fn evaluate_isolating(&self, source: &RecordBatch) -> Result<Isolated> {
+        let Some(checks) = &self.checks else {
+            return self.isolate_plan(source);
+        };
+        let outcome = checks.apply(source)?;
+        let violations = checks
+            .checks()
+            .iter()
+            .zip(&outcome.violations)
+            .map(|(check, rows)| CheckViolations {
+                check: check.name.clone(),
+                severity: check.severity,
+                rows: *rows,
+            })
+            .collect();
+        if outcome.quarantined.is_empty() {
+            let mut isolated = self.isolate_plan(source)?;
+            isolated.violations = violations;
+            return Ok(isolated);
+        }
+        let mut keep = vec![true; source.num_rows()];
+        for (row, _) in &outcome.quarantined {
+            keep[*row] = false;
+        }
+        let kept_rows: Vec<usize> = (0..source.num_rows()).filter(|r| keep[*r]).collect();
+        let kept = filter_record_batch(source, &BooleanArray::from(keep))
+            .map_err(arrow_err("setting quarantined rows aside"))?;
+        let mut isolated = self.isolate_plan(&kept)?;
+        for failed in &mut isolated.failed {
+            failed.row = kept_rows[failed.row];
+        }
+        isolated
+            .failed
+            .extend(outcome.quarantined.iter().map(|&(row, index)| {
+                let check = &checks.checks()[index];
+                FailedRow {
+                    row,
+                    error: checks.failure(index),
+                    reason: DivertReason::CheckFailed,
+                    check: Some(check.name.clone()),
+                    field: check.column.clone(),
+                }
+            }));
+        isolated.failed.sort_by_key(|f| f.row);
+        isolated.violations = violations;
+        Ok(isolated)
+    }
+
+    /// The plan on `source`, the rows it fails on isolated.
+    fn isolate_plan(&self, source: &RecordBatch) -> Result<Isolated> {
         let mut isolated = Isolated::default();
         let whole = match self.evaluate(source) {
             Ok(evaluated) => {
@@ -116,10 +209,7 @@ impl Pipeline {
         };
         if source.num_rows() <= 1 {
             if source.num_rows() == 1 {
-                isolated.failed.push(FailedRow {
-                    row: 0,
-                    error: whole,
-                });
+                isolated.failed.push(FailedRow::plan(0, whole));
                 return Ok(isolated);
             }
             return Err(whole);
@@ -138,7 +228,7 @@ impl Pipeline {
         }
         match self.evaluate(&source.slice(offset, len)) {
             Ok(evaluated) => out.pieces.push(evaluated),
-            Err(error) if len == 1 => out.failed.push(FailedRow { row: offset, error }),
+            Err(error) if len == 1 => out.failed.push(FailedRow::plan(offset, error)),
             Err(_) => {
                 let half = len / 2;
                 self.bisect(source, offset, half, out);

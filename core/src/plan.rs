@@ -64,6 +64,15 @@ pub(crate) struct Compilation<'a> {
     pub(crate) ctx: SessionContext,
 }
 
+/// Whether two schemas have the same field names and types in the same order (what compiled
+/// expressions, which bind columns by index, need of the batches they run on).
+pub(crate) fn same_fields(expected: &Schema, actual: &Schema) -> bool {
+    fn pairs(schema: &Schema) -> impl Iterator<Item = (&String, &arrow::datatypes::DataType)> {
+        schema.fields().iter().map(|f| (f.name(), f.data_type()))
+    }
+    pairs(expected).eq(pairs(actual))
+}
+
 impl JobPlan {
     /// Compiles `job`'s SQL against `input_schema`: the source schema, or the output schema of
     /// the job's Polars transform when it has one.
@@ -191,17 +200,7 @@ impl JobPlan {
     }
 
     fn check_input(&self, batch: &RecordBatch) -> Result<()> {
-        let expected = self
-            .input_schema
-            .fields()
-            .iter()
-            .map(|f| (f.name(), f.data_type()));
-        let actual = batch
-            .schema_ref()
-            .fields()
-            .iter()
-            .map(|f| (f.name(), f.data_type()));
-        if expected.eq(actual) {
+        if same_fields(&self.input_schema, batch.schema_ref()) {
             return Ok(());
         }
         Err(self.execution(

@@ -27,9 +27,10 @@ impl Job {
 
     /// A hash of everything that decides what the plan computes and how its partial state is
     /// laid out: the source schema and event time, the SQL (whitespace collapsed, so
-    /// reformatting it is not a new plan), the Rust transform, the view key, the bucket and the
-    /// state codec's format. Operational settings (watermark delay, lateness, batching) are
-    /// not in it: they change when rows are emitted, not what a bucket's state is.
+    /// reformatting it is not a new plan), the Rust transform, the view key, the bucket, the
+    /// state codec's format and the `quarantine` checks. Operational settings (watermark
+    /// delay, lateness, batching) and `warn` checks are not in it: they change when rows are
+    /// emitted or what is counted, not what a bucket's state is.
     pub fn plan_fingerprint(&self) -> String {
         let source = &self.spec.source;
         let sql: Vec<&str> = self.spec.transform.sql.split_whitespace().collect();
@@ -44,6 +45,34 @@ impl Job {
             self.spec.view.key,
             self.bucket_micros()
         );
+        // Quarantine checks decide which rows the plan sees; warn checks only count. (Appended
+        // only when there are any, so jobs without them keep their fingerprints.)
+        let quarantine: Vec<_> = self
+            .spec
+            .checks
+            .iter()
+            .filter(|c| c.severity == crate::spec::Severity::Quarantine)
+            .map(|c| {
+                format!(
+                    "{:?}",
+                    (
+                        c.check,
+                        &c.column,
+                        &c.values,
+                        &c.min,
+                        &c.max,
+                        c.inclusive,
+                        &c.pattern,
+                        &c.predicate
+                    )
+                )
+            })
+            .collect();
+        let canonical = if quarantine.is_empty() {
+            canonical
+        } else {
+            format!("{canonical}\0checks {}", quarantine.join("\0"))
+        };
         blake3::hash(canonical.as_bytes()).to_hex()[..32].to_string()
     }
 

@@ -38,6 +38,7 @@ use serde::Deserialize;
 
 use crate::duration::serde_duration;
 use crate::error::{Error, Result};
+pub use crate::spec_checks::{CheckKind, CheckSpec, CheckValue, Severity};
 pub use crate::spec_sinks::{
     OutputSpec, POSTGRES_URL_ENV, SinkKind, SinkMode, SinkSpec, redact_url,
 };
@@ -67,6 +68,9 @@ pub struct JobSpec {
     /// External stores the results are written to, exactly once.
     #[serde(default)]
     pub sinks: Vec<SinkSpec>,
+    /// Data-quality checks on the source rows (see [`crate::checks`]).
+    #[serde(default)]
+    pub checks: Vec<CheckSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -234,6 +238,13 @@ pub struct ViewSpec {
     /// keeps serving.
     #[serde(default = "default_version")]
     pub version: u32,
+    /// How far behind the wall clock the merged view may be complete to (the newer of the
+    /// batch cutoff and the speed watermark) before the serving layer calls the job stale:
+    /// `fresh: false` in `/v1/jobs`, `degraded` in `/health`, and
+    /// `sluice_view_freshness_sla_seconds` beside `sluice_view_freshness_seconds` for the
+    /// alert. Default: none (freshness is reported, never judged). Not part of the plan.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub freshness_sla: Option<Duration>,
 }
 
 impl Default for ViewSpec {
@@ -242,8 +253,16 @@ impl Default for ViewSpec {
             key: Vec::new(),
             bucket: default_bucket(),
             version: default_version(),
+            freshness_sla: None,
         }
     }
+}
+
+/// `serde_duration` for an optional field (absent: `None`, through `#[serde(default)]`).
+fn optional_duration<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Duration>, D::Error> {
+    serde_duration::deserialize(d).map(Some)
 }
 
 fn default_version() -> u32 {
@@ -446,11 +465,111 @@ impl Job {
         if spec.view.bucket.as_millis() == 0 {
             return Err(self.invalid("view.bucket", "a positive duration", "0"));
         }
+        if spec.view.freshness_sla.is_some_and(|sla| sla.is_zero()) {
+            return Err(self.invalid("view.freshness_sla", "a positive duration", "0"));
+        }
         if spec.transform.sql.trim().is_empty() {
             return Err(self.invalid("transform.sql", "a SELECT statement", "empty text"));
         }
         self.validate_outputs()?;
-        self.validate_sinks()
+        self.validate_sinks()?;
+        self.validate_checks()
+    }
+
+    /// Each check has the keys its kind needs and no others, a unique name, and a column
+    /// that is a source field; patterns compile. (Types and `expect` predicates are checked
+    /// when the checks compile with the plan.)
+    fn validate_checks(&self) -> Result<()> {
+        let mut names = std::collections::HashSet::new();
+        for (i, check) in self.spec.checks.iter().enumerate() {
+            let at = |key: &str| format!("checks[{i}].{key}");
+            let kind = check.check;
+            let name = check.display_name();
+            if kind == CheckKind::Expect && check.name.is_none() {
+                return Err(self.invalid(&at("name"), "a name for an `expect` check", "none"));
+            }
+            if !crate::spec_sinks::valid_route_name(&name) || !names.insert(name.clone()) {
+                return Err(self.invalid(
+                    &at("name"),
+                    "a unique name of letters, digits, `_` and `-`",
+                    format!("{name:?}"),
+                ));
+            }
+            match (&check.column, kind) {
+                (None, CheckKind::Expect) => {}
+                (None, _) => {
+                    return Err(self.invalid(&at("column"), "the source field checked", "none"));
+                }
+                (Some(column), _) => {
+                    if !self.spec.source.fields.iter().any(|f| &f.name == column) {
+                        let known: Vec<&str> = self
+                            .spec
+                            .source
+                            .fields
+                            .iter()
+                            .map(|f| f.name.as_str())
+                            .collect();
+                        return Err(self.invalid(
+                            &at("column"),
+                            &format!("a source field ({})", known.join(", ")),
+                            format!("`{column}`"),
+                        ));
+                    }
+                }
+            }
+            let given = [
+                ("values", check.values.is_some(), CheckKind::AcceptedValues),
+                ("min", check.min.is_some(), CheckKind::Range),
+                ("max", check.max.is_some(), CheckKind::Range),
+                ("inclusive", check.inclusive.is_some(), CheckKind::Range),
+                ("pattern", check.pattern.is_some(), CheckKind::Regex),
+                ("predicate", check.predicate.is_some(), CheckKind::Expect),
+            ];
+            if let Some((key, _, owner)) =
+                given.iter().find(|(_, set, owner)| *set && *owner != kind)
+            {
+                return Err(self.invalid(
+                    &at(key),
+                    &format!(
+                        "no `{key}` on a `{}` check (it belongs to `{}`)",
+                        kind.as_str(),
+                        owner.as_str()
+                    ),
+                    "a value",
+                ));
+            }
+            match kind {
+                CheckKind::AcceptedValues if check.values.as_ref().is_none_or(Vec::is_empty) => {
+                    return Err(self.invalid(&at("values"), "at least one accepted value", "none"));
+                }
+                CheckKind::Range if check.min.is_none() && check.max.is_none() => {
+                    return Err(self.invalid(&at("min"), "a `min`, a `max` or both", "neither"));
+                }
+                CheckKind::Regex => {
+                    let pattern = check.pattern.as_deref().unwrap_or_default();
+                    if let Err(e) = regex::Regex::new(pattern) {
+                        return Err(self.invalid(
+                            &at("pattern"),
+                            "a regular expression",
+                            format!("{pattern:?}: {e}"),
+                        ));
+                    }
+                    if check.pattern.is_none() {
+                        return Err(self.invalid(&at("pattern"), "a regular expression", "none"));
+                    }
+                }
+                CheckKind::Expect
+                    if check
+                        .predicate
+                        .as_deref()
+                        .is_none_or(|p| p.trim().is_empty()) =>
+                {
+                    return Err(self.invalid(&at("predicate"), "an SQL predicate", "none"));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     fn validate_outputs(&self) -> Result<()> {
@@ -681,6 +800,20 @@ sql = "SELECT x FROM orders_events"
         .unwrap_err()
         .to_string();
         assert!(err.contains("invalid duration `5 parsecs`"), "{err}");
+    }
+
+    #[test]
+    fn freshness_sla_is_an_optional_positive_duration() {
+        assert_eq!(parse(GOOD).unwrap().spec.view.freshness_sla, None);
+        let with = |sla: &str| parse(&format!("{GOOD}[view]\nfreshness_sla = \"{sla}\"\n"));
+        assert_eq!(
+            with("1m 30s").unwrap().spec.view.freshness_sla,
+            Some(Duration::from_secs(90))
+        );
+        let zero = with("0s").unwrap_err().to_string();
+        assert!(zero.contains("view.freshness_sla"), "{zero}");
+        let bad = with("soon").unwrap_err().to_string();
+        assert!(bad.contains("invalid duration `soon`"), "{bad}");
     }
 
     #[test]

@@ -115,10 +115,17 @@ pub enum DivertReason {
     /// The writer schema cannot be resolved to the job's fields (a required field it lacks, a
     /// type that does not promote to the field's type) or does not parse.
     IncompatibleSchema,
+    /// The record violates a `quarantine` data-quality check (`[[checks]]`); the
+    /// `sluice.check` header names it.
+    CheckFailed,
+    /// A record in a results or output topic that is not one row of the job's result schema
+    /// (another producer wrote it): a PostgreSQL sink keeps it in `ETLDeadLetter` instead of
+    /// its table and goes on.
+    NotAResultRow,
 }
 
 impl DivertReason {
-    pub const ALL: [DivertReason; 12] = [
+    pub const ALL: [DivertReason; 14] = [
         DivertReason::NotUtf8,
         DivertReason::MalformedJson,
         DivertReason::SchemaViolation,
@@ -131,6 +138,8 @@ impl DivertReason {
         DivertReason::UnknownSchemaId,
         DivertReason::MalformedAvro,
         DivertReason::IncompatibleSchema,
+        DivertReason::CheckFailed,
+        DivertReason::NotAResultRow,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -147,6 +156,8 @@ impl DivertReason {
             DivertReason::UnknownSchemaId => "unknown_schema_id",
             DivertReason::MalformedAvro => "malformed_avro",
             DivertReason::IncompatibleSchema => "incompatible_schema",
+            DivertReason::CheckFailed => "check_failed",
+            DivertReason::NotAResultRow => "not_a_result_row",
         }
     }
 
@@ -199,6 +210,8 @@ pub mod header {
     pub const ERROR_MESSAGE: &str = "sluice.error.message";
     /// The field at fault, when known.
     pub const ERROR_FIELD: &str = "sluice.error.field";
+    /// `check_failed`: the name of the data-quality check the record violated.
+    pub const CHECK: &str = "sluice.check";
     /// On late records: the job watermark (RFC 3339) the record was behind.
     pub const WATERMARK: &str = "sluice.watermark";
     /// On late records: the record's event time (RFC 3339).

@@ -11,7 +11,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use sluice_batch::{BackfillRequest, BatchError, backfill, load_jsonl};
+use sluice_batch::load::{LoadOptions, Reject, load};
+use sluice_batch::{BackfillRequest, BatchError, backfill};
 use sluice_core::lake::TableLocation;
 use sluice_core::rows::to_json_lines;
 use sluice_core::time::parse_time;
@@ -171,19 +172,23 @@ enum Command {
 
 #[derive(Subcommand)]
 enum LakeCommand {
-    /// Append JSON-lines files to the job's raw Delta table (a file already loaded is skipped).
+    /// Append JSON-lines files or stdin to the job's raw Delta table (content already loaded is
+    /// skipped).
     #[command(
-        after_help = "Example:\n  sluice lake load --job jobs/examples/orders_per_minute.toml tests/golden/orders.input.jsonl\n\nBad lines are reported on stderr with line, field and reason, and written to --rejects if given; exit 3 when any line was rejected."
+        after_help = "Examples:\n  sluice lake load --job jobs/examples/orders_per_minute.toml tests/golden/orders.input.jsonl\n  sluice lake load --job jobs/examples/orders_per_minute.toml orders-05-01.jsonl.gz orders-05-02.jsonl.zst\n  zcat orders.jsonl.gz | sluice lake load --job jobs/examples/orders_per_minute.toml -\n  curl -s https://example.com/orders.jsonl.gz | sluice lake load --job job.toml --output json -\n\nInputs are plain, gzip or zstd, told by their first bytes whatever their names; `-` reads stdin\n(plain or compressed). Each input streams into the table, so memory stays bounded (under 384 MiB)\nwhatever its size, and lands in one commit at its end; a failed load commits nothing. Content\nloaded before is skipped: a file is hashed first and skipped before anything is written, stdin is\nhashed as it is read and then commits nothing. Bad lines are reported on stderr with line, field\nand reason as they are met, and written to --rejects if given; exit 3 when any line was rejected.\nA progress bar is drawn on stderr when it is a terminal (not with --output json)."
     )]
     Load {
         #[command(flatten)]
         job: JobArgs,
-        /// JSON-lines files, one record per line.
+        /// JSON-lines inputs, one record per line: files (plain, gzip or zstd) or `-` for stdin.
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        /// Write rejected lines here (JSON: line, error, field, reason, record).
+        /// Write rejected lines here (JSON: file, line, error, field, reason, record).
         #[arg(long)]
         rejects: Option<PathBuf>,
+        /// Lines longer than this many bytes are rejected as `oversized`.
+        #[arg(long, default_value_t = sluice_core::decode::DEFAULT_MAX_RECORD_BYTES)]
+        max_record_bytes: usize,
     },
     /// Show what the raw table holds completely (per source partition) and the batch view's
     /// cutoff: what a scheduler waits on before a backfill.
@@ -272,7 +277,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             job,
             files,
             rejects,
-        }) => lake_load(job, files, rejects).await,
+            max_record_bytes,
+        }) => lake_load(job, files, rejects, max_record_bytes).await,
         Command::Lake(LakeCommand::Status(args)) => {
             let (job, lake) = load_job(&args)?;
             let status = sluice_batch::lake_status(&job, &lake).await?;
@@ -342,57 +348,77 @@ async fn lake_load(
     args: JobArgs,
     files: Vec<PathBuf>,
     rejects: Option<PathBuf>,
+    max_record_bytes: usize,
 ) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
     let (job, lake) = load_job(&args)?;
-    let mut rejected_lines = Vec::new();
+    if files.iter().filter(|f| f.as_os_str() == "-").count() > 1 {
+        anyhow::bail!("`-` (stdin) can be loaded once per command");
+    }
+    // Rejected lines are written as they are met: memory does not grow with them.
+    let mut rejects_out = match &rejects {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("writing {}", path.display()))?,
+        )),
+        None => None,
+    };
+    let options = LoadOptions {
+        max_record_bytes: max_record_bytes.max(1),
+        progress: args.output == Output::Text,
+        keep_rejected: false,
+    };
     let mut any_rejected = false;
     for file in &files {
-        let report = load_jsonl(&job, &lake, file).await?;
-        let text = std::fs::read(file).unwrap_or_default();
-        let lines: Vec<&[u8]> = text.split(|b| *b == b'\n').collect();
-        for (line, error) in &report.rejected {
-            any_rejected = true;
+        let shown = file.display().to_string();
+        let mut on_reject = |reject: &Reject| -> Result<(), BatchError> {
             eprintln!(
-                "{}:{line}: {} rejected: {}",
-                file.display(),
-                error.kind.as_str(),
-                error.reason
+                "{shown}:{}: {} rejected: {}",
+                reject.line,
+                reject.error.kind.as_str(),
+                reject.error.reason
             );
-            rejected_lines.push(serde_json::json!({
-                "file": file.display().to_string(), "line": line, "error": error.kind.as_str(),
-                "field": error.field, "reason": error.reason,
-                "record": String::from_utf8_lossy(lines.get(line - 1).copied().unwrap_or_default()),
-            }));
-        }
+            if let (Some(out), Some(path)) = (rejects_out.as_mut(), rejects.as_ref()) {
+                let row = serde_json::json!({
+                    "file": shown, "line": reject.line, "error": reject.error.kind.as_str(),
+                    "field": reject.error.field, "reason": reject.error.reason,
+                    "record": String::from_utf8_lossy(&reject.record),
+                });
+                writeln!(out, "{row}").map_err(|source| BatchError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+            Ok(())
+        };
+        let report = load(&job, &lake, file, &options, &mut on_reject).await?;
+        any_rejected |= report.rejected_lines > 0;
         let summary = serde_json::json!({
-            "file": file.display().to_string(), "table": report.table, "rows_loaded": report.rows_loaded,
-            "rejected": report.rejected.len(), "already_loaded": report.already_loaded,
+            "file": shown, "table": report.table, "rows_loaded": report.rows_loaded,
+            "rejected": report.rejected_lines, "already_loaded": report.already_loaded,
             "table_version": report.table_version,
         });
         match args.output {
             Output::Json => println!("{summary}"),
             Output::Text if report.already_loaded => {
                 println!(
-                    "{}: already loaded into {} (content unchanged), skipped",
-                    file.display(),
+                    "{shown}: already loaded into {} (content unchanged), skipped",
                     report.table
                 )
             }
             Output::Text => println!(
-                "{}: loaded {} rows into {} (version {}), rejected {}",
-                file.display(),
+                "{shown}: loaded {} rows into {} (version {}), rejected {}",
                 report.rows_loaded,
                 report.table,
                 report
                     .table_version
                     .map_or("-".to_string(), |v| v.to_string()),
-                report.rejected.len()
+                report.rejected_lines
             ),
         }
     }
-    if let Some(path) = rejects {
-        let body: String = rejected_lines.iter().map(|r| format!("{r}\n")).collect();
-        std::fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;
+    if let (Some(mut out), Some(path)) = (rejects_out, rejects) {
+        out.flush()
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(if any_rejected {
         ExitCode::from(EXIT_PARTIAL)
@@ -479,6 +505,14 @@ async fn run_backfill(args: BackfillArgs) -> anyhow::Result<ExitCode> {
             report.cutoff.as_deref().unwrap_or("-"),
             report.seconds
         ),
+    }
+    if matches!(args.job.output, Output::Text) && !report.check_violations.is_empty() {
+        let checks: Vec<String> = report
+            .check_violations
+            .iter()
+            .map(|v| format!("{} ({}) {}", v.check, v.severity.as_str(), v.rows))
+            .collect();
+        println!("check violations: {}", checks.join(", "));
     }
     if let Some(asked) = &report.clamped_from {
         eprintln!(

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_core::lake::TableLocation;
 use sluice_core::topics::{Topics, header};
@@ -51,14 +50,8 @@ pub fn late_records(
             }
             Some(Err(e)) => return Err(e.into()),
             Some(Ok(message)) => {
-                let text = |name: &str| -> Option<String> {
-                    let headers = message.headers()?;
-                    headers
-                        .iter()
-                        .find(|h| h.key == name)
-                        .and_then(|h| h.value)
-                        .map(|v| String::from_utf8_lossy(v).into_owned())
-                };
+                let headers = sluice_kafka::raw_headers(&message);
+                let text = |name: &str| sluice_kafka::header_text(&headers, name);
                 let partition = text(header::SOURCE_PARTITION).and_then(|p| p.parse().ok());
                 let offset = text(header::SOURCE_OFFSET).and_then(|o| o.parse().ok());
                 if let (Some(partition), Some(offset)) = (partition, offset) {

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Json, MatchedPath, Path, Query, Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -22,8 +22,12 @@ use crate::service::JobService;
 use crate::sql;
 use crate::versions::JobSlot;
 
-/// The OpenAPI document of this API.
+/// The OpenAPI document of this API, as the file has it: with the bearer token required and
+/// examples naming the demo's job; a server serves it adapted to how it runs (`served_openapi`).
 pub const OPENAPI: &str = include_str!("../openapi.yaml");
+
+/// The job the examples of [`OPENAPI`] name (`sluice demo`'s).
+const EXAMPLE_JOB: &str = "orders_demo";
 
 /// `Retry-After` (seconds) on the 503s answered while a job is loading.
 const RETRY_AFTER_SECONDS: &str = "1";
@@ -96,17 +100,26 @@ fn retry_later(mut response: Response) -> Response {
 }
 
 pub(crate) fn router(state: AppState) -> Router {
+    // Before the token layer, so that a wrong method on `/v1/` needs the token too.
     let v1 = Router::new()
         .route(route::JOBS, get(list_jobs))
         .route(route::JOB, get(job_status))
         .route(route::VIEW, get(view))
         .route(route::SQL, post(run_sql))
+        .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    // Rendered once: the jobs' names and the token do not change while the server runs.
+    let document = Bytes::from(served_openapi(&state));
     Router::new()
         .route(route::HEALTH, get(health))
         .route(route::METRICS, get(metrics))
-        .route(route::OPENAPI, get(openapi))
+        .route(
+            route::OPENAPI,
+            get(move || std::future::ready(openapi(document.clone()))),
+        )
+        .merge(crate::dashboard::routes(&state))
         .merge(v1)
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
@@ -134,11 +147,11 @@ fn endpoint_of(matched: Option<&MatchedPath>) -> &'static str {
         Some(route::JOB) => "job",
         Some(route::VIEW) => "view",
         Some(route::SQL) => "sql",
-        _ => "other",
+        other => crate::dashboard::endpoint_of(other),
     }
 }
 
-async fn require_token(
+pub(crate) async fn require_token(
     State(state): State<AppState>,
     headers: HeaderMap,
     request: Request,
@@ -176,10 +189,24 @@ async fn not_found() -> Response {
     )
 }
 
-/// 200 once every job is ready; 503 before, naming each part still loading.
+/// A path this server has, with a method it does not take: axum adds `Allow`.
+async fn method_not_allowed(method: axum::http::Method) -> Response {
+    json_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        json!({
+            "error": "method_not_allowed",
+            "message": format!("this endpoint does not take {method} (see Allow); see /openapi.yaml"),
+        })
+        .to_string(),
+    )
+}
+
+/// 200 once every job is ready; 503 before, naming each part still loading. A ready server
+/// whose job misses its freshness SLA answers 200 `degraded` (alive, but stale), naming it.
 async fn health(State(state): State<AppState>) -> Response {
     let mut jobs = serde_json::Map::new();
     let mut loading = Vec::new();
+    let mut degraded = Vec::new();
     for slot in state.jobs.iter() {
         let job = slot.current();
         let parts = job.loading();
@@ -188,9 +215,15 @@ async fn health(State(state): State<AppState>) -> Response {
             json!({"ready": parts.is_empty(), "loading": &parts}),
         );
         loading.extend(parts);
+        degraded.extend(job.stale());
     }
-    let body = |word: &str| json!({"status": word, "jobs": &jobs, "loading": &loading}).to_string();
-    if loading.is_empty() {
+    let body = |word: &str| {
+        json!({"status": word, "jobs": &jobs, "loading": &loading, "degraded": &degraded})
+            .to_string()
+    };
+    if loading.is_empty() && !degraded.is_empty() {
+        json_response(StatusCode::OK, body("degraded"))
+    } else if loading.is_empty() {
         json_response(StatusCode::OK, body("ok"))
     } else {
         retry_later(json_response(
@@ -208,8 +241,77 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn openapi() -> Response {
-    ([(CONTENT_TYPE, "application/yaml")], OPENAPI).into_response()
+fn openapi(document: Bytes) -> Response {
+    ([(CONTENT_TYPE, "application/yaml")], document).into_response()
+}
+
+/// [`OPENAPI`] as this server serves it. Two things in it depend on how the server runs; they
+/// are rewritten in the text (the workspace has no YAML library, and the edits are two):
+///
+/// - The file requires the bearer token of every operation but the probes (a top-level
+///   `security` block, which the open endpoints override with `security: []`). That holds only
+///   with `--token`; without one the block is left out, so that neither a client nor a checker
+///   (schemathesis's `ignored_auth` and auth-header checks) is told to send a token nobody
+///   asks for. Dropping one block of the one file, rather than keeping a second document,
+///   leaves a single description to maintain and lint.
+/// - Its examples name [`EXAMPLE_JOB`]; served, they name a job this server serves, so an
+///   example request is answered with rows rather than a 404 (or the SQL example with a
+///   400). The job is the first with a view key and a group window, which the examples'
+///   `key`, `from` and `to` need, else the first.
+pub(crate) fn served_openapi(state: &AppState) -> String {
+    let document = if state.token.is_some() {
+        OPENAPI.to_string()
+    } else {
+        without_global_security(OPENAPI)
+    };
+    let jobs: Vec<Arc<JobService>> = state.jobs.iter().map(|slot| slot.current()).collect();
+    let example = jobs
+        .iter()
+        .find(|job| {
+            let shape = job.shape();
+            shape.has_key && shape.has_window
+        })
+        .or_else(|| jobs.first());
+    match example {
+        Some(job) => with_example_job(&document, job.name()),
+        None => document,
+    }
+}
+
+/// `document` without its top-level `security:` block (the line and the indented lines under
+/// it); the operations' own `security:` lines are indented and stay.
+fn without_global_security(document: &str) -> String {
+    let mut kept = String::with_capacity(document.len());
+    let mut in_block = false;
+    for line in document.split_inclusive('\n') {
+        if line.trim_end() == "security:" {
+            in_block = true;
+            continue;
+        }
+        if in_block && line.starts_with([' ', '-']) {
+            continue;
+        }
+        in_block = false;
+        kept.push_str(line);
+    }
+    kept
+}
+
+/// `document` with its examples naming `job` instead of [`EXAMPLE_JOB`]. In the SQL example the
+/// name is a table: quoted when SQL would not read it as one identifier (a `-` in it, or a
+/// leading digit); a name with capitals stays unquoted, as DataFusion registered the table
+/// under its lower-cased name.
+fn with_example_job(document: &str, job: &str) -> String {
+    let plain = job.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !job.starts_with(|c: char| c.is_ascii_digit());
+    let table = if plain {
+        job.to_string()
+    } else {
+        format!("\"{job}\"")
+    };
+    document
+        .replace(&format!("FROM {EXAMPLE_JOB} "), &format!("FROM {table} "))
+        .replace(EXAMPLE_JOB, job)
 }
 
 async fn list_jobs(State(state): State<AppState>) -> Response {
@@ -283,6 +385,22 @@ fn sql_body_rejected(rejection: &JsonRejection) -> ServingError {
     }
 }
 
+/// A body that could not be read: larger than axum's limit (2 MiB: 413 `payload_too_large`) or
+/// cut off (400 `bad_request`), as JSON like every other error.
+fn body_unreadable(rejection: &BytesRejection) -> Response {
+    let status = rejection.status();
+    let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "payload_too_large"
+    } else {
+        "bad_request"
+    };
+    let message = format!("`body`: {}", rejection.body_text());
+    json_response(
+        status,
+        json!({"error": code, "message": message}).to_string(),
+    )
+}
+
 /// What serde said about a rejected query string or body: the parameter or field it failed
 /// at (when it got to one) and its message, read from the `serde_path_to_error` error that
 /// axum's `Query` and `Json` rejections carry (`E`: the deserializer's error type); failing
@@ -307,7 +425,14 @@ where
     (None, innermost.to_string())
 }
 
-async fn run_sql(State(state): State<AppState>, body: Bytes) -> Result<Response, ServingError> {
+async fn run_sql(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ServingError> {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return Ok(body_unreadable(&rejection)),
+    };
     // Whatever the content type: `curl -d '{"sql": ...}'` sends a form-encoded one.
     let Json(request) = Json::<SqlRequest>::from_bytes(&body).map_err(|e| sql_body_rejected(&e))?;
     let text = request.sql.as_str();

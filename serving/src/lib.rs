@@ -13,8 +13,11 @@
 mod api;
 mod batch_view;
 pub mod control;
+mod dashboard;
 mod error;
+mod freshness;
 mod metrics;
+mod quality;
 mod query;
 mod server;
 mod service;
@@ -25,6 +28,8 @@ mod versions;
 
 pub use api::OPENAPI;
 pub use error::{Result, ServingError};
+pub use freshness::{Freshness, Stale};
+pub use quality::CheckStatus;
 pub use query::{DEFAULT_LIMIT, MAX_LIMIT, ViewAnswer, ViewQuery, ViewRow};
 pub use server::{PipelineCompiler, ServeConfig, Server};
 pub use service::{BATCH_VIEW, BatchRun, JobStatus, Loading, PartialRows, SPEED_VIEW, ServedJob};

@@ -1,9 +1,13 @@
-//! The serving layer's Prometheus metrics (`sluice_serving_<noun>_<unit>`, label `job`).
+//! The serving layer's Prometheus metrics: `sluice_serving_<noun>_<unit>` for the server
+//! itself, `sluice_view_*` and `sluice_backfill_*` for what it knows of each job (label `job`).
+//! docs/monitoring.md lists them with the stream daemon's.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
+use crate::freshness::Freshness;
 use crate::snapshot::Snapshot;
 
 #[derive(Clone)]
@@ -16,6 +20,9 @@ pub struct ServingMetrics {
     cutoff: IntGaugeVec,
     watermark: IntGaugeVec,
     snapshot_builds: IntCounterVec,
+    freshness: GaugeVec,
+    freshness_sla: GaugeVec,
+    backfill_last_success: GaugeVec,
 }
 
 fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
@@ -30,6 +37,14 @@ fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGau
     register(
         registry,
         IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
+}
+
+/// A gauge of fractional seconds (freshness, timestamps to the millisecond).
+fn seconds_gauge(registry: &Registry, name: &str, help: &str) -> GaugeVec {
+    register(
+        registry,
+        GaugeVec::new(Opts::new(name, help), &["job"]).expect("valid metric"),
     )
 }
 
@@ -73,6 +88,21 @@ impl ServingMetrics {
             .expect("valid metric"),
         );
         ServingMetrics {
+            freshness: seconds_gauge(
+                &registry,
+                "sluice_view_freshness_seconds",
+                "Wall-clock time minus the newest event time the merged view is complete to (the later of the batch cutoff and the speed watermark).",
+            ),
+            freshness_sla: seconds_gauge(
+                &registry,
+                "sluice_view_freshness_sla_seconds",
+                "The job's [view] freshness_sla (only jobs that declare one).",
+            ),
+            backfill_last_success: seconds_gauge(
+                &registry,
+                "sluice_backfill_last_success_timestamp_seconds",
+                "When the newest backfill committed to the view table (seconds since the epoch).",
+            ),
             view_rows: gauge(
                 &registry,
                 "sluice_serving_view_rows",
@@ -141,6 +171,25 @@ impl ServingMetrics {
         self.speed_lag.with_label_values(&[job]).set(lag);
     }
 
+    /// A job's freshness and SLA; a figure not known yet (no data, no SLA) exports nothing,
+    /// so `sluice_view_freshness_seconds > sluice_view_freshness_sla_seconds` only matches
+    /// jobs with both.
+    pub(crate) fn observe_freshness(&self, job: &str, freshness: &Freshness) {
+        if let Some(seconds) = freshness.freshness_seconds {
+            self.freshness.with_label_values(&[job]).set(seconds);
+        }
+        if let Some(sla) = freshness.freshness_sla_seconds {
+            self.freshness_sla.with_label_values(&[job]).set(sla);
+        }
+    }
+
+    /// The commit time (ms since the epoch) of the newest backfill of `job`'s view table.
+    pub(crate) fn observe_backfill(&self, job: &str, committed_ms: i64) {
+        self.backfill_last_success
+            .with_label_values(&[job])
+            .set(committed_ms as f64 / 1e3);
+    }
+
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         if TextEncoder::new()
@@ -156,5 +205,53 @@ impl ServingMetrics {
 impl Default for ServingMetrics {
     fn default() -> Self {
         ServingMetrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// The value of the sample `name{job="<job>"}` in the text format, if exported.
+    fn sample(text: &str, name: &str, job: &str) -> Option<f64> {
+        let prefix = format!("{name}{{job=\"{job}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|value| value.parse().ok())
+    }
+
+    #[test]
+    fn freshness_and_backfill_gauges_export_what_is_known() {
+        let metrics = ServingMetrics::new();
+        let now_us = 1_714_557_600_000_000;
+        let judged = Freshness::assess(
+            Some(now_us - 42_000_000),
+            Some(Duration::from_secs(30)),
+            now_us,
+        );
+        metrics.observe_freshness("a", &judged);
+        metrics.observe_freshness("b", &Freshness::assess(None, None, now_us));
+        metrics.observe_backfill("a", 1_714_557_600_250);
+        let text = metrics.render();
+        assert_eq!(
+            sample(&text, "sluice_view_freshness_seconds", "a"),
+            Some(42.0)
+        );
+        assert_eq!(
+            sample(&text, "sluice_view_freshness_sla_seconds", "a"),
+            Some(30.0)
+        );
+        assert_eq!(
+            sample(&text, "sluice_backfill_last_success_timestamp_seconds", "a"),
+            Some(1_714_557_600.25)
+        );
+        // Nothing known about `b`: no sample that an alert could compare.
+        assert_eq!(sample(&text, "sluice_view_freshness_seconds", "b"), None);
+        assert_eq!(
+            sample(&text, "sluice_view_freshness_sla_seconds", "b"),
+            None
+        );
     }
 }

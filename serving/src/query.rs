@@ -2,11 +2,12 @@
 
 use std::fmt;
 
+use chrono::{DateTime, NaiveDate};
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sluice_core::Origin;
-use sluice_core::time::{format_time, parse_time};
+use sluice_core::time::format_time;
 
 use crate::error::{Result, ServingError};
 use crate::service::freshness_ms;
@@ -27,7 +28,7 @@ pub(crate) const PARAMETERS: [&str; 4] = ["key", "from", "to", "limit"];
 pub struct ViewQuery {
     /// View-key values, comma-separated in `view.key` order.
     pub key: Option<String>,
-    /// Window start at or after this (RFC 3339, a date, or epoch ms).
+    /// Window start at or after this: RFC 3339, a date or epoch ms, exactly as openapi.yaml says.
     pub from: Option<String>,
     /// Window start before this.
     pub to: Option<String>,
@@ -152,9 +153,93 @@ fn time_param(name: &str, value: Option<&str>, shape: &JobShape<'_>) -> Result<O
             ),
         ));
     }
-    parse_time(value)
-        .map(Some)
-        .map_err(|e| ServingError::bad_request(name, e.to_string()))
+    parse_view_time(value).map(Some).ok_or_else(|| {
+        ServingError::bad_request(
+            name,
+            format!(
+                "expected RFC 3339 (2024-05-01T10:00:00Z), a date (2024-05-01) or epoch milliseconds (1714557600000), got `{value}`"
+            ),
+        )
+    })
+}
+
+/// `from` and `to` as µs since the epoch, read in exactly the forms the `Time` schema of
+/// openapi.yaml declares, so that the document and the server agree on every string (a
+/// checker such as schemathesis sends both what the schema allows and what it does not):
+///
+/// - RFC 3339 `YYYY-MM-DDThh:mm:ss[.f{1,9}](Z|±hh:mm)`, `t` and `z` in either case, seconds
+///   00-59 (a leap second is refused: only some of them exist, and validators disagree on
+///   which);
+/// - a date `YYYY-MM-DD`, midnight UTC;
+/// - epoch milliseconds: up to 15 digits, optionally negative (far beyond year 9999, and
+///   never overflowing µs).
+///
+/// The shape is checked here and the calendar by chrono, so `2024-02-30`, `24:00:00` and a
+/// `+24:00` offset are refused. Unlike `sluice_core::time::parse_time` (the CLI's reader),
+/// surrounding spaces, a `+` sign, a space for `T` and longer fractions are refused.
+pub(crate) fn parse_view_time(text: &str) -> Option<i64> {
+    let bytes = text.as_bytes();
+    if is_epoch_ms(bytes) {
+        // At most 15 digits: neither the parse nor the product can overflow.
+        return text.parse::<i64>().ok()?.checked_mul(1000);
+    }
+    if shaped(bytes, b"9999-99-99") {
+        let midnight = NaiveDate::parse_from_str(text, "%Y-%m-%d")
+            .ok()?
+            .and_hms_opt(0, 0, 0)?;
+        return Some(midnight.and_utc().timestamp_micros());
+    }
+    if is_rfc3339(bytes) {
+        return DateTime::parse_from_rfc3339(text)
+            .ok()
+            .map(|t| t.timestamp_micros());
+    }
+    None
+}
+
+/// `-?[0-9]{1,15}`.
+fn is_epoch_ms(bytes: &[u8]) -> bool {
+    let digits = bytes.strip_prefix(b"-").unwrap_or(bytes);
+    (1..=15).contains(&digits.len()) && digits.iter().all(u8::is_ascii_digit)
+}
+
+/// `[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})`.
+fn is_rfc3339(bytes: &[u8]) -> bool {
+    let Some((date, rest)) = bytes.split_at_checked(10) else {
+        return false;
+    };
+    let Some((time, rest)) = rest.split_at_checked(9) else {
+        return false;
+    };
+    if !shaped(date, b"9999-99-99") || !shaped(time, b"T99:99:99") || time[7] > b'5' {
+        return false;
+    }
+    let offset = match rest {
+        [b'.', fraction @ ..] => {
+            let digits = fraction.iter().take_while(|c| c.is_ascii_digit()).count();
+            if !(1..=9).contains(&digits) {
+                return false;
+            }
+            &fraction[digits..]
+        }
+        _ => rest,
+    };
+    match offset {
+        [b'Z' | b'z'] => true,
+        [b'+' | b'-', hh_mm @ ..] => shaped(hh_mm, b"99:99"),
+        _ => false,
+    }
+}
+
+/// Whether `bytes` is `template` with each `9` standing for any ASCII digit and `T` for `T`
+/// or `t`.
+fn shaped(bytes: &[u8], template: &[u8]) -> bool {
+    bytes.len() == template.len()
+        && bytes.iter().zip(template).all(|(&b, &t)| match t {
+            b'9' => b.is_ascii_digit(),
+            b'T' => b == b'T' || b == b't',
+            _ => b == t,
+        })
 }
 
 /// The answer's header fields, then its rows embedded from the snapshot's pre-rendered JSON

@@ -109,7 +109,9 @@ impl Server {
                 ))
             })
             .collect();
-        let app = api::router(state.clone());
+        let (dashboard, sampler) = crate::dashboard::start(&state, &config, stopped.clone());
+        tasks.push(sampler);
+        let app = api::router(state.clone()).layer(axum::Extension(dashboard));
         let mut shutdown = stopped.clone();
         tasks.push(tokio::spawn(async move {
             let graceful = async move {

@@ -15,7 +15,9 @@ use tokio::sync::watch;
 
 use crate::batch_view::{self, BatchView};
 use crate::error::{Result, ServingError};
+use crate::freshness::{Freshness, Stale, freshness_of, last_backfill_ms, now_us};
 use crate::metrics::ServingMetrics;
+use crate::quality::{self, CheckStatus, Quarantined};
 use crate::query::JobShape;
 use crate::snapshot::{Inputs, OriginCounts, Snapshot};
 use crate::speed_view::{SpeedFollower, SpeedSource, SpeedView};
@@ -89,11 +91,18 @@ pub struct JobStatus {
     /// Partial-state rows the merge read from each layer.
     pub partial_rows: PartialRows,
     pub freshness_ms: Option<i64>,
+    /// `freshness_seconds`, `freshness_sla_seconds` and `fresh`: how far behind the clock the
+    /// merged view is complete, against `[view] freshness_sla` (see [`Freshness`]).
+    #[serde(flatten)]
+    pub freshness: Freshness,
     pub snapshot_at: String,
     /// Whether the job answers: nothing in `loading`.
     pub ready: bool,
     /// The parts still loading (empty once ready).
     pub loading: Vec<Loading>,
+    /// The job's `[[checks]]` with the rows the newest backfill found violating each and the
+    /// records the speed layer quarantined under each (see [`CheckStatus`]).
+    pub checks: Vec<CheckStatus>,
 }
 
 /// What [`Loading::part`] names: the view table's rows, merged into the snapshot requests read.
@@ -143,6 +152,8 @@ pub(crate) struct JobService {
     /// The error of the newest read of the view table; cleared by the next success.
     batch_error: RwLock<Option<String>>,
     snapshot: RwLock<Arc<Snapshot>>,
+    /// `<job>.dlq` counted by check, as the dashboard's sampler last read it.
+    quarantined: Quarantined,
 }
 
 impl JobService {
@@ -192,6 +203,7 @@ impl JobService {
             batch: RwLock::new(None),
             batch_loaded: AtomicBool::new(false),
             batch_error: RwLock::new(None),
+            quarantined: Quarantined::default(),
             served,
         })
     }
@@ -420,6 +432,43 @@ impl JobService {
         Ok(true)
     }
 
+    /// The merged view's freshness at `now_us` against the job's `[view] freshness_sla`,
+    /// from the snapshot requests read (the cutoff and watermark answers carry).
+    pub fn freshness(&self, now_us: i64) -> Freshness {
+        freshness_of(
+            &self.snapshot(),
+            self.served.job.spec.view.freshness_sla,
+            now_us,
+        )
+    }
+
+    /// What `/health` reports when this job's view misses its freshness SLA now. Not judged
+    /// before the batch view is merged in: until then the snapshot lacks the cutoff, and
+    /// `/health` says `starting` anyway.
+    pub fn stale(&self) -> Option<Stale> {
+        let snapshot = self.snapshot();
+        if !snapshot.batch_loaded {
+            return None;
+        }
+        let sla = self.served.job.spec.view.freshness_sla;
+        freshness_of(&snapshot, sla, now_us()).stale(self.name())
+    }
+
+    /// The commit time (ms) of the backfill that wrote the view table's newest version.
+    fn last_backfill_ms(&self) -> Option<i64> {
+        let batch = self.batch.read().ok()?.clone()?;
+        last_backfill_ms(&batch)
+    }
+
+    /// Records what the dashboard's sampler counted of `<job>.dlq` by `sluice.check` (`None`:
+    /// not read to its end yet), for [`JobStatus::checks`].
+    pub(crate) fn note_quarantined(
+        &self,
+        by_check: Option<std::collections::BTreeMap<String, u64>>,
+    ) {
+        self.quarantined.set(by_check);
+    }
+
     pub fn status(&self) -> JobStatus {
         let snapshot = self.snapshot();
         let (speed_lag, source_lag) = self.lags();
@@ -431,6 +480,11 @@ impl JobService {
             .ok()
             .and_then(|c| c.0)
             .filter(|&until| until != i64::MAX);
+        let checks = quality::statuses(
+            self.served.pipeline.checks(),
+            batch.as_ref().map(|b| &b.last_run),
+            &self.quarantined,
+        );
         JobStatus {
             job: self.name().to_string(),
             version: self.version(),
@@ -454,9 +508,11 @@ impl JobService {
                 speed: snapshot.speed_partial_rows,
             },
             freshness_ms: freshness_ms(&snapshot),
+            freshness: freshness_of(&snapshot, self.served.job.spec.view.freshness_sla, now_us()),
             snapshot_at: format_time(snapshot.built_at_ms * 1000),
             ready: loading.is_empty(),
             loading,
+            checks,
         }
     }
 
@@ -535,6 +591,11 @@ pub(crate) async fn run_followers(
             Ok(Ok(_)) => {}
         }
         metrics.observe_speed_lag(service.name(), service.lags().0);
+        // Every round, not only when the view changes: freshness grows with the clock.
+        metrics.observe_freshness(service.name(), &service.freshness(now_us()));
+        if let Some(committed_ms) = service.last_backfill_ms() {
+            metrics.observe_backfill(service.name(), committed_ms);
+        }
         tokio::select! {
             _ = tokio::time::sleep(refresh) => {}
             _ = stop.changed() => return,

@@ -3,7 +3,7 @@
 //! The plumbing under them (client configuration, topic creation, metadata, reading a partition
 //! to its end, producing on a full queue) is `sluice_kafka`'s, shared with serving and the tools.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -48,8 +48,33 @@ pub(crate) enum Change {
 pub(crate) struct GroupContext {
     pub(crate) job: String,
     pub(crate) topic: String,
+    /// Which consumer of the process this is (`speed`, or a sink's name): the lag metric's
+    /// `consumer` label, since the raw-lake sink reads the same topic as the speed layer.
+    consumer: String,
     pub(crate) changes: Mutex<Vec<Change>>,
     pub(crate) metrics: StreamMetrics,
+    /// librdkafka's latest view of each partition of `topic` (what a partition that stops
+    /// moving is diagnosed with).
+    fetch: Mutex<HashMap<i32, FetchState>>,
+}
+
+/// What librdkafka's statistics say about one partition's fetcher (logged whole, with
+/// `Debug`, when a partition does not move).
+#[derive(Debug, Clone, Default)]
+#[allow(dead_code)]
+pub(crate) struct FetchState {
+    /// `active`, `stopped`, `offset-query`, `offset-wait`, ...
+    pub state: String,
+    /// The next offset the fetcher asks for; the application's position.
+    pub next_offset: i64,
+    pub app_offset: i64,
+    /// Records fetched and queued for the application.
+    pub queued: i64,
+    pub high: i64,
+    /// The last stable offset (read_committed reads stop there).
+    pub stable: i64,
+    /// Records dropped as outdated (after a seek or pause).
+    pub outdated_drops: u64,
 }
 
 impl ClientContext for GroupContext {
@@ -57,13 +82,34 @@ impl ClientContext for GroupContext {
         let Some(topic) = statistics.topics.get(&self.topic) else {
             return;
         };
+        if let Ok(mut fetch) = self.fetch.lock() {
+            for (partition, stats) in topic.partitions.iter().filter(|(p, _)| **p >= 0) {
+                fetch.insert(
+                    *partition,
+                    FetchState {
+                        state: stats.fetch_state.clone(),
+                        next_offset: stats.next_offset,
+                        app_offset: stats.app_offset,
+                        queued: stats.fetchq_cnt,
+                        high: stats.hi_offset,
+                        stable: stats.ls_offset,
+                        outdated_drops: stats.rx_ver_drops,
+                    },
+                );
+            }
+        }
         for (partition, stats) in &topic.partitions {
             // librdkafka's own `consumer_lag` counts from offsets the consumer committed, and
             // ours are committed by the producer's transactions: measure from what was fetched.
             if *partition >= 0 && stats.app_offset >= 0 && stats.ls_offset >= 0 {
                 self.metrics
                     .consumer_lag
-                    .with_label_values(&[&self.job, &self.topic, &partition.to_string()])
+                    .with_label_values(&[
+                        &self.job,
+                        &self.topic,
+                        &partition.to_string(),
+                        &self.consumer,
+                    ])
                     .set((stats.ls_offset - stats.app_offset).max(0));
             }
         }
@@ -71,13 +117,25 @@ impl ClientContext for GroupContext {
 }
 
 impl GroupContext {
-    pub(crate) fn new(job: &str, topic: &str, metrics: StreamMetrics) -> GroupContext {
+    pub(crate) fn new(
+        job: &str,
+        topic: &str,
+        consumer: &str,
+        metrics: StreamMetrics,
+    ) -> GroupContext {
         GroupContext {
             job: job.to_string(),
             topic: topic.to_string(),
+            consumer: consumer.to_string(),
             changes: Mutex::new(Vec::new()),
             metrics,
+            fetch: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// librdkafka's latest statistics of `partition`'s fetcher, if it reported any.
+    pub(crate) fn fetch_state(&self, partition: i32) -> Option<FetchState> {
+        self.fetch.lock().ok()?.get(&partition).cloned()
     }
 
     /// The changes reported since the last call.

@@ -20,6 +20,8 @@ pub struct StreamMetrics {
     pub records_in: IntCounterVec,
     pub records_out: IntCounterVec,
     pub dlq_records: IntCounterVec,
+    /// Source rows violating each data-quality check (labels job, check, severity).
+    pub check_violations: IntCounterVec,
     pub late_records: IntCounterVec,
     pub consumer_lag: IntGaugeVec,
     pub watermark_lag: GaugeVec,
@@ -131,6 +133,12 @@ impl StreamMetrics {
                 "Records sent to the DLQ, by error type.",
                 &["job", "error_type"],
             ),
+            check_violations: counter(
+                &registry,
+                "sluice_check_violations_total",
+                "Source rows violating a data-quality check ([[checks]]); quarantined ones are also in sluice_dlq_records_total as check_failed.",
+                &["job", "check", "severity"],
+            ),
             late_records: counter(
                 &registry,
                 "sluice_late_records_total",
@@ -140,8 +148,8 @@ impl StreamMetrics {
             consumer_lag: gauge(
                 &registry,
                 "sluice_consumer_lag_records",
-                "Records behind the partition's end.",
-                &["job", "topic", "partition"],
+                "Records between a consumer's position and the partition's end (consumer: speed, or the sink's name).",
+                &["job", "topic", "partition", "consumer"],
             ),
             state_keys: gauge(
                 &registry,
@@ -213,6 +221,26 @@ impl StreamMetrics {
             lake_complete_until,
             batch_latency,
             registry,
+        }
+    }
+
+    /// Creates `job`'s counters of rare events at zero, so that a rate or `increase()` over
+    /// them sees the first event (a series that appears at 1 has no earlier sample).
+    pub fn start_job(&self, job: &str, checks: &[(&str, &str)]) {
+        self.transaction_aborts.with_label_values(&[job]).inc_by(0);
+        self.registry_waits.with_label_values(&[job]).inc_by(0);
+        self.late_records.with_label_values(&[job]).inc_by(0);
+        for reason in sluice_core::DivertReason::ALL {
+            if reason != sluice_core::DivertReason::Late {
+                self.dlq_records
+                    .with_label_values(&[job, reason.as_str()])
+                    .inc_by(0);
+            }
+        }
+        for (check, severity) in checks {
+            self.check_violations
+                .with_label_values(&[job, check, severity])
+                .inc_by(0);
         }
     }
 

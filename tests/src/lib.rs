@@ -6,8 +6,10 @@ pub mod http;
 pub mod kafka;
 pub mod orders;
 pub mod postgres;
+pub mod proxy;
 pub mod s3;
 pub mod serve;
+pub mod sinks;
 
 use std::path::PathBuf;
 use std::sync::Arc;

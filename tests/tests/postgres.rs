@@ -20,6 +20,7 @@ use sluice_e2e::kafka::{
 use sluice_e2e::orders;
 use sluice_e2e::postgres::{self, PgCluster, literal, sink_toml};
 use sluice_e2e::serve::{log_tail, strip_ansi};
+use sluice_e2e::sinks::{self, paused};
 
 /// Every test's cluster is its own, so the sink writes into the default database.
 const DB: &str = "postgres";
@@ -59,7 +60,12 @@ struct Scenario {
 
 impl Scenario {
     fn new(kind: Kind, partitions: i32, sinks: &str) -> Scenario {
-        let dir = tempfile::tempdir().unwrap();
+        let mut dir = tempfile::tempdir().unwrap();
+        // For debugging a failure: the logs, lake and state stay (the path is printed).
+        if std::env::var_os("SLUICE_TEST_KEEP").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("keeping {}", dir.path().display());
+        }
         let topic = unique("pgorders");
         let name = unique("pg").replace('-', "_");
         let (sql, key) = match kind {
@@ -223,12 +229,55 @@ fn wait_for_rows(pg: &PgCluster, s: &Scenario, instance: &str, expected: usize) 
         }
         assert!(
             grown.elapsed() < stall,
-            "stalled at {best} of {expected} rows in {TABLE} for {stall:?}\nsluice log:\n{}\npostgres log:\n{}",
+            "stalled at {best} of {expected} rows in {TABLE} for {stall:?}\n{}\nsluice log:\n{}\npostgres log:\n{}",
+            diagnose(pg, s),
             log_tail(&s.log_path(instance), 40),
             pg.log_tail(20)
         );
         std::thread::sleep(Duration::from_secs(1));
     }
+}
+
+/// Where the stateless job's rows are, per results partition: what the topic holds, what the
+/// sink checkpointed, and which of the topic's orders the table lacks (a stall or a loss tells
+/// apart a sink that stopped reading from one that skipped records).
+fn diagnose(pg: &PgCluster, s: &Scenario) -> String {
+    let results = s.topics().results;
+    let in_table: BTreeSet<String> = pg
+        .query(DB, &format!("SELECT order_id FROM {TABLE}"))
+        .into_iter()
+        .filter_map(|row| row.into_iter().next())
+        .collect();
+    let checkpoint = pg.checkpoint(DB, &sink_group(&s.group(), SINK), &results);
+    let mut per_partition: BTreeMap<i32, (usize, i64, Vec<i64>)> = BTreeMap::new();
+    for record in read_all(&results) {
+        let entry = per_partition
+            .entry(record.partition)
+            .or_insert((0, -1, Vec::new()));
+        entry.0 += 1;
+        entry.1 = entry.1.max(record.offset);
+        let order = record
+            .value
+            .as_deref()
+            .and_then(|v| serde_json::from_slice::<Value>(v).ok())
+            .and_then(|v| v["order_id"].as_str().map(str::to_string));
+        if order.is_none_or(|o| !in_table.contains(&o)) {
+            entry.2.push(record.offset);
+        }
+    }
+    let mut lines = vec![format!(
+        "{results}: {} rows in {TABLE}; per partition (records, last offset, checkpoint, offsets missing from the table):",
+        in_table.len()
+    )];
+    for (p, (count, last, missing)) in per_partition {
+        let shown: Vec<i64> = missing.iter().copied().take(12).collect();
+        lines.push(format!(
+            "  {p}: {count} records, last {last}, checkpoint {:?}, {} missing {shown:?}",
+            checkpoint.get(&p),
+            missing.len()
+        ));
+    }
+    lines.join("\n")
 }
 
 /// The columns of `table` as (name, type), in order.
@@ -255,7 +304,7 @@ fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 }
 
 /// The table holds each expected row once: no order twice, none missing, none extra.
-fn assert_rows_exactly_once(pg: &PgCluster, expected: &[Row]) {
+fn assert_rows_exactly_once(pg: &PgCluster, s: &Scenario, expected: &[Row]) {
     let twice = pg.query(
         DB,
         &format!(
@@ -274,9 +323,10 @@ fn assert_rows_exactly_once(pg: &PgCluster, expected: &[Row]) {
         let missing: Vec<_> = want.difference(&got).take(5).collect();
         let extra: Vec<_> = got.difference(&want).take(5).collect();
         panic!(
-            "{TABLE} differs from the truth ({} rows, {} expected)\nmissing: {missing:?}\nunexpected: {extra:?}",
+            "{TABLE} differs from the truth ({} rows, {} expected)\nmissing: {missing:?}\nunexpected: {extra:?}\n{}",
             rows.len(),
-            expected.len()
+            expected.len(),
+            diagnose(pg, s)
         );
     }
 }
@@ -313,7 +363,7 @@ fn kill_9_at_random_moments_writes_each_row_to_postgres_exactly_once() {
     producer.join().unwrap();
     let mut daemon = s.spawn("a", &[]);
     wait_for_rows(&pg, &s, "a", expected.len());
-    assert_rows_exactly_once(&pg, &expected);
+    assert_rows_exactly_once(&pg, &s, &expected);
     let group = sink_group(&s.group(), SINK);
     postgres::assert_checkpoint_agrees(&pg, DB, &group, &s.topics().results);
     assert_eq!(
@@ -586,24 +636,12 @@ fn re_emitted_windows_replace_their_rows_and_the_table_equals_the_truth() {
 // ---------------------------------------------------------------------------------------------
 // An outage
 
-/// `/health` says `status`, and the sink's entry `state`: the entry, or why not.
 fn health_says(addr: &str, status: &str, state: &str) -> Result<Value, String> {
-    let health = postgres::health(addr)?;
-    let sink = postgres::sink_health(&health, SINK)
-        .ok_or_else(|| format!("no sink `{SINK}` in {health}"))?;
-    if health["status"] != status || sink["state"] != state {
-        return Err(health.to_string());
-    }
-    Ok(sink.clone())
-}
-
-fn paused(sink: &Value) -> usize {
-    sink["paused_partitions"].as_array().map_or(0, Vec::len)
+    sinks::health_says(addr, SINK, status, state)
 }
 
 fn sink_metric(addr: &str, name: &str, job: &str) -> Option<f64> {
-    let text = sluice_e2e::http::get(addr, "/metrics", None).body;
-    postgres::metric(&text, name, &[("job", job), ("sink", SINK)])
+    sinks::sink_metric(addr, name, job, SINK)
 }
 
 /// PostgreSQL stops for 30 s while events keep coming: the sink pauses and says so, the speed
@@ -713,7 +751,7 @@ fn an_outage_pauses_the_sink_and_loses_and_duplicates_nothing() {
     );
     producer.join().unwrap();
     wait_for_rows(&pg, &s, "a", expected.len());
-    assert_rows_exactly_once(&pg, &expected);
+    assert_rows_exactly_once(&pg, &s, &expected);
     let group = sink_group(&s.group(), SINK);
     postgres::assert_checkpoint_agrees(&pg, DB, &group, &results);
     assert_eq!(sink_metric(&addr, "sluice_sink_up", &job), Some(1.0));
@@ -732,18 +770,7 @@ fn an_outage_pauses_the_sink_and_loses_and_duplicates_nothing() {
     );
     assert!(sink_metric(&addr, "sluice_sink_commits_total", &job).is_some_and(|n| n > 0.0));
 
-    let (_, peak_kib) = postgres::memory_kib(daemon.id());
-    let grown_mib = peak_kib.saturating_sub(idle_kib) / 1024;
-    eprintln!(
-        "idle {} MiB, peak {} MiB, grown {grown_mib} MiB, bound {bound_mib} MiB",
-        idle_kib / 1024,
-        peak_kib / 1024
-    );
-    assert!(
-        grown_mib <= bound_mib,
-        "memory grew by {grown_mib} MiB over the idle {} MiB, more than the logged bound of {bound_mib} MiB",
-        idle_kib / 1024
-    );
+    sinks::assert_grew_within(daemon.id(), idle_kib, bound_mib);
     assert!(daemon.terminate().success(), "SIGTERM exits 0");
 }
 
@@ -959,7 +986,7 @@ fn dead_letters_are_mirrored_once_and_metrics_are_sampled_across_a_kill_9() {
         expected,
         "ETLDeadLetter holds each dead letter once"
     );
-    assert_rows_exactly_once(&pg, &good);
+    assert_rows_exactly_once(&pg, &s, &good);
 
     let metrics = metric_rows(&pg, &job);
     for pair in metrics.windows(2) {
@@ -1215,4 +1242,84 @@ fn postgres_init_creates_the_seed_tables_once_as_the_seed_defines_them() {
         has("etljobmetric", false, "(job_name, sampled_at DESC)"),
         "the metrics' index: {indexes:#?}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A foreign record in the results topic
+
+/// Another producer writes records into `<job>.results` that are not rows of the job's
+/// results: each lands in `ETLDeadLetter` as `not_a_result_row` with its bytes and position,
+/// the daemon goes on, and every real row still lands once.
+#[test]
+fn a_record_that_is_not_a_result_row_is_dead_lettered_and_the_sink_goes_on() {
+    let Some(pg) = cluster() else { return };
+    let s = Scenario::new(
+        Kind::Stateless,
+        2,
+        &sink_toml(None, &pg.url(DB), TABLE, "append"),
+    );
+    let generated = generate(4_000, 29);
+    let expected = expected_rows(&generated);
+    let mut events = orders::by_region(generated, 2);
+    let later = events.split_off(2_000);
+    let mut daemon = s.spawn("a", &[]);
+    produce(s.topic(), &events);
+    wait_for_rows(&pg, &s, "a", 1);
+    let results = s.topics().results;
+    let bad: Vec<Outgoing> = vec![
+        (0, Some(b"k1".to_vec()), b"not json".to_vec()),
+        (
+            1,
+            Some(b"k2".to_vec()),
+            br#"{"order_id":"x","region":"eu","amount":"#.to_vec(),
+        ),
+        (1, None, br#"{"order_id":"y"}{"order_id":"z"}"#.to_vec()),
+    ];
+    produce(&results, &bad);
+    produce(s.topic(), &later);
+    wait_for_rows(&pg, &s, "a", expected.len());
+    let letters = || -> Vec<(i32, String, String)> {
+        pg.query(
+            DB,
+            &format!(
+                "SELECT partition, error_type, encode(raw_message, 'escape') FROM ETLDeadLetter
+                 WHERE topic = {} ORDER BY partition, original_offset",
+                literal(&results)
+            ),
+        )
+        .into_iter()
+        .map(|row| match row.as_slice() {
+            [p, error, raw] => (int(p) as i32, error.clone(), raw.clone()),
+            other => panic!("an ETLDeadLetter row: {other:?}"),
+        })
+        .collect()
+    };
+    eventually(
+        Duration::from_secs(30),
+        "three dead letters",
+        || match letters().len() {
+            3 => Ok(()),
+            n => Err(format!("{n}")),
+        },
+    );
+    let mut want: Vec<(i32, String, String)> = bad
+        .iter()
+        .map(|(p, _, v)| {
+            (
+                *p,
+                "not_a_result_row".to_string(),
+                String::from_utf8(v.clone()).unwrap(),
+            )
+        })
+        .collect();
+    want.sort();
+    let mut got = letters();
+    got.sort();
+    assert_eq!(got, want, "each foreign record once, with its bytes");
+    assert_rows_exactly_once(&pg, &s, &expected);
+    assert!(
+        log_tail(&s.log_path("a"), 200).contains("not_a_result_row"),
+        "the log says why records were set aside"
+    );
+    assert!(daemon.terminate().success(), "SIGTERM exits 0");
 }

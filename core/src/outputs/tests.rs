@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
+use arrow::array::{ArrayRef, AsArray, Float64Array, Int64Array, StringArray};
 use arrow::datatypes::Int64Type;
 
 use super::*;

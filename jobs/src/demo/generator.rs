@@ -2,8 +2,11 @@
 //! ([`sluice_core::fixture`]), stamped with the wall clock, plus what a real source also
 //! delivers and the demo wants to show: about 2% malformed records (they end in `<job>.dlq`)
 //! and about 2% orders stamped two minutes in the past, later than the watermark delay plus
-//! the allowed lateness (they end in `<job>.late`, and in the lake). Produced at `--rate` per
-//! second on a thread of their own, counted by kind for the summary.
+//! the allowed lateness (they end in `<job>.late`, and in the lake), and orders that decode but
+//! fail the demo job's data-quality checks: about 1% with a negative amount (the `quarantine`
+//! check `range_amount` sends them to `<job>.dlq` as `check_failed`, in both layers) and about
+//! 1% with status `refunded` (the `warn` check `accepted_values_status` counts them). Produced
+//! at `--rate` per second on a thread of their own, counted by kind for the summary.
 //!
 //! With `--format avro` the orders are Confluent-framed Avro: the generator registers seed
 //! 000's `OrderEvent` (v1) with the demo's registry, then after [`EVOLVE_AFTER`] (or half of
@@ -32,6 +35,13 @@ use super::DemoArgs;
 /// Shares of malformed and of late events, in percent.
 const MALFORMED_PERCENT: u32 = 2;
 const LATE_PERCENT: u32 = 2;
+/// Shares of orders with a negative amount (a refund booked as an order) and of orders with a
+/// status the job does not accept ([`UNKNOWN_STATUS`]), in percent.
+const NEGATIVE_PERCENT: u32 = 1;
+const UNKNOWN_STATUS_PERCENT: u32 = 1;
+/// A status a newer producer might introduce; the demo job accepts completed, pending and
+/// cancelled.
+const UNKNOWN_STATUS: &str = "refunded";
 /// Late events are this far in the past: well beyond watermark delay (2 s) + lateness (5 s).
 const LATE_BY_MS: i64 = 120_000;
 
@@ -58,6 +68,8 @@ pub(super) struct Counters {
     produced: AtomicU64,
     malformed: AtomicU64,
     late: AtomicU64,
+    negative_amount: AtomicU64,
+    unknown_status: AtomicU64,
     /// Set when the generator has stopped (`--events` reached, or an error).
     pub(super) done: AtomicBool,
 }
@@ -68,8 +80,18 @@ impl Counters {
         match kind {
             Kind::Malformed => self.malformed.fetch_add(1, Ordering::Relaxed),
             Kind::Late => self.late.fetch_add(1, Ordering::Relaxed),
+            Kind::NegativeAmount => self.negative_amount.fetch_add(1, Ordering::Relaxed),
+            Kind::UnknownStatus => self.unknown_status.fetch_add(1, Ordering::Relaxed),
             Kind::OnTime => 0,
         };
+    }
+
+    /// Orders that fail the demo job's checks: (negative amount, unknown status).
+    pub(super) fn failing_checks(&self) -> (u64, u64) {
+        (
+            self.negative_amount.load(Ordering::Relaxed),
+            self.unknown_status.load(Ordering::Relaxed),
+        )
     }
 
     /// (produced, malformed, late).
@@ -87,6 +109,10 @@ enum Kind {
     OnTime,
     Late,
     Malformed,
+    /// On time, with a negative amount.
+    NegativeAmount,
+    /// On time, with status [`UNKNOWN_STATUS`].
+    UnknownStatus,
 }
 
 struct Event {
@@ -251,7 +277,8 @@ fn send(producer: &BaseProducer, topic: &str, event: &Event) -> anyhow::Result<(
 
 /// One event: usually an order of the shared generator as JSON (amounts are multiples of
 /// 0.25, exact in binary floating point, so sums do not depend on the order the layers add them
-/// in), stamped now or [`LATE_BY_MS`] ago; now and then a malformed record.
+/// in), stamped now or [`LATE_BY_MS`] ago; now and then a malformed record, or an order stamped
+/// now with a negative amount or an unknown status.
 fn next_event(seq: u64, rng: &mut StdRng, orders: &mut OrderGenerator, wire: &Wire) -> Event {
     let now = chrono::Utc::now().timestamp_millis();
     let key = format!("o-{seq:09}");
@@ -266,15 +293,35 @@ fn next_event(seq: u64, rng: &mut StdRng, orders: &mut OrderGenerator, wire: &Wi
             kind: Kind::Malformed,
         };
     }
-    let late = roll < MALFORMED_PERCENT + LATE_PERCENT;
-    let event_time = if late { now - LATE_BY_MS } else { now };
+    let late_below = MALFORMED_PERCENT + LATE_PERCENT;
+    let negative_below = late_below + NEGATIVE_PERCENT;
+    let kind = if roll < late_below {
+        Kind::Late
+    } else if roll < negative_below {
+        Kind::NegativeAmount
+    } else if roll < negative_below + UNKNOWN_STATUS_PERCENT {
+        Kind::UnknownStatus
+    } else {
+        Kind::OnTime
+    };
+    let event_time = if matches!(kind, Kind::Late) {
+        now - LATE_BY_MS
+    } else {
+        now
+    };
     let mut order = orders.order_at(event_time);
     // The order id is the record's key, numbered over all events (malformed ones too).
     order.order_id.clone_from(&key);
+    match kind {
+        // Amounts are at least 1, so the negated one is below the check's minimum, 0.
+        Kind::NegativeAmount => order.amount = -order.amount,
+        Kind::UnknownStatus => order.status = UNKNOWN_STATUS,
+        Kind::OnTime | Kind::Late | Kind::Malformed => {}
+    }
     Event {
         key,
         value: wire.order(&order),
-        kind: if late { Kind::Late } else { Kind::OnTime },
+        kind,
     }
 }
 
@@ -300,20 +347,45 @@ mod tests {
     fn events_are_valid_json_except_the_malformed_ones() {
         let mut rng = StdRng::seed_from_u64(7);
         let mut orders = OrderGenerator::new(7, order_shape());
-        let (mut late, mut malformed) = (0, 0);
+        let (mut late, mut malformed, mut negative, mut unknown) = (0, 0, 0, 0);
         for seq in 0..5_000 {
             let event = next_event(seq, &mut rng, &mut orders, &Wire::Json);
             let parsed = serde_json::from_slice::<Value>(&event.value);
-            match event.kind {
-                Kind::OnTime | Kind::Late => {
-                    let value = parsed.expect("valid JSON");
-                    assert!(value["amount"].as_f64().is_some(), "{value}");
-                    late += usize::from(matches!(event.kind, Kind::Late));
-                }
-                Kind::Malformed => malformed += 1,
+            if matches!(event.kind, Kind::Malformed) {
+                malformed += 1;
+                continue;
             }
+            let value = parsed.expect("valid JSON");
+            let amount = value["amount"].as_f64().expect("an amount");
+            let status = value["status"].as_str().expect("a status");
+            match event.kind {
+                Kind::NegativeAmount => negative += 1,
+                Kind::UnknownStatus => unknown += 1,
+                Kind::Late => late += 1,
+                Kind::OnTime | Kind::Malformed => {}
+            }
+            // Exactly the orders counted as failing a check fail it.
+            assert_eq!(
+                amount < 0.0,
+                matches!(event.kind, Kind::NegativeAmount),
+                "{value}"
+            );
+            assert_eq!(
+                status == UNKNOWN_STATUS,
+                matches!(event.kind, Kind::UnknownStatus),
+                "{value}"
+            );
+            assert!(
+                ["completed", "pending", "cancelled", UNKNOWN_STATUS].contains(&status),
+                "{value}"
+            );
         }
         assert!((25..=200).contains(&late), "late {late}");
         assert!((25..=200).contains(&malformed), "malformed {malformed}");
+        assert!(
+            (10..=120).contains(&negative),
+            "negative amounts {negative}"
+        );
+        assert!((10..=120).contains(&unknown), "unknown statuses {unknown}");
     }
 }

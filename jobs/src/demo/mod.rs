@@ -9,7 +9,9 @@
 //!   [`sluice_core::fixture`] stamped with the wall clock: about 2% malformed (they end in
 //!   `<job>.dlq`) and about 2% stamped two minutes in the past, later than the watermark delay
 //!   plus the allowed lateness (the speed layer diverts them to `<job>.late`, the raw-lake sink
-//!   lands them anyway, and the next backfill counts them);
+//!   lands them anyway, and the next backfill counts them); and about 1% each with a negative
+//!   amount and with status `refunded`, which fail the job's data-quality checks (the first are
+//!   quarantined to `<job>.dlq` as `check_failed`, the second counted);
 //! - the speed layer ([`StreamDaemon`](sluice_stream::StreamDaemon)), at-least-once on the mock
 //!   cluster (it writes no transaction markers) and exactly-once on a real Kafka, and the
 //!   raw-lake sink ([`LakeSink`](sluice_stream::LakeSink)) into `<dir>/lake`;

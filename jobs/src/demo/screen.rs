@@ -81,6 +81,8 @@ struct Frame {
     produced: u64,
     malformed: u64,
     late_sent: u64,
+    /// Orders failing the job's checks: (negative amount, unknown status).
+    failing_checks: (u64, u64),
     generator_done: bool,
     speed: SpeedCounts,
     status: Option<JobStatus>,
@@ -136,6 +138,7 @@ impl Screen {
             produced,
             malformed,
             late_sent,
+            failing_checks: running.counters.failing_checks(),
             generator_done: running.counters.done.load(Ordering::SeqCst),
             speed,
             status: server.status().into_iter().find(|s| s.job == info.job),
@@ -175,7 +178,7 @@ fn recent_rows(server: &Server, job: &str) -> Vec<ViewRow> {
 pub(super) fn header(info: &Info) -> Vec<String> {
     let (url, job) = (&info.url, &info.job);
     vec![
-        format!("listening on {url}"),
+        format!("listening on {url} (the dashboard: {url}/)"),
         format!(
             "sluice demo: job {job}, Kafka ({}) at {}, lake {}",
             info.kafka, info.bootstrap, info.lake
@@ -216,6 +219,11 @@ fn status_lines(f: &Frame) -> Vec<String> {
             grouped(f.produced),
             grouped(f.malformed),
             grouped(f.late_sent)
+        ),
+        format!(
+            "checks   {} with a negative amount (quarantined), {} with an unknown status (warned)",
+            grouped(f.failing_checks.0),
+            grouped(f.failing_checks.1)
         ),
         format!(
             "speed    {:>7.0}/s consumed    watermark {}   source lag {}   DLQ {}   late topic {}",
@@ -282,7 +290,8 @@ fn row_lines(rows: &[ViewRow]) -> Vec<String> {
 fn plain_line(f: &Frame) -> String {
     let s = f.status.as_ref();
     format!(
-        "[{:>5}s] {:.0} events/s, {} events ({} malformed, {} late){} | speed: watermark {}, \
+        "[{:>5}s] {:.0} events/s, {} events ({} malformed, {} late, {} negative amount, {} unknown \
+         status){} | speed: watermark {}, \
          source lag {}, DLQ {}, late {} | serving: {} ({} batch, {} speed, {} merged rows), \
          speed lag {}, freshness {} ms | cutoff {}, backfill: {}",
         f.elapsed,
@@ -290,6 +299,8 @@ fn plain_line(f: &Frame) -> String {
         f.produced,
         f.malformed,
         f.late_sent,
+        f.failing_checks.0,
+        f.failing_checks.1,
         if f.generator_done {
             ", generator done"
         } else {

@@ -69,8 +69,10 @@ fn final_line(
     backfills: u64,
 ) -> String {
     let (produced, malformed, late) = counters.get();
+    let (negative, unknown_status) = counters.failing_checks();
     let mut line = format!(
-        "demo stopped after {}s: {produced} events generated ({malformed} malformed, {late} late)",
+        "demo stopped after {}s: {produced} events generated ({malformed} malformed, {late} late, \
+         {negative} negative amount, {unknown_status} unknown status)",
         info.started.elapsed().as_secs()
     );
     if let Some(d) = daemon {

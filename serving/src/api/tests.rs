@@ -110,6 +110,16 @@ fn assert_error(answer: &Answer, status: StatusCode, codes: &[&str], what: &str)
         !body["message"].as_str().unwrap_or_default().is_empty(),
         "{what}: errors carry a message: {body}"
     );
+    // openapi.yaml's `Error` allows no other field.
+    let fields = body
+        .as_object()
+        .map(|o| o.keys().cloned().collect::<Vec<_>>());
+    assert!(
+        fields.is_some_and(|f| f
+            .iter()
+            .all(|k| ["error", "message", "loading"].contains(&k.as_str()))),
+        "{what}: an error has `error`, `message` and (503 `loading`) `loading` only: {body}"
+    );
     body
 }
 
@@ -288,7 +298,9 @@ async fn probes_and_the_openapi_document_need_no_token() {
     assert_eq!(openapi.header("content-type"), Some("application/yaml"));
     assert!(openapi.body.contains("openapi:"), "{}", openapi.body);
     assert!(openapi.body.contains("/v1/jobs/{job}/view"));
-    assert_eq!(openapi.body, OPENAPI);
+    // With --token: the file, its examples naming the first job (neither job has both a view
+    // key and a window).
+    assert_eq!(openapi.body, OPENAPI.replace(EXAMPLE_JOB, "totals"));
 
     let metrics = get(&f.state, "/metrics", None).await;
     assert_eq!(metrics.status, StatusCode::OK);
@@ -1124,4 +1136,310 @@ async fn a_failed_first_read_is_named_and_a_loaded_batch_view_stays_served() {
     let again = get_view(&state, "eu").await.json();
     assert_eq!(again["rows"], body["rows"]);
     assert_eq!(again["cutoff"], body["cutoff"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The served OpenAPI document, methods, bodies and the forms of `from` and `to`
+
+/// `state` as a server started without `--token` serves it.
+fn without_token(state: &AppState) -> AppState {
+    AppState {
+        token: None,
+        ..state.clone()
+    }
+}
+
+/// How many lines of `document` are exactly `line` (so at column 0 for an unindented one).
+fn top_level(document: &str, line: &str) -> usize {
+    document.lines().filter(|l| *l == line).count()
+}
+
+#[tokio::test]
+async fn the_served_document_requires_the_token_only_when_the_server_has_one() {
+    let f = fixture();
+    let with = get(&f.state, "/openapi.yaml", None).await.body;
+    assert_eq!(top_level(&with, "security:"), 1, "{with}");
+    assert!(with.contains("security:\n  - bearerAuth: []\n"), "{with}");
+
+    let open = without_token(&f.state);
+    let without = get(&open, "/openapi.yaml", None).await.body;
+    assert_eq!(top_level(&without, "security:"), 0, "{without}");
+    assert!(!without.contains("  - bearerAuth: []"), "{without}");
+    // Only that block is left out: the scheme stays declared, the probes stay open, and
+    // every other line is the file's.
+    assert!(without.contains("    bearerAuth:\n      type: http\n      scheme: bearer\n"));
+    assert_eq!(
+        without.matches("      security: []\n").count(),
+        with.matches("      security: []\n").count()
+    );
+    let dropped: Vec<&str> = with
+        .lines()
+        .filter(|l| !without.lines().any(|kept| kept == *l))
+        .collect();
+    assert_eq!(dropped, ["security:", "  - bearerAuth: []"]);
+    assert_eq!(without.lines().count(), with.lines().count() - 2);
+
+    // And the server agrees with each document: no token needed without one.
+    assert_eq!(get(&open, "/v1/jobs", None).await.status, StatusCode::OK);
+    assert_eq!(
+        get(&f.state, "/v1/jobs", None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+/// Completed orders per region and minute: a view key and a window.
+const REGION_MINUTES_SQL: &str = "SELECT region,
+  TUMBLE_START(event_time, INTERVAL '1' MINUTE) AS window_start, COUNT(*) AS orders
+FROM orders WHERE status = 'completed'
+GROUP BY region, TUMBLE(event_time, INTERVAL '1' MINUTE)";
+
+/// The value of the document's SQL example (`value: { sql: '...' }`).
+fn sql_example(document: &str) -> &str {
+    let start = document
+        .find("value: { sql: '")
+        .map(|at| at + "value: { sql: '".len())
+        .expect("an SQL example");
+    let length = document[start..].find('\'').expect("a closing quote");
+    &document[start..start + length]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_served_examples_name_a_served_job_that_takes_every_example_parameter() {
+    let f = fixture();
+    let regions = speed_served(
+        f.dir.path(),
+        &orders_job("regions", REGION_MINUTES_SQL, r#"["region"]"#),
+        &orders(),
+        &f.state.metrics,
+    );
+    let mut jobs: Vec<Arc<JobSlot>> = f.state.jobs.iter().cloned().collect();
+    jobs.push(Arc::new(JobSlot::fixed(regions)));
+    let state = AppState {
+        jobs: Arc::new(jobs),
+        ..f.state.clone()
+    };
+    let document = get(&state, "/openapi.yaml", None).await.body;
+    assert!(!document.contains(EXAMPLE_JOB), "{document}");
+    assert!(
+        document.contains("      example: \"regions\"\n"),
+        "{document}"
+    );
+
+    let example = sql_example(&document);
+    assert!(example.contains("FROM regions "), "{example}");
+    let answer = sql(&state, example, AUTH).await;
+    assert_eq!(answer.status, StatusCode::OK, "{example}: {}", answer.body);
+    let counted: i64 = answer.json()["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r["n"].as_i64().expect("n"))
+        .sum();
+    let expected = speed_view_rows(&state, "regions").await;
+    assert_eq!(counted, expected, "{example}");
+
+    // The view examples (key, from, to) are answered for the job they name.
+    let view = get(
+        &state,
+        "/v1/jobs/regions/view?key=eu&from=2024-05-01T10:00:00Z&to=2024-05-02",
+        AUTH,
+    )
+    .await;
+    assert_eq!(view.status, StatusCode::OK, "{}", view.body);
+    assert!(view.json()["count"].as_u64().is_some_and(|n| n > 0));
+}
+
+/// How many rows `GET /view` answers for `job`.
+async fn speed_view_rows(state: &AppState, job: &str) -> i64 {
+    let all = get(state, &format!("/v1/jobs/{job}/view?limit=100000"), AUTH)
+        .await
+        .json();
+    all["count"].as_i64().expect("count")
+}
+
+#[test]
+fn the_sql_example_quotes_a_job_name_sql_would_not_read_as_one_identifier() {
+    for (job, table) in [
+        ("orders_eu", "orders_eu"),
+        ("Orders", "Orders"),
+        ("orders-eu", "\"orders-eu\""),
+        ("2024_orders", "\"2024_orders\""),
+    ] {
+        let document = with_example_job(OPENAPI, job);
+        let example = sql_example(&document);
+        assert!(
+            example.contains(&format!("FROM {table} ")),
+            "{job}: {example}"
+        );
+        assert!(!document.contains(EXAMPLE_JOB), "{job}");
+        assert!(
+            document.contains(&format!("      example: \"{job}\"\n")),
+            "{job}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_method_is_a_json_405_with_allow() {
+    let f = fixture();
+    for (method, path, token, allow) in [
+        (Method::POST, "/health", None, "GET,HEAD"),
+        (Method::DELETE, "/openapi.yaml", None, "GET,HEAD"),
+        (Method::PUT, "/v1/jobs", AUTH, "GET,HEAD"),
+        (Method::PATCH, "/v1/jobs/totals/view", AUTH, "GET,HEAD"),
+        (Method::GET, "/v1/sql", AUTH, "POST"),
+    ] {
+        let what = format!("{method} {path}");
+        let answer = send(
+            &f.state,
+            request(method, path, token)
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+        assert_error(
+            &answer,
+            StatusCode::METHOD_NOT_ALLOWED,
+            &["method_not_allowed"],
+            &what,
+        );
+        assert_eq!(answer.header("allow"), Some(allow), "{what}");
+    }
+    // Under /v1/ the token comes first, whatever the method.
+    let anonymous = request(Method::PUT, "/v1/jobs", None)
+        .body(Body::empty())
+        .expect("request");
+    assert_error(
+        &send(&f.state, anonymous).await,
+        StatusCode::UNAUTHORIZED,
+        &["unauthorized"],
+        "PUT /v1/jobs without a token",
+    );
+}
+
+#[tokio::test]
+async fn an_sql_body_over_the_limit_is_a_json_413() {
+    let f = fixture();
+    let padding = " ".repeat(3 << 20);
+    let body = format!(r#"{{"sql": "SELECT 1{padding}"}}"#);
+    let answer = post(
+        &f.state,
+        "/v1/sql",
+        "application/json",
+        body.as_bytes(),
+        AUTH,
+    )
+    .await;
+    let error = assert_error(
+        &answer,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &["payload_too_large"],
+        "a 3 MiB body",
+    );
+    assert!(message(&error).starts_with("`body`: "), "{error}");
+}
+
+/// Every byte but letters and digits percent-encoded, for a query-string value.
+fn query_value(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Times in the forms the `Time` schema of openapi.yaml declares (core's looser reader, which
+/// the CLI uses, reads each to the same instant).
+const DOCUMENTED_TIMES: [&str; 14] = [
+    "2024-05-01T10:00:00Z",
+    "2024-05-01t10:00:00z",
+    "2024-05-01T12:00:00+02:00",
+    "2024-05-01T05:30:00.123456789-04:30",
+    "2024-05-01T10:00:00.5Z",
+    "2024-05-01T10:00:00-00:00",
+    "2024-05-01",
+    "2024-02-29",
+    "0000-01-01",
+    "1714557600000",
+    "-1000",
+    "0",
+    "007",
+    "999999999999999",
+];
+
+/// Text the `Time` schema refuses (by its patterns or its formats): the server refuses each.
+const UNDOCUMENTED_TIMES: [&str; 26] = [
+    "",
+    " 2024-05-01",
+    "2024-05-01 ",
+    "2024-05-01 10:00:00Z",
+    "2024-05-01T10:00:00",
+    "2024-05-01T10:00Z",
+    "2016-12-31T23:59:60Z",
+    "2024-05-01T10:00:00.Z",
+    "2024-05-01T10:00:00.1234567890Z",
+    "2024-05-01T24:00:00Z",
+    "2024-05-01T10:60:00Z",
+    "2024-05-01T10:00:00+24:00",
+    "2024-05-01T10:00:00+0200",
+    "2024-05-01T10:00:00Zjunk",
+    "2024-02-30",
+    "2023-02-29",
+    "2024-13-01",
+    "2024-5-1",
+    "+1714557600000",
+    "1e12",
+    "1714557600000.5",
+    "1000000000000000",
+    "--1",
+    "-",
+    "yesterday",
+    "\u{ff12}\u{ff10}\u{ff12}\u{ff14}-05-01",
+];
+
+#[test]
+fn view_times_take_exactly_the_documented_forms() {
+    for text in DOCUMENTED_TIMES {
+        let read = query::parse_view_time(text);
+        assert!(read.is_some(), "`{text}` is refused");
+        assert_eq!(read, parse_time(text).ok(), "`{text}`");
+    }
+    assert_eq!(query::parse_view_time("1714557600000"), Some(T0_MS * 1000));
+    for text in UNDOCUMENTED_TIMES {
+        assert_eq!(query::parse_view_time(text), None, "`{text}` is read");
+    }
+}
+
+#[tokio::test]
+async fn view_time_parameters_answer_200_for_the_documented_forms_and_400_for_the_rest() {
+    let f = fixture();
+    for text in DOCUMENTED_TIMES {
+        for parameter in ["from", "to"] {
+            let path = format!("/v1/jobs/minutes/view?{parameter}={}", query_value(text));
+            let answer = get(&f.state, &path, AUTH).await;
+            assert_eq!(answer.status, StatusCode::OK, "{path}: {}", answer.body);
+        }
+    }
+    for text in UNDOCUMENTED_TIMES {
+        for parameter in ["from", "to"] {
+            let path = format!("/v1/jobs/minutes/view?{parameter}={}", query_value(text));
+            let body = assert_error(
+                &get(&f.state, &path, AUTH).await,
+                StatusCode::BAD_REQUEST,
+                &["bad_request"],
+                &path,
+            );
+            assert_eq!(
+                message(&body),
+                format!(
+                    "`{parameter}`: expected RFC 3339 (2024-05-01T10:00:00Z), a date (2024-05-01) or epoch milliseconds (1714557600000), got `{text}`"
+                ),
+                "{path}"
+            );
+        }
+    }
 }

@@ -11,6 +11,7 @@ mod admin;
 mod changelog;
 mod client;
 mod error;
+mod headers;
 mod lag;
 mod metadata;
 mod send;
@@ -19,6 +20,7 @@ pub use admin::{Created, create_topics, delete_topics_and_groups};
 pub use changelog::{ReadError, ReaderContext, Record, read_partition, reader_config};
 pub use client::client_config;
 pub use error::{Error, Result};
+pub use headers::{RawHeader, header_text, raw_headers};
 pub use lag::{
     PartitionLag, committed, group_lag, offset_in, position_lag, records_behind, total_lag,
     watermarks,

@@ -140,6 +140,18 @@ impl StreamDaemon {
     /// Blocking: give it its own thread.
     pub fn run(&self, stop: Arc<AtomicBool>) -> Result<RunSummary> {
         let mut running = self.start()?;
+        let checks: Vec<(&str, &str)> = running
+            .processor
+            .pipeline()
+            .checks()
+            .map(|c| {
+                c.checks()
+                    .iter()
+                    .map(|c| (c.name.as_str(), c.severity.as_str()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.metrics.start_job(self.name(), &checks);
         tracing::info!(job = self.name(), topic = %self.topics.source, guarantee = ?self.config.guarantee, "speed layer started");
         while !stop.load(Ordering::SeqCst) {
             let mut records = self.poll_batch(&mut running, &stop)?;
@@ -215,7 +227,7 @@ impl StreamDaemon {
 
     fn start(&self) -> Result<Running> {
         let job = self.name();
-        let context = GroupContext::new(job, &self.topics.source, self.metrics.clone());
+        let context = GroupContext::new(job, &self.topics.source, "speed", self.metrics.clone());
         let consumer: BaseConsumer<GroupContext> =
             consumer_config(&self.config, &self.config.group_id, "")
                 .create_with_context(context)
@@ -548,6 +560,11 @@ impl StreamDaemon {
             m.dlq_records
                 .with_label_values(&[job, diverted.error_type.as_str()])
                 .inc();
+        }
+        for violations in &output.violations {
+            m.check_violations
+                .with_label_values(&[job, &violations.check, violations.severity.as_str()])
+                .inc_by(violations.rows as u64);
         }
         m.late_records
             .with_label_values(&[job])

@@ -95,6 +95,7 @@ impl StreamDaemon {
                 record.timestamp_ms.map(|t| t.to_string()),
             ),
             (header::ERROR_FIELD, diverted.field.clone()),
+            (header::CHECK, diverted.check.clone()),
             (header::WATERMARK, diverted.watermark_us.map(format_time)),
             (header::EVENT_TIME, diverted.event_time_us.map(format_time)),
         ];

@@ -62,6 +62,11 @@ pub(crate) struct Processor {
 }
 
 impl Processor {
+    /// The shared plan this processor runs.
+    pub(crate) fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
     pub(crate) fn new(
         job: Job,
         pipeline: Arc<Pipeline>,

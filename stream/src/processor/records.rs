@@ -23,6 +23,8 @@ pub struct Diverted {
     pub error_type: DivertReason,
     pub message: String,
     pub field: Option<String>,
+    /// `check_failed`: the data-quality check the record violated.
+    pub check: Option<String>,
     /// Late records: the job watermark and the record's event time (µs).
     pub watermark_us: Option<i64>,
     pub event_time_us: Option<i64>,
@@ -67,6 +69,8 @@ pub struct Output {
     pub consumed: BTreeMap<i32, u64>,
     /// Retired rows tombstoned in `<job>.speed` because the batch view covers them.
     pub tombstoned: usize,
+    /// Data-quality check violations of the micro-batch's rows, per plan run.
+    pub violations: Vec<sluice_core::CheckViolations>,
 }
 
 impl Output {

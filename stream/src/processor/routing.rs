@@ -28,6 +28,7 @@ impl Processor {
                 error_type: DivertReason::MalformedJson,
                 message: "the record has no value (a tombstone)".to_string(),
                 field: None,
+                check: None,
                 watermark_us: None,
                 event_time_us: None,
             });
@@ -44,6 +45,7 @@ impl Processor {
                 error_type: error.kind,
                 message: error.reason,
                 field: error.field,
+                check: None,
                 watermark_us: None,
                 event_time_us: None,
             });
@@ -78,6 +80,7 @@ impl Processor {
                     message: "every window of the event closed more than the allowed lateness ago"
                         .to_string(),
                     field: None,
+                    check: None,
                     watermark_us: Some(bound),
                     event_time_us: Some(times[row]),
                 });
@@ -86,9 +89,10 @@ impl Processor {
         keep
     }
 
-    /// Stage 1 and 2 on one partition's rows. Rows the plan fails on (a UDF or transform
-    /// error) are isolated by [`Pipeline::evaluate_isolating`] and go to the DLQ; the batch
-    /// layer skips exactly the same rows.
+    /// The checks and stage 1 and 2 on one partition's rows. Rows the plan fails on (a UDF or
+    /// transform error) or a `quarantine` check rejects are isolated by
+    /// [`Pipeline::evaluate_isolating`] and go to the DLQ; the batch layer skips exactly the
+    /// same rows.
     pub(super) fn run_plan(
         &mut self,
         partition: i32,
@@ -103,19 +107,21 @@ impl Processor {
                 job = self.job.name(),
                 partition,
                 failed = isolated.failed.len(),
-                "the plan failed on some rows; they go to the DLQ"
+                "the plan failed on some rows or checks rejected them; they go to the DLQ"
             );
         }
         for failed in isolated.failed {
             output.dlq.push(Diverted {
                 record: (*origin[rows[failed.row] as usize]).clone(),
-                error_type: DivertReason::TransformError,
+                error_type: failed.reason,
                 message: failed.error.to_string(),
-                field: None,
+                field: failed.field,
+                check: failed.check,
                 watermark_us: None,
                 event_time_us: None,
             });
         }
+        output.violations.extend(isolated.violations);
         for piece in isolated.pieces {
             self.absorb(partition, piece.output, output)?;
         }

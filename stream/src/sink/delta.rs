@@ -90,7 +90,7 @@ impl LakeSink {
         metrics: StreamMetrics,
     ) -> Result<LakeSink> {
         Ok(LakeSink {
-            table: TableLocation::new(lake.raw_table(&job)),
+            table: TableLocation::new(lake.raw_table(&job)).failing_fast(),
             decoder: sluice_core::decode::for_job(&job, config.max_record_bytes)?,
             job,
             config,

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::StreamConfig;
@@ -194,7 +194,12 @@ impl<T: CommitTarget> SinkLoop<'_, T> {
         let suffix = format!(".{}", self.target.name());
         let consumer: BaseConsumer<GroupContext> =
             consumer_config(self.client, self.group, &suffix)
-                .create_with_context(GroupContext::new(job, topic, self.metrics.clone()))
+                .create_with_context(GroupContext::new(
+                    job,
+                    topic,
+                    self.target.name(),
+                    self.metrics.clone(),
+                ))
                 .map_err(kafka(
                     job,
                     format!("creating the {} sink's consumer", suffix),
@@ -223,6 +228,15 @@ impl<T: CommitTarget> SinkLoop<'_, T> {
         ))?;
         self.health.ok(self.target.name());
         self.up(true);
+        // At zero from the start, so that `increase()` sees the first commit and retry.
+        let labels = [job, self.target.name()];
+        for counter in [
+            &self.metrics.sink_retries,
+            &self.metrics.sink_commits,
+            &self.metrics.sink_rows,
+        ] {
+            counter.with_label_values(&labels).inc_by(0);
+        }
         let mut state = LoopState {
             next: HashMap::new(),
             pending: Pending {
@@ -363,12 +377,20 @@ impl<T: CommitTarget> SinkLoop<'_, T> {
             }
             return;
         }
-        let headers = match (self.target.wants_headers(), message.headers()) {
-            (true, Some(headers)) => headers
-                .iter()
-                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                .collect(),
-            _ => Vec::new(),
+        // Read as bytes: rdkafka's own header access panics on a name that is not UTF-8, and
+        // anyone may write to the topics a sink reads.
+        let headers = if self.target.wants_headers() {
+            sluice_kafka::raw_headers(message)
+                .into_iter()
+                .map(|h| {
+                    (
+                        String::from_utf8_lossy(h.name).into_owned(),
+                        h.value.unwrap_or_default().to_vec(),
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
         };
         let record = SinkRecord {
             offset,
@@ -419,6 +441,8 @@ impl<T: CommitTarget> SinkLoop<'_, T> {
                     partition,
                     position,
                     high,
+                    fetch = ?ctx.consumer.context().fetch_state(partition),
+                    paused = state.paused.contains(&partition),
                     "partition not moving: re-seeking"
                 );
                 if let Err(e) = ctx.consumer.seek(
@@ -517,6 +541,11 @@ impl<T: CommitTarget> SinkLoop<'_, T> {
                     // Newly assigned partitions get their first tick (e.g. a lake commit
                     // recording an empty partition) at once.
                     state.last_tick = None;
+                    // ...but no watchdog seek before they had a whole check interval to start
+                    // fetching: a seek while librdkafka starts a partition was seen (noida-db,
+                    // librdkafka 2.12) to leave it fetching past records never delivered.
+                    state.stuck_checked = Some(Instant::now());
+                    state.delivered.clear();
                 }
                 Change::Revoked(partitions) => {
                     for partition in partitions {

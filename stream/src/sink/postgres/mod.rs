@@ -275,6 +275,8 @@ impl PostgresSink {
             writer: RowWriter::new(self.result_table()?).map_err(|e| self.error(e))?,
             schema: self.schema.clone(),
             mode: self.mode,
+            topic: self.input.clone(),
+            job: self.job.name().to_string(),
         };
         self.run_loop(runtime, stop, &group, &self.input, rows, &self.name, false)
     }

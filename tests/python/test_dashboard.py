@@ -1,0 +1,327 @@
+"""The web dashboard in a real headless Chromium against a running pipeline.
+
+`sluice demo` (its in-process Kafka, the speed layer, backfills and the serving layer) runs the
+dashboard at `/`; a second server, `sluice serve --token` over the demo's Kafka and lake,
+checks the token flow. Each page must load without a console error or a failed request, and
+its charts must fill with data from the pipeline: the pages expose what they drew as data
+attributes (`data-points` on each chart, `data-events-per-s` on a job's row, ...), which is
+what the assertions read. Screenshots go to $SLUICE_ARTIFACTS (default tests/artifacts/).
+
+Playwright (PyPI) drives Debian's chromium ($SLUICE_CHROMIUM, default /usr/bin/chromium);
+it never downloads a browser.
+"""
+import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+from playwright.sync_api import sync_playwright  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+SLUICE = os.environ.get("SLUICE_BIN") or str(
+    pathlib.Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "debug" / "sluice")
+CHROMIUM = os.environ.get("SLUICE_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = pathlib.Path(os.environ.get("SLUICE_ARTIFACTS") or REPO / "tests" / "artifacts") / "dashboard"
+JOB = "orders_demo"
+TOKEN = "dashboard-test-token"
+PARTITIONS = 2
+# How long the pipeline may take to show something (it starts from nothing).
+PATIENCE = 60
+
+
+class Process:
+    """A `sluice` child whose stdout is kept (and copied to a log) as it comes."""
+
+    def __init__(self, args, log):
+        self.log = log
+        self.lines = []
+        env = {k: v for k, v in os.environ.items() if k != "SLUICE_BROKERS"}
+        env.setdefault("RUST_LOG", "info")
+        self.proc = subprocess.Popen([SLUICE, *args], stdout=subprocess.PIPE, stderr=open(log, "ab"),
+                                     stdin=subprocess.DEVNULL, text=True, env=env)
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self):
+        with open(self.log, "a") as copy:
+            for line in self.proc.stdout:
+                self.lines.append(line.rstrip("\n"))
+                copy.write(f"[stdout] {line}")
+                copy.flush()
+
+    def line(self, pattern, timeout=PATIENCE):
+        """The first stdout line matching `pattern` (its match), waiting for it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                found = re.search(pattern, line)
+                if found:
+                    return found
+            assert self.proc.poll() is None, f"{self.log.name} exited: {self.tail()}"
+            time.sleep(0.1)
+        raise AssertionError(f"no line matching {pattern!r} within {timeout}s: {self.tail()}")
+
+    def tail(self, n=40):
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def get(url, token=None):
+    """(status, JSON body) of a GET."""
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+    except (urllib.error.URLError, ConnectionError):
+        return None, None
+
+
+def wait_until(what, check, timeout=PATIENCE):
+    """Polls `check` until it returns something truthy; fails naming `what` and the last value."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def healthy(url):
+    wait_until(f"{url}/health to answer 200", lambda: get(f"{url}/health")[0] == 200)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """The running demo and a `sluice serve --token` over its Kafka and lake: their URLs."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    work = tmp_path_factory.mktemp("dashboard")
+    demo = Process(["demo", "--dir", str(work / "demo"), "--bind", "127.0.0.1:0", "--plain",
+                    "--rate", "300", "--backfill-every", "5s", "--partitions", str(PARTITIONS)],
+                   ARTIFACTS / "demo.log")
+    served = None
+    try:
+        demo_url = demo.line(r"listening on (http://\S+)").group(1)
+        verify = demo.line(r"sluice verify --job (\S+) --brokers (\S+) --lake (\S+)")
+        job_file, brokers, lake = verify.groups()
+        served = Process(["serve", "--job", job_file, "--brokers", brokers, "--lake", lake,
+                          "--bind", "127.0.0.1:0", "--token", TOKEN], ARTIFACTS / "serve.log")
+        token_url = served.line(r"listening on (http://\S+)").group(1)
+        healthy(demo_url)
+        healthy(token_url)
+        yield {"demo": demo_url, "token": token_url}
+    finally:
+        for process in (served, demo):
+            if process:
+                process.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as playwright:
+        args = ["--no-sandbox"] if os.geteuid() == 0 else []
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        yield chromium
+        chromium.close()
+
+
+class Page:
+    """A fresh browser context and page recording every console error, page error, failed
+    request and HTTP error response."""
+
+    def __init__(self, browser):
+        self.context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        self.page = self.context.new_page()
+        self.problems = []
+        self.responses = []
+        self.page.on("console", lambda m: m.type == "error" and self.problems.append(f"console: {m.text}"))
+        self.page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
+        self.page.on("requestfailed", lambda r: self.problems.append(f"failed: {r.url} {r.failure}"))
+        self.page.on("response", lambda r: self.responses.append(r))
+
+    def attribute(self, selector, name):
+        element = self.page.query_selector(selector)
+        return element.get_attribute(name) if element else None
+
+    def number(self, selector, name):
+        value = self.attribute(selector, name)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return None
+
+    def http_errors(self):
+        return [(r.status, r.url) for r in self.responses if r.status >= 400]
+
+    def assert_clean(self):
+        assert self.problems == [], self.problems
+        assert self.http_errors() == [], self.http_errors()
+
+    def shot(self, name):
+        self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+    def close(self):
+        self.context.close()
+
+
+@pytest.fixture()
+def page(browser):
+    opened = Page(browser)
+    yield opened
+    opened.close()
+
+
+def test_the_jobs_page_shows_the_running_pipeline(pipeline, page):
+    page.page.goto(pipeline["demo"] + "/")
+    row = f"tr[data-job={JOB}]"
+    page.page.wait_for_selector(f"body[data-state=ok] {row}", timeout=PATIENCE * 1000)
+    rate = wait_until("a positive events/s on the job's row",
+                      lambda: (page.number(row, "data-events-per-s") or 0) > 0 and page.number(row, "data-events-per-s"))
+    assert rate > 0
+    assert page.attribute(row, "data-ready") == "true"
+    partitions = page.page.evaluate(
+        f"() => document.querySelectorAll('[data-job-card={JOB}] table.partitions tbody tr').length")
+    assert partitions == PARTITIONS, "one lag row per source partition"
+    wait_until("the DLQ count on the job's row", lambda: (page.number(row, "data-dlq") or 0) > 0)
+    page.shot("jobs")
+    page.assert_clean()
+
+
+def test_the_job_page_charts_the_last_hour_and_the_merged_view(pipeline, page):
+    page.page.goto(f"{pipeline['demo']}/#/job/{JOB}")
+    for chart in ["throughput", "lag", "watermark-delay"]:
+        selector = f"[data-chart={chart}]"
+        wait_until(f"the {chart} chart to plot samples", lambda: (page.number(selector, "data-points") or 0) > 0)
+        assert page.page.query_selector(f"{selector} canvas"), f"uPlot drew the {chart} chart"
+    view = "[data-chart=view]"
+    wait_until("the merged-view chart to plot speed rows", lambda: (page.number(view, "data-speed") or 0) > 0)
+    assert page.page.query_selector(f"{view} canvas")
+    # Read at once: the page redraws every few seconds.
+    drawn = page.page.evaluate("""() => {
+      const chart = document.querySelector("[data-chart=view]").dataset;
+      const rows = [...document.querySelectorAll("table.newest tbody tr")].map((r) => r.className);
+      return {points: +chart.points, batch: +chart.batch, speed: +chart.speed, merged: +chart.merged, rows};
+    }""")
+    assert drawn["points"] == drawn["batch"] + drawn["speed"] + drawn["merged"], drawn
+    assert drawn["rows"], "the newest rows are listed"
+    assert set(drawn["rows"]) <= {"origin-batch", "origin-speed", "origin-merged"}, drawn
+    page.shot("job")
+    page.assert_clean()
+
+
+def test_the_dlq_page_lists_dead_letters_with_their_headers(pipeline, page):
+    page.page.goto(f"{pipeline['demo']}/#/dlq/{JOB}")
+    counted = "[data-dlq-records]"
+    wait_until("dead letters to be counted", lambda: (page.number(counted, "data-dlq-records") or 0) > 0)
+    shown = page.page.evaluate("""() => {
+      const section = document.querySelector("[data-topic$='.dlq']");
+      const types = [...section.querySelectorAll("tr[data-error-type]")].map((t) => +t.dataset.records);
+      const records = [...section.querySelectorAll("tr.dlq-record")].map((r) => r.textContent);
+      return {total: +section.dataset.records, types, records};
+    }""")
+    assert shown["types"], "counts by error type"
+    assert sum(shown["types"]) == shown["total"], shown
+    assert shown["records"], "the newest dead letters are listed"
+    assert all("sluice.error.type" in r and "sluice.source.offset" in r for r in shown["records"]), shown
+    page.page.locator("tr.dlq-record details summary").first.click()
+    page.shot("dlq")
+    page.assert_clean()
+
+
+def test_the_quality_page_shows_each_check_and_the_records_it_quarantined(pipeline, page):
+    """The demo job's two checks: `range_amount` (quarantine) dead-letters the generator's
+    negative amounts, `accepted_values_status` (warn) counts its `refunded` orders; both are
+    counted by the backfills too."""
+    page.page.goto(pipeline["demo"] + "/")
+    row = f"tr[data-job={JOB}]"
+    page.page.wait_for_selector(f"body[data-state=ok] {row}", timeout=PATIENCE * 1000)
+    assert page.attribute(row, "data-checks") == "2"
+    page.page.click(f"{row} a[href='#/quality/{JOB}']")
+    page.page.wait_for_selector("body[data-page=quality][data-state=ok] table.checks", timeout=PATIENCE * 1000)
+    quarantine, warn = "tr[data-check=range_amount]", "tr[data-check=accepted_values_status]"
+    assert page.attribute(quarantine, "data-severity") == "quarantine"
+    assert page.attribute(warn, "data-severity") == "warn"
+    wait_until("records quarantined by the range check",
+               lambda: (page.number(quarantine, "data-speed-quarantined") or 0) > 0)
+    assert page.number(warn, "data-speed-quarantined") == 0, "a warn check quarantines nothing"
+    # The first backfill waits for a complete one-minute bucket in the lake.
+    wait_until("a backfill's violations of both checks",
+               lambda: all((page.number(r, "data-batch-violations") or 0) > 0 for r in (quarantine, warn)),
+               timeout=PATIENCE * 3)
+    section = "[data-quarantined-by=range_amount]"
+    wait_until("the newest records the range check quarantined",
+               lambda: (page.number(section, "data-shown") or 0) > 0)
+    shown = page.page.evaluate("""() => [...document.querySelectorAll(
+        "[data-quarantined-by=range_amount] tr.quarantined-record")].map((r) => r.textContent)""")
+    assert shown, "quarantined records are listed"
+    assert all("check_failed" in r and "range_amount" in r and '"amount":-' in r.replace(" ", "") for r in shown), shown
+    # The page shows what the API answers: the job status lists the checks it drew.
+    status, body = get(f"{pipeline['demo']}/v1/jobs/{JOB}")
+    assert status == 200
+    assert [(c["name"], c["check"], c["severity"], c["column"]) for c in body["checks"]] == [
+        ("accepted_values_status", "accepted_values", "warn", "status"),
+        ("range_amount", "range", "quarantine", "amount")]
+    page.shot("quality")
+    page.assert_clean()
+
+
+def test_the_token_is_asked_once_and_sent_as_a_bearer_token(pipeline, page):
+    url = pipeline["token"]
+    assert get(f"{url}/v1/jobs/{JOB}/history")[0] == 401
+    assert get(f"{url}/v1/jobs/{JOB}/dlq", "wrong")[0] == 401
+    assert get(f"{url}/v1/jobs/{JOB}/history", TOKEN)[0] == 200
+
+    page.page.goto(url + "/")
+    page.page.wait_for_selector("body[data-state=needs-token] #token-input", timeout=PATIENCE * 1000)
+    page.shot("token-asked")
+    page.page.fill("#token-input", "wrong")
+    page.page.click("#token-save")
+    page.page.wait_for_selector("#notice:has-text('refused')", timeout=PATIENCE * 1000)
+    assert page.attribute("body", "data-state") == "needs-token"
+
+    page.page.fill("#token-input", TOKEN)
+    page.page.click("#token-save")
+    page.page.wait_for_selector(f"body[data-state=ok] tr[data-job={JOB}]", timeout=PATIENCE * 1000)
+
+    # Kept for the session: a reload needs no new token.
+    page.page.reload()
+    page.page.wait_for_selector(f"body[data-state=ok] tr[data-job={JOB}]", timeout=PATIENCE * 1000)
+    page.page.goto(f"{url}/#/job/{JOB}")
+    wait_until("the job page behind the token to chart samples",
+               lambda: (page.number("[data-chart=throughput]", "data-points") or 0) > 0)
+    page.shot("token-job")
+
+    page.page.click("#token-forget")
+    page.page.wait_for_selector("body[data-state=needs-token]", timeout=PATIENCE * 1000)
+
+    # Every answer of the API carried the right token, every refusal none or the wrong one;
+    # the page and its files never needed one.
+    api = [r for r in page.responses if "/v1/" in r.url]
+    answered = [r.request.all_headers().get("authorization") for r in api if r.status == 200]
+    assert answered and set(answered) == {f"Bearer {TOKEN}"}, answered
+    refused = [(r.status, r.request.all_headers().get("authorization")) for r in api if r.status != 200]
+    assert refused and all(status == 401 and auth in (None, "Bearer wrong") for status, auth in refused), refused
+    assert all("401" in p for p in page.problems), page.problems
+    files = [r for r in page.responses if "/v1/" not in r.url and r.url.startswith("http")]
+    assert files and all(r.status == 200 for r in files), [(r.status, r.url) for r in files]
