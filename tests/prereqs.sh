@@ -26,7 +26,7 @@ fi
 # harness's Kafka-protocol broker (noida-db) and S3-compatible store (moto's server), and
 # Confluent's Python client with its schema registry client and Avro serializer (interop),
 # and schemathesis (the serving API checked against its OpenAPI document).
-sluice_py_reqs="deltalake==1.1.4 pyarrow==21.0.0 pytest==8.4.2 noida-db==0.2.3 moto[server]==5.2.5 confluent-kafka[avro]==2.16.1 schemathesis==4.32.5 playwright==1.65.2"
+sluice_py_reqs="deltalake==1.1.4 pyarrow==21.0.0 pytest==8.4.2 duckdb==2.0.1 noida-db==0.2.3 moto[server]==5.2.5 confluent-kafka[avro]==2.16.1 schemathesis==4.32.5 playwright==1.65.2"
 if [ ! -f "$SLUICE_VENV/.sluice-reqs" ] || [ "$(cat "$SLUICE_VENV/.sluice-reqs")" != "$sluice_py_reqs" ]; then
   echo "prereqs: creating the Python venv at $SLUICE_VENV" >&2
   python3 -m venv "$SLUICE_VENV"

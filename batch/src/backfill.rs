@@ -23,11 +23,13 @@ use arrow::datatypes::{Int32Type, Int64Type, SchemaRef, TimestampMicrosecondType
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
+use sluice_core::anomaly::{self, Anomaly, RowCounter, Rule};
 use sluice_core::lake::{
     CUTOFF_KEY, SOURCE_OFFSET_COLUMN, SOURCE_PARTITION_COLUMN, TableLocation, commit_key,
     view_schema,
 };
 use sluice_core::lake_progress::{Completeness, raw_completeness};
+use sluice_core::pii::PiiProtection;
 use sluice_core::rows::to_json_lines;
 use sluice_core::spec::UTC;
 use sluice_core::time::{ceil_to, floor_to, format_time};
@@ -70,6 +72,9 @@ pub struct BackfillReport {
     /// Rows violating each data-quality check, in the job file's order (empty without
     /// `[[checks]]`).
     pub check_violations: Vec<CheckViolations>,
+    /// The range's windows whose count of source rows is anomalous against the windows before
+    /// them (`[anomalies]`, see [`sluice_core::anomaly`]; empty without it), oldest first.
+    pub row_count_anomalies: Vec<Anomaly>,
     pub cutoff: Option<String>,
     pub cutoff_us: Option<i64>,
     /// The event time before which the raw table holds every source partition's records
@@ -128,10 +133,20 @@ pub async fn backfill(
     let raw_version = raw.open().await?.version();
     let pinned = raw_version.map_or_else(|| raw.clone(), |v| raw.at_version(v));
     let progress = progress_bar(request.progress);
+    let rule = Rule::for_job(job);
     let mut fold = Fold::new(&pipeline);
+    fold.window_rows = rule.as_ref().map(|rule| RowCounter::new(job, rule));
     fold_raw(job, &pinned, &mut fold, (Some(from), Some(to)), &progress).await?;
     progress.finish_and_clear();
     let rows = fold.finish()?;
+    // Before the commit, so that failing to count the history fails the backfill rather than
+    // leave a commit whose report never came.
+    let row_count_anomalies = match (&rule, fold.window_rows.take()) {
+        (Some(rule), Some(counted)) => {
+            anomaly::anomalies_of_range(&pinned, rule, counted, (from, to)).await?
+        }
+        _ => Vec::new(),
+    };
     let view_rows = rows.num_rows();
     let starts_history = match view.coverage().await?.cutoff {
         Some(_) => false,
@@ -203,6 +218,13 @@ pub async fn backfill(
             "backfill skipped raw rows the plan failed on or checks quarantined (the speed layer dead-letters the same records)"
         );
     }
+    if !row_count_anomalies.is_empty() {
+        tracing::warn!(
+            job = job.name(),
+            windows = row_count_anomalies.len(),
+            "row-count anomalies in the backfilled range (the report's row_count_anomalies)"
+        );
+    }
     if let Some(&(gap_end, _)) = coverage.landed.first() {
         tracing::warn!(
             job = job.name(),
@@ -220,6 +242,7 @@ pub async fn backfill(
         view_rows,
         rows_rejected: fold.rejected.len(),
         check_violations: fold.violations.clone(),
+        row_count_anomalies,
         cutoff: cutoff.map(format_time),
         cutoff_us: cutoff,
         lake_complete_until: completeness.until_us().map(format_time),
@@ -281,6 +304,11 @@ pub(crate) async fn scan_raw(
         .scan(&columns, &job.spec.source.event_time, range.0, range.1)
         .await?;
     let width = source_schema.fields().len();
+    // The raw table is the topic's, shared by every version of every job on it: rows an
+    // untagged version (or history from before the tags) landed hold clear values. The
+    // policies are applied again as the rows are read, and protection is idempotent, so rows
+    // landed protected come out as they are.
+    let pii = PiiProtection::for_job(job)?;
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(scan_error(job, raw))?;
         let source = RecordBatch::try_new(source_schema.clone(), batch.columns()[..width].to_vec())
@@ -288,6 +316,10 @@ pub(crate) async fn scan_raw(
                 during: "reading raw rows with the job's schema",
                 source: Box::new(source),
             })?;
+        let source = match &pii {
+            Some(pii) => pii.protect_batch(&source)?,
+            None => source,
+        };
         each(&source, &RawOrigin::of(&batch, width))?;
     }
     Ok(())
@@ -461,6 +493,8 @@ pub(crate) struct Fold<'a> {
     /// Check violations summed over every batch added (the same checks, in the same order,
     /// for each).
     violations: Vec<CheckViolations>,
+    /// The source rows added, per window of `[anomalies]` (backfills of jobs declaring it).
+    window_rows: Option<RowCounter>,
 }
 
 impl<'a> Fold<'a> {
@@ -473,11 +507,15 @@ impl<'a> Fold<'a> {
             rows_read: 0,
             rejected: Vec::new(),
             violations: Vec::new(),
+            window_rows: None,
         }
     }
 
     pub(crate) fn add(&mut self, raw: &RecordBatch, origin: &RawOrigin) -> Result<()> {
         self.rows_read += raw.num_rows();
+        if let Some(counter) = &mut self.window_rows {
+            counter.add(raw)?;
+        }
         let isolated = self.pipeline.evaluate_isolating(raw)?;
         for failed in isolated.failed {
             let record = to_json_lines(&[raw.slice(failed.row, 1)])?;

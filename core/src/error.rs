@@ -88,6 +88,13 @@ pub enum Error {
         check: String,
         rule: String,
     },
+    /// A secret the job needs is missing from the environment (named, never its value).
+    #[error("job `{job}`: environment variable {variable}: {why}")]
+    MissingSecret {
+        job: String,
+        variable: &'static str,
+        why: String,
+    },
     /// State written by another plan (see [`crate::plan_version`]).
     #[error(transparent)]
     Plan(#[from] Box<crate::plan_version::PlanMismatch>),

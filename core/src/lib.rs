@@ -11,6 +11,7 @@
 //! benches and demo of every layer share.
 
 pub mod aggregate;
+pub mod anomaly;
 pub mod checks;
 pub mod control;
 pub mod decode;
@@ -28,6 +29,7 @@ pub mod lake_progress;
 pub mod lake_writer;
 pub mod outputs;
 pub mod partial_layout;
+pub mod pii;
 pub mod pipeline;
 pub mod plan;
 pub mod plan_version;

@@ -73,6 +73,24 @@ impl Job {
         } else {
             format!("{canonical}\0checks {}", quarantine.join("\0"))
         };
+        // Hashed PII fields hash differently under another key: name the key (its id, never
+        // the key), so a process with another key is told its state and views are not its own.
+        let hashed = self
+            .spec
+            .source
+            .fields
+            .iter()
+            .any(|f| f.pii.is_some() && f.policy == Some(crate::pii::PiiPolicy::Hash));
+        let canonical = if hashed {
+            let key = crate::pii::PiiProtection::for_job(self)
+                .ok()
+                .flatten()
+                .and_then(|p| p.key_id())
+                .unwrap_or_else(|| "none".to_string());
+            format!("{canonical}\0pii key {key}")
+        } else {
+            canonical
+        };
         blake3::hash(canonical.as_bytes()).to_hex()[..32].to_string()
     }
 

@@ -71,6 +71,9 @@ pub struct JobSpec {
     /// Data-quality checks on the source rows (see [`crate::checks`]).
     #[serde(default)]
     pub checks: Vec<CheckSpec>,
+    /// Row-count anomaly detection on the source rows per window (see [`crate::anomaly`]).
+    #[serde(default)]
+    pub anomalies: Option<crate::anomaly::AnomalySpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -148,6 +151,13 @@ pub struct FieldSpec {
     /// seed's Avro `timestamp` feeding the SQL's `event_time`). Default: `name`.
     #[serde(default)]
     pub from: Option<String>,
+    /// The field holds personal data of this kind; it is protected by `policy` as it is
+    /// decoded (see [`crate::pii`]).
+    #[serde(default)]
+    pub pii: Option<crate::pii::PiiKind>,
+    /// `mask` (default), `hash` or `drop`; only with `pii`.
+    #[serde(default)]
+    pub policy: Option<crate::pii::PiiPolicy>,
 }
 
 impl FieldSpec {
@@ -167,6 +177,11 @@ impl std::fmt::Debug for FieldSpec {
             .field("nullable", &self.nullable);
         if let Some(from) = &self.from {
             out.field("from", from);
+        }
+        // The stored values depend on the policy: changing it is a new plan.
+        if let Some(pii) = &self.pii {
+            out.field("pii", pii)
+                .field("policy", &self.policy.unwrap_or_default());
         }
         out.finish()
     }
@@ -459,6 +474,7 @@ impl Job {
             Some(_) => {}
         }
         self.validate_format()?;
+        crate::pii::validate(self)?;
         if spec.view.version == 0 {
             return Err(self.invalid("view.version", "a version number from 1", "0"));
         }
@@ -473,7 +489,11 @@ impl Job {
         }
         self.validate_outputs()?;
         self.validate_sinks()?;
-        self.validate_checks()
+        self.validate_checks()?;
+        if let Some(anomalies) = &spec.anomalies {
+            anomalies.validate(&self.file)?;
+        }
+        Ok(())
     }
 
     /// Each check has the keys its kind needs and no others, a unique name, and a column

@@ -220,6 +220,10 @@ pub mod header {
     pub const TRUNCATED: &str = "sluice.payload.truncated";
     /// The original value's size in bytes, on truncated records.
     pub const ORIGINAL_SIZE: &str = "sluice.payload.size";
+    /// A job with PII fields: `protected` (tagged values replaced by their protected forms)
+    /// or `withheld` (the bytes replaced whole; such a record is also marked truncated, so
+    /// `sluice dlq replay` never re-publishes it). See [`crate::pii`].
+    pub const PII: &str = "sluice.pii";
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub mod bench_serve_memory;
 pub mod bench_stream;
 pub mod demo;
 pub mod dlq;
+pub mod nexmark;
 pub mod postgres_cmd;
 pub mod registry_cmd;
 pub mod replay;

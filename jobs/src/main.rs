@@ -127,6 +127,10 @@ enum Command {
         after_help = "Examples:\n  sluice demo\n  sluice demo --bind 127.0.0.1:0 --rate 1000 --backfill-every 30s\n  sluice demo --dir /tmp/sluice-demo --events 20000 --plain\n  sluice demo --brokers 127.0.0.1:9092\n\nWithout --brokers, Kafka is librdkafka's in-process mock cluster and the speed layer runs\nat-least-once (the mock writes no transaction markers). The first stdout line is\n`listening on http://ADDR`; then come example requests and the `sluice verify` command line.\n<dir>/lake and <dir>/state are recreated on start (kept when the last run used the same\n--brokers). SLUICE_BROKERS in the environment counts as --brokers. Ctrl-C stops everything (exit 0)."
     )]
     Demo(DemoArgs),
+    /// Generate Nexmark benchmark events (persons, auctions, bids) as flat JSON, to JSON-lines
+    /// files or Kafka topics, for the Nexmark queries of jobs/examples/nexmark/.
+    #[command(after_help = sluice_jobs::nexmark::HELP)]
+    Nexmark(sluice_jobs::nexmark::NexmarkArgs),
     /// Measure decode (JSON; with --format avro also Avro) + the seed 000 plan on synthetic
     /// events (prints a table).
     #[command(
@@ -332,6 +336,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Switch(args) => sluice_jobs::versions_cmd::switch(args).await,
         Command::Retire(args) => sluice_jobs::versions_cmd::retire(args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Nexmark(args) => sluice_jobs::nexmark::run(args).await,
         Command::Bench {
             events,
             batch_size,
@@ -514,6 +519,23 @@ async fn run_backfill(args: BackfillArgs) -> anyhow::Result<ExitCode> {
             .collect();
         println!("check violations: {}", checks.join(", "));
     }
+    if matches!(args.job.output, Output::Text) && !report.row_count_anomalies.is_empty() {
+        let windows: Vec<String> = report
+            .row_count_anomalies
+            .iter()
+            .map(|a| {
+                format!(
+                    "{} {} ({} rows, expected {}–{})",
+                    a.start,
+                    a.direction.as_str(),
+                    a.rows,
+                    band_bound(a.low),
+                    band_bound(a.high)
+                )
+            })
+            .collect();
+        println!("row-count anomalies: {}", windows.join(", "));
+    }
     if let Some(asked) = &report.clamped_from {
         eprintln!(
             "note: --to {asked} was clamped to {}: the raw table holds every partition's records only until {} (the lake sink has not landed later ones yet); --allow-incomplete overrides",
@@ -532,6 +554,16 @@ async fn run_backfill(args: BackfillArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// A bound of a row-count band as the text report prints it: no row count is negative, and a
+/// tenth of a row is precision enough to read (`--output json` has the exact band).
+fn band_bound(bound: f64) -> f64 {
+    if bound <= 0.0 {
+        0.0
+    } else {
+        (bound * 10.0).round() / 10.0
+    }
 }
 
 async fn view(args: JobArgs) -> anyhow::Result<ExitCode> {

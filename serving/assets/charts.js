@@ -1,7 +1,8 @@
-// uPlot wrappers: time series of the sampler's history and the merged view by origin, each
-// exposing what it drew as data attributes on its container (`data-points`: non-null values
-// plotted; the view chart also `data-batch`, `data-speed`, `data-merged` and `data-cutoff`),
-// which is what the browser test reads.
+// uPlot wrappers: time series of the sampler's history, the merged view by origin and the
+// source rows per window with their anomaly band, each exposing what it drew as data
+// attributes on its container (`data-points`: non-null values plotted; the view chart also
+// `data-batch`, `data-speed`, `data-merged` and `data-cutoff`; the rows chart
+// `data-anomalies`, the markers drawn), which is what the browser test reads.
 
 /* global uPlot */
 
@@ -170,6 +171,82 @@ export class ViewChart {
       ctx.stroke();
       ctx.font = `${12 * ratio}px sans-serif`;
       ctx.fillText(mark.label, x + 4 * ratio, bbox.top + 14 * ratio);
+      ctx.restore();
+    }
+  }
+
+  destroy() {
+    this.observer.disconnect();
+    this.plot.destroy();
+  }
+}
+
+/**
+ * Source rows per window (`GET /v1/jobs/{job}/anomalies`): the counts, the median of the
+ * trailing windows and the band around it (filled), and a red marker on each anomalous window.
+ */
+export class RowsChart {
+  constructor(el, { title }) {
+    this.el = el;
+    this.marks = [];
+    this.el.dataset.points = "0";
+    this.el.dataset.anomalies = "0";
+    const line = (label, stroke, extra = {}) => ({
+      label,
+      stroke,
+      width: 1,
+      spanGaps: false,
+      points: { show: false },
+      value: shortValue,
+      ...extra,
+    });
+    const opts = {
+      title,
+      tzDate: utc,
+      width: widthOf(el),
+      height: HEIGHT,
+      scales: { x: { time: true }, y: { auto: true, range: (u, min, max) => [Math.min(0, min), Math.max(1, max)] } },
+      axes: [{}, { label: "rows", size: 64 }],
+      series: [
+        {},
+        line("rows", COLORS.batch, { width: 2, points: { show: true, size: 5, fill: COLORS.batch } }),
+        line("median", "#7f8c8d", { dash: [4, 3] }),
+        line("low", "#b7c0ca"),
+        line("high", "#b7c0ca"),
+      ],
+      // The band: from `high` (series 4) down to `low` (series 3).
+      bands: [{ series: [4, 3], fill: "rgba(47, 111, 223, 0.08)" }],
+      hooks: { draw: [(u) => this.drawMarks(u)] },
+    };
+    this.plot = new uPlot(opts, [[], [], [], [], []], el);
+    this.observer = follow(el, this.plot);
+  }
+
+  /** `xs`: window starts (seconds); `marks`: `[{at: seconds, rows, direction}]`. */
+  setData(xs, rows, median, low, high, marks) {
+    this.marks = marks;
+    this.plot.setData([xs, rows, median, low, high]);
+    this.el.dataset.points = String(nonNull(rows));
+    this.el.dataset.anomalies = String(marks.length);
+  }
+
+  drawMarks(u) {
+    const { ctx, bbox } = u;
+    const ratio = uPlot.pxRatio || 1;
+    for (const mark of this.marks) {
+      const x = u.valToPos(mark.at, "x", true);
+      const y = u.valToPos(mark.rows, "y", true);
+      if (!Number.isFinite(x) || !Number.isFinite(y) || x < bbox.left || x > bbox.left + bbox.width) continue;
+      ctx.save();
+      ctx.fillStyle = COLORS.cutoff;
+      ctx.strokeStyle = "#fff";
+      ctx.lineWidth = 1.5 * ratio;
+      ctx.beginPath();
+      ctx.arc(x, y, 6 * ratio, 0, 2 * Math.PI);
+      ctx.fill();
+      ctx.stroke();
+      ctx.font = `${11 * ratio}px sans-serif`;
+      ctx.fillText(mark.direction, x + 8 * ratio, y - 6 * ratio);
       ctx.restore();
     }
   }

@@ -1,9 +1,11 @@
 // One job: its last hour as time series (throughput, lags, watermark delay, from the
-// sampler's `/history`), its merged view as a chart of one column per window start with the
-// batch, speed and merged rows told apart and the cutoff drawn, and the newest rows.
+// sampler's `/history`), its source rows per window with the band of `[anomalies]` and the
+// anomalous windows marked (`/anomalies`), its merged view as a chart of one column per window
+// start with the batch, speed and merged rows told apart and the cutoff drawn, and the newest
+// rows.
 
 import { ApiError, getJSON, jobPath } from "./api.js";
-import { COLORS, TimeChart, ViewChart } from "./charts.js";
+import { COLORS, RowsChart, TimeChart, ViewChart } from "./charts.js";
 import { badge, count, duration, facts, fill, h, num, table, time } from "./dom.js";
 
 /** The view's rows fetched: window starts from this long ago. */
@@ -20,7 +22,10 @@ export function mount(ctx) {
   ctx.state = { column: null, key: ALL_KEYS };
   ctx.head = h("div", { class: "card" }, h("p", { class: "muted" }, "Loading…"));
   const chart = (name) => h("div", { class: "chart", dataset: { chart: name } });
-  const [throughput, lags, delay, view] = ["throughput", "lag", "watermark-delay", "view"].map(chart);
+  const [throughput, lags, delay, view, windowRows] = ["throughput", "lag", "watermark-delay", "view", "window-rows"].map(chart);
+  ctx.windowRows = windowRows;
+  ctx.anomalyNote = h("p", { class: "muted" });
+  ctx.anomalyList = h("div", { id: "anomaly-list" });
   ctx.columnSelect = h("select", { id: "view-column", onchange: () => redrawView(ctx) });
   ctx.keySelect = h("select", { id: "view-key", onchange: () => redrawView(ctx) });
   ctx.viewNote = h("p", { class: "muted" });
@@ -32,6 +37,8 @@ export function mount(ctx) {
       h("a", { class: "small", href: `#/quality/${encodeURIComponent(job)}` }, "quality →")),
     ctx.head,
     h("section", { class: "card" }, h("h2", {}, "The last hour"), throughput, lags, delay),
+    h("section", { class: "card", id: "anomalies" },
+      h("h2", {}, "Rows per window"), windowRows, ctx.anomalyNote, ctx.anomalyList),
     h("section", { class: "card" },
       h("h2", {}, "Merged view"),
       h("div", { class: "controls" },
@@ -70,6 +77,7 @@ export function mount(ctx) {
       ],
     }),
     view: new ViewChart(view, { title: "One column per window start, by origin" }),
+    rows: new RowsChart(windowRows, { title: "Source rows per window, and the band of the windows before" }),
   };
 }
 
@@ -90,6 +98,7 @@ function head(status) {
       ["speed lag", count(status.speed_lag_records)],
       ["rows", `${count(status.rows.batch)} batch, ${count(status.rows.speed)} speed, ${count(status.rows.merged)} merged`],
       ["last batch run", status.last_batch_run ? `v${status.last_batch_run.version} at ${time(status.last_batch_run.at)}` : "–"],
+      ["row-count anomalies", count(status.row_count_anomalies)],
     ]),
   ];
 }
@@ -101,6 +110,47 @@ function drawHistory(ctx, history) {
   ctx.charts.throughput.setData(xs, [col("events_in_per_s"), col("consumed_per_s"), col("dlq_per_s"), col("late_per_s")]);
   ctx.charts.lag.setData(xs, [col("source_lag_records"), col("speed_lag_records")]);
   ctx.charts.delay.setData(xs, [col("watermark_delay_ms", 0.001), col("freshness_ms", 0.001)]);
+}
+
+/** The row counts of `/anomalies`, the band and the anomalous windows, or why there are none. */
+function drawAnomalies(ctx, data) {
+  const rule = data.rule;
+  ctx.windowRows.hidden = !rule;
+  if (!rule) {
+    ctx.charts.rows.setData([], [], [], [], [], []);
+    fill(ctx.anomalyNote, "This job declares no [anomalies]: its rows per window are not judged (see docs/jobs.md).");
+    fill(ctx.anomalyList);
+    return;
+  }
+  const windows = data.windows;
+  const xs = windows.map((w) => w.start_us / 1e6);
+  const col = (name) => windows.map((w) => w[name]);
+  const marks = data.anomalies.map((a) => ({ at: a.start_us / 1e6, rows: a.rows, direction: a.direction }));
+  ctx.charts.rows.setData(xs, col("rows"), col("median"), col("low"), col("high"), marks);
+  fill(
+    ctx.anomalyNote,
+    `Windows of ${rule.window}, each against the median of the ${rule.trailing} before it ± max(${num(rule.k, 1)} · 1.4826 · MAD, ${count(rule.min_deviation)} rows), once ${rule.min_history} exist; `,
+    `complete to ${time(data.complete_until)}. `,
+    data.anomalies.length ? badge(`${data.anomalies.length} anomalous`, "bad") : badge("none anomalous", "good"),
+    data.error ? ` The last read of the raw table failed: ${data.error}` : "",
+  );
+  const newest = [...data.anomalies].reverse();
+  fill(
+    ctx.anomalyList,
+    newest.length
+      ? table(
+        [
+          ["window", (a) => time(a.start)],
+          ["rows", (a) => count(a.rows), "num"],
+          ["expected", (a) => `${num(a.low, 1)} – ${num(a.high, 1)}`, "num"],
+          ["median", (a) => num(a.median, 1), "num"],
+          ["", (a) => badge(a.direction, "bad")],
+        ],
+        newest,
+        { class: "anomalies", dataset: { anomalies: newest.length } },
+      )
+      : null,
+  );
 }
 
 function options(select, values, selected) {
@@ -186,6 +236,15 @@ export async function update(ctx) {
   if (ctx.gone) return;
   fill(ctx.head, head(status));
   drawHistory(ctx, history);
+  try {
+    const anomalies = await getJSON(jobPath(job, "/anomalies"));
+    if (ctx.gone) return;
+    drawAnomalies(ctx, anomalies);
+  } catch (e) {
+    // A server without the endpoint, say: the rest of the page is still right.
+    if (!(e instanceof ApiError) || e.status === 401) throw e;
+    fill(ctx.anomalyNote, `Row-count anomalies are not available: ${e.message}`);
+  }
   const params = new URLSearchParams({ limit: String(VIEW_LIMIT) });
   if (history.view.has_window) params.set("from", String(Date.now() - VIEW_SPAN_MS));
   try {

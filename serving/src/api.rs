@@ -40,6 +40,7 @@ mod route {
     pub const JOBS: &str = "/v1/jobs";
     pub const JOB: &str = "/v1/jobs/{job}";
     pub const VIEW: &str = "/v1/jobs/{job}/view";
+    pub const ANOMALIES: &str = "/v1/jobs/{job}/anomalies";
     pub const SQL: &str = "/v1/sql";
 }
 
@@ -88,7 +89,7 @@ impl IntoResponse for ServingError {
     }
 }
 
-fn json_response(status: StatusCode, body: String) -> Response {
+pub(crate) fn json_response(status: StatusCode, body: String) -> Response {
     (status, [(CONTENT_TYPE, "application/json")], body).into_response()
 }
 
@@ -105,6 +106,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route(route::JOBS, get(list_jobs))
         .route(route::JOB, get(job_status))
         .route(route::VIEW, get(view))
+        .route(route::ANOMALIES, get(crate::anomalies::anomalies))
         .route(route::SQL, post(run_sql))
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -146,6 +148,7 @@ fn endpoint_of(matched: Option<&MatchedPath>) -> &'static str {
         Some(route::JOBS) => "jobs",
         Some(route::JOB) => "job",
         Some(route::VIEW) => "view",
+        Some(route::ANOMALIES) => "anomalies",
         Some(route::SQL) => "sql",
         other => crate::dashboard::endpoint_of(other),
     }
@@ -328,7 +331,7 @@ async fn job_status(
 }
 
 /// The `{job}` of the path (a 400 when it does not decode to text).
-fn job_name(path: Result<Path<String>, PathRejection>) -> Result<String, ServingError> {
+pub(crate) fn job_name(path: Result<Path<String>, PathRejection>) -> Result<String, ServingError> {
     path.map(|Path(job)| job)
         .map_err(|e| ServingError::bad_request("job", e.body_text()))
 }

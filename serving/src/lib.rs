@@ -10,6 +10,7 @@
 //! `<job>.control` to switch versions without a restart ([`control`], `versions`). It never
 //! re-implements an aggregate: merging and finalizing are core's.
 
+mod anomalies;
 mod api;
 mod batch_view;
 pub mod control;

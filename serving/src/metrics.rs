@@ -1,11 +1,16 @@
 //! The serving layer's Prometheus metrics: `sluice_serving_<noun>_<unit>` for the server
-//! itself, `sluice_view_*` and `sluice_backfill_*` for what it knows of each job (label `job`).
-//! docs/monitoring.md lists them with the stream daemon's.
+//! itself, `sluice_view_*` and `sluice_backfill_*` for what it knows of each job (label `job`),
+//! and the row-count anomalies it judges (`sluice_row_count_anomalies_total`,
+//! `sluice_window_rows`). docs/monitoring.md lists them with the stream daemon's.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
+use sluice_core::anomaly::Window;
 
 use crate::freshness::Freshness;
 use crate::snapshot::Snapshot;
@@ -23,6 +28,12 @@ pub struct ServingMetrics {
     freshness: GaugeVec,
     freshness_sla: GaugeVec,
     backfill_last_success: GaugeVec,
+    row_count_anomalies: IntCounterVec,
+    window_rows: IntGaugeVec,
+    /// The start (µs) of every anomalous window counted, per job, back to the oldest window
+    /// still judged: a window is judged again at every judgement (and by the next version
+    /// after a switch) but counted once.
+    anomalies_counted: Arc<Mutex<HashMap<String, BTreeSet<i64>>>>,
 }
 
 fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
@@ -87,7 +98,26 @@ impl ServingMetrics {
             )
             .expect("valid metric"),
         );
+        let row_count_anomalies = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "sluice_row_count_anomalies_total",
+                    "Windows whose count of source rows is outside the band of the windows before them ([anomalies]), by direction (high, low); each window counted once.",
+                ),
+                &["job", "direction"],
+            )
+            .expect("valid metric"),
+        );
         ServingMetrics {
+            row_count_anomalies,
+            window_rows: gauge(
+                &registry,
+                "sluice_window_rows",
+                "Source rows in the newest complete window of the job's [anomalies] rule (the raw table's).",
+                &["job"],
+            ),
+            anomalies_counted: Arc::default(),
             freshness: seconds_gauge(
                 &registry,
                 "sluice_view_freshness_seconds",
@@ -188,6 +218,33 @@ impl ServingMetrics {
         self.backfill_last_success
             .with_label_values(&[job])
             .set(committed_ms as f64 / 1e3);
+    }
+
+    /// Takes in a judgement of `job`'s newest complete windows (oldest first): counts the
+    /// anomalous ones not counted before and sets the newest window's rows.
+    pub(crate) fn observe_row_counts(&self, job: &str, windows: &[Window]) {
+        let (Some(oldest), Some(newest)) = (windows.first(), windows.last()) else {
+            return;
+        };
+        self.window_rows
+            .with_label_values(&[job])
+            .set(i64::try_from(newest.rows).unwrap_or(i64::MAX));
+        let mut counted = self
+            .anomalies_counted
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let seen = counted.entry(job.to_string()).or_default();
+        // Windows older than the oldest judged are never judged again.
+        seen.retain(|&start| start >= oldest.start_us);
+        for window in windows {
+            if let Some(direction) = window.direction
+                && seen.insert(window.start_us)
+            {
+                self.row_count_anomalies
+                    .with_label_values(&[job, direction.as_str()])
+                    .inc();
+            }
+        }
     }
 
     pub fn render(&self) -> String {

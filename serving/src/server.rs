@@ -111,6 +111,11 @@ impl Server {
             .collect();
         let (dashboard, sampler) = crate::dashboard::start(&state, &config, stopped.clone());
         tasks.push(sampler);
+        tasks.push(crate::anomalies::start(
+            state.jobs.clone(),
+            metrics.clone(),
+            stopped.clone(),
+        ));
         let app = api::router(state.clone()).layer(axum::Extension(dashboard));
         let mut shutdown = stopped.clone();
         tasks.push(tokio::spawn(async move {

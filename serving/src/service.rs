@@ -13,6 +13,7 @@ use sluice_core::topics::Topics;
 use sluice_core::{Job, Lake, Pipeline};
 use tokio::sync::watch;
 
+use crate::anomalies::Anomalies;
 use crate::batch_view::{self, BatchView};
 use crate::error::{Result, ServingError};
 use crate::freshness::{Freshness, Stale, freshness_of, last_backfill_ms, now_us};
@@ -103,6 +104,10 @@ pub struct JobStatus {
     /// The job's `[[checks]]` with the rows the newest backfill found violating each and the
     /// records the speed layer quarantined under each (see [`CheckStatus`]).
     pub checks: Vec<CheckStatus>,
+    /// Anomalous windows among the newest judged by the job's `[anomalies]`
+    /// (`GET /v1/jobs/{job}/anomalies`); `None` without `[anomalies]` or before the first
+    /// judgement.
+    pub row_count_anomalies: Option<usize>,
 }
 
 /// What [`Loading::part`] names: the view table's rows, merged into the snapshot requests read.
@@ -154,6 +159,8 @@ pub(crate) struct JobService {
     snapshot: RwLock<Arc<Snapshot>>,
     /// `<job>.dlq` counted by check, as the dashboard's sampler last read it.
     quarantined: Quarantined,
+    /// Row-count anomalies of the raw table (`[anomalies]`).
+    pub anomalies: Anomalies,
 }
 
 impl JobService {
@@ -204,6 +211,7 @@ impl JobService {
             batch_loaded: AtomicBool::new(false),
             batch_error: RwLock::new(None),
             quarantined: Quarantined::default(),
+            anomalies: Anomalies::new(job),
             served,
         })
     }
@@ -513,6 +521,7 @@ impl JobService {
             ready: loading.is_empty(),
             loading,
             checks,
+            row_count_anomalies: self.anomalies.count(),
         }
     }
 

@@ -13,73 +13,21 @@ it never downloads a browser.
 import json
 import os
 import pathlib
-import re
-import signal
-import subprocess
-import threading
-import time
 import urllib.error
 import urllib.request
 
 import pytest
 
+from sluice_harness import PATIENCE, WatchedPage, demo_and_token_server, launch_chromium, wait_until
+
 os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
 from playwright.sync_api import sync_playwright  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-SLUICE = os.environ.get("SLUICE_BIN") or str(
-    pathlib.Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "debug" / "sluice")
-CHROMIUM = os.environ.get("SLUICE_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = pathlib.Path(os.environ.get("SLUICE_ARTIFACTS") or REPO / "tests" / "artifacts") / "dashboard"
 JOB = "orders_demo"
 TOKEN = "dashboard-test-token"
 PARTITIONS = 2
-# How long the pipeline may take to show something (it starts from nothing).
-PATIENCE = 60
-
-
-class Process:
-    """A `sluice` child whose stdout is kept (and copied to a log) as it comes."""
-
-    def __init__(self, args, log):
-        self.log = log
-        self.lines = []
-        env = {k: v for k, v in os.environ.items() if k != "SLUICE_BROKERS"}
-        env.setdefault("RUST_LOG", "info")
-        self.proc = subprocess.Popen([SLUICE, *args], stdout=subprocess.PIPE, stderr=open(log, "ab"),
-                                     stdin=subprocess.DEVNULL, text=True, env=env)
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _drain(self):
-        with open(self.log, "a") as copy:
-            for line in self.proc.stdout:
-                self.lines.append(line.rstrip("\n"))
-                copy.write(f"[stdout] {line}")
-                copy.flush()
-
-    def line(self, pattern, timeout=PATIENCE):
-        """The first stdout line matching `pattern` (its match), waiting for it."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                found = re.search(pattern, line)
-                if found:
-                    return found
-            assert self.proc.poll() is None, f"{self.log.name} exited: {self.tail()}"
-            time.sleep(0.1)
-        raise AssertionError(f"no line matching {pattern!r} within {timeout}s: {self.tail()}")
-
-    def tail(self, n=40):
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def get(url, token=None):
@@ -96,18 +44,6 @@ def get(url, token=None):
         return None, None
 
 
-def wait_until(what, check, timeout=PATIENCE):
-    """Polls `check` until it returns something truthy; fails naming `what` and the last value."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-
-
 def healthy(url):
     wait_until(f"{url}/health to answer 200", lambda: get(f"{url}/health")[0] == 200)
 
@@ -117,77 +53,24 @@ def pipeline(tmp_path_factory):
     """The running demo and a `sluice serve --token` over its Kafka and lake: their URLs."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     work = tmp_path_factory.mktemp("dashboard")
-    demo = Process(["demo", "--dir", str(work / "demo"), "--bind", "127.0.0.1:0", "--plain",
-                    "--rate", "300", "--backfill-every", "5s", "--partitions", str(PARTITIONS)],
-                   ARTIFACTS / "demo.log")
-    served = None
-    try:
-        demo_url = demo.line(r"listening on (http://\S+)").group(1)
-        verify = demo.line(r"sluice verify --job (\S+) --brokers (\S+) --lake (\S+)")
-        job_file, brokers, lake = verify.groups()
-        served = Process(["serve", "--job", job_file, "--brokers", brokers, "--lake", lake,
-                          "--bind", "127.0.0.1:0", "--token", TOKEN], ARTIFACTS / "serve.log")
-        token_url = served.line(r"listening on (http://\S+)").group(1)
+    demo_args = ["--rate", "300", "--backfill-every", "5s", "--partitions", str(PARTITIONS)]
+    with demo_and_token_server(work, ARTIFACTS, TOKEN, demo_args) as (demo_url, token_url):
         healthy(demo_url)
         healthy(token_url)
         yield {"demo": demo_url, "token": token_url}
-    finally:
-        for process in (served, demo):
-            if process:
-                process.stop()
 
 
 @pytest.fixture(scope="module")
 def browser():
     with sync_playwright() as playwright:
-        args = ["--no-sandbox"] if os.geteuid() == 0 else []
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        chromium = launch_chromium(playwright)
         yield chromium
         chromium.close()
 
 
-class Page:
-    """A fresh browser context and page recording every console error, page error, failed
-    request and HTTP error response."""
-
-    def __init__(self, browser):
-        self.context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        self.page = self.context.new_page()
-        self.problems = []
-        self.responses = []
-        self.page.on("console", lambda m: m.type == "error" and self.problems.append(f"console: {m.text}"))
-        self.page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
-        self.page.on("requestfailed", lambda r: self.problems.append(f"failed: {r.url} {r.failure}"))
-        self.page.on("response", lambda r: self.responses.append(r))
-
-    def attribute(self, selector, name):
-        element = self.page.query_selector(selector)
-        return element.get_attribute(name) if element else None
-
-    def number(self, selector, name):
-        value = self.attribute(selector, name)
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            return None
-
-    def http_errors(self):
-        return [(r.status, r.url) for r in self.responses if r.status >= 400]
-
-    def assert_clean(self):
-        assert self.problems == [], self.problems
-        assert self.http_errors() == [], self.http_errors()
-
-    def shot(self, name):
-        self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-
-    def close(self):
-        self.context.close()
-
-
 @pytest.fixture()
 def page(browser):
-    opened = Page(browser)
+    opened = WatchedPage(browser, ARTIFACTS)
     yield opened
     opened.close()
 

@@ -17,14 +17,9 @@ the server runs is not something JSON Schema can say.
 Needs the `sluice` binary (SLUICE_BIN, default $CARGO_TARGET_DIR/debug/sluice); no broker.
 """
 import json
-import os
 import pathlib
-import re
-import signal
 import subprocess
 import sys
-import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -34,14 +29,11 @@ import jsonschema_rs
 import pytest
 import yaml
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR") or pathlib.Path.home() / ".cache/sluice/target")
-SLUICE = os.environ.get("SLUICE_BIN") or str(TARGET / "debug" / "sluice")
+from sluice_harness import demo_and_token_server, wait_until
+
 # schemathesis's CLI, beside the venv's python that runs this test.
 ST = pathlib.Path(sys.executable).with_name("st")
 TOKEN = "openapi-test-token"
-# How long the pipeline may take to start and show rows.
-PATIENCE = 60
 # Test cases per operation and phase: the two runs take about 20 s each.
 MAX_EXAMPLES = 20
 
@@ -51,49 +43,6 @@ SCHEMATHESIS_CONFIG = """
 include-operation-id = "runSql"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx"]
 """
-
-
-class Process:
-    """A `sluice` child whose stdout is kept (and copied to a log) as it comes."""
-
-    def __init__(self, args, log):
-        self.log = log
-        self.lines = []
-        env = {k: v for k, v in os.environ.items() if k not in ("SLUICE_BROKERS", "SLUICE_TOKEN")}
-        self.proc = subprocess.Popen([SLUICE, *args], stdout=subprocess.PIPE, stderr=open(log, "ab"),
-                                     stdin=subprocess.DEVNULL, text=True, env=env)
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _drain(self):
-        with open(self.log, "a") as copy:
-            for line in self.proc.stdout:
-                self.lines.append(line.rstrip("\n"))
-                copy.write(f"[stdout] {line}")
-                copy.flush()
-
-    def line(self, pattern):
-        """The first stdout line matching `pattern` (its match), waiting for it."""
-        deadline = time.monotonic() + PATIENCE
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                found = re.search(pattern, line)
-                if found:
-                    return found
-            assert self.proc.poll() is None, f"{self.log.name} exited: {self.tail()}"
-            time.sleep(0.1)
-        raise AssertionError(f"no line matching {pattern!r} within {PATIENCE}s: {self.tail()}")
-
-    def tail(self, n=40):
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def fetch(url, token=None):
@@ -110,18 +59,6 @@ def fetch(url, token=None):
         return None, None, b""
 
 
-def wait_until(what, check):
-    """Polls `check` until it returns something truthy; fails naming `what` and the last value."""
-    deadline = time.monotonic() + PATIENCE
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {PATIENCE}s waiting for {what} (last: {last!r})")
-
-
 def ready_with_rows(url, job, token=None):
     """Waits until `url` is ready (/health 200) and `job`'s view answers rows."""
     wait_until(f"{url}/health to answer 200", lambda: fetch(f"{url}/health")[0] == 200)
@@ -136,25 +73,13 @@ def ready_with_rows(url, job, token=None):
 def servers(tmp_path_factory):
     """The running demo (no token) and `sluice serve --token` over its Kafka and lake."""
     work = tmp_path_factory.mktemp("openapi")
-    demo = Process(["demo", "--dir", str(work / "demo"), "--bind", "127.0.0.1:0", "--plain",
-                    "--rate", "200", "--backfill-every", "5s"], work / "demo.log")
-    served = None
-    try:
-        demo_url = demo.line(r"listening on (http://127\.0\.0\.1:\d+)").group(1)
-        job_file, brokers, lake = demo.line(r"sluice verify --job (\S+) --brokers (\S+) --lake (\S+)").groups()
-        served = Process(["serve", "--job", job_file, "--brokers", brokers, "--lake", lake,
-                          "--bind", "127.0.0.1:0", "--token", TOKEN], work / "serve.log")
-        token_url = served.line(r"listening on (http://127\.0\.0\.1:\d+)").group(1)
+    with demo_and_token_server(work, work, TOKEN, ["--rate", "200", "--backfill-every", "5s"]) as (demo_url, token_url):
         jobs = wait_until("the demo's job list", lambda: fetch(f"{demo_url}/v1/jobs")[0] == 200
                           and json.loads(fetch(f"{demo_url}/v1/jobs")[2])["jobs"])
         job = jobs[0]["job"]
         ready_with_rows(demo_url, job)
         ready_with_rows(token_url, job, TOKEN)
         yield {"job": job, "work": work, None: demo_url, TOKEN: token_url}
-    finally:
-        for process in (served, demo):
-            if process:
-                process.stop()
 
 
 def document(url):

@@ -1,6 +1,8 @@
 //! What the sink tests ask a running daemon: its `/health` verdict on one sink, the sink's
 //! metrics, and whether its memory stayed within the bound it logged.
 
+use std::time::{Duration, Instant};
+
 use serde_json::Value;
 
 use crate::kafka::memory_kib;
@@ -41,5 +43,82 @@ pub fn assert_grew_within(pid: u32, idle_kib: u64, bound_mib: u64) {
         grown_mib <= bound_mib,
         "memory grew by {grown_mib} MiB over the idle {} MiB, more than the logged bound of {bound_mib} MiB",
         idle_kib / 1024
+    );
+}
+
+/// Polls `check` every 250 ms until it passes; panics after `limit` with `what` and the last
+/// reason it gave.
+pub fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + limit;
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(why) if Instant::now() > deadline => {
+                panic!("timed out after {limit:?} waiting for {what}; last: {why}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
+}
+
+/// How long a sink's store stays away in the outage tests.
+pub const OUTAGE: Duration = Duration::from_secs(30);
+
+/// Takes sink `sink` of `job`'s daemon (metrics and `/health` at `addr`) through an outage of
+/// its store: `reachable(false)` makes the store unreachable, `reachable(true)` brings it back
+/// after [`OUTAGE`].
+/// Checks that meanwhile `/health` says degraded with the sink unavailable and its partitions
+/// paused, the sink's metrics say so too, and the speed layer goes on (`emitted`, what it has
+/// written so far, grows); and that afterwards the sink is back with nothing paused.
+pub fn ride_out_outage(
+    (addr, sink, job): (&str, &str, &str),
+    mut reachable: impl FnMut(bool),
+    emitted: impl Fn() -> usize,
+) {
+    let emitted_before = emitted();
+    reachable(false);
+    let outage = Instant::now();
+    eprintln!("{sink}'s store cut off with {emitted_before} records emitted");
+    eventually(
+        OUTAGE,
+        "/health to say degraded, the sink unavailable with paused partitions",
+        || {
+            let entry = health_says(addr, sink, "degraded", "unavailable")?;
+            if paused(&entry) == 0 || entry["error"].as_str().is_none_or(str::is_empty) {
+                return Err(entry.to_string());
+            }
+            Ok(())
+        },
+    );
+    assert_eq!(
+        sink_metric(addr, "sluice_sink_up", job, sink),
+        Some(0.0),
+        "sluice_sink_up during the outage"
+    );
+    assert!(
+        sink_metric(addr, "sluice_sink_paused_partitions", job, sink).is_some_and(|n| n > 0.0),
+        "sluice_sink_paused_partitions during the outage"
+    );
+    std::thread::sleep(OUTAGE.saturating_sub(outage.elapsed()));
+    if let Err(e) = health_says(addr, sink, "degraded", "unavailable") {
+        panic!("/health must say degraded until the outage ends: {e}");
+    }
+    let emitted_during = emitted();
+    assert!(
+        emitted_during > emitted_before,
+        "the speed layer goes on during the outage ({emitted_before} records before, {emitted_during} after)"
+    );
+    reachable(true);
+    eprintln!("{sink}'s store is back after {:?}", outage.elapsed());
+    eventually(
+        Duration::from_secs(60),
+        "/health to say ok after the outage",
+        || {
+            let entry = health_says(addr, sink, "ok", "ok")?;
+            match paused(&entry) {
+                0 => Ok(()),
+                _ => Err(entry.to_string()),
+            }
+        },
     );
 }

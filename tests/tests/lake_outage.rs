@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use sluice_core::fixture::{OrderGenerator, T0_MS};
@@ -24,7 +24,7 @@ use sluice_e2e::orders;
 use sluice_e2e::postgres::{free_port, stream_command};
 use sluice_e2e::proxy::Proxy;
 use sluice_e2e::s3::S3Server;
-use sluice_e2e::sinks::{self, paused};
+use sluice_e2e::sinks::{self, eventually};
 
 const BUCKET: &str = "sluice-outage";
 const SINK: &str = "lake";
@@ -58,21 +58,6 @@ fn lake_offsets(lake: &Lake, job: &Job) -> Vec<(i32, i64)> {
                 .collect::<Vec<_>>()
         })
         .collect()
-}
-
-/// Polls `check` every 250 ms until it passes; panics after `limit` with `what` and the last
-/// reason it gave.
-fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> Result<(), String>) {
-    let deadline = Instant::now() + limit;
-    loop {
-        match check() {
-            Ok(()) => return,
-            Err(why) if Instant::now() > deadline => {
-                panic!("{what}: still not after {limit:?}: {why}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(250)),
-        }
-    }
 }
 
 fn health_says(addr: &str, status: &str, state: &str) -> Result<Value, String> {
@@ -177,50 +162,10 @@ fn a_lake_store_outage_pauses_the_lake_sink_and_loses_and_duplicates_nothing() {
         },
     );
     let speed = Topics::for_job(&job).speed;
-    let emitted_before = read_all(&speed).len();
-    proxy.cut();
-    let outage = Instant::now();
-    eventually(
-        Duration::from_secs(30),
-        "/health to say degraded, the lake sink unavailable with paused partitions",
-        || {
-            let sink = health_says(&addr, "degraded", "unavailable")?;
-            if paused(&sink) == 0 || sink["error"].as_str().is_none_or(str::is_empty) {
-                return Err(sink.to_string());
-            }
-            Ok(())
-        },
-    );
-    assert_eq!(
-        sink_metric(&addr, "sluice_sink_up", &name),
-        Some(0.0),
-        "sluice_sink_up during the outage"
-    );
-    assert!(
-        sink_metric(&addr, "sluice_sink_paused_partitions", &name).is_some_and(|n| n > 0.0),
-        "sluice_sink_paused_partitions during the outage"
-    );
-    std::thread::sleep(Duration::from_secs(30).saturating_sub(outage.elapsed()));
-    if let Err(e) = health_says(&addr, "degraded", "unavailable") {
-        panic!("/health must say degraded until the outage ends: {e}");
-    }
-    let emitted_during = read_all(&speed).len();
-    assert!(
-        emitted_during > emitted_before,
-        "the speed layer goes on during the outage ({emitted_before} speed records before, {emitted_during} after)"
-    );
-    proxy.restore();
-    eprintln!("the store is back after {:?}", outage.elapsed());
-    eventually(
-        Duration::from_secs(60),
-        "/health to say ok after the outage",
-        || {
-            let sink = health_says(&addr, "ok", "ok")?;
-            match paused(&sink) {
-                0 => Ok(()),
-                _ => Err(sink.to_string()),
-            }
-        },
+    sinks::ride_out_outage(
+        (&addr, SINK, &name),
+        |up| if up { proxy.restore() } else { proxy.cut() },
+        || read_all(&speed).len(),
     );
     producer.join().unwrap();
     wait_while_progressing(

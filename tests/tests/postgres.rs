@@ -20,7 +20,7 @@ use sluice_e2e::kafka::{
 use sluice_e2e::orders;
 use sluice_e2e::postgres::{self, PgCluster, literal, sink_toml};
 use sluice_e2e::serve::{log_tail, strip_ansi};
-use sluice_e2e::sinks::{self, paused};
+use sluice_e2e::sinks::{self, eventually};
 
 /// Every test's cluster is its own, so the sink writes into the default database.
 const DB: &str = "postgres";
@@ -138,21 +138,6 @@ fn produce_steadily(
             std::thread::sleep(pause);
         }
     })
-}
-
-/// Polls `check` every 250 ms until it passes; panics after `limit` with `what` and the last
-/// reason it gave.
-fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> Result<(), String>) {
-    let deadline = Instant::now() + limit;
-    loop {
-        match check() {
-            Ok(()) => return,
-            Err(why) if Instant::now() > deadline => {
-                panic!("timed out after {limit:?} waiting for {what}; last: {why}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(250)),
-        }
-    }
 }
 
 fn int(text: &str) -> i64 {
@@ -332,7 +317,7 @@ fn assert_rows_exactly_once(pg: &PgCluster, s: &Scenario, expected: &[Row]) {
 }
 
 #[test]
-#[ignore = "fails about half the runs: after the last restart a few result rows (7 of 79 845 in one run) never reach the table, or a partition stops being fetched; issue 13 stays open on it"]
+#[ignore = "noida-db 0.2.3 hides committed records from a read_committed fetch that starts after an aborted transaction (any librdkafka consumer, see docs/stream.md and tests/tools/txn_probe.py); 2 of 6 runs stalled on it"]
 fn kill_9_at_random_moments_writes_each_row_to_postgres_exactly_once() {
     let Some(pg) = cluster() else { return };
     let s = Scenario::new(
@@ -703,51 +688,10 @@ fn an_outage_pauses_the_sink_and_loses_and_duplicates_nothing() {
         },
     );
     let results = s.topics().results;
-    let emitted_before = read_all(&results).len();
-    pg.stop();
-    let outage = Instant::now();
-    eprintln!("PostgreSQL stopped with {emitted_before} results emitted");
-    eventually(
-        Duration::from_secs(30),
-        "/health to say degraded, the sink unavailable with paused partitions",
-        || {
-            let sink = health_says(&addr, "degraded", "unavailable")?;
-            if paused(&sink) == 0 || sink["error"].as_str().is_none_or(str::is_empty) {
-                return Err(sink.to_string());
-            }
-            Ok(())
-        },
-    );
-    assert_eq!(
-        sink_metric(&addr, "sluice_sink_up", &job),
-        Some(0.0),
-        "sluice_sink_up during the outage"
-    );
-    assert!(
-        sink_metric(&addr, "sluice_sink_paused_partitions", &job).is_some_and(|n| n > 0.0),
-        "sluice_sink_paused_partitions during the outage"
-    );
-    std::thread::sleep(Duration::from_secs(30).saturating_sub(outage.elapsed()));
-    if let Err(e) = health_says(&addr, "degraded", "unavailable") {
-        panic!("/health must say degraded until the outage ends: {e}");
-    }
-    let emitted_during = read_all(&results).len();
-    assert!(
-        emitted_during > emitted_before,
-        "the speed layer goes on during the outage ({emitted_before} results before, {emitted_during} after)"
-    );
-    pg.restart();
-    eprintln!("PostgreSQL restarted after {:?}", outage.elapsed());
-    eventually(
-        Duration::from_secs(60),
-        "/health to say ok after the outage",
-        || {
-            let sink = health_says(&addr, "ok", "ok")?;
-            match paused(&sink) {
-                0 => Ok(()),
-                _ => Err(sink.to_string()),
-            }
-        },
+    sinks::ride_out_outage(
+        (&addr, SINK, &job),
+        |up| if up { pg.restart() } else { pg.stop() },
+        || read_all(&results).len(),
     );
     producer.join().unwrap();
     wait_for_rows(&pg, &s, "a", expected.len());

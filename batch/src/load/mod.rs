@@ -37,6 +37,7 @@ use serde_json::json;
 use sluice_core::decode::DEFAULT_MAX_RECORD_BYTES;
 use sluice_core::lake::{TableLocation, commit_key, raw_schema};
 use sluice_core::lake_writer::StreamingAppend;
+use sluice_core::pii::PiiProtection;
 use sluice_core::{Job, JsonDecoder, Lake, RecordError};
 
 use self::input::{FileStamp, Source, app_id, content_hash};
@@ -163,6 +164,12 @@ pub async fn load(
         Source::Stdin => None,
     };
 
+    // Files are JSON lines whatever the topic's format; the job's PII policies apply all the
+    // same, before a row reaches the raw table.
+    let decoder = sluice_core::decode::protect_with(
+        Arc::new(JsonDecoder::new(job).with_max_record_bytes(options.max_record_bytes)),
+        PiiProtection::for_job(job)?.map(PiiProtection::reading_json),
+    );
     let mut append = StreamingAppend::open(&table, raw_schema(job)).await?;
     let total = hashed.as_ref().map(|(_, stamp)| stamp.len);
     let progress = Progress::new(options.progress, "lake load", total);
@@ -177,7 +184,7 @@ pub async fn load(
         },
         // Stdin is hashed while it is read.
         hash: hashed.is_none(),
-        decoder: Arc::new(JsonDecoder::new(job).with_max_record_bytes(options.max_record_bytes)),
+        decoder,
         keep_rejected: options.keep_rejected,
         progress: &progress,
     };

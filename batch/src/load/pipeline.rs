@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! reader thread ──chunks──▶ decoder threads (up to MAX_DECODERS) ──batches──▶ writer (this task)
-//!  read, decompress,          JsonDecoder::decode_records: the          Parquet encoding into
+//!  read, decompress,          decoder.decode_records: the               Parquet encoding into
 //!  cut lines (lines.rs)       same decoder and checks as the stream     the table, in line order
 //! ```
 //!
@@ -27,7 +27,7 @@ use arrow::array::RecordBatch;
 use sluice_core::decode::SourceDecoder;
 use sluice_core::lake::raw_rows;
 use sluice_core::lake_writer::StreamingAppend;
-use sluice_core::{Job, JsonDecoder, RecordError};
+use sluice_core::{Job, RecordError};
 
 use super::input::{Content, Source};
 use super::lines::{Chunk, Chunker, Limits};
@@ -71,7 +71,7 @@ pub(crate) struct Stage<'a> {
     pub limits: Limits,
     /// Hash the content while reading it (when it was not hashed beforehand).
     pub hash: bool,
-    pub decoder: Arc<JsonDecoder>,
+    pub decoder: Arc<dyn SourceDecoder>,
     pub keep_rejected: bool,
     pub progress: &'a Progress,
 }
@@ -138,7 +138,7 @@ pub(crate) async fn stream(
         let job = stage.job.name().to_string();
         std::thread::Builder::new()
             .name(format!("lake-load-decode-{n}"))
-            .spawn(move || decode_chunks(&job, &decoder, &chunks, &out))
+            .spawn(move || decode_chunks(&job, decoder.as_ref(), &chunks, &out))
             .map_err(io_error)?;
     }
     // The batch channel closes once every decoder has ended.
@@ -211,7 +211,7 @@ fn read_chunks(
 /// A decoder thread: chunks until there are no more or the writer is gone.
 fn decode_chunks(
     job: &str,
-    decoder: &JsonDecoder,
+    decoder: &dyn SourceDecoder,
     chunks: &Chunks,
     out: &tokio::sync::mpsc::Sender<Result<Decoded>>,
 ) {
@@ -236,11 +236,20 @@ fn decode_chunks(
     }
 }
 
+/// A rejected line as a rejects file may hold it (its PII protected, or withheld).
+fn redacted(decoder: &dyn SourceDecoder, line: &[u8]) -> Vec<u8> {
+    decoder
+        .redact(None, Some(line))
+        .payload
+        .map(std::borrow::Cow::into_owned)
+        .unwrap_or_default()
+}
+
 /// One chunk's rows, and its bad lines (the decoder's and the oversized ones) in line order.
-fn decode(decoder: &JsonDecoder, seq: u64, mut chunk: Chunk) -> Result<Decoded> {
+fn decode(decoder: &dyn SourceDecoder, seq: u64, mut chunk: Chunk) -> Result<Decoded> {
     let oversized = std::mem::take(&mut chunk.oversized);
     let records = chunk.records();
-    let decoded = SourceDecoder::decode_records(decoder, &records)?;
+    let decoded = decoder.decode_records(&records)?;
     let mut rejects: Vec<Reject> = decoded
         .errors
         .into_iter()
@@ -248,7 +257,7 @@ fn decode(decoder: &JsonDecoder, seq: u64, mut chunk: Chunk) -> Result<Decoded> 
             line: chunk.lines.get(error.index).copied().unwrap_or_default(),
             record: records
                 .get(error.index)
-                .map(|r| r.to_vec())
+                .map(|r| redacted(decoder, r))
                 .unwrap_or_default(),
             error,
         })
@@ -256,7 +265,7 @@ fn decode(decoder: &JsonDecoder, seq: u64, mut chunk: Chunk) -> Result<Decoded> 
     rejects.extend(oversized.into_iter().map(|o| Reject {
         line: o.line,
         error: o.error,
-        record: o.kept,
+        record: redacted(decoder, &o.kept),
     }));
     rejects.sort_by_key(|r| r.line);
     Ok(Decoded {

@@ -26,6 +26,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 
 use crate::error::Result;
+use crate::pii::{PiiProtection, Redacted};
 use crate::spec::{Job, SourceFormat};
 use crate::topics::DivertReason;
 
@@ -97,11 +98,19 @@ pub trait SourceDecoder: Send + Sync + std::fmt::Debug {
 
     /// The registry's answer for schema `id`: its text, or that it does not exist.
     fn add_writer_schema(&self, _id: u32, _answer: WriterSchemaLookup) {}
+
+    /// What may be written out of a record this decoder read, when it is diverted (a dead
+    /// letter, a late record, a rejected line): the record itself, or with its PII protected
+    /// ([`crate::pii::PiiProtection::redact`]).
+    fn redact<'a>(&self, key: Option<&'a [u8]>, payload: Option<&'a [u8]>) -> Redacted<'a> {
+        Redacted::unchanged(key, payload)
+    }
 }
 
-/// The decoder of `job`'s `[source] format`, accepting records up to `max_record_bytes`.
+/// The decoder of `job`'s `[source] format`, accepting records up to `max_record_bytes`,
+/// with the job's PII policies applied to what it decodes ([`protected`]).
 pub fn for_job(job: &Job, max_record_bytes: usize) -> Result<Arc<dyn SourceDecoder>> {
-    Ok(match job.spec.source.format {
+    let decoder: Arc<dyn SourceDecoder> = match job.spec.source.format {
         SourceFormat::Json => {
             Arc::new(JsonDecoder::new(job).with_max_record_bytes(max_record_bytes))
         }
@@ -111,7 +120,65 @@ pub fn for_job(job: &Job, max_record_bytes: usize) -> Result<Arc<dyn SourceDecod
         SourceFormat::Avro => {
             Arc::new(AvroDecoder::with_schema_file(job)?.with_max_record_bytes(max_record_bytes))
         }
-    })
+    };
+    protected(job, decoder)
+}
+
+/// `decoder` with `job`'s PII policies applied to every batch it decodes and scrubbed from
+/// its error messages ([`crate::pii`]); `decoder` itself when no field is tagged. Every
+/// decoder a layer reads source records with comes through here.
+pub fn protected(job: &Job, decoder: Arc<dyn SourceDecoder>) -> Result<Arc<dyn SourceDecoder>> {
+    Ok(protect_with(decoder, PiiProtection::for_job(job)?))
+}
+
+/// `decoder` under `protection`, if any.
+pub fn protect_with(
+    decoder: Arc<dyn SourceDecoder>,
+    protection: Option<PiiProtection>,
+) -> Arc<dyn SourceDecoder> {
+    match protection {
+        Some(protection) => Arc::new(ProtectedDecoder {
+            inner: decoder,
+            protection,
+        }),
+        None => decoder,
+    }
+}
+
+/// A decoder whose output never holds a tagged field's value.
+#[derive(Debug)]
+struct ProtectedDecoder {
+    inner: Arc<dyn SourceDecoder>,
+    protection: PiiProtection,
+}
+
+impl SourceDecoder for ProtectedDecoder {
+    fn schema(&self) -> &SchemaRef {
+        self.inner.schema()
+    }
+
+    fn decode_stamped(&self, records: &[&[u8]], stamps_ms: &[Option<i64>]) -> Result<Decoded> {
+        let mut decoded = self.inner.decode_stamped(records, stamps_ms)?;
+        decoded.batch = self.protection.protect_batch(&decoded.batch)?;
+        for error in &mut decoded.errors {
+            if let Some(record) = records.get(error.index) {
+                self.protection.scrub_error(error, record);
+            }
+        }
+        Ok(decoded)
+    }
+
+    fn missing_writer_schemas(&self, records: &[&[u8]]) -> Vec<u32> {
+        self.inner.missing_writer_schemas(records)
+    }
+
+    fn add_writer_schema(&self, id: u32, answer: WriterSchemaLookup) {
+        self.inner.add_writer_schema(id, answer);
+    }
+
+    fn redact<'a>(&self, key: Option<&'a [u8]>, payload: Option<&'a [u8]>) -> Redacted<'a> {
+        self.protection.redact(key, payload)
+    }
 }
 
 impl SourceDecoder for JsonDecoder {

@@ -1,7 +1,8 @@
 //! `sluice dlq list | show | replay`: look into a job's dead-letter topic and re-publish what
 //! failed once the cause is fixed.
 //!
-//! Every DLQ record keeps the original key and value bytes unchanged and carries everything
+//! Every DLQ record keeps the original key and value bytes unchanged (a job with PII fields:
+//! protected or withheld, see [`sluice_core::pii`]) and carries everything
 //! Sluice knows about it in headers ([`sluice_core::topics::header`]), so the three commands
 //! need nothing but the topic: `list` counts, `show` prints records with their raw bytes made
 //! safe for a terminal, and `replay` re-publishes the original bytes, exactly once, in Kafka

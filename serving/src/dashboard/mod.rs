@@ -34,16 +34,15 @@ use axum::Router;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
-use axum::http::header::CONTENT_TYPE;
 use axum::middleware;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
 use serde::Deserialize;
 
 pub(crate) use board::Dashboard;
 pub(crate) use sampler::start;
 
-use crate::api::AppState;
+use crate::api::{AppState, job_name, json_response};
 use crate::error::ServingError;
 
 /// The routes, as `MatchedPath` names them.
@@ -110,11 +109,6 @@ fn limit_of(
     Ok(query.limit.unwrap_or(default))
 }
 
-fn job_name(path: Result<Path<String>, PathRejection>) -> Result<String, ServingError> {
-    path.map(|Path(job)| job)
-        .map_err(|e| ServingError::bad_request("job", e.body_text()))
-}
-
 /// A dashboard with nothing recorded, for a router running without the sampler (in-process
 /// tests of the API).
 fn or_empty(dashboard: Option<Extension<Arc<Dashboard>>>) -> Arc<Dashboard> {
@@ -130,12 +124,7 @@ fn or_empty(dashboard: Option<Extension<Arc<Dashboard>>>) -> Arc<Dashboard> {
 }
 
 fn json(body: &serde_json::Value) -> Response {
-    (
-        StatusCode::OK,
-        [(CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+    json_response(StatusCode::OK, body.to_string())
 }
 
 /// The job is looked up before the query string is read, as `/view` does: an unknown job is

@@ -10,6 +10,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
 use rdkafka::types::RDKafkaErrorCode;
+use sluice_core::pii::PiiMark;
 use sluice_core::time::format_time;
 use sluice_core::topics::header;
 use sluice_kafka::send_waiting;
@@ -98,6 +99,7 @@ impl StreamDaemon {
             (header::CHECK, diverted.check.clone()),
             (header::WATERMARK, diverted.watermark_us.map(format_time)),
             (header::EVENT_TIME, diverted.event_time_us.map(format_time)),
+            (header::PII, diverted.pii.map(|m| m.as_str().to_string())),
         ];
         for (key, value) in optional {
             if let Some(value) = value {
@@ -108,7 +110,12 @@ impl StreamDaemon {
             }
         }
         let payload = record.payload.as_deref().unwrap_or_default();
-        if payload.len() > MAX_DIVERTED_PAYLOAD {
+        if diverted.pii == Some(PiiMark::Withheld) {
+            headers = headers.insert(Header {
+                key: header::TRUNCATED,
+                value: Some("true"),
+            });
+        } else if payload.len() > MAX_DIVERTED_PAYLOAD {
             // Kafka's default record limit is about 1 MB: keep the record's head, say so.
             let size = payload.len().to_string();
             headers = headers

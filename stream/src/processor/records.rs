@@ -16,7 +16,8 @@ pub struct SourceRecord {
     pub payload: Option<Vec<u8>>,
 }
 
-/// A record sent to `<job>.dlq` or `<job>.late`, bytes unchanged, with why.
+/// A record sent to `<job>.dlq` or `<job>.late` with why: its own bytes, or with its PII
+/// protected (see [`sluice_core::pii`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diverted {
     pub record: SourceRecord,
@@ -28,6 +29,8 @@ pub struct Diverted {
     /// Late records: the job watermark and the record's event time (µs).
     pub watermark_us: Option<i64>,
     pub event_time_us: Option<i64>,
+    /// A job with PII fields: how the record's bytes were changed (the `sluice.pii` header).
+    pub pii: Option<sluice_core::pii::PiiMark>,
 }
 
 /// One `<job>.speed` record: a state row upsert, a tombstone, or a watermark.

@@ -2,6 +2,7 @@
 //! shared plan per source partition and dead-letter the rows it fails on; a stateless job's
 //! rows go to `<job>.results` and to the `[[outputs]]` they match.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use arrow::array::RecordBatch;
@@ -13,6 +14,35 @@ use super::records::{Diverted, Output, RoutedRecord, SourceRecord};
 use crate::error::Result;
 
 impl Processor {
+    /// `record` diverted for `error_type`: its copy as it may leave the job, with the job's
+    /// PII fields protected in its value and key (unchanged without PII policies).
+    fn diverted(
+        &self,
+        record: &SourceRecord,
+        error_type: DivertReason,
+        message: String,
+    ) -> Diverted {
+        let redacted = self
+            .decoder
+            .redact(record.key.as_deref(), record.payload.as_deref());
+        Diverted {
+            record: SourceRecord {
+                partition: record.partition,
+                offset: record.offset,
+                timestamp_ms: record.timestamp_ms,
+                key: redacted.key.map(Cow::into_owned),
+                payload: redacted.payload.map(Cow::into_owned),
+            },
+            error_type,
+            message,
+            field: None,
+            check: None,
+            watermark_us: None,
+            event_time_us: None,
+            pii: redacted.mark,
+        }
+    }
+
     /// Decodes the payloads; undecodable records go to the DLQ. Returns the good rows and,
     /// per row, the record it came from.
     pub(super) fn decode<'r>(
@@ -23,15 +53,11 @@ impl Processor {
         let (with_value, without): (Vec<&SourceRecord>, Vec<&SourceRecord>) =
             records.iter().partition(|r| r.payload.is_some());
         for record in without {
-            output.dlq.push(Diverted {
-                record: record.clone(),
-                error_type: DivertReason::MalformedJson,
-                message: "the record has no value (a tombstone)".to_string(),
-                field: None,
-                check: None,
-                watermark_us: None,
-                event_time_us: None,
-            });
+            output.dlq.push(self.diverted(
+                record,
+                DivertReason::MalformedJson,
+                "the record has no value (a tombstone)".to_string(),
+            ));
         }
         let payloads: Vec<&[u8]> = with_value
             .iter()
@@ -41,13 +67,8 @@ impl Processor {
         let decoded = self.decoder.decode_stamped(&payloads, &stamps)?;
         for error in decoded.errors {
             output.dlq.push(Diverted {
-                record: (*with_value[error.index]).clone(),
-                error_type: error.kind,
-                message: error.reason,
                 field: error.field,
-                check: None,
-                watermark_us: None,
-                event_time_us: None,
+                ..self.diverted(with_value[error.index], error.kind, error.reason)
             });
         }
         let origin = decoded.rows.iter().map(|&i| with_value[i]).collect();
@@ -75,14 +96,14 @@ impl Processor {
                 let row = row as usize;
                 keep[row] = false;
                 output.late.push(Diverted {
-                    record: (*origin[row]).clone(),
-                    error_type: DivertReason::Late,
-                    message: "every window of the event closed more than the allowed lateness ago"
-                        .to_string(),
-                    field: None,
-                    check: None,
                     watermark_us: Some(bound),
                     event_time_us: Some(times[row]),
+                    ..self.diverted(
+                        origin[row],
+                        DivertReason::Late,
+                        "every window of the event closed more than the allowed lateness ago"
+                            .to_string(),
+                    )
                 });
             }
         }
@@ -112,13 +133,13 @@ impl Processor {
         }
         for failed in isolated.failed {
             output.dlq.push(Diverted {
-                record: (*origin[rows[failed.row] as usize]).clone(),
-                error_type: failed.reason,
-                message: failed.error.to_string(),
                 field: failed.field,
                 check: failed.check,
-                watermark_us: None,
-                event_time_us: None,
+                ..self.diverted(
+                    origin[rows[failed.row] as usize],
+                    failed.reason,
+                    failed.error.to_string(),
+                )
             });
         }
         output.violations.extend(isolated.violations);
