@@ -12,6 +12,8 @@ import subprocess
 import threading
 import time
 
+import pytest
+
 TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR") or pathlib.Path.home() / ".cache/sluice/target")
 SLUICE = os.environ.get("SLUICE_BIN") or str(TARGET / "debug" / "sluice")
 # How long a pipeline may take to start and show something (it starts from nothing).
@@ -116,6 +118,26 @@ def launch_chromium(playwright):
     chromium refuses to start with it)."""
     args = ["--no-sandbox"] if os.geteuid() == 0 else []
     return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless chromium for a test module (import it into the module to use it)."""
+    os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = launch_chromium(playwright)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture()
+def page(browser, request):
+    """A fresh `WatchedPage`, its screenshots in the test module's `ARTIFACTS`."""
+    opened = WatchedPage(browser, request.module.ARTIFACTS)
+    yield opened
+    opened.close()
 
 
 class WatchedPage:

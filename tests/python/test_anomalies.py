@@ -28,7 +28,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 
-from sluice_harness import PATIENCE, Process, WatchedPage, launch_chromium, sluice_run, wait_until
+from sluice_harness import PATIENCE, Process, browser, page, sluice_run, wait_until  # noqa: F401 (fixtures)
 
 BOOTSTRAP = os.environ.get("SLUICE_TEST_BOOTSTRAP")
 pytestmark = pytest.mark.skipif(
@@ -37,8 +37,6 @@ pytestmark = pytest.mark.skipif(
     "(tests/run.sh starts one; by hand: eval \"$(tests/broker.sh start)\")",
 )
 
-os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
-from playwright.sync_api import sync_playwright  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 ARTIFACTS = pathlib.Path(os.environ.get("SLUICE_ARTIFACTS") or REPO / "tests" / "artifacts") / "anomalies"
@@ -231,21 +229,6 @@ def served(tmp_path_factory):
         yield {"url": url, "job": job, "report": report, "answer": answer, "newest_us": newest_us}
     finally:
         serve.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture()
-def page(browser):
-    opened = WatchedPage(browser, ARTIFACTS)
-    yield opened
-    opened.close()
 
 
 def expected_anomalies():

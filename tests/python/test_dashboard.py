@@ -18,10 +18,8 @@ import urllib.request
 
 import pytest
 
-from sluice_harness import PATIENCE, WatchedPage, demo_and_token_server, launch_chromium, wait_until
+from sluice_harness import PATIENCE, browser, demo_and_token_server, page, wait_until  # noqa: F401 (fixtures)
 
-os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
-from playwright.sync_api import sync_playwright  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 ARTIFACTS = pathlib.Path(os.environ.get("SLUICE_ARTIFACTS") or REPO / "tests" / "artifacts") / "dashboard"
@@ -58,21 +56,6 @@ def pipeline(tmp_path_factory):
         healthy(demo_url)
         healthy(token_url)
         yield {"demo": demo_url, "token": token_url}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture()
-def page(browser):
-    opened = WatchedPage(browser, ARTIFACTS)
-    yield opened
-    opened.close()
 
 
 def test_the_jobs_page_shows_the_running_pipeline(pipeline, page):
