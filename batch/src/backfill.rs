@@ -18,30 +18,25 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use arrow::array::{AsArray, RecordBatch, TimestampMicrosecondArray};
-use arrow::datatypes::{Int32Type, Int64Type, SchemaRef, TimestampMicrosecondType};
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::TimestampMicrosecondType;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use sluice_core::anomaly::{self, Anomaly, RowCounter, Rule};
 use sluice_core::lake::{
     CUTOFF_KEY, SOURCE_OFFSET_COLUMN, SOURCE_PARTITION_COLUMN, TableLocation, commit_key,
-    view_schema,
 };
 use sluice_core::lake_progress::{Completeness, raw_completeness};
 use sluice_core::pii::PiiProtection;
-use sluice_core::rows::to_json_lines;
-use sluice_core::spec::UTC;
 use sluice_core::time::{ceil_to, floor_to, format_time};
 use sluice_core::topics::view_writer_app_id;
 use sluice_core::{
-    BatchTransform, CheckViolations, DivertReason, Job, JobPlan, Lake, Pipeline, ViewCoverage,
+    BatchTransform, CheckViolations, DivertReason, Job, Lake, Pipeline, ViewCoverage,
 };
 
 use crate::error::{BatchError, Result};
-
-/// Partial rows held before they are merged down, bounding memory during a backfill.
-const MERGE_EVERY_ROWS: usize = 1 << 20;
+pub(crate) use crate::fold::{Fold, RawOrigin};
 
 /// Which range to recompute. `None` bounds default to the raw table's first bucket and the
 /// start of the current (incomplete) bucket.
@@ -134,9 +129,20 @@ pub async fn backfill(
     let pinned = raw_version.map_or_else(|| raw.clone(), |v| raw.at_version(v));
     let progress = progress_bar(request.progress);
     let rule = Rule::for_job(job);
-    let mut fold = Fold::new(&pipeline);
+    let mut fold = Fold::starting_at(&pipeline, from);
     fold.window_rows = rule.as_ref().map(|rule| RowCounter::new(job, rule));
-    fold_raw(job, &pinned, &mut fold, (Some(from), Some(to)), &progress).await?;
+    // A job with stateful stages (dedup, `unique`) reads back by their horizons: those rows
+    // decide which rows of the range are duplicates.
+    let reach = pipeline.stateful().map_or(0, |stages| stages.reach_us());
+    let scan_from = from.saturating_sub(reach);
+    fold_raw(
+        job,
+        &pinned,
+        &mut fold,
+        (Some(scan_from), Some(to)),
+        &progress,
+    )
+    .await?;
     progress.finish_and_clear();
     let rows = fold.finish()?;
     // Before the commit, so that failing to count the history fails the backfill rather than
@@ -455,169 +461,4 @@ fn progress_bar(enabled: bool) -> ProgressBar {
     );
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
     bar
-}
-
-/// Where each raw row of a scanned batch came from (its source partition and offset columns).
-pub(crate) struct RawOrigin {
-    pub(crate) partitions: Vec<Option<i32>>,
-    pub(crate) offsets: Vec<Option<i64>>,
-}
-
-impl RawOrigin {
-    /// The two source columns that follow the job's `width` source columns in a scan.
-    fn of(scanned: &RecordBatch, width: usize) -> RawOrigin {
-        let int = |i: usize| scanned.columns().get(i).cloned();
-        let partitions = int(width)
-            .and_then(|c| arrow::compute::cast(&c, &arrow::datatypes::DataType::Int32).ok())
-            .map(|c| c.as_primitive::<Int32Type>().iter().collect())
-            .unwrap_or_else(|| vec![None; scanned.num_rows()]);
-        let offsets = int(width + 1)
-            .and_then(|c| arrow::compute::cast(&c, &arrow::datatypes::DataType::Int64).ok())
-            .map(|c| c.as_primitive::<Int64Type>().iter().collect())
-            .unwrap_or_else(|| vec![None; scanned.num_rows()]);
-        RawOrigin {
-            partitions,
-            offsets,
-        }
-    }
-}
-
-/// Runs the plan over raw batches and accumulates the view rows.
-pub(crate) struct Fold<'a> {
-    pipeline: &'a Pipeline,
-    plan: &'a JobPlan,
-    pending: Vec<RecordBatch>,
-    pending_rows: usize,
-    rows_read: usize,
-    rejected: Vec<RejectedRow>,
-    /// Check violations summed over every batch added (the same checks, in the same order,
-    /// for each).
-    violations: Vec<CheckViolations>,
-    /// The source rows added, per window of `[anomalies]` (backfills of jobs declaring it).
-    window_rows: Option<RowCounter>,
-}
-
-impl<'a> Fold<'a> {
-    pub(crate) fn new(pipeline: &'a Pipeline) -> Fold<'a> {
-        Fold {
-            pipeline,
-            plan: pipeline.plan(),
-            pending: Vec::new(),
-            pending_rows: 0,
-            rows_read: 0,
-            rejected: Vec::new(),
-            violations: Vec::new(),
-            window_rows: None,
-        }
-    }
-
-    pub(crate) fn add(&mut self, raw: &RecordBatch, origin: &RawOrigin) -> Result<()> {
-        self.rows_read += raw.num_rows();
-        if let Some(counter) = &mut self.window_rows {
-            counter.add(raw)?;
-        }
-        let isolated = self.pipeline.evaluate_isolating(raw)?;
-        for failed in isolated.failed {
-            let record = to_json_lines(&[raw.slice(failed.row, 1)])?;
-            self.rejected.push(RejectedRow {
-                partition: origin.partitions.get(failed.row).copied().flatten(),
-                offset: origin.offsets.get(failed.row).copied().flatten(),
-                error: failed.reason,
-                reason: failed.error.to_string(),
-                check: failed.check,
-                record: serde_json::from_slice(&record).unwrap_or(serde_json::Value::Null),
-            });
-        }
-        if self.violations.is_empty() {
-            self.violations = isolated.violations;
-        } else {
-            for (sum, more) in self.violations.iter_mut().zip(isolated.violations) {
-                sum.rows += more.rows;
-            }
-        }
-        for piece in isolated.pieces {
-            let rows = match self.plan.aggregate() {
-                Some(_) => piece.output,
-                None => stateless_rows(self.plan, &piece)?,
-            };
-            self.pending_rows += rows.num_rows();
-            self.pending.push(rows);
-        }
-        if self.plan.aggregate().is_some() && self.pending_rows > MERGE_EVERY_ROWS {
-            self.compact()?;
-        }
-        Ok(())
-    }
-
-    /// The partial states folded so far, merged per (key, window, bucket). Aggregate jobs.
-    pub(crate) fn partials(&self, job: &Job) -> Result<RecordBatch> {
-        let Some(stage) = self.plan.aggregate() else {
-            return Err(BatchError::Stateless {
-                job: job.name().to_string(),
-                what: "merge",
-            });
-        };
-        Ok(stage.merge(&self.pending)?)
-    }
-
-    fn compact(&mut self) -> Result<()> {
-        if let Some(stage) = self.plan.aggregate() {
-            let merged = stage.merge(&self.pending)?;
-            self.pending_rows = merged.num_rows();
-            self.pending = vec![merged];
-        }
-        Ok(())
-    }
-
-    /// The view rows: finalized columns beside partial states, or a stateless job's rows.
-    fn finish(&mut self) -> Result<RecordBatch> {
-        let schema = view_schema(self.plan);
-        let Some(stage) = self.plan.aggregate() else {
-            return concat(&schema, &self.pending);
-        };
-        let merged = stage.merge(&self.pending)?;
-        let finalized = stage.finalize_rows(&merged)?;
-        let mut columns = finalized.columns().to_vec();
-        columns.extend(merged.columns().iter().cloned());
-        RecordBatch::try_new(schema, columns).map_err(|source| {
-            sluice_core::Error::Arrow {
-                during: "building view rows",
-                source: Box::new(source),
-            }
-            .into()
-        })
-    }
-}
-
-/// A stateless job's output rows with the `__bucket` of each row's event time.
-fn stateless_rows(plan: &JobPlan, evaluated: &sluice_core::Evaluated) -> Result<RecordBatch> {
-    let projected = &evaluated.output;
-    let bucket = plan.bucket_micros();
-    let times = evaluated
-        .filtered
-        .column(plan.event_time_index())
-        .as_primitive::<TimestampMicrosecondType>();
-    let buckets: TimestampMicrosecondArray = times
-        .iter()
-        .map(|t| t.map(|t| floor_to(t, bucket)))
-        .collect();
-    let mut columns = projected.columns().to_vec();
-    columns.push(Arc::new(buckets.with_timezone(UTC)));
-    RecordBatch::try_new(view_schema(plan), columns).map_err(|source| {
-        sluice_core::Error::Arrow {
-            during: "building stateless view rows",
-            source: Box::new(source),
-        }
-        .into()
-    })
-}
-
-fn concat(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch> {
-    arrow::compute::concat_batches(schema, batches).map_err(|source| {
-        sluice_core::Error::Arrow {
-            during: "concatenating view rows",
-            source: Box::new(source),
-        }
-        .into()
-    })
 }

@@ -9,7 +9,9 @@
 
 pub mod backfill;
 pub mod cut;
+mod dedup_fold;
 pub mod error;
+mod fold;
 pub mod load;
 #[cfg(feature = "polars")]
 pub mod polars;

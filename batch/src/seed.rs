@@ -101,7 +101,7 @@ pub async fn speed_seeds(
         .await?;
     }
     let mut seeds = Vec::with_capacity(folds.len());
-    for (partition, (fold, max_event_us)) in folds {
+    for (partition, (mut fold, max_event_us)) in folds {
         seeds.push(SpeedSeed {
             partition,
             partials: fold.partials(job)?,

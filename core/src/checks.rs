@@ -41,7 +41,9 @@ pub struct CompiledCheck {
     pub column: Option<String>,
     /// What a passing row satisfies, for messages (`` `amount` >= 0 ``).
     pub rule: String,
-    violated: Arc<dyn PhysicalExpr>,
+    /// TRUE for violating rows; `None` for `unique`, which no row decides alone (it runs on
+    /// the dedup stage: [`crate::stateful`]).
+    violated: Option<Arc<dyn PhysicalExpr>>,
 }
 
 /// What the checks found in a batch of source rows.
@@ -69,6 +71,16 @@ impl QualityChecks {
                 .iter()
                 .enumerate()
                 .map(|(i, spec)| {
+                    if spec.check == CheckKind::Unique {
+                        return Ok(CompiledCheck {
+                            name: spec.display_name(),
+                            kind: spec.check,
+                            severity: spec.severity,
+                            column: Some(spec.key_columns().join(", ")),
+                            rule: unique_rule(job, spec),
+                            violated: None,
+                        });
+                    }
                     let (condition, rule) = condition_sql(spec);
                     let field = match spec.check {
                         CheckKind::Expect => format!("checks[{i}].predicate"),
@@ -88,7 +100,7 @@ impl QualityChecks {
                         severity: spec.severity,
                         column: spec.column.clone(),
                         rule,
-                        violated,
+                        violated: Some(violated),
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -120,7 +132,11 @@ impl QualityChecks {
         let mut outcome = CheckOutcome::default();
         let mut rejected_by: Vec<Option<usize>> = vec![None; rows];
         for (index, check) in self.checks.iter().enumerate() {
-            let (mask, failed) = predicate::evaluate_isolating(check.violated.as_ref(), batch);
+            let Some(violated) = &check.violated else {
+                outcome.violations.push(0);
+                continue;
+            };
+            let (mask, failed) = predicate::evaluate_isolating(violated.as_ref(), batch);
             let mut violated: Vec<bool> = mask.values().iter().collect();
             for row in failed {
                 violated[row] = true;
@@ -157,6 +173,23 @@ impl QualityChecks {
             rule,
         }
     }
+}
+
+/// What a row passing a `unique` check satisfies, for messages.
+fn unique_rule(job: &Job, spec: &CheckSpec) -> String {
+    let within = spec
+        .within
+        .unwrap_or_else(|| job.spec.transform.dedup_within());
+    let columns: Vec<String> = spec
+        .key_columns()
+        .iter()
+        .map(|c| format!("`{c}`"))
+        .collect();
+    format!(
+        "no earlier row with the same {} within {} of it",
+        columns.join(", "),
+        humantime::format_duration(within)
+    )
 }
 
 /// `"name"`, quotes doubled.
@@ -208,6 +241,8 @@ fn condition_sql(spec: &CheckSpec) -> (String, String) {
             let predicate = spec.predicate.as_deref().unwrap_or_default();
             (predicate.to_string(), predicate.to_string())
         }
+        // Not a row condition (see `unique_rule`); never compiled as one.
+        CheckKind::Unique => ("TRUE".to_string(), String::new()),
     }
 }
 

@@ -53,6 +53,9 @@ pub enum Error {
     /// A partial state could not be decoded from its binary form.
     #[error("partial state codec: {0}")]
     StateCodec(String),
+    /// A stateful plan stage (dedup) met rows or state it cannot work with.
+    #[error("operator state: {0}")]
+    OperatorState(String),
     #[error("table {url}: {message}")]
     Table { url: String, message: String },
     #[error("delta table {url}: {source}")]

@@ -3,8 +3,9 @@
 //! `GROUP BY TUMBLE(t, INTERVAL '1' MINUTE)` becomes `GROUP BY __window_start, __window_end`
 //! and `TUMBLE_START(...)`/`TUMBLE_END(...)` become those columns, which the plan compiler adds
 //! to the source table. The window itself is returned as a [`WindowKind`], assigned by
-//! [`crate::window`] at run time. Statement shapes that cannot run on a stream are refused here
-//! with the reason.
+//! [`crate::window`] at run time. Flink's first-row deduplication subquery is first replaced by
+//! its source table ([`crate::dedup_sql`]). Statement shapes that cannot run on a stream are
+//! refused here with the reason.
 
 use std::ops::ControlFlow;
 
@@ -15,27 +16,31 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
+use crate::dedup_sql;
 use crate::error::{Error, Result};
 use crate::window::WindowKind;
 
 pub(crate) const WINDOW_START: &str = "__window_start";
 pub(crate) const WINDOW_END: &str = "__window_end";
 
-/// The SQL after rewriting, and the group window it declared.
+/// The SQL after rewriting, the group window it declared, and the PARTITION BY columns of its
+/// first-row deduplication as written (quoted or not; [`dedup_sql::resolve_keys`] resolves them).
 #[derive(Debug)]
 pub(crate) struct Rewritten {
     pub statement: Statement,
     pub window: Option<WindowKind>,
+    pub dedup: Option<Vec<Ident>>,
 }
 
-struct Context<'a> {
-    job: &'a str,
-    table: &'a str,
-    event_time: &'a str,
+/// The job's names that the SQL is checked against.
+pub(crate) struct Context<'a> {
+    pub(crate) job: &'a str,
+    pub(crate) table: &'a str,
+    pub(crate) event_time: &'a str,
 }
 
 impl Context<'_> {
-    fn refuse(&self, what: impl Into<String>, why: impl Into<String>) -> Error {
+    pub(crate) fn refuse(&self, what: impl Into<String>, why: impl Into<String>) -> Error {
         Error::UnsupportedSql {
             job: self.job.to_string(),
             what: what.into(),
@@ -62,11 +67,12 @@ pub(crate) fn rewrite(job: &str, sql: &str, table: &str, event_time: &str) -> Re
         ));
     }
     let mut statement = statements.remove(0);
-    let window = rewrite_query(&cx, &mut statement)?;
+    let (window, dedup) = rewrite_query(&cx, &mut statement)?;
     replace_window_functions(&cx, &mut statement, window.as_ref())?;
     Ok(Rewritten {
         statement,
         window: window.map(|w| w.kind),
+        dedup,
     })
 }
 
@@ -76,7 +82,10 @@ struct GroupWindow {
     args: String,
 }
 
-fn rewrite_query(cx: &Context, statement: &mut Statement) -> Result<Option<GroupWindow>> {
+/// The group window, and the dedup keys of a first-row deduplication.
+type QueryParts = (Option<GroupWindow>, Option<Vec<Ident>>);
+
+fn rewrite_query(cx: &Context, statement: &mut Statement) -> Result<QueryParts> {
     let Statement::Query(query) = statement else {
         return Err(cx.refuse(
             first_word(&statement.to_string()),
@@ -119,6 +128,7 @@ fn rewrite_query(cx: &Context, statement: &mut Statement) -> Result<Option<Group
             "OVER windows are not supported; use group windows (TUMBLE, HOP, SESSION)",
         ));
     }
+    let dedup = dedup_sql::strip(cx, select)?;
     check_from(cx, &select.from)?;
     let GroupByExpr::Expressions(group_by, modifiers) = &mut select.group_by else {
         return Err(cx.refuse("GROUP BY ALL", "name the grouping columns"));
@@ -157,10 +167,10 @@ fn rewrite_query(cx: &Context, statement: &mut Statement) -> Result<Option<Group
         kept.push(Expr::Identifier(Ident::new(WINDOW_END)));
     }
     *group_by = kept;
-    Ok(window)
+    Ok((window, dedup))
 }
 
-fn check_from(
+pub(crate) fn check_from(
     cx: &Context,
     from: &[datafusion::sql::sqlparser::ast::TableWithJoins],
 ) -> Result<()> {
@@ -191,7 +201,7 @@ fn check_from(
     }
 }
 
-fn function_name(f: &Function) -> String {
+pub(crate) fn function_name(f: &Function) -> String {
     f.name.to_string().to_ascii_uppercase()
 }
 

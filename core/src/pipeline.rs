@@ -20,10 +20,12 @@ use arrow::array::{BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 
 use crate::checks::QualityChecks;
+use crate::dedup::DedupStage;
 use crate::error::{Error, Result, arrow_err};
 use crate::outputs::OutputRouter;
 use crate::plan::JobPlan;
 use crate::spec::{Job, Severity};
+use crate::stateful::StatefulStages;
 use crate::topics::DivertReason;
 use crate::transform::BatchTransform;
 
@@ -81,14 +83,29 @@ pub struct Isolated {
     pub violations: Vec<CheckViolations>,
 }
 
+/// The source rows no `quarantine` check rejected, the rejected ones and every check's
+/// violations ([`Pipeline::check`]).
+#[derive(Debug)]
+pub struct Checked {
+    /// The rows that go on, in row order.
+    pub kept: RecordBatch,
+    /// Each kept row's index in the checked batch.
+    pub kept_rows: Vec<usize>,
+    /// The quarantined rows (`check_failed`), in row order.
+    pub failed: Vec<FailedRow>,
+    pub violations: Vec<CheckViolations>,
+}
+
 /// The transform (if any) followed by the compiled plan, and the job's `[[outputs]]`
-/// compiled against the plan's result rows.
+/// compiled against the plan's result rows. A deduplicating job runs its [`DedupStage`]
+/// between the checks and the plan: `checks → dedup → transform → WHERE → aggregate`.
 #[derive(Debug)]
 pub struct Pipeline {
     plan: JobPlan,
     transform: Option<Arc<dyn BatchTransform>>,
     outputs: Option<OutputRouter>,
     checks: Option<QualityChecks>,
+    stateful: Option<StatefulStages>,
 }
 
 impl Pipeline {
@@ -104,12 +121,92 @@ impl Pipeline {
         };
         let plan = JobPlan::compile(job, input)?;
         let outputs = OutputRouter::compile(job, &plan.output_schema())?;
+        let dedup = match plan.dedup_keys() {
+            Some(keys) => Some(dedup_stage(job, &plan, keys, transform.is_some())?),
+            None => None,
+        };
+        let stateful = StatefulStages::compile(job, dedup)?;
         Ok(Pipeline {
             plan,
             transform,
             outputs,
             checks,
+            stateful,
         })
+    }
+
+    /// The job's stateful stages (its `unique` checks and the SQL's dedup), when it has any:
+    /// the caller runs the checks, steps these per task, and runs [`Pipeline::evaluate_plan`]
+    /// on the rows a step lets through.
+    pub fn stateful(&self) -> Option<&StatefulStages> {
+        self.stateful.as_ref()
+    }
+
+    /// The SQL's first-row dedup, when the SQL deduplicates.
+    pub fn dedup(&self) -> Option<&DedupStage> {
+        self.stateful.as_ref().and_then(StatefulStages::sql_dedup)
+    }
+
+    /// Per-check counts of a stateful step ([`crate::stateful::Stepped::violations`]) as
+    /// [`CheckViolations`], like [`Isolated::violations`].
+    pub fn violations_of(&self, counts: &[usize]) -> Vec<CheckViolations> {
+        let Some(checks) = &self.checks else {
+            return Vec::new();
+        };
+        checks
+            .checks()
+            .iter()
+            .zip(counts)
+            .map(|(check, rows)| CheckViolations {
+                check: check.name.clone(),
+                severity: check.severity,
+                rows: *rows,
+            })
+            .collect()
+    }
+
+    /// The failed row (index 0) of a record check `check` (a quarantine `unique`) rejected.
+    pub fn check_failure(&self, check: usize) -> FailedRow {
+        let compiled = self.checks.as_ref().and_then(|c| c.checks().get(check));
+        FailedRow {
+            row: 0,
+            error: match &self.checks {
+                Some(checks) => checks.failure(check),
+                None => Error::OperatorState(format!("check {check} of a job without checks")),
+            },
+            reason: DivertReason::CheckFailed,
+            check: compiled.map(|c| c.name.clone()),
+            field: compiled.and_then(|c| c.column.clone()),
+        }
+    }
+
+    /// Why the speed layer holds rows back before the plan, for messages ("deduplicates by
+    /// (order_id)"); `None` when it holds none (no stateful stage, or warn `unique` checks
+    /// alone).
+    pub fn holding(&self) -> Option<String> {
+        let stages = self.stateful.as_ref().filter(|s| s.holds_rows())?;
+        if let Some(dedup) = stages.sql_dedup() {
+            return Some(format!(
+                "deduplicates by ({})",
+                dedup.key_names().join(", ")
+            ));
+        }
+        let names: Vec<String> = stages
+            .stages()
+            .iter()
+            .filter_map(|s| match s.action {
+                crate::stateful::StageAction::Quarantine { check } => self
+                    .checks
+                    .as_ref()
+                    .and_then(|c| c.checks().get(check))
+                    .map(|c| format!("`{}`", c.name)),
+                _ => None,
+            })
+            .collect();
+        Some(format!(
+            "holds rows for its quarantine `unique` check(s) {}",
+            names.join(", ")
+        ))
     }
 
     /// The job's data-quality checks, when it has any.
@@ -150,8 +247,41 @@ impl Pipeline {
     /// fails whatever the rows (it fails on no rows at all): an error of the plan, not of the
     /// data.
     pub fn evaluate_isolating(&self, source: &RecordBatch) -> Result<Isolated> {
-        let Some(checks) = &self.checks else {
+        if self.checks.is_none() {
             return self.isolate_plan(source);
+        }
+        let checked = self.check(source)?;
+        if checked.failed.is_empty() {
+            let mut isolated = self.isolate_plan(source)?;
+            isolated.violations = checked.violations;
+            return Ok(isolated);
+        }
+        let mut isolated = self.isolate_plan(&checked.kept)?;
+        for failed in &mut isolated.failed {
+            failed.row = checked.kept_rows[failed.row];
+        }
+        isolated.failed.extend(checked.failed);
+        isolated.failed.sort_by_key(|f| f.row);
+        isolated.violations = checked.violations;
+        Ok(isolated)
+    }
+
+    /// The plan alone on rows already checked (a dedup's released rows), the rows it fails on
+    /// isolated as in [`Pipeline::evaluate_isolating`].
+    pub fn evaluate_plan(&self, rows: &RecordBatch) -> Result<Isolated> {
+        self.isolate_plan(rows)
+    }
+
+    /// The job's data-quality checks alone: which rows go on, which a `quarantine` check
+    /// rejects, and every check's violations. Without checks every row goes on.
+    pub fn check(&self, source: &RecordBatch) -> Result<Checked> {
+        let Some(checks) = &self.checks else {
+            return Ok(Checked {
+                kept: source.clone(),
+                kept_rows: (0..source.num_rows()).collect(),
+                failed: Vec::new(),
+                violations: Vec::new(),
+            });
         };
         let outcome = checks.apply(source)?;
         let violations = checks
@@ -165,9 +295,12 @@ impl Pipeline {
             })
             .collect();
         if outcome.quarantined.is_empty() {
-            let mut isolated = self.isolate_plan(source)?;
-            isolated.violations = violations;
-            return Ok(isolated);
+            return Ok(Checked {
+                kept: source.clone(),
+                kept_rows: (0..source.num_rows()).collect(),
+                failed: Vec::new(),
+                violations,
+            });
         }
         let mut keep = vec![true; source.num_rows()];
         for (row, _) in &outcome.quarantined {
@@ -176,13 +309,10 @@ impl Pipeline {
         let kept_rows: Vec<usize> = (0..source.num_rows()).filter(|r| keep[*r]).collect();
         let kept = filter_record_batch(source, &BooleanArray::from(keep))
             .map_err(arrow_err("setting quarantined rows aside"))?;
-        let mut isolated = self.isolate_plan(&kept)?;
-        for failed in &mut isolated.failed {
-            failed.row = kept_rows[failed.row];
-        }
-        isolated
-            .failed
-            .extend(outcome.quarantined.iter().map(|&(row, index)| {
+        let mut failed: Vec<FailedRow> = outcome
+            .quarantined
+            .iter()
+            .map(|&(row, index)| {
                 let check = &checks.checks()[index];
                 FailedRow {
                     row,
@@ -191,10 +321,15 @@ impl Pipeline {
                     check: Some(check.name.clone()),
                     field: check.column.clone(),
                 }
-            }));
-        isolated.failed.sort_by_key(|f| f.row);
-        isolated.violations = violations;
-        Ok(isolated)
+            })
+            .collect();
+        failed.sort_by_key(|f| f.row);
+        Ok(Checked {
+            kept,
+            kept_rows,
+            failed,
+            violations,
+        })
     }
 
     /// The plan on `source`, the rows it fails on isolated.
@@ -260,6 +395,44 @@ impl Pipeline {
             .map(|end| end.saturating_add(allowed_lateness) <= watermark)
             .collect()
     }
+}
+
+/// The dedup stage of a plan whose SQL deduplicates by `keys` (source columns).
+fn dedup_stage(
+    job: &Job,
+    plan: &JobPlan,
+    keys: &[String],
+    transformed: bool,
+) -> Result<DedupStage> {
+    let refuse = |what: String, why: &str| Error::UnsupportedSql {
+        job: job.name().to_string(),
+        what,
+        why: why.to_string(),
+    };
+    if transformed {
+        return Err(refuse(
+            "ROW_NUMBER() deduplication with a `[transform] polars` transform".into(),
+            "deduplication runs on the source rows before the transform; deduplicate in the transform, or drop it",
+        ));
+    }
+    let schema = job.source_schema();
+    let indices = keys
+        .iter()
+        .map(|key| {
+            schema.index_of(key).map_err(|_| {
+                refuse(
+                    format!("PARTITION BY `{key}`"),
+                    "not a column of the source: deduplicate by source columns",
+                )
+            })
+        })
+        .collect::<Result<Vec<usize>>>()?;
+    Ok(DedupStage::new(
+        schema,
+        plan.event_time_index(),
+        indices,
+        job.spec.transform.dedup_within(),
+    ))
 }
 
 #[cfg(test)]

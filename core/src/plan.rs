@@ -1,7 +1,8 @@
 //! The plan compiler: a job's SQL → [`JobPlan`], the one plan every layer runs.
 //!
 //! DataFusion parses, resolves and type-checks the SQL (after [`crate::flink_sql`] turns group
-//! windows into columns). The resulting logical plan must have the shape
+//! windows into columns, and a first-row deduplication into [`JobPlan::dedup_keys`]). The
+//! resulting logical plan must have the shape
 //! `Projection ← [HAVING] ← [Aggregate] ← [WHERE] ← source`; its expressions are lowered to
 //! DataFusion physical expressions and aggregate functions, so every layer evaluates exactly the
 //! same code. Stage 1 (WHERE, and the projection of a stateless job) is in this module; stage 2
@@ -25,6 +26,7 @@ use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DFStatement;
 
 use crate::aggregate::{AggregateStage, LoweredAggregateFn};
+use crate::dedup_sql;
 use crate::error::{Error, Result, arrow_err};
 use crate::flink_sql::{self, WINDOW_END, WINDOW_START};
 use crate::spec::{Job, timestamp_type};
@@ -46,6 +48,7 @@ pub struct JobPlan {
     bucket: i64,
     filter: Option<Arc<dyn PhysicalExpr>>,
     kind: PlanKind,
+    dedup_keys: Option<Vec<String>>,
 }
 
 #[derive(Debug)]
@@ -100,9 +103,10 @@ impl JobPlan {
             input_schema: input_schema.clone(),
             ctx: SessionContext::new(),
         };
-        let (plan, window) = compilation.logical_plan()?;
+        let (plan, window, dedup_keys) = compilation.logical_plan()?;
         let mut compiled = compilation.lower(&plan, window)?;
         compiled.event_time_index = event_time_index;
+        compiled.dedup_keys = dedup_keys;
         Ok(compiled)
     }
 
@@ -130,6 +134,13 @@ impl JobPlan {
     /// The size of the event-time buckets that partial states and view rows are kept in (µs).
     pub fn bucket_micros(&self) -> i64 {
         self.bucket
+    }
+
+    /// The input columns whose duplicates the job drops before stage 1 (Flink's first-row
+    /// deduplication, `ROW_NUMBER() OVER (PARTITION BY …) … WHERE rn = 1`), as field names of
+    /// [`JobPlan::input_schema`] in PARTITION BY order; `None` when the SQL does not deduplicate.
+    pub fn dedup_keys(&self) -> Option<&[String]> {
+        self.dedup_keys.as_deref()
     }
 
     /// Stage 2, when the job aggregates.
@@ -242,8 +253,15 @@ impl Compilation<'_> {
         refuse(self.job, what, why)
     }
 
-    /// Rewrites the Flink windows, plans the SQL with DataFusion, and type-coerces the plan.
-    fn logical_plan(&self) -> Result<(LogicalPlan, Option<crate::window::WindowKind>)> {
+    /// Rewrites the Flink windows and deduplication, plans the SQL with DataFusion, and
+    /// type-coerces the plan; also returns the group window and the resolved dedup keys.
+    fn logical_plan(
+        &self,
+    ) -> Result<(
+        LogicalPlan,
+        Option<crate::window::WindowKind>,
+        Option<Vec<String>>,
+    )> {
         let job = self.job;
         let rewritten = flink_sql::rewrite(
             job.name(),
@@ -251,6 +269,11 @@ impl Compilation<'_> {
             &job.table_name(),
             &job.spec.source.event_time,
         )?;
+        let dedup_keys = rewritten
+            .dedup
+            .as_deref()
+            .map(|keys| dedup_sql::resolve_keys(job.name(), keys, &self.input_schema))
+            .transpose()?;
         let mut fields: Vec<Field> = self
             .input_schema
             .fields()
@@ -274,7 +297,7 @@ impl Compilation<'_> {
             .analyzer()
             .execute_and_check(plan, state.config_options(), |_, _| {})
             .map_err(|e| self.invalid_sql(e))?;
-        Ok((plan, rewritten.window))
+        Ok((plan, rewritten.window, dedup_keys))
     }
 
     /// DataFusion's expression simplifier, which its physical planner expects to have run
@@ -381,6 +404,7 @@ impl Compilation<'_> {
             bucket: self.job.bucket_micros(),
             filter,
             kind,
+            dedup_keys: None,
         }
     }
 

@@ -14,6 +14,18 @@
 
 use crate::spec::Job;
 
+/// A `unique` check's key columns and horizon, which decide what it quarantines (empty for
+/// other checks, so their fingerprints stay as they were).
+fn unique_terms(job: &Job, check: &crate::spec::CheckSpec) -> String {
+    if check.check != crate::spec::CheckKind::Unique {
+        return String::new();
+    }
+    let within = check
+        .within
+        .unwrap_or_else(|| job.spec.transform.dedup_within());
+    format!("{:?}", (&check.columns, within))
+}
+
 impl Job {
     /// `[view] version` (1 unless the job file says otherwise).
     pub fn version(&self) -> u32 {
@@ -65,13 +77,29 @@ impl Job {
                         &c.pattern,
                         &c.predicate
                     )
-                )
+                ) + &unique_terms(self, c)
             })
             .collect();
         let canonical = if quarantine.is_empty() {
             canonical
         } else {
             format!("{canonical}\0checks {}", quarantine.join("\0"))
+        };
+        // The horizon decides which rows a deduplicating plan drops. (Appended only when the
+        // SQL can deduplicate, so other jobs keep their fingerprints.)
+        let canonical = if self
+            .spec
+            .transform
+            .sql
+            .to_ascii_lowercase()
+            .contains("row_number")
+        {
+            format!(
+                "{canonical}\0dedup_within {}",
+                self.spec.transform.dedup_within().as_micros()
+            )
+        } else {
+            canonical
         };
         // Hashed PII fields hash differently under another key: name the key (its id, never
         // the key), so a process with another key is told its state and views are not its own.

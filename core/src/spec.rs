@@ -236,6 +236,20 @@ pub struct TransformSpec {
     pub sql: String,
     /// Name of a Polars transform registered in the `sluice` binary, applied before the SQL.
     pub polars: Option<String>,
+    /// How far apart in event time two rows with the same key may be for the later one to be
+    /// a duplicate, when the SQL deduplicates (`ROW_NUMBER() … WHERE rn = 1`, see
+    /// [`crate::dedup`]). Default 1h ([`TransformSpec::DEFAULT_DEDUP_WITHIN`]).
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub dedup_within: Option<Duration>,
+}
+
+impl TransformSpec {
+    pub const DEFAULT_DEDUP_WITHIN: Duration = Duration::from_secs(3600);
+
+    /// `dedup_within`, or its default.
+    pub fn dedup_within(&self) -> Duration {
+        self.dedup_within.unwrap_or(Self::DEFAULT_DEDUP_WITHIN)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -274,7 +288,7 @@ impl Default for ViewSpec {
 }
 
 /// `serde_duration` for an optional field (absent: `None`, through `#[serde(default)]`).
-fn optional_duration<'de, D: serde::Deserializer<'de>>(
+pub(crate) fn optional_duration<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> std::result::Result<Option<Duration>, D::Error> {
     serde_duration::deserialize(d).map(Some)
@@ -515,25 +529,47 @@ impl Job {
                     format!("{name:?}"),
                 ));
             }
-            match (&check.column, kind) {
-                (None, CheckKind::Expect) => {}
-                (None, _) => {
+            if check.columns.is_some() && (kind != CheckKind::Unique || check.column.is_some()) {
+                return Err(self.invalid(
+                    &at("columns"),
+                    "`columns` only on a `unique` check, instead of `column`",
+                    "both or another check",
+                ));
+            }
+            if check.within.is_some() && kind != CheckKind::Unique {
+                return Err(self.invalid(
+                    &at("within"),
+                    "no `within` but on a `unique` check",
+                    "a value",
+                ));
+            }
+            let columns = check.key_columns();
+            match (columns.is_empty(), kind) {
+                (true, CheckKind::Expect) => {}
+                (true, _) => {
                     return Err(self.invalid(&at("column"), "the source field checked", "none"));
                 }
-                (Some(column), _) => {
-                    if !self.spec.source.fields.iter().any(|f| &f.name == column) {
-                        let known: Vec<&str> = self
-                            .spec
-                            .source
-                            .fields
-                            .iter()
-                            .map(|f| f.name.as_str())
-                            .collect();
-                        return Err(self.invalid(
-                            &at("column"),
-                            &format!("a source field ({})", known.join(", ")),
-                            format!("`{column}`"),
-                        ));
+                (false, _) => {
+                    let key = if check.columns.is_some() {
+                        "columns"
+                    } else {
+                        "column"
+                    };
+                    for column in &columns {
+                        if !self.spec.source.fields.iter().any(|f| &f.name == column) {
+                            let known: Vec<&str> = self
+                                .spec
+                                .source
+                                .fields
+                                .iter()
+                                .map(|f| f.name.as_str())
+                                .collect();
+                            return Err(self.invalid(
+                                &at(key),
+                                &format!("a source field ({})", known.join(", ")),
+                                format!("`{column}`"),
+                            ));
+                        }
                     }
                 }
             }

@@ -3,7 +3,7 @@
 //!
 //! ```toml
 //! [[checks]]
-//! check = "not_null"              # not_null | accepted_values | range | regex | expect
+//! check = "not_null"              # not_null | accepted_values | range | regex | expect | unique
 //! column = "order_id"             # a source field (by its job name)
 //! severity = "quarantine"         # warn (default): count violations; quarantine: dead-letter
 //!                                 # the record as `check_failed`
@@ -25,7 +25,17 @@
 //! check = "expect"
 //! name = "completed_have_amount"  # required for expect; default `<check>_<column>` otherwise
 //! predicate = "status <> 'completed' OR amount > 0"
+//! [[checks]]
+//! check = "unique"
+//! column = "order_id"             # or columns = ["customer_id", "order_id"]
+//! within = "1h"                   # default: [transform] dedup_within (1h)
 //! ```
+//!
+//! `unique` is the one check that is not about a row alone: a row violates it exactly when the
+//! SQL's first-row dedup with the same key and horizon would drop it (another row of the same
+//! Kafka partition with the same key came at most `within` before it, [`crate::dedup`]). It
+//! runs on the same stage: warn counts duplicates once the watermark has passed them (the rows
+//! go on at once); quarantine holds rows until then and dead-letters the duplicates.
 //!
 //! As in dbt, a check is violated by a row whose value is present and fails it: NULL passes
 //! every check but `not_null` (and an `expect` predicate that is NULL passes). The checks run
@@ -56,6 +66,11 @@ pub struct CheckSpec {
     pub pattern: Option<String>,
     /// `expect`: an SQL predicate over the source fields that every row must satisfy.
     pub predicate: Option<String>,
+    /// `unique`: the key columns, when more than `column`.
+    pub columns: Option<Vec<String>>,
+    /// `unique`: how far apart two rows of a key may be for the later to violate it.
+    #[serde(default, deserialize_with = "crate::spec::optional_duration")]
+    pub within: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -66,6 +81,7 @@ pub enum CheckKind {
     Range,
     Regex,
     Expect,
+    Unique,
 }
 
 impl CheckKind {
@@ -76,6 +92,7 @@ impl CheckKind {
             CheckKind::Range => "range",
             CheckKind::Regex => "regex",
             CheckKind::Expect => "expect",
+            CheckKind::Unique => "unique",
         }
     }
 }
@@ -129,10 +146,20 @@ pub fn sql_text(text: &str) -> String {
 impl CheckSpec {
     /// The check's name: its own, or `<check>_<column>`.
     pub fn display_name(&self) -> String {
-        match (&self.name, &self.column) {
-            (Some(name), _) => name.clone(),
-            (None, Some(column)) => format!("{}_{column}", self.check.as_str()),
-            (None, None) => self.check.as_str().to_string(),
+        match (&self.name, &self.column, &self.columns) {
+            (Some(name), _, _) => name.clone(),
+            (None, Some(column), _) => format!("{}_{column}", self.check.as_str()),
+            (None, None, Some(columns)) => format!("{}_{}", self.check.as_str(), columns.join("_")),
+            (None, None, None) => self.check.as_str().to_string(),
+        }
+    }
+
+    /// The columns a check is about: `column`, or `unique`'s `columns`.
+    pub fn key_columns(&self) -> Vec<String> {
+        match (&self.column, &self.columns) {
+            (Some(column), _) => vec![column.clone()],
+            (None, Some(columns)) => columns.clone(),
+            (None, None) => Vec::new(),
         }
     }
 }

@@ -59,6 +59,11 @@ pub struct PartitionWatermark {
     /// holds exactly the state of the offsets before this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_next_offset: Option<i64>,
+    /// A deduplicating job's release bound (µs, see [`crate::dedup`]): every held row before
+    /// it was decided, so a record of the partition with an earlier event time is late. Only
+    /// grows; absent for other jobs, whose records stay as they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purge_us: Option<i64>,
 }
 
 impl PartitionWatermark {
@@ -293,6 +298,7 @@ mod tests {
             watermark_us: 1,
             emitted_us: None,
             source_next_offset: None,
+            purge_us: None,
         };
         assert_eq!(
             String::from_utf8(watermark.encode()).unwrap(),

@@ -23,6 +23,10 @@ pub struct Topics {
     pub results: String,
     pub dlq: String,
     pub late: String,
+    /// `<job>.state`: the changelog of the stateful plan stages' state (a deduplicating job's;
+    /// see [`crate::operator_state`]), compacted, partition `p` for source partition `p`.
+    /// Made only for jobs that have such a stage.
+    pub state: String,
     /// `<job>.control` (one per job, whatever the version: see [`crate::control`]).
     pub control: String,
     /// `[[outputs]]`: (output name, topic), in the job file's order.
@@ -40,6 +44,7 @@ impl Topics {
             results: format!("{name}.results"),
             dlq: format!("{name}.dlq"),
             late: format!("{name}.late"),
+            state: format!("{name}.state"),
             control: format!("{}.control", job.name()),
             outputs: job
                 .spec

@@ -101,6 +101,12 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let job_toml = std::fs::read_to_string(&args.target.job)?;
     let transform = transforms::registry().for_job(&job)?;
     let pipeline = Arc::new(Pipeline::compile(&job, transform.clone())?);
+    if let Some(held) = pipeline.holding() {
+        anyhow::bail!(
+            "job `{}` {held}: replay cannot seed its held rows and keys from the lake yet; start the new version with `sluice stream` and backfill it",
+            job.name()
+        );
+    }
     if pipeline.plan().aggregate().is_none() {
         anyhow::bail!(
             "job `{}` is stateless: it has no view state to replay; run `sluice stream` on the new version",

@@ -234,11 +234,14 @@ pub async fn stream(args: StreamArgs) -> anyhow::Result<ExitCode> {
     } else {
         start_postgres_sinks(&args, &job, &pipeline, &config, &metrics, &health, &stop).await?
     };
-    let bound = MemoryBound::of(&config, sink_config.as_ref()).with_sinks(
+    let mut bound = MemoryBound::of(&config, sink_config.as_ref()).with_sinks(
         &config,
         2 * postgres.len() as u64,
         args.sink_commit_mb.max(1) << 20,
     );
+    if pipeline.stateful().is_some() {
+        bound = bound.with_operator_state(&config);
+    }
     tracing::info!(job = job.name(), bound_mib = bound.total_mib(), terms = %bound, "memory bound (beyond the process's fixed footprint)");
     let sink = match sink_config {
         Some(sink_config) => {

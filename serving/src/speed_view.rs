@@ -308,6 +308,7 @@ mod tests {
             watermark_us: w,
             emitted_us: e,
             source_next_offset: None,
+            purge_us: None,
         };
         view.apply(0, WATERMARK_KEY, Some(&mark(50, None).encode()));
         view.apply(1, WATERMARK_KEY, Some(&mark(20, None).encode()));

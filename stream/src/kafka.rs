@@ -285,6 +285,7 @@ pub(crate) fn ensure_topics(
     config: &StreamConfig,
     topics: &Topics,
     partitions: usize,
+    stateful: bool,
 ) -> Result<()> {
     let metadata: BaseConsumer = client_config(config, |_| {})
         .create()
@@ -311,6 +312,10 @@ pub(crate) fn ensure_topics(
     ]
     .into_iter()
     .chain(outputs)
+    .chain(stateful.then(|| {
+        NewTopic::new(&topics.state, partitions, TopicReplication::Fixed(1))
+            .set("cleanup.policy", "compact")
+    }))
     .filter(|topic| !existing.iter().any(|name| name == topic.name))
     .filter(|topic| wanted.insert(topic.name))
     .collect();

@@ -75,6 +75,19 @@ impl MemoryBound {
         self
     }
 
+    /// Adds a deduplicating job's per-micro-batch operator state: the batch's rows encoded
+    /// into held rows, and those writes again as `<job>.state` records. (Held rows live in
+    /// RocksDB between micro-batches, inside its term; a release decides every held row the
+    /// watermark passed at once, which after a watermark jump is up to the rows of
+    /// `watermark_delay + allowed_lateness`: docs/jobs.md.)
+    pub fn with_operator_state(mut self, config: &StreamConfig) -> MemoryBound {
+        self.terms.push((
+            "operator state writes (dedup)",
+            2 * config.batch_max_bytes as u64,
+        ));
+        self
+    }
+
     pub fn total_bytes(&self) -> u64 {
         self.terms.iter().map(|(_, b)| b).sum()
     }

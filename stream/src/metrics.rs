@@ -23,6 +23,7 @@ pub struct StreamMetrics {
     /// Source rows violating each data-quality check (labels job, check, severity).
     pub check_violations: IntCounterVec,
     pub late_records: IntCounterVec,
+    pub dedup_dropped: IntCounterVec,
     pub consumer_lag: IntGaugeVec,
     pub watermark_lag: GaugeVec,
     pub batch_latency: HistogramVec,
@@ -143,6 +144,12 @@ impl StreamMetrics {
                 &registry,
                 "sluice_late_records_total",
                 "Records later than the allowed lateness.",
+                &["job"],
+            ),
+            dedup_dropped: counter(
+                &registry,
+                "sluice_dedup_dropped_total",
+                "Rows a first-row deduplication dropped as duplicates.",
                 &["job"],
             ),
             consumer_lag: gauge(

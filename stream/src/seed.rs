@@ -71,7 +71,7 @@ pub fn seed_speed_layer(
     if committed.iter().any(Option::is_some) {
         return Ok(SeedOutcome::AlreadyStarted);
     }
-    ensure_topics(name, config, &topics, partitions)?;
+    ensure_topics(name, config, &topics, partitions, false)?;
     let mut seeding = config.clone();
     seeding.transactional_id = format!("{}-seed", config.transactional_id);
     let producer: BaseProducer = producer_config(&seeding)
@@ -111,6 +111,7 @@ pub fn seed_speed_layer(
                 watermark_us: max_event_us.saturating_sub(delay),
                 emitted_us: None,
                 source_next_offset: Some(seed.next_offset),
+                purge_us: None,
             };
             send(WATERMARK_KEY, &watermark.encode())?;
         }

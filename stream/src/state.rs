@@ -81,6 +81,28 @@ pub(crate) type RetiredRow = (i32, i64, Vec<u8>);
 
 const RETIRED_SPACE: u8 = 0xfe;
 
+/// A third key space holds the stateful plan stages' state ([`sluice_core::operator_state`]):
+/// `0xfd ++ partition ++ space tag ++ key`. Its changelog is `<job>.state`, not `<job>.speed`
+/// (the serving layer reads the latter and has no use for it).
+const OPERATOR_SPACE: u8 = 0xfd;
+
+fn operator_prefix(partition: i32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(6);
+    out.push(OPERATOR_SPACE);
+    out.extend_from_slice(&partition.to_be_bytes());
+    out
+}
+
+fn operator_key(partition: i32, key: &[u8]) -> Vec<u8> {
+    let mut out = operator_prefix(partition);
+    out.extend_from_slice(key);
+    out
+}
+
+/// One change to a partition's operator state: the key (tag ++ stage key) and its new value
+/// (`None`: deleted), as `<job>.state` records carry them.
+pub(crate) type OperatorWrite = (Vec<u8>, Option<Vec<u8>>);
+
 fn retired_prefix(partition: i32) -> Vec<u8> {
     let mut out = Vec::with_capacity(5);
     out.push(RETIRED_SPACE);
@@ -337,6 +359,62 @@ impl StateStore {
             None => vec![RETIRED_SPACE, 0xff, 0xff, 0xff, 0xff, 0xff],
         };
         batch.delete_range(retired, retired_end);
+        self.db.write(batch).map_err(self.error())?;
+        self.drop_operator_state(partition)
+    }
+
+    /// Forgets `partition`'s operator state (about to be restored from `<job>.state`).
+    pub(crate) fn drop_operator_state(&self, partition: i32) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        let end = match partition.checked_add(1) {
+            Some(next) => operator_prefix(next),
+            None => vec![OPERATOR_SPACE, 0xff, 0xff, 0xff, 0xff, 0xff],
+        };
+        batch.delete_range(operator_prefix(partition), end);
+        self.db.write(batch).map_err(self.error())
+    }
+
+    /// The operator-state value of `key` (tag ++ stage key) in `partition`.
+    pub(crate) fn operator_get(&self, partition: i32, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db
+            .get(operator_key(partition, key))
+            .map_err(self.error())
+    }
+
+    /// The operator-state entries of `partition` with `from <= key < to` (tag ++ stage key),
+    /// ascending.
+    pub(crate) fn operator_range(
+        &self,
+        partition: i32,
+        from: &[u8],
+        to: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let start = operator_key(partition, from);
+        let end = operator_key(partition, to);
+        let prefix = operator_prefix(partition).len();
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator(IteratorMode::From(&start, Direction::Forward))
+        {
+            let (key, value) = item.map_err(self.error())?;
+            if key.as_ref() >= end.as_slice() {
+                break;
+            }
+            out.push((key[prefix..].to_vec(), value.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Applies operator-state changes of `partition` in one write.
+    pub(crate) fn operator_apply(&self, partition: i32, writes: &[OperatorWrite]) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for (key, value) in writes {
+            match value {
+                Some(value) => batch.put(operator_key(partition, key), value),
+                None => batch.delete(operator_key(partition, key)),
+            }
+        }
         self.db.write(batch).map_err(self.error())
     }
 

@@ -167,6 +167,7 @@ impl Watermarks {
             watermark_us: seen.saturating_sub(delay),
             emitted_us: None,
             source_next_offset: None,
+            purge_us: None,
         })
     }
 
@@ -242,6 +243,7 @@ mod tests {
             watermark_us: 495,
             emitted_us: None,
             source_next_offset: None,
+            purge_us: None,
         };
         w.assign(2, Some(restored), later);
         assert_eq!(w.job_watermark(later), Some(495));

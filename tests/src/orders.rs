@@ -66,6 +66,37 @@ pub fn by_region(orders: impl IntoIterator<Item = Order>, partitions: i32) -> Ve
         .collect()
 }
 
+/// Orders and re-sent copies of some (`(arrival_ms, order)`, in any order) as they reach the
+/// topic: sorted by arrival (stable, so an original stays before a copy arriving at the same
+/// moment), keyed and partitioned by region ([`by_region`]: a copy lands with its original),
+/// then [`watermark_pushers`] ten minutes past the last event time, so every row is decided.
+/// Returns the records and the orders in the same order. Panics when an order would be
+/// `late_behind_ms` or more behind its partition's newest event time: such a fixture would
+/// test lateness, not duplicates.
+pub fn arriving(
+    mut timed: Vec<(i64, Order)>,
+    partitions: i32,
+    late_behind_ms: i64,
+) -> (Vec<Outgoing>, Vec<Order>) {
+    timed.sort_by_key(|(arrival, _)| *arrival);
+    let sent: Vec<Order> = timed.into_iter().map(|(_, order)| order).collect();
+    let mut events = by_region(sent.iter().cloned(), partitions);
+    let mut newest: std::collections::HashMap<i32, i64> = std::collections::HashMap::new();
+    for ((partition, _, _), order) in events.iter().zip(&sent) {
+        let max = newest.entry(*partition).or_insert(i64::MIN);
+        *max = (*max).max(order.event_time);
+        let behind = *max - order.event_time;
+        assert!(
+            behind < late_behind_ms,
+            "the fixture made {} late: {behind} ms behind its partition",
+            order.order_id
+        );
+    }
+    let last = sent.iter().map(|o| o.event_time).max().unwrap_or_default();
+    events.extend(watermark_pushers(partitions, last + 600_000));
+    (events, sent)
+}
+
 /// One record per partition at `at_ms`: filtered out by every orders job (status `push`), but
 /// it moves each partition's watermark past all earlier windows.
 pub fn watermark_pushers(partitions: i32, at_ms: i64) -> Vec<Outgoing> {

@@ -626,6 +626,14 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     })
 }
 
+/// The sum over every sample of `name` whose labels include every `labels` pair (a counter
+/// split by partition, summed), in a Prometheus text exposition; 0 when none is there yet.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter_map(|line| metric(line, name, labels))
+        .sum()
+}
+
 pub use crate::kafka::{logged_bound_mib, memory_kib};
 
 /// Lowercase hex of `bytes` (what `encode(bytea, 'hex')` gives).

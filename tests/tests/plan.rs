@@ -1,5 +1,5 @@
 //! The plan compiler refuses SQL that cannot run exactly on a stream, at compile time, saying
-//! what and why; and it accepts the Flink window syntax.
+//! what and why; and it accepts the Flink window and first-row deduplication syntax.
 
 use std::path::Path;
 
@@ -104,6 +104,165 @@ fn accepts_the_supported_shapes() {
     for (sql, key) in cases {
         if let Err(e) = compile(sql, key) {
             panic!("{sql}: {e}");
+        }
+    }
+}
+
+/// Flink's first-row deduplication of `t` by `k`, as a derived table.
+const FIRST_ROWS: &str = "(SELECT *, ROW_NUMBER() OVER (PARTITION BY k ORDER BY ts) AS rn FROM t)";
+
+fn compiled(sql: &str, key: &str) -> JobPlan {
+    compile(sql, key).unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+#[test]
+fn accepts_first_row_dedup_and_records_its_keys() {
+    let k = ["k".to_string()];
+    let by_k = Some(&k[..]);
+
+    let stateless = compiled(
+        &format!("SELECT k, a FROM {FIRST_ROWS} WHERE rn = 1 AND a > 0"),
+        "",
+    );
+    assert_eq!(stateless.dedup_keys(), by_k);
+    assert!(stateless.aggregate().is_none());
+    let names: Vec<String> = stateless
+        .output_schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(names, ["k", "a"]);
+
+    let windowed = compiled(
+        &format!(
+            "SELECT k, TUMBLE_START(ts, INTERVAL '1' MINUTE) AS w, COUNT(*) AS n FROM {FIRST_ROWS} \
+             WHERE rn = 1 GROUP BY k, TUMBLE(ts, INTERVAL '1' MINUTE)"
+        ),
+        "\"k\"",
+    );
+    assert_eq!(windowed.dedup_keys(), by_k);
+    assert!(windowed.aggregate().is_some());
+
+    let aliased = compiled(
+        &format!("SELECT d.k, d.a * 2 AS a2 FROM {FIRST_ROWS} AS d WHERE d.rn = 1"),
+        "",
+    );
+    assert_eq!(aliased.dedup_keys(), by_k);
+
+    // `*` qualified, keys qualified and in another case, `1 = n`, in PARTITION BY order.
+    let several = compiled(
+        "SELECT * FROM (SELECT t.*, ROW_NUMBER() OVER (PARTITION BY a, T.K ORDER BY TS ASC) AS n \
+         FROM t) WHERE 1 = n",
+        "",
+    );
+    assert_eq!(
+        several.dedup_keys(),
+        Some(&["a".to_string(), "k".to_string()][..])
+    );
+    assert_eq!(several.output_schema().fields().len(), 3);
+
+    let plain = compiled("SELECT k, a FROM t WHERE a > 0", "");
+    assert_eq!(plain.dedup_keys(), None);
+}
+
+#[test]
+fn refuses_dedup_variants_with_the_alternative() {
+    let numbered = |over: &str, inside: &str| {
+        format!(
+            "SELECT k FROM (SELECT *, ROW_NUMBER() OVER ({over}) AS rn FROM t{inside}) WHERE rn = 1"
+        )
+    };
+    let by_k = "PARTITION BY k ORDER BY ts";
+    let cases = [
+        (
+            numbered("PARTITION BY k ORDER BY ts DESC", ""),
+            "ORDER BY ts DESC (last-row deduplication)",
+        ),
+        (
+            numbered("PARTITION BY k ORDER BY ts DESC", ""),
+            "retracting rows already emitted, which an append-only view cannot do; ORDER BY ts ASC keeps the first row",
+        ),
+        (
+            numbered("PARTITION BY k ORDER BY a", ""),
+            "lets the batch and speed layers pick the same row; write ORDER BY ts",
+        ),
+        (
+            numbered("PARTITION BY k ORDER BY ts, a", ""),
+            "pick the same row; write ORDER BY ts",
+        ),
+        (
+            numbered("ORDER BY ts", ""),
+            "name the key whose duplicates to drop in PARTITION BY",
+        ),
+        (
+            numbered("PARTITION BY nope ORDER BY ts", ""),
+            "PARTITION BY `nope`: not a column of the source",
+        ),
+        (
+            format!("SELECT k FROM {FIRST_ROWS} WHERE rn <= 3"),
+            "top-N is not supported; `rn = 1` keeps the first row per key",
+        ),
+        (
+            format!("SELECT k FROM {FIRST_ROWS} WHERE rn < 3"),
+            "top-N is not supported",
+        ),
+        (
+            format!("SELECT k FROM {FIRST_ROWS} WHERE rn = 2"),
+            "top-N is not supported",
+        ),
+        (
+            format!("SELECT k FROM {FIRST_ROWS} WHERE a > 0"),
+            "supported only as first-row deduplication: add WHERE rn = 1",
+        ),
+        (
+            format!("SELECT k, rn FROM {FIRST_ROWS} WHERE rn = 1"),
+            "rn is not a column of the result: only `rn = 1` may use it",
+        ),
+        (
+            format!("SELECT k FROM {FIRST_ROWS} WHERE rn = 1 AND rn + a > 1"),
+            "rn is not a column of the result",
+        ),
+        (
+            format!(
+                "SELECT k, COUNT(*) AS c FROM {FIRST_ROWS} WHERE rn = 1 GROUP BY k HAVING MAX(rn) = 1"
+            ),
+            "rn is not a column of the result",
+        ),
+        (
+            numbered(by_k, " WHERE a > 0"),
+            "move the filter to the outer WHERE (which filters after deduplication)",
+        ),
+        (
+            numbered(by_k, " GROUP BY k, a, ts"),
+            "GROUP BY inside the ROW_NUMBER() subquery: deduplication runs on every source row",
+        ),
+        (numbered(by_k, " HAVING a > 0"), "HAVING inside"),
+        (numbered(by_k, " LIMIT 5"), "LIMIT inside"),
+        (numbered(by_k, " ORDER BY ts"), "ORDER BY inside"),
+        (
+            numbered(by_k, " JOIN t AS u ON t.k = u.k"),
+            "JOIN inside the ROW_NUMBER() subquery",
+        ),
+        (
+            format!(
+                "SELECT k FROM (SELECT DISTINCT *, ROW_NUMBER() OVER ({by_k}) AS rn FROM t) WHERE rn = 1"
+            ),
+            "DISTINCT inside",
+        ),
+        (
+            format!("SELECT k FROM (SELECT *, RANK() OVER ({by_k}) AS rn FROM t) WHERE rn = 1"),
+            "the only window function supported is ROW_NUMBER()",
+        ),
+        (
+            "SELECT k FROM (SELECT k, a FROM t)".to_string(),
+            "a subquery or table function in FROM",
+        ),
+    ];
+    for (sql, expected) in cases {
+        match compile(&sql, "") {
+            Ok(_) => panic!("accepted: {sql}"),
+            Err(e) => assert!(e.contains(expected), "{sql}: {e}"),
         }
     }
 }

@@ -18,6 +18,7 @@ use sluice_e2e::kafka::{
     wait_while_progressing,
 };
 use sluice_e2e::orders::{self, watermark_pushers};
+use sluice_e2e::postgres::metric_sum;
 
 /// Event-time step between consecutive orders of `orders()`.
 const SPACING_MS: i64 = 40;
@@ -709,14 +710,36 @@ fn memory_stays_within_the_logged_bound_while_far_more_flows_through() {
         volume as u64 > 2 * (bound_mib << 20),
         "the input ({volume} bytes) must dwarf the bound ({bound_mib} MiB)"
     );
-    let mut daemon = s.spawn("a", &small_buffers);
-    // In rounds of about 5 MB that the daemon drains as they come: noida-db ignores
-    // `fetch.max.bytes` and answers a fetch with everything unread, and the daemon's clients
-    // refuse responses over the 16 MiB `receive.message.max.bytes` set above (a stall, so
-    // this test would fail rather than pass on a broken bound).
-    for round in events.chunks(4_000) {
+    let metrics_addr = free_address();
+    let mut watched = small_buffers.to_vec();
+    watched.extend(["--metrics-addr", metrics_addr.as_str()]);
+    let mut daemon = s.spawn("a", &watched);
+    // In rounds of about 4 MB, each produced only once both readers (the speed layer and the
+    // raw-lake sink, which commits on its own clock) have caught up to within two rounds:
+    // noida-db ignores `fetch.max.bytes` and answers a fetch with everything unread, and the
+    // daemon's clients refuse responses over the 16 MiB `receive.message.max.bytes` set above,
+    // so a reader left more than 16 MiB behind (a loaded machine) would stall for good.
+    const ROUND: usize = 4_000;
+    let job = s.job.name().to_string();
+    let caught_up = || {
+        let text = http_get(&metrics_addr, "/metrics");
+        let read = metric_sum(&text, "sluice_records_in_total", &[("job", &job)]);
+        let landed = metric_sum(&text, "sluice_lake_rows_total", &[("job", &job)]);
+        read.min(landed) as usize
+    };
+    let mut produced = 0;
+    for round in events.chunks(ROUND) {
+        if produced > 2 * ROUND {
+            wait_while_progressing(
+                Duration::from_secs(90),
+                Duration::from_millis(250),
+                "both readers to catch up before the next round",
+                produced - 2 * ROUND,
+                caught_up,
+            );
+        }
         produce(s.topic(), round);
-        std::thread::sleep(Duration::from_millis(500));
+        produced += round.len();
     }
     wait_for_results(&s, &expected, Duration::from_secs(300));
     assert_lake_holds_every_offset_once(&s, events.len());

@@ -266,6 +266,23 @@ sql = "SELECT a FROM t"
             "[[checks]]\ncheck = \"not_null\"\ncolumn = \"a\"\n[[checks]]\ncheck = \"not_null\"\ncolumn = \"a\"\n",
             "checks[1].name",
         ),
+        (
+            "[[checks]]\ncheck = \"not_null\"\ncolumns = [\"a\"]\n",
+            "checks[0].columns",
+        ),
+        (
+            "[[checks]]\ncheck = \"unique\"\ncolumn = \"a\"\ncolumns = [\"a\"]\n",
+            "checks[0].columns",
+        ),
+        (
+            "[[checks]]\ncheck = \"unique\"\ncolumns = [\"a\", \"b\"]\n",
+            "checks[0].columns",
+        ),
+        (
+            "[[checks]]\ncheck = \"not_null\"\ncolumn = \"a\"\nwithin = \"1m\"\n",
+            "checks[0].within",
+        ),
+        ("[[checks]]\ncheck = \"unique\"\n", "checks[0].column"),
     ] {
         let error = Job::from_toml(&toml(checks), Path::new("t.toml")).expect_err("refused");
         let message = error.to_string();
@@ -288,4 +305,23 @@ fn quarantine_checks_are_part_of_the_plan_and_warn_checks_are_not() {
     .plan_fingerprint();
     assert_eq!(plain, warn);
     assert_ne!(plain, quarantine);
+    let unique = |within: &str, severity: &str| {
+        job(
+            &format!(
+                "[[checks]]\ncheck = \"unique\"\ncolumn = \"order_id\"\n{within}severity = \"{severity}\"\n"
+            ),
+            STATELESS,
+        )
+        .plan_fingerprint()
+    };
+    assert_eq!(plain, unique("", "warn"), "a warn unique only counts");
+    assert_ne!(
+        unique("", "quarantine"),
+        unique("within = \"5m\"\n", "quarantine")
+    );
+    assert_eq!(
+        unique("", "quarantine"),
+        unique("within = \"1h\"\n", "quarantine"),
+        "the default horizon is dedup_within's 1h"
+    );
 }

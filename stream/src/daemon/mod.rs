@@ -233,7 +233,13 @@ impl StreamDaemon {
                 .create_with_context(context)
                 .map_err(kafka(job, "creating the consumer"))?;
         let partitions = partition_count(job, &consumer, &self.topics.source)?;
-        ensure_topics(job, &self.config, &self.topics, partitions)?;
+        ensure_topics(
+            job,
+            &self.config,
+            &self.topics,
+            partitions,
+            self.pipeline.stateful().is_some(),
+        )?;
         let producer = self.producer()?;
         let (store, checkpoint) =
             StateStore::open(job, &self.config.state_dir, &self.job.plan_fingerprint())?;
@@ -378,6 +384,22 @@ impl StreamDaemon {
             (RESTORE_CHUNK_RECORDS, RESTORE_CHUNK_BYTES),
             |chunk| processor.restore_chunk(&mut restoring, chunk),
         )?;
+        let operator_records = if processor.pipeline().stateful().is_some() {
+            // Always the whole `<job>.state` partition: a checkpoint does not cover it, and
+            // it is bounded by the horizon and the lateness.
+            processor.start_operator_restore(partition)?;
+            read_changelog(
+                self.name(),
+                &self.config,
+                (&self.topics.state, partition, Offset::Beginning),
+                RESTORE_DEADLINE,
+                (RESTORE_CHUNK_RECORDS, RESTORE_CHUNK_BYTES),
+                |chunk| processor.restore_operator_chunk(partition, chunk),
+            )?
+        } else {
+            0
+        };
+        let records = records + operator_records;
         processor.finish_restore(restoring, Instant::now())?;
         let seconds = started.elapsed().as_secs_f64();
         self.metrics
@@ -548,6 +570,7 @@ impl StreamDaemon {
             (&self.topics.results, output.results.len()),
             (&self.topics.dlq, output.dlq.len()),
             (&self.topics.late, output.late.len()),
+            (&self.topics.state, output.state.len()),
         ] {
             m.records_out
                 .with_label_values(&[job, topic])
@@ -569,6 +592,11 @@ impl StreamDaemon {
         m.late_records
             .with_label_values(&[job])
             .inc_by(output.late.len() as u64);
+        if output.deduplicated > 0 {
+            m.dedup_dropped
+                .with_label_values(&[job])
+                .inc_by(output.deduplicated as u64);
+        }
         m.speed_tombstones
             .with_label_values(&[job])
             .inc_by(output.tombstoned as u64);

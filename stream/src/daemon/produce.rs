@@ -42,6 +42,15 @@ impl StreamDaemon {
             }
             send_waiting(producer, base)?;
         }
+        for record in &output.state {
+            let mut base = BaseRecord::<[u8], [u8]>::to(&self.topics.state)
+                .partition(record.partition)
+                .key(&record.key);
+            if let Some(value) = &record.value {
+                base = base.payload(value);
+            }
+            send_waiting(producer, base)?;
+        }
         for (key, value) in &output.results {
             let mut base = BaseRecord::<[u8], [u8]>::to(&self.topics.results).payload(value);
             if let Some(key) = key {

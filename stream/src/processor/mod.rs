@@ -9,7 +9,9 @@
 //! (fold, emit, retire, tombstone), [`window_index`] (which windows are open, emitted,
 //! expired) and [`restore`] (state back from the changelog).
 
+mod dedup;
 mod lifecycle;
+mod op_state;
 mod records;
 mod restore;
 mod routing;
@@ -59,6 +61,8 @@ pub(crate) struct Processor {
     /// Per assigned partition, the source offset after the last record processed: what the
     /// watermark records say the state reflects.
     next_offsets: BTreeMap<i32, i64>,
+    /// A deduplicating job's release bound per partition (see [`dedup`]).
+    purge_us: BTreeMap<i32, i64>,
 }
 
 impl Processor {
@@ -93,6 +97,7 @@ impl Processor {
             tombstones: TombstoneScan::default(),
             plan_pending: BTreeSet::new(),
             next_offsets: BTreeMap::new(),
+            purge_us: BTreeMap::new(),
         }
     }
 
@@ -140,6 +145,7 @@ impl Processor {
                 watermark_us: max_event_us.saturating_sub(delay),
                 emitted_us: self.windows.emitted(partition),
                 source_next_offset: self.next_offsets.get(&partition).copied(),
+                purge_us: self.purge_us.get(&partition).copied(),
             })
     }
 
@@ -161,6 +167,7 @@ impl Processor {
         self.windows.revoke(partition);
         self.plan_pending.remove(&partition);
         self.next_offsets.remove(&partition);
+        self.purge_us.remove(&partition);
         self.store.drop_partition(partition)
     }
 
@@ -182,7 +189,13 @@ impl Processor {
             .as_primitive::<TimestampMicrosecondType>()
             .values()
             .to_vec();
-        let keep = self.divert_late(&times, &origin, &mut output);
+        let pipeline = self.pipeline.clone();
+        let keep = match pipeline.stateful() {
+            Some(stages) if stages.holds_rows() => {
+                self.divert_late_dedup(&times, &origin, &mut output)
+            }
+            _ => self.divert_late(&times, &origin, &mut output),
+        };
         let mut moved = BTreeSet::new();
         let mut seen = max_event_per_partition(&times, &origin);
         for &partition in output.next_offsets.keys() {
@@ -193,11 +206,25 @@ impl Processor {
                 moved.insert(partition);
             }
         }
-        for (partition, rows) in rows_per_partition(&keep, &origin) {
-            let part = take_record_batch(&batch, &UInt32Array::from(rows.clone()))
-                .map_err(arrow_error("selecting a partition's rows"))?;
-            output.rows_in += part.num_rows();
-            self.run_plan(partition, &part, &rows, &origin, &mut output)?;
+        let mut purged = false;
+        if let Some(stages) = pipeline.stateful() {
+            let watermark = self.watermarks.job_watermark(now);
+            let per_partition = rows_per_partition(&keep, &origin);
+            purged = self.dedup_all(
+                stages,
+                &batch,
+                per_partition,
+                &origin,
+                watermark,
+                &mut output,
+            )?;
+        } else {
+            for (partition, rows) in rows_per_partition(&keep, &origin) {
+                let part = take_record_batch(&batch, &UInt32Array::from(rows.clone()))
+                    .map_err(arrow_error("selecting a partition's rows"))?;
+                output.rows_in += part.num_rows();
+                self.run_plan(partition, &part, &rows, &origin, &mut output)?;
+            }
         }
         let after = self.watermarks.job_watermark(now);
         self.last_watermark = after;
@@ -207,7 +234,7 @@ impl Processor {
         self.plan_records(&mut output);
         // Last among each partition's records: a reader that applied it holds the state of
         // exactly the offsets before its `source_next_offset`.
-        let all = emitted || !moved.is_empty() || after != before;
+        let all = emitted || purged || !moved.is_empty() || after != before;
         self.watermark_records(all, &mut output);
         Ok(output)
     }
@@ -280,5 +307,7 @@ fn arrow_error(
     }
 }
 
+#[cfg(test)]
+mod dedup_tests;
 #[cfg(test)]
 mod tests;

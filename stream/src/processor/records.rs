@@ -58,6 +58,10 @@ pub struct RoutedRecord {
 #[derive(Debug, Default)]
 pub struct Output {
     pub speed: Vec<SpeedRecord>,
+    /// `<job>.state`: operator-state changes (same shape as `<job>.speed` records).
+    pub state: Vec<SpeedRecord>,
+    /// Rows a first-row dedup dropped as duplicates.
+    pub deduplicated: usize,
     /// `<job>.results`: (key, value) JSON.
     pub results: Vec<(Option<Vec<u8>>, Vec<u8>)>,
     /// Result rows again, for each `[[outputs]]` entry whose predicate they match.
@@ -79,6 +83,7 @@ pub struct Output {
 impl Output {
     pub fn is_empty(&self) -> bool {
         self.speed.is_empty()
+            && self.state.is_empty()
             && self.results.is_empty()
             && self.routed.is_empty()
             && self.dlq.is_empty()

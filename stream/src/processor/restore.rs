@@ -117,12 +117,31 @@ impl Processor {
             Some(next) => self.next_offsets.insert(partition, next),
             None => self.next_offsets.remove(&partition),
         };
+        match watermark.and_then(|w| w.purge_us) {
+            Some(bound) => self.purge_us.insert(partition, bound),
+            None => self.purge_us.remove(&partition),
+        };
         self.watermarks.assign(partition, watermark, now);
         self.windows
             .restore_emitted(partition, watermark.and_then(|w| w.emitted_us));
         // The partition may hold retired rows the batch view already covers.
         self.tombstones.recheck();
         self.index_restored(partition)
+    }
+
+    /// Starts restoring `partition`'s operator state from its whole `<job>.state` changelog:
+    /// forgets what the store held of it.
+    pub(crate) fn start_operator_restore(&mut self, partition: i32) -> Result<()> {
+        self.store.drop_operator_state(partition)
+    }
+
+    /// Applies the next chunk of `partition`'s `<job>.state` changelog.
+    pub(crate) fn restore_operator_chunk(
+        &mut self,
+        partition: i32,
+        chunk: Vec<ChangelogRecord>,
+    ) -> Result<()> {
+        self.store.operator_apply(partition, &chunk)
     }
 
     /// The whole changelog at once.

@@ -6,8 +6,8 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use arrow::array::RecordBatch;
-use sluice_core::DivertReason;
 use sluice_core::rows::to_json_lines;
+use sluice_core::{DivertReason, FailedRow};
 
 use super::Processor;
 use super::records::{Diverted, Output, RoutedRecord, SourceRecord};
@@ -16,7 +16,7 @@ use crate::error::Result;
 impl Processor {
     /// `record` diverted for `error_type`: its copy as it may leave the job, with the job's
     /// PII fields protected in its value and key (unchanged without PII policies).
-    fn diverted(
+    pub(super) fn diverted(
         &self,
         record: &SourceRecord,
         error_type: DivertReason,
@@ -40,6 +40,15 @@ impl Processor {
             watermark_us: None,
             event_time_us: None,
             pii: redacted.mark,
+        }
+    }
+
+    /// The dead letter of `record`, whose row the plan failed on or a check rejected.
+    pub(super) fn failed_row(&self, record: &SourceRecord, failed: FailedRow) -> Diverted {
+        Diverted {
+            field: failed.field,
+            check: failed.check,
+            ..self.diverted(record, failed.reason, failed.error.to_string())
         }
     }
 
@@ -132,15 +141,8 @@ impl Processor {
             );
         }
         for failed in isolated.failed {
-            output.dlq.push(Diverted {
-                field: failed.field,
-                check: failed.check,
-                ..self.diverted(
-                    origin[rows[failed.row] as usize],
-                    failed.reason,
-                    failed.error.to_string(),
-                )
-            });
+            let record = origin[rows[failed.row] as usize];
+            output.dlq.push(self.failed_row(record, failed));
         }
         output.violations.extend(isolated.violations);
         for piece in isolated.pieces {
@@ -149,7 +151,7 @@ impl Processor {
         Ok(())
     }
 
-    fn absorb(
+    pub(super) fn absorb(
         &mut self,
         partition: i32,
         evaluated: RecordBatch,

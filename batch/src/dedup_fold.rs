@@ -1,0 +1,165 @@
+//! The batch layer's side of the stateful stages (first-row dedup, `unique` checks): raw rows
+//! stepped per source partition through [`MemState`]s and the same
+//! [`sluice_core::stateful::StatefulStages`] the speed layer runs, so both layers drop and
+//! reject the same rows (the rule is in [`sluice_core::dedup`]).
+//!
+//! A backfill of `[from, to)` reads the raw table from `from` minus the stages' reach: those
+//! earlier rows only decide whether rows of the range are duplicates, and are neither folded
+//! nor reported. Rows are stepped without a bound while the table is scanned (held, or passed
+//! on at once by warn checks), then everything is released at the end of the input (the batch
+//! layer's watermark is the end of its input, so nothing is late). Memory is therefore the
+//! checked rows of the range and its reach, encoded; backfill long ranges of a deduplicating
+//! job in several runs.
+
+use std::collections::BTreeMap;
+
+use arrow::array::{BooleanArray, RecordBatch};
+use arrow::compute::filter_record_batch;
+use sluice_core::Pipeline;
+use sluice_core::dedup::RowId;
+use sluice_core::operator_state::MemState;
+use sluice_core::stateful::{StatefulStages, Stepped};
+
+use crate::backfill::RawOrigin;
+use crate::error::Result;
+
+/// The stages' state for a fold.
+pub(crate) struct HeldRows {
+    /// Per source partition (`None`: rows loaded from files, which have no partition).
+    states: BTreeMap<Option<i32>, MemState>,
+    /// The first event time (µs) of the rows the fold is for; earlier rows are reach.
+    fold_from: Option<i64>,
+    /// File rows seen so far: appended to their ids so identical rows stay two rows.
+    file_rows: u64,
+}
+
+/// What a step gave for one partition's rows.
+pub(crate) struct PartStep {
+    pub(crate) partition: Option<i32>,
+    pub(crate) stepped: Stepped,
+}
+
+fn arrow_error(
+    during: &'static str,
+) -> impl FnOnce(arrow::error::ArrowError) -> sluice_core::Error {
+    move |source| sluice_core::Error::Arrow {
+        during,
+        source: Box::new(source),
+    }
+}
+
+impl HeldRows {
+    pub(crate) fn new(fold_from: Option<i64>) -> HeldRows {
+        HeldRows {
+            states: BTreeMap::new(),
+            fold_from,
+            file_rows: 0,
+        }
+    }
+
+    /// Which of `times` belong to the fold rather than its reach.
+    pub(crate) fn in_range(&self, times: &[i64]) -> Vec<bool> {
+        times
+            .iter()
+            .map(|&t| self.fold_from.is_none_or(|from| t >= from))
+            .collect()
+    }
+
+    /// Steps `rows` (already checked) of `origin` without a bound, each in its partition's
+    /// state: what comes out goes on at once (rows no stage holds).
+    pub(crate) fn add(
+        &mut self,
+        stages: &StatefulStages,
+        rows: &RecordBatch,
+        origin: &RawOrigin,
+    ) -> Result<Vec<PartStep>> {
+        let stage = &stages.stages()[0].dedup;
+        let mut per_partition: BTreeMap<Option<i32>, (Vec<bool>, Vec<RowId>)> = BTreeMap::new();
+        for row in 0..rows.num_rows() {
+            let partition = origin.partitions.get(row).copied().flatten();
+            let id = match (partition, origin.offsets.get(row).copied().flatten()) {
+                (Some(_), Some(offset)) => RowId::offset(offset),
+                _ => {
+                    // The encoding orders distinct rows alike in every run (encodings of one
+                    // schema are prefix-free); the count only tells identical ones apart.
+                    let mut id = stage.encode_row(rows, row)?;
+                    id.extend_from_slice(&self.file_rows.to_be_bytes());
+                    self.file_rows += 1;
+                    RowId::content(id)
+                }
+            };
+            let (mask, ids) = per_partition
+                .entry(partition)
+                .or_insert_with(|| (vec![false; rows.num_rows()], Vec::new()));
+            mask[row] = true;
+            ids.push(id);
+        }
+        let mut steps = Vec::new();
+        for (partition, (mask, ids)) in per_partition {
+            let part = if ids.len() == rows.num_rows() {
+                rows.clone()
+            } else {
+                filter_record_batch(rows, &BooleanArray::from(mask))
+                    .map_err(arrow_error("selecting a partition's rows to deduplicate"))?
+            };
+            let state = self.states.entry(partition).or_default();
+            let stepped = stages.step(state, &part, &ids, (None, None), self.fold_from)?;
+            steps.push(PartStep { partition, stepped });
+        }
+        Ok(steps)
+    }
+
+    /// Releases every held row (the end of the input), per partition.
+    pub(crate) fn release_all(&mut self, pipeline: &Pipeline) -> Result<Vec<PartStep>> {
+        let Some(stages) = pipeline.stateful() else {
+            return Ok(Vec::new());
+        };
+        let empty = RecordBatch::new_empty(stages.stages()[0].dedup.schema().clone());
+        let mut steps = Vec::new();
+        for (partition, mut state) in std::mem::take(&mut self.states) {
+            let stepped = stages.step(
+                &mut state,
+                &empty,
+                &[],
+                (None, Some(i64::MAX)),
+                self.fold_from,
+            )?;
+            steps.push(PartStep { partition, stepped });
+        }
+        Ok(steps)
+    }
+
+    /// The rows of `step` that belong to the fold (not its reach), with their origin.
+    pub(crate) fn foldable(
+        &self,
+        stages: &StatefulStages,
+        step: &PartStep,
+    ) -> Result<(RecordBatch, RawOrigin)> {
+        let stage = &stages.stages()[0].dedup;
+        let rows = &step.stepped.rows;
+        let keep = self.in_range(&stage.event_times(rows)?);
+        let ids: Vec<&RowId> = step
+            .stepped
+            .ids
+            .iter()
+            .zip(&keep)
+            .filter(|(_, k)| **k)
+            .map(|(id, _)| id)
+            .collect();
+        let rows = if ids.len() == rows.num_rows() {
+            rows.clone()
+        } else {
+            filter_record_batch(rows, &BooleanArray::from(keep))
+                .map_err(arrow_error("dropping the dedup reach rows"))?
+        };
+        Ok((rows, origin_of(step.partition, &ids)))
+    }
+}
+
+/// Where rows of `partition` with `ids` came from.
+pub(crate) fn origin_of(partition: Option<i32>, ids: &[&RowId]) -> RawOrigin {
+    RawOrigin {
+        partitions: vec![partition; ids.len()],
+        offsets: ids.iter().map(|id| partition.and(id.as_offset())).collect(),
+    }
+}

@@ -1,0 +1,335 @@
+//! Folding raw rows through the shared plan into view rows: what `sluice backfill`, `sluice
+//! verify`'s recompute and the replay seed all run on the batches `scan_raw` hands them.
+//! Rows the plan fails on or checks quarantine are kept aside with where they came from; a
+//! deduplicating job's rows are held first ([`crate::dedup_fold`]).
+
+use std::sync::Arc;
+
+use arrow::array::{AsArray, BooleanArray, RecordBatch, TimestampMicrosecondArray};
+use arrow::datatypes::{Int32Type, Int64Type, SchemaRef, TimestampMicrosecondType};
+use sluice_core::anomaly::RowCounter;
+use sluice_core::lake::view_schema;
+use sluice_core::rows::to_json_lines;
+use sluice_core::spec::UTC;
+use sluice_core::time::floor_to;
+use sluice_core::{CheckViolations, Isolated, Job, JobPlan, Pipeline};
+
+use crate::backfill::RejectedRow;
+use crate::dedup_fold::{HeldRows, PartStep, origin_of};
+use crate::error::{BatchError, Result};
+
+/// Partial rows held before they are merged down, bounding memory during a backfill.
+const MERGE_EVERY_ROWS: usize = 1 << 20;
+
+/// Where each raw row of a scanned batch came from (its source partition and offset columns).
+pub(crate) struct RawOrigin {
+    pub(crate) partitions: Vec<Option<i32>>,
+    pub(crate) offsets: Vec<Option<i64>>,
+}
+
+impl RawOrigin {
+    /// The two source columns that follow the job's `width` source columns in a scan.
+    pub(crate) fn of(scanned: &RecordBatch, width: usize) -> RawOrigin {
+        let int = |i: usize| scanned.columns().get(i).cloned();
+        let partitions = int(width)
+            .and_then(|c| arrow::compute::cast(&c, &arrow::datatypes::DataType::Int32).ok())
+            .map(|c| c.as_primitive::<Int32Type>().iter().collect())
+            .unwrap_or_else(|| vec![None; scanned.num_rows()]);
+        let offsets = int(width + 1)
+            .and_then(|c| arrow::compute::cast(&c, &arrow::datatypes::DataType::Int64).ok())
+            .map(|c| c.as_primitive::<Int64Type>().iter().collect())
+            .unwrap_or_else(|| vec![None; scanned.num_rows()]);
+        RawOrigin {
+            partitions,
+            offsets,
+        }
+    }
+}
+
+/// Runs the plan over raw batches and accumulates the view rows.
+pub(crate) struct Fold<'a> {
+    pipeline: &'a Pipeline,
+    plan: &'a JobPlan,
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
+    pub(crate) rows_read: usize,
+    pub(crate) rejected: Vec<RejectedRow>,
+    /// Check violations summed over every batch added (the same checks, in the same order,
+    /// for each).
+    pub(crate) violations: Vec<CheckViolations>,
+    /// The source rows added, per window of `[anomalies]` (backfills of jobs declaring it).
+    pub(crate) window_rows: Option<RowCounter>,
+    /// A deduplicating job's checked rows, held until the end of the input.
+    held: Option<HeldRows>,
+}
+
+impl<'a> Fold<'a> {
+    pub(crate) fn new(pipeline: &'a Pipeline) -> Fold<'a> {
+        Fold {
+            pipeline,
+            plan: pipeline.plan(),
+            pending: Vec::new(),
+            pending_rows: 0,
+            rows_read: 0,
+            rejected: Vec::new(),
+            violations: Vec::new(),
+            window_rows: None,
+            held: pipeline.stateful().map(|_| HeldRows::new(None)),
+        }
+    }
+
+    /// A fold of the rows from `from` on: a job with stateful stages (dedup, `unique`) also
+    /// gets rows before it (read because they decide which later rows are duplicates), which
+    /// are stepped but neither folded nor reported.
+    pub(crate) fn starting_at(pipeline: &'a Pipeline, from: i64) -> Fold<'a> {
+        let mut fold = Fold::new(pipeline);
+        if fold.held.is_some() {
+            fold.held = Some(HeldRows::new(Some(from)));
+        }
+        fold
+    }
+
+    pub(crate) fn add(&mut self, raw: &RecordBatch, origin: &RawOrigin) -> Result<()> {
+        if let (Some(stages), Some(held)) = (self.pipeline.stateful(), &self.held) {
+            let in_range = held.in_range(&stages.stages()[0].dedup.event_times(raw)?);
+            if in_range.iter().all(|&r| r) {
+                return self.add_held(raw, origin, true);
+            }
+            let (range, reach) = split_rows(raw, origin, &in_range)?;
+            self.add_held(&range.0, &range.1, true)?;
+            return self.add_held(&reach.0, &reach.1, false);
+        }
+        self.rows_read += raw.num_rows();
+        if let Some(counter) = &mut self.window_rows {
+            counter.add(raw)?;
+        }
+        let isolated = self.pipeline.evaluate_isolating(raw)?;
+        self.absorb(raw, origin, isolated)
+    }
+
+    /// Checks `raw` and holds what passes for the dedup; `counted` rows are the fold's (read,
+    /// checked and rejected in its report), the others its reach.
+    fn add_held(&mut self, raw: &RecordBatch, origin: &RawOrigin, counted: bool) -> Result<()> {
+        if raw.num_rows() == 0 {
+            return Ok(());
+        }
+        let checked = self.pipeline.check(raw)?;
+        if counted {
+            self.rows_read += raw.num_rows();
+            if let Some(counter) = &mut self.window_rows {
+                counter.add(raw)?;
+            }
+            let isolated = Isolated {
+                pieces: Vec::new(),
+                failed: checked.failed,
+                violations: checked.violations,
+            };
+            self.absorb(raw, origin, isolated)?;
+        }
+        let kept_origin = RawOrigin {
+            partitions: checked
+                .kept_rows
+                .iter()
+                .map(|&r| origin.partitions.get(r).copied().flatten())
+                .collect(),
+            offsets: checked
+                .kept_rows
+                .iter()
+                .map(|&r| origin.offsets.get(r).copied().flatten())
+                .collect(),
+        };
+        let steps = match (self.pipeline.stateful(), &mut self.held) {
+            (Some(stages), Some(held)) => held.add(stages, &checked.kept, &kept_origin)?,
+            _ => Vec::new(),
+        };
+        self.absorb_steps(steps)
+    }
+
+    /// Releases the stateful stages' held rows through the plan (at the end of the input).
+    fn release_held(&mut self) -> Result<()> {
+        let steps = match self.held.as_mut() {
+            Some(held) => held.release_all(self.pipeline)?,
+            None => return Ok(()),
+        };
+        self.absorb_steps(steps)
+    }
+
+    /// What stateful steps gave: `unique` rejections and violations reported, the rows they
+    /// let through (those of the fold's range) through the plan.
+    fn absorb_steps(&mut self, steps: Vec<PartStep>) -> Result<()> {
+        let (Some(stages), Some(held)) = (self.pipeline.stateful(), &self.held) else {
+            return Ok(());
+        };
+        let mut folded = Vec::with_capacity(steps.len());
+        for step in &steps {
+            folded.push(held.foldable(stages, step)?);
+        }
+        for (step, (rows, origin)) in steps.into_iter().zip(folded) {
+            let mut isolated = self.pipeline.evaluate_plan(&rows)?;
+            isolated.violations = self.pipeline.violations_of(&step.stepped.violations);
+            self.absorb(&rows, &origin, isolated)?;
+            for rejected in step.stepped.rejected {
+                let failed = self.pipeline.check_failure(rejected.check);
+                let origin = origin_of(step.partition, &[&rejected.id]);
+                self.absorb(
+                    &rejected.row,
+                    &origin,
+                    Isolated {
+                        pieces: Vec::new(),
+                        failed: vec![failed],
+                        violations: Vec::new(),
+                    },
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The plan's outcome on `raw`: rejected rows reported, violations summed, pieces folded.
+    fn absorb(&mut self, raw: &RecordBatch, origin: &RawOrigin, isolated: Isolated) -> Result<()> {
+        for failed in isolated.failed {
+            let record = to_json_lines(&[raw.slice(failed.row, 1)])?;
+            self.rejected.push(RejectedRow {
+                partition: origin.partitions.get(failed.row).copied().flatten(),
+                offset: origin.offsets.get(failed.row).copied().flatten(),
+                error: failed.reason,
+                reason: failed.error.to_string(),
+                check: failed.check,
+                record: serde_json::from_slice(&record).unwrap_or(serde_json::Value::Null),
+            });
+        }
+        if self.violations.is_empty() {
+            self.violations = isolated.violations;
+        } else {
+            for (sum, more) in self.violations.iter_mut().zip(isolated.violations) {
+                sum.rows += more.rows;
+            }
+        }
+        for piece in isolated.pieces {
+            let rows = match self.plan.aggregate() {
+                Some(_) => piece.output,
+                None => stateless_rows(self.plan, &piece)?,
+            };
+            self.pending_rows += rows.num_rows();
+            self.pending.push(rows);
+        }
+        if self.plan.aggregate().is_some() && self.pending_rows > MERGE_EVERY_ROWS {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    /// The partial states folded so far, merged per (key, window, bucket). Aggregate jobs.
+    /// Releases a deduplicating fold's held rows first: call it once, after the last row.
+    pub(crate) fn partials(&mut self, job: &Job) -> Result<RecordBatch> {
+        self.release_held()?;
+        let Some(stage) = self.plan.aggregate() else {
+            return Err(BatchError::Stateless {
+                job: job.name().to_string(),
+                what: "merge",
+            });
+        };
+        Ok(stage.merge(&self.pending)?)
+    }
+
+    fn compact(&mut self) -> Result<()> {
+        if let Some(stage) = self.plan.aggregate() {
+            let merged = stage.merge(&self.pending)?;
+            self.pending_rows = merged.num_rows();
+            self.pending = vec![merged];
+        }
+        Ok(())
+    }
+
+    /// The view rows: finalized columns beside partial states, or a stateless job's rows.
+    pub(crate) fn finish(&mut self) -> Result<RecordBatch> {
+        self.release_held()?;
+        let schema = view_schema(self.plan);
+        let Some(stage) = self.plan.aggregate() else {
+            return concat(&schema, &self.pending);
+        };
+        let merged = stage.merge(&self.pending)?;
+        let finalized = stage.finalize_rows(&merged)?;
+        let mut columns = finalized.columns().to_vec();
+        columns.extend(merged.columns().iter().cloned());
+        RecordBatch::try_new(schema, columns).map_err(|source| {
+            sluice_core::Error::Arrow {
+                during: "building view rows",
+                source: Box::new(source),
+            }
+            .into()
+        })
+    }
+}
+
+/// A stateless job's output rows with the `__bucket` of each row's event time.
+fn stateless_rows(plan: &JobPlan, evaluated: &sluice_core::Evaluated) -> Result<RecordBatch> {
+    let projected = &evaluated.output;
+    let bucket = plan.bucket_micros();
+    let times = evaluated
+        .filtered
+        .column(plan.event_time_index())
+        .as_primitive::<TimestampMicrosecondType>();
+    let buckets: TimestampMicrosecondArray = times
+        .iter()
+        .map(|t| t.map(|t| floor_to(t, bucket)))
+        .collect();
+    let mut columns = projected.columns().to_vec();
+    columns.push(Arc::new(buckets.with_timezone(UTC)));
+    RecordBatch::try_new(view_schema(plan), columns).map_err(|source| {
+        sluice_core::Error::Arrow {
+            during: "building stateless view rows",
+            source: Box::new(source),
+        }
+        .into()
+    })
+}
+
+/// `raw` split by `mask`: the rows where it is true and the others, each with its origin.
+fn split_rows(
+    raw: &RecordBatch,
+    origin: &RawOrigin,
+    mask: &[bool],
+) -> Result<((RecordBatch, RawOrigin), (RecordBatch, RawOrigin))> {
+    let part = |wanted: bool| -> Result<(RecordBatch, RawOrigin)> {
+        let select: Vec<bool> = mask.iter().map(|&m| m == wanted).collect();
+        let rows = arrow::compute::filter_record_batch(raw, &BooleanArray::from(select.clone()))
+            .map_err(|source| sluice_core::Error::Arrow {
+                during: "splitting the dedup reach from the range",
+                source: Box::new(source),
+            })?;
+        let pick = |values: &[Option<i64>]| -> Vec<Option<i64>> {
+            values
+                .iter()
+                .zip(&select)
+                .filter(|(_, s)| **s)
+                .map(|(v, _)| *v)
+                .collect()
+        };
+        let partitions = origin
+            .partitions
+            .iter()
+            .zip(&select)
+            .filter(|(_, s)| **s)
+            .map(|(p, _)| *p)
+            .collect();
+        Ok((
+            rows,
+            RawOrigin {
+                partitions,
+                offsets: pick(&origin.offsets),
+            },
+        ))
+    };
+    Ok((part(true)?, part(false)?))
+}
+
+fn concat(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch> {
+    arrow::compute::concat_batches(schema, batches).map_err(|source| {
+        sluice_core::Error::Arrow {
+            during: "concatenating view rows",
+            source: Box::new(source),
+        }
+        .into()
+    })
+}
