@@ -266,3 +266,34 @@ fn refuses_dedup_variants_with_the_alternative() {
         }
     }
 }
+
+/// Every example job in jobs/examples/ compiles (those without a Polars transform, which
+/// needs the binary's registry), and the dedup example deduplicates by its order id.
+#[test]
+fn the_example_jobs_compile() {
+    let dir = sluice_e2e::repo_path("jobs/examples");
+    let mut compiled = 0;
+    for entry in std::fs::read_dir(&dir).expect("jobs/examples") {
+        let path = entry.expect("entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let job = Job::from_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        if job.spec.transform.polars.is_some() {
+            continue;
+        }
+        let pipeline = sluice_core::Pipeline::compile(&job, None)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        if job.name() == "dedup_orders" {
+            let dedup = pipeline.dedup().expect("the dedup example deduplicates");
+            assert_eq!(dedup.key_names(), ["order_id"]);
+            assert_eq!(dedup.within_us(), 3_600_000_000);
+        }
+        compiled += 1;
+    }
+    assert!(
+        compiled >= 5,
+        "only {compiled} example jobs in {}",
+        dir.display()
+    );
+}
