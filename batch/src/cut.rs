@@ -67,13 +67,7 @@ pub async fn recompute_cut(
                     during: "selecting the speed side's raw rows",
                     source: Box::new(source),
                 })?;
-            let origin = RawOrigin {
-                partitions: keep
-                    .iter()
-                    .map(|&i| origin.partitions[i as usize])
-                    .collect(),
-                offsets: keep.iter().map(|&i| origin.offsets[i as usize]).collect(),
-            };
+            let origin = origin.take(keep.iter().map(|&i| i as usize));
             fold.add(&part, &origin)
         })
         .await?;

@@ -11,12 +11,11 @@
 //! checked rows of the range and its reach, encoded; backfill long ranges of a deduplicating
 //! job in several runs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use arrow::array::{BooleanArray, RecordBatch};
-use arrow::compute::filter_record_batch;
+use arrow::array::RecordBatch;
 use sluice_core::Pipeline;
-use sluice_core::dedup::RowId;
+use sluice_core::dedup::{RowId, select_rows};
 use sluice_core::operator_state::MemState;
 use sluice_core::stateful::{StatefulStages, Stepped};
 
@@ -37,15 +36,6 @@ pub(crate) struct HeldRows {
 pub(crate) struct PartStep {
     pub(crate) partition: Option<i32>,
     pub(crate) stepped: Stepped,
-}
-
-fn arrow_error(
-    during: &'static str,
-) -> impl FnOnce(arrow::error::ArrowError) -> sluice_core::Error {
-    move |source| sluice_core::Error::Arrow {
-        during,
-        source: Box::new(source),
-    }
 }
 
 impl HeldRows {
@@ -74,34 +64,31 @@ impl HeldRows {
         origin: &RawOrigin,
     ) -> Result<Vec<PartStep>> {
         let stage = &stages.stages()[0].dedup;
-        let mut per_partition: BTreeMap<Option<i32>, (Vec<bool>, Vec<RowId>)> = BTreeMap::new();
+        let mut ids = Vec::with_capacity(rows.num_rows());
+        let mut partitions = BTreeSet::new();
         for row in 0..rows.num_rows() {
             let partition = origin.partitions.get(row).copied().flatten();
-            let id = match (partition, origin.offsets.get(row).copied().flatten()) {
-                (Some(_), Some(offset)) => RowId::offset(offset),
-                _ => {
-                    // The encoding orders distinct rows alike in every run (encodings of one
-                    // schema are prefix-free); the count only tells identical ones apart.
-                    let mut id = stage.encode_row(rows, row)?;
-                    id.extend_from_slice(&self.file_rows.to_be_bytes());
-                    self.file_rows += 1;
-                    RowId::content(id)
-                }
-            };
-            let (mask, ids) = per_partition
-                .entry(partition)
-                .or_insert_with(|| (vec![false; rows.num_rows()], Vec::new()));
-            mask[row] = true;
-            ids.push(id);
+            partitions.insert(partition);
+            ids.push(
+                match (partition, origin.offsets.get(row).copied().flatten()) {
+                    (Some(_), Some(offset)) => RowId::offset(offset),
+                    _ => {
+                        // The encoding orders distinct rows alike in every run (encodings of one
+                        // schema are prefix-free); the count only tells identical ones apart.
+                        let mut id = stage.encode_row(rows, row)?;
+                        id.extend_from_slice(&self.file_rows.to_be_bytes());
+                        self.file_rows += 1;
+                        RowId::content(id)
+                    }
+                },
+            );
         }
         let mut steps = Vec::new();
-        for (partition, (mask, ids)) in per_partition {
-            let part = if ids.len() == rows.num_rows() {
-                rows.clone()
-            } else {
-                filter_record_batch(rows, &BooleanArray::from(mask))
-                    .map_err(arrow_error("selecting a partition's rows to deduplicate"))?
-            };
+        for partition in partitions {
+            let mask: Vec<bool> = (0..rows.num_rows())
+                .map(|row| origin.partitions.get(row).copied().flatten() == partition)
+                .collect();
+            let (part, ids) = select_rows(rows, &ids, &mask)?;
             let state = self.states.entry(partition).or_default();
             let stepped = stages.step(state, &part, &ids, (None, None), self.fold_from)?;
             steps.push(PartStep { partition, stepped });
@@ -138,20 +125,8 @@ impl HeldRows {
         let stage = &stages.stages()[0].dedup;
         let rows = &step.stepped.rows;
         let keep = self.in_range(&stage.event_times(rows)?);
-        let ids: Vec<&RowId> = step
-            .stepped
-            .ids
-            .iter()
-            .zip(&keep)
-            .filter(|(_, k)| **k)
-            .map(|(id, _)| id)
-            .collect();
-        let rows = if ids.len() == rows.num_rows() {
-            rows.clone()
-        } else {
-            filter_record_batch(rows, &BooleanArray::from(keep))
-                .map_err(arrow_error("dropping the dedup reach rows"))?
-        };
+        let (rows, ids) = select_rows(rows, &step.stepped.ids, &keep)?;
+        let ids: Vec<&RowId> = ids.iter().collect();
         Ok((rows, origin_of(step.partition, &ids)))
     }
 }

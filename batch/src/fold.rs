@@ -44,6 +44,23 @@ impl RawOrigin {
             offsets,
         }
     }
+
+    /// The origin of `rows` (indices into this one), in that order.
+    pub(crate) fn take(&self, rows: impl IntoIterator<Item = usize>) -> RawOrigin {
+        let (partitions, offsets) = rows
+            .into_iter()
+            .map(|row| {
+                (
+                    self.partitions.get(row).copied().flatten(),
+                    self.offsets.get(row).copied().flatten(),
+                )
+            })
+            .unzip();
+        RawOrigin {
+            partitions,
+            offsets,
+        }
+    }
 }
 
 /// Runs the plan over raw batches and accumulates the view rows.
@@ -126,18 +143,7 @@ impl<'a> Fold<'a> {
             };
             self.absorb(raw, origin, isolated)?;
         }
-        let kept_origin = RawOrigin {
-            partitions: checked
-                .kept_rows
-                .iter()
-                .map(|&r| origin.partitions.get(r).copied().flatten())
-                .collect(),
-            offsets: checked
-                .kept_rows
-                .iter()
-                .map(|&r| origin.offsets.get(r).copied().flatten())
-                .collect(),
-        };
+        let kept_origin = origin.take(checked.kept_rows.iter().copied());
         let steps = match (self.pipeline.stateful(), &mut self.held) {
             (Some(stages), Some(held)) => held.add(stages, &checked.kept, &kept_origin)?,
             _ => Vec::new(),
@@ -298,28 +304,12 @@ fn split_rows(
                 during: "splitting the dedup reach from the range",
                 source: Box::new(source),
             })?;
-        let pick = |values: &[Option<i64>]| -> Vec<Option<i64>> {
-            values
-                .iter()
-                .zip(&select)
-                .filter(|(_, s)| **s)
-                .map(|(v, _)| *v)
-                .collect()
-        };
-        let partitions = origin
-            .partitions
+        let picked = select
             .iter()
-            .zip(&select)
+            .enumerate()
             .filter(|(_, s)| **s)
-            .map(|(p, _)| *p)
-            .collect();
-        Ok((
-            rows,
-            RawOrigin {
-                partitions,
-                offsets: pick(&origin.offsets),
-            },
-        ))
+            .map(|(row, _)| row);
+        Ok((rows, origin.take(picked)))
     };
     Ok((part(true)?, part(false)?))
 }

@@ -87,13 +87,7 @@ pub async fn speed_seeds(
                 if let Some(max) = arrow::compute::max(times) {
                     *max_event = Some(max_event.map_or(max, |m: i64| m.max(max)));
                 }
-                let sub_origin = RawOrigin {
-                    partitions: rows
-                        .iter()
-                        .map(|&i| origin.partitions[i as usize])
-                        .collect(),
-                    offsets: rows.iter().map(|&i| origin.offsets[i as usize]).collect(),
-                };
+                let sub_origin = origin.take(rows.iter().map(|&i| i as usize));
                 fold.add(&part, &sub_origin)?;
             }
             Ok(())

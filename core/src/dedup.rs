@@ -26,8 +26,31 @@ use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{FieldRef, SchemaRef, TimestampMicrosecondType};
 
 use crate::error::{Error, Result, arrow_err};
-use crate::operator_state::{OperatorState, Space, SpaceKind, time_key, time_of_key};
+use crate::operator_state::{
+    OperatorState, Space, SpaceKind, time_key, time_of_key, time_prefixed,
+};
 use crate::state_codec::StateCodec;
+
+/// The rows of `rows` (with their `ids`) where `keep` is true.
+pub fn select_rows(
+    rows: &RecordBatch,
+    ids: &[RowId],
+    keep: &[bool],
+) -> Result<(RecordBatch, Vec<RowId>)> {
+    let kept_ids: Vec<RowId> = ids
+        .iter()
+        .zip(keep)
+        .filter(|(_, k)| **k)
+        .map(|(id, _)| id.clone())
+        .collect();
+    if kept_ids.len() == rows.num_rows() {
+        return Ok((rows.clone(), kept_ids));
+    }
+    let kept =
+        arrow::compute::filter_record_batch(rows, &arrow::array::BooleanArray::from(keep.to_vec()))
+            .map_err(arrow_err("selecting rows to deduplicate"))?;
+    Ok((kept, kept_ids))
+}
 
 /// What orders rows with equal event times within one task (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -181,8 +204,7 @@ impl DedupStage {
         let key_columns: Vec<ArrayRef> =
             self.keys.iter().map(|&k| rows.column(k).clone()).collect();
         for (row, (time, id)) in times.iter().zip(ids).enumerate() {
-            let mut held_key = time_key(*time).to_vec();
-            held_key.extend_from_slice(id.as_bytes());
+            let held_key = time_prefixed(*time, id.as_bytes());
             let mut dedup_key = Vec::new();
             self.key_codec
                 .encode_row(&key_columns, row, &mut dedup_key)?;
@@ -199,19 +221,31 @@ impl DedupStage {
     /// its key's previous row is absent or more than the horizon before it, dropped otherwise.
     /// Then forgets the keys no row at or after `bound` can be a duplicate of.
     pub fn release(&self, state: &mut dyn OperatorState, bound: i64) -> Result<Released> {
-        self.release_with(state, bound, false)
+        self.release_with(state, bound, (true, false))
     }
 
     /// [`DedupStage::release`], with the dropped rows too (a `unique` check's violations).
     pub fn release_all_rows(&self, state: &mut dyn OperatorState, bound: i64) -> Result<Released> {
-        self.release_with(state, bound, true)
+        self.release_with(state, bound, (true, true))
     }
 
+    /// [`DedupStage::release`] for a stage that only counts: the dropped rows, and no kept
+    /// rows (`kept` empty, `ids` empty), so the kept ones are never decoded.
+    pub fn release_duplicates(
+        &self,
+        state: &mut dyn OperatorState,
+        bound: i64,
+    ) -> Result<Released> {
+        self.release_with(state, bound, (false, true))
+    }
+
+    /// Decides the held rows before `bound`; `(with_kept, with_duplicates)` says which rows
+    /// to return.
     fn release_with(
         &self,
         state: &mut dyn OperatorState,
         bound: i64,
-        with_duplicates: bool,
+        (with_kept, with_duplicates): (bool, bool),
     ) -> Result<Released> {
         let mut duplicate_rows = Vec::new();
         let mut duplicate_ids = Vec::new();
@@ -231,19 +265,24 @@ impl DedupStage {
             let duplicate = match &previous {
                 Some(seen) => {
                     let seen_time = time_of_key(seen).ok_or_else(|| corrupt("seen entry"))?;
-                    let mut by_time = time_key(seen_time).to_vec();
-                    by_time.extend_from_slice(dedup_key);
-                    state.delete(self.space(SpaceKind::DedupSeenByTime), by_time);
+                    state.delete(
+                        self.space(SpaceKind::DedupSeenByTime),
+                        time_prefixed(seen_time, dedup_key),
+                    );
                     time.saturating_sub(seen_time) <= self.within_us
                 }
                 None => false,
             };
-            let mut seen = time_key(time).to_vec();
-            seen.extend_from_slice(id.as_bytes());
-            state.put(self.space(SpaceKind::DedupSeen), dedup_key.to_vec(), seen);
-            let mut by_time = time_key(time).to_vec();
-            by_time.extend_from_slice(dedup_key);
-            state.put(self.space(SpaceKind::DedupSeenByTime), by_time, Vec::new());
+            state.put(
+                self.space(SpaceKind::DedupSeen),
+                dedup_key.to_vec(),
+                time_prefixed(time, id.as_bytes()),
+            );
+            state.put(
+                self.space(SpaceKind::DedupSeenByTime),
+                time_prefixed(time, dedup_key),
+                Vec::new(),
+            );
             state.delete(self.space(SpaceKind::DedupHeld), held_key);
             if duplicate {
                 dropped += 1;
@@ -251,7 +290,7 @@ impl DedupStage {
                     duplicate_rows.push(row.to_vec());
                     duplicate_ids.push(id);
                 }
-            } else {
+            } else if with_kept {
                 kept_rows.push(row.to_vec());
                 ids.push(id);
             }

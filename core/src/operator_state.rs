@@ -140,6 +140,14 @@ pub fn time_key(micros: i64) -> [u8; 8] {
     ((micros as u64) ^ (1 << 63)).to_be_bytes()
 }
 
+/// `rest` after the [`time_key`] of `micros`: a key scanned in time order.
+pub fn time_prefixed(micros: i64, rest: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + rest.len());
+    key.extend_from_slice(&time_key(micros));
+    key.extend_from_slice(rest);
+    key
+}
+
 /// The event time of a key that starts with [`time_key`]; `None` when it is shorter.
 pub fn time_of_key(key: &[u8]) -> Option<i64> {
     let bytes: [u8; 8] = key.get(..8)?.try_into().ok()?;

@@ -10,7 +10,7 @@
 
 use arrow::array::RecordBatch;
 
-use crate::dedup::{DedupStage, RowId};
+use crate::dedup::{DedupStage, RowId, select_rows};
 use crate::error::{Error, Result};
 use crate::operator_state::OperatorState;
 use crate::spec::{CheckKind, Job, Severity};
@@ -195,24 +195,14 @@ impl StatefulStages {
                                 .into_iter()
                                 .map(|t| t >= before)
                                 .collect();
-                            let on_time_ids: Vec<RowId> = ids
-                                .iter()
-                                .zip(&on_time)
-                                .filter(|(_, k)| **k)
-                                .map(|(id, _)| id.clone())
-                                .collect();
-                            let on_time_rows = arrow::compute::filter_record_batch(
-                                rows,
-                                &arrow::array::BooleanArray::from(on_time),
-                            )
-                            .map_err(crate::error::arrow_err("setting late rows aside"))?;
-                            stage.dedup.hold(state, &on_time_rows, &on_time_ids)?;
+                            let (rows, ids) = select_rows(rows, ids, &on_time)?;
+                            stage.dedup.hold(state, &rows, &ids)?;
                         }
                         None => stage.dedup.hold(state, rows, ids)?,
                     }
                 }
                 if let Some(bound) = bound {
-                    let released = stage.dedup.release_all_rows(state, bound)?;
+                    let released = stage.dedup.release_duplicates(state, bound)?;
                     if let Some((duplicates, _)) = &released.duplicates {
                         violations[check] +=
                             reported(duplicates)?.into_iter().filter(|r| *r).count();

@@ -11,10 +11,10 @@
 use std::collections::BTreeMap;
 
 use arrow::array::RecordBatch;
+use sluice_core::FailedRow;
 use sluice_core::dedup::RowId;
 use sluice_core::rows::to_json_lines;
 use sluice_core::stateful::{StatefulStages, Stepped};
-use sluice_core::{DivertReason, FailedRow};
 
 use super::Processor;
 use super::op_state::StoreState;
@@ -39,15 +39,11 @@ impl Processor {
                 continue;
             }
             keep[row] = false;
-            output.late.push(Diverted {
-                watermark_us: Some(bound),
-                event_time_us: Some(time),
-                ..self.diverted(
-                    record,
-                    DivertReason::Late,
-                    "the deduplication already decided every row before this one's event time (its watermark net of the allowed lateness passed it)".to_string(),
-                )
-            });
+            output.late.push(self.late_record(
+                record,
+                (bound, time),
+                "the deduplication already decided every row before this one's event time (its watermark net of the allowed lateness passed it)",
+            ));
         }
         keep
     }
@@ -83,11 +79,10 @@ impl Processor {
         };
         let lateness = self.windows.lateness_us();
         let previous = self.purge_us.get(&partition).copied();
-        let bound = match (job_watermark, previous) {
-            (Some(w), Some(p)) => Some(p.max(w.saturating_sub(lateness))),
-            (Some(w), None) => Some(w.saturating_sub(lateness)),
-            (None, p) => p,
-        };
+        // Monotone: `None` orders below every bound, so the larger of the two is kept.
+        let bound = job_watermark
+            .map(|w| w.saturating_sub(lateness))
+            .max(previous);
         let mut state = StoreState::new(&self.store, partition);
         let stepped = stages.step(&mut state, &arriving, &ids, (previous, bound), None)?;
         let writes = state.finish()?;
@@ -139,41 +134,27 @@ impl Processor {
         Ok(())
     }
 
-    /// Every assigned partition's rows of this micro-batch (possibly none) through its dedup
-    /// step. Returns whether any release bound moved.
+    /// Every assigned partition's rows of this micro-batch (`parts`: its arriving rows and
+    /// their indices in the batch; possibly none) through its dedup step. Returns whether any
+    /// release bound moved.
     pub(super) fn dedup_all(
         &mut self,
         stages: &StatefulStages,
-        batch: &RecordBatch,
-        per_partition: BTreeMap<i32, Vec<u32>>,
+        parts: &BTreeMap<i32, (RecordBatch, Vec<u32>)>,
         origin: &[&SourceRecord],
         job_watermark: Option<i64>,
         output: &mut Output,
     ) -> Result<bool> {
         let mut partitions: Vec<i32> = self.watermarks.partitions().map(|(p, _)| p).collect();
-        partitions.extend(per_partition.keys().copied());
+        partitions.extend(parts.keys().copied());
         partitions.sort_unstable();
         partitions.dedup();
         let mut moved = false;
         for partition in partitions {
-            let part = match per_partition.get(&partition) {
-                Some(rows) => {
-                    let indices = arrow::array::UInt32Array::from(rows.clone());
-                    let part = arrow::compute::take_record_batch(batch, &indices)
-                        .map_err(super::arrow_error("selecting a partition's rows"))?;
-                    output.rows_in += part.num_rows();
-                    Some((part, rows.as_slice()))
-                }
-                None => None,
-            };
-            moved |= self.dedup_step(
-                stages,
-                partition,
-                part.as_ref().map(|(b, r)| (b, *r)),
-                origin,
-                job_watermark,
-                output,
-            )?;
+            let part = parts
+                .get(&partition)
+                .map(|(rows, indices)| (rows, indices.as_slice()));
+            moved |= self.dedup_step(stages, partition, part, origin, job_watermark, output)?;
         }
         Ok(moved)
     }

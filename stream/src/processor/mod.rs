@@ -206,27 +206,23 @@ impl Processor {
                 moved.insert(partition);
             }
         }
+        let mut parts = BTreeMap::new();
+        for (partition, rows) in rows_per_partition(&keep, &origin) {
+            let part = take_record_batch(&batch, &UInt32Array::from(rows.clone()))
+                .map_err(arrow_error("selecting a partition's rows"))?;
+            output.rows_in += part.num_rows();
+            parts.insert(partition, (part, rows));
+        }
+        // Every partition has been observed: the plan runs below do not move it.
+        let after = self.watermarks.job_watermark(now);
         let mut purged = false;
         if let Some(stages) = pipeline.stateful() {
-            let watermark = self.watermarks.job_watermark(now);
-            let per_partition = rows_per_partition(&keep, &origin);
-            purged = self.dedup_all(
-                stages,
-                &batch,
-                per_partition,
-                &origin,
-                watermark,
-                &mut output,
-            )?;
+            purged = self.dedup_all(stages, &parts, &origin, after, &mut output)?;
         } else {
-            for (partition, rows) in rows_per_partition(&keep, &origin) {
-                let part = take_record_batch(&batch, &UInt32Array::from(rows.clone()))
-                    .map_err(arrow_error("selecting a partition's rows"))?;
-                output.rows_in += part.num_rows();
+            for (partition, (part, rows)) in parts {
                 self.run_plan(partition, &part, &rows, &origin, &mut output)?;
             }
         }
-        let after = self.watermarks.job_watermark(now);
         self.last_watermark = after;
         self.log_idleness(now);
         let emitted = self.emit_and_purge(after, &mut output)?;

@@ -43,6 +43,20 @@ impl Processor {
         }
     }
 
+    /// `record` bound for `<job>.late`: its event time was behind `watermark_us` by `why`.
+    pub(super) fn late_record(
+        &self,
+        record: &SourceRecord,
+        (watermark_us, event_time_us): (i64, i64),
+        why: &str,
+    ) -> Diverted {
+        Diverted {
+            watermark_us: Some(watermark_us),
+            event_time_us: Some(event_time_us),
+            ..self.diverted(record, DivertReason::Late, why.to_string())
+        }
+    }
+
     /// The dead letter of `record`, whose row the plan failed on or a check rejected.
     pub(super) fn failed_row(&self, record: &SourceRecord, failed: FailedRow) -> Diverted {
         Diverted {
@@ -104,16 +118,11 @@ impl Processor {
             for (&row, _) in rows.iter().zip(late).filter(|(_, late)| *late) {
                 let row = row as usize;
                 keep[row] = false;
-                output.late.push(Diverted {
-                    watermark_us: Some(bound),
-                    event_time_us: Some(times[row]),
-                    ..self.diverted(
-                        origin[row],
-                        DivertReason::Late,
-                        "every window of the event closed more than the allowed lateness ago"
-                            .to_string(),
-                    )
-                });
+                output.late.push(self.late_record(
+                    origin[row],
+                    (bound, times[row]),
+                    "every window of the event closed more than the allowed lateness ago",
+                ));
             }
         }
         keep
