@@ -17,7 +17,7 @@ use sluice_core::lake::{BackfillSource, TableLocation};
 use sluice_core::{Job, Lake, Pipeline};
 
 use crate::backfill::{Fold, RawOrigin, scan_raw};
-use crate::error::Result;
+use crate::error::{BatchError, Result};
 
 /// What each layer had seen when the merged view was read.
 #[derive(Debug, Clone, Default)]
@@ -28,11 +28,19 @@ pub struct Cut {
     pub view_version: Option<u64>,
     /// Per source partition, the offset the speed side reflects (every record before it).
     pub speed_offsets: BTreeMap<i32, i64>,
+    /// Per source partition, a job's stateful stages' release bound on the speed side: rows
+    /// before it were decided, later ones still held (empty for jobs without such stages).
+    pub release_bounds: BTreeMap<i32, i64>,
     /// `(partition, offset)` of the records the speed layer diverted as late.
     pub late: HashSet<(i32, i64)>,
 }
 
 /// The partial states of the cut, merged per (key, window, bucket).
+///
+/// A job with stateful stages (dedup, `unique`) is read back by their reach on each side, as a
+/// backfill reads: those rows decide which rows of the side are duplicates but are not folded.
+/// Each batch piece is folded on its own (its backfill released everything it read); the speed
+/// side releases only what the speed layer had released, per partition.
 pub async fn recompute_cut(
     job: &Job,
     lake: &Lake,
@@ -44,19 +52,31 @@ pub async fn recompute_cut(
     let view = cut
         .view_version
         .map_or_else(|| view.clone(), |v| view.at_version(v));
-    let mut fold = Fold::new(pipeline);
+    let reach = pipeline.stateful().map_or(0, |stages| stages.reach_us());
+    let mut partials = Vec::new();
     if let Some(cutoff) = cut.cutoff_us {
         let sources = view.backfill_sources().await?;
         for (from, to, raw_version) in batch_pieces(&sources, cutoff) {
             let table = raw_version.map_or_else(|| raw.clone(), |v| raw.at_version(v));
-            scan_raw(job, &table, (Some(from), Some(to)), |rows, origin| {
-                fold.add(rows, origin)
-            })
+            let mut fold = Fold::starting_at(pipeline, from);
+            scan_raw(
+                job,
+                &table,
+                (Some(from.saturating_sub(reach)), Some(to)),
+                |rows, origin| fold.add(rows, origin),
+            )
             .await?;
+            partials.push(fold.partials(job)?);
         }
     }
     if raw.open().await?.version().is_some() {
-        scan_raw(job, &raw, (cut.cutoff_us, None), |rows, origin| {
+        let fold = match cut.cutoff_us {
+            Some(cutoff) => Fold::starting_at(pipeline, cutoff),
+            None => Fold::new(pipeline),
+        };
+        let mut fold = fold.released_at(cut.release_bounds.clone());
+        let scan_from = cut.cutoff_us.map(|cutoff| cutoff.saturating_sub(reach));
+        scan_raw(job, &raw, (scan_from, None), |rows, origin| {
             let keep = speed_side_rows(origin, cut);
             if keep.is_empty() {
                 return Ok(());
@@ -71,8 +91,15 @@ pub async fn recompute_cut(
             fold.add(&part, &origin)
         })
         .await?;
+        partials.push(fold.partials(job)?);
     }
-    fold.partials(job)
+    let Some(stage) = pipeline.plan().aggregate() else {
+        return Err(BatchError::Stateless {
+            job: job.name().to_string(),
+            what: "merge",
+        });
+    };
+    Ok(stage.merge(&partials)?)
 }
 
 /// The rows the speed side had consumed and counted: before their partition's offset, not

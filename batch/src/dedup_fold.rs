@@ -7,7 +7,8 @@
 //! earlier rows only decide whether rows of the range are duplicates, and are neither folded
 //! nor reported. Rows are stepped without a bound while the table is scanned (held, or passed
 //! on at once by warn checks), then everything is released at the end of the input (the batch
-//! layer's watermark is the end of its input, so nothing is late). Memory is therefore the
+//! layer's watermark is the end of its input, so nothing is late) — or, for `sluice verify`'s
+//! cut and a replay's seed, only what is before a per-partition bound (`Fold::released_at`). Memory is therefore the
 //! checked rows of the range and its reach, encoded; backfill long ranges of a deduplicating
 //! job in several runs.
 
@@ -96,24 +97,40 @@ impl HeldRows {
         Ok(steps)
     }
 
-    /// Releases every held row (the end of the input), per partition.
-    pub(crate) fn release_all(&mut self, pipeline: &Pipeline) -> Result<Vec<PartStep>> {
+    /// Releases the held rows at the end of the input, per partition: every one (`bounds`
+    /// `None`: the batch layer's watermark is the end of its input), or those before the
+    /// release bound the speed layer had reached in their partition (`sluice verify`'s cut;
+    /// a partition without a bound had released nothing). The rest stay held, as there.
+    pub(crate) fn release(
+        &mut self,
+        pipeline: &Pipeline,
+        bounds: Option<&BTreeMap<i32, i64>>,
+    ) -> Result<Vec<PartStep>> {
         let Some(stages) = pipeline.stateful() else {
             return Ok(Vec::new());
         };
         let empty = RecordBatch::new_empty(stages.stages()[0].dedup.schema().clone());
         let mut steps = Vec::new();
-        for (partition, mut state) in std::mem::take(&mut self.states) {
-            let stepped = stages.step(
-                &mut state,
-                &empty,
-                &[],
-                (None, Some(i64::MAX)),
-                self.fold_from,
-            )?;
+        // The states stay: a replay seeds the speed layer with what is left in them.
+        for (&partition, state) in self.states.iter_mut() {
+            // File rows have no partition and never reach the speed layer: all released.
+            let bound = match (bounds, partition) {
+                (Some(bounds), Some(partition)) => match bounds.get(&partition) {
+                    Some(&bound) => bound,
+                    None => continue,
+                },
+                _ => i64::MAX,
+            };
+            let stepped = stages.step(state, &empty, &[], (None, Some(bound)), self.fold_from)?;
             steps.push(PartStep { partition, stepped });
         }
         Ok(steps)
+    }
+
+    /// Each partition's state, after [`HeldRows::release`]: the rows still held, the keys
+    /// still remembered.
+    pub(crate) fn take_states(&mut self) -> BTreeMap<Option<i32>, MemState> {
+        std::mem::take(&mut self.states)
     }
 
     /// The rows of `step` that belong to the fold (not its reach), with their origin.

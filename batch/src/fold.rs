@@ -3,12 +3,14 @@
 //! Rows the plan fails on or checks quarantine are kept aside with where they came from; a
 //! deduplicating job's rows are held first ([`crate::dedup_fold`]).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{AsArray, BooleanArray, RecordBatch, TimestampMicrosecondArray};
 use arrow::datatypes::{Int32Type, Int64Type, SchemaRef, TimestampMicrosecondType};
 use sluice_core::anomaly::RowCounter;
 use sluice_core::lake::view_schema;
+use sluice_core::operator_state::MemState;
 use sluice_core::rows::to_json_lines;
 use sluice_core::spec::UTC;
 use sluice_core::time::floor_to;
@@ -78,6 +80,9 @@ pub(crate) struct Fold<'a> {
     pub(crate) window_rows: Option<RowCounter>,
     /// A deduplicating job's checked rows, held until the end of the input.
     held: Option<HeldRows>,
+    /// Where the held rows are released at the end: `None`, all of them; else per source
+    /// partition before the speed layer's bound (see [`Fold::released_at`]).
+    release_bounds: Option<BTreeMap<i32, i64>>,
 }
 
 impl<'a> Fold<'a> {
@@ -92,7 +97,24 @@ impl<'a> Fold<'a> {
             violations: Vec::new(),
             window_rows: None,
             held: pipeline.stateful().map(|_| HeldRows::new(None)),
+            release_bounds: None,
         }
+    }
+
+    /// The stateful stages' state per source partition once the fold has finished (after
+    /// [`Fold::partials`]): what is still held, for a replay's seed. Empty for other jobs.
+    pub(crate) fn take_operator_state(&mut self) -> BTreeMap<Option<i32>, MemState> {
+        self.held
+            .as_mut()
+            .map(HeldRows::take_states)
+            .unwrap_or_default()
+    }
+
+    /// The fold releases, at the end, only the held rows before each partition's bound (the
+    /// speed layer's release bounds at a cut): rows it still holds are not folded.
+    pub(crate) fn released_at(mut self, bounds: BTreeMap<i32, i64>) -> Fold<'a> {
+        self.release_bounds = Some(bounds);
+        self
     }
 
     /// A fold of the rows from `from` on: a job with stateful stages (dedup, `unique`) also
@@ -154,7 +176,7 @@ impl<'a> Fold<'a> {
     /// Releases the stateful stages' held rows through the plan (at the end of the input).
     fn release_held(&mut self) -> Result<()> {
         let steps = match self.held.as_mut() {
-            Some(held) => held.release_all(self.pipeline)?,
+            Some(held) => held.release(self.pipeline, self.release_bounds.as_ref())?,
             None => return Ok(()),
         };
         self.absorb_steps(steps)

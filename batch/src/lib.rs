@@ -23,5 +23,5 @@ pub use backfill::{BackfillReport, BackfillRequest, backfill, recompute_partials
 pub use cut::{Cut, recompute_cut};
 pub use error::{BatchError, Result};
 pub use load::{LoadReport, load_jsonl};
-pub use seed::speed_seeds;
+pub use seed::{replay_backfill_limit, speed_seeds};
 pub use status::{LakeStatus, lake_status};

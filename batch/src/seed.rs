@@ -16,7 +16,10 @@ use arrow::array::{AsArray, UInt32Array};
 use arrow::compute::take_record_batch;
 use arrow::datatypes::TimestampMicrosecondType;
 use sluice_core::lake::TableLocation;
+use sluice_core::lake_progress::raw_completeness;
+use sluice_core::operator_state::MemState;
 use sluice_core::speed::SpeedSeed;
+use sluice_core::time::floor_to;
 use sluice_core::topics::lake_app_id;
 use sluice_core::{Job, Lake, Pipeline};
 
@@ -50,6 +53,13 @@ async fn continue_offsets(
 
 /// The seed of each of the source topic's `partitions`: partial states of its landed rows with
 /// event time at or after `from_us` (the new batch view's cutoff).
+///
+/// A job with stateful stages (dedup, `unique`) also reads the stages' reach before `from_us`
+/// (those rows decide duplicates, as in a backfill) and decides its rows at one release bound
+/// for every partition: what the speed layer would have reached after these rows (the slowest
+/// seeded partition's watermark less the allowed lateness), and at least `from_us`, so that
+/// every reach row is decided. Rows before it are folded; later ones stay held, and go with the
+/// keys still remembered into the seed's operator state.
 pub async fn speed_seeds(
     job: &Job,
     lake: &Lake,
@@ -62,14 +72,16 @@ pub async fn speed_seeds(
     let offsets = continue_offsets(job, &raw, partitions).await?;
     let mut folds: BTreeMap<i32, (Fold<'_>, Option<i64>)> = offsets
         .keys()
-        .map(|&p| (p, (Fold::new(pipeline), None)))
+        .map(|&p| (p, (Fold::starting_at(pipeline, from_us), None)))
         .collect();
     let time_index = job
         .source_schema()
         .index_of(&job.spec.source.event_time)
         .unwrap_or_default();
+    let reach = pipeline.stateful().map_or(0, |stages| stages.reach_us());
     if raw.open().await?.version().is_some() {
-        scan_raw(job, &raw, (Some(from_us), None), |source, origin| {
+        let scan_from = from_us.saturating_sub(reach);
+        scan_raw(job, &raw, (Some(scan_from), None), |source, origin| {
             for (partition, rows) in rows_landed_before(origin, &offsets) {
                 let Some((fold, max_event)) = folds.get_mut(&partition) else {
                     continue;
@@ -94,16 +106,65 @@ pub async fn speed_seeds(
         })
         .await?;
     }
+    let purge_us = pipeline
+        .stateful()
+        .map(|_| release_bound(job, folds.values().filter_map(|(_, max)| *max), from_us));
     let mut seeds = Vec::with_capacity(folds.len());
-    for (partition, (mut fold, max_event_us)) in folds {
+    for (partition, (fold, max_event_us)) in folds {
+        // Partitions that seed nothing keep no bound, as a partition the daemon never read.
+        let purge_us = purge_us.filter(|_| max_event_us.is_some());
+        let mut fold = match purge_us {
+            Some(bound) => fold.released_at(BTreeMap::from([(partition, bound)])),
+            None => fold,
+        };
+        let partials = fold.partials(job)?;
+        let operator_state = fold
+            .take_operator_state()
+            .remove(&Some(partition))
+            .map(MemState::into_tagged)
+            .unwrap_or_default();
         seeds.push(SpeedSeed {
             partition,
-            partials: fold.partials(job)?,
+            partials,
             max_event_us,
             next_offset: offsets.get(&partition).map_or(0, |&(_, next)| next),
+            purge_us,
+            operator_state,
         });
     }
     Ok(seeds)
+}
+
+/// The latest `--to` a replay's backfill of a job with stateful stages (dedup, `unique`) may
+/// use: the raw table's completeness less the allowed lateness, floored to a bucket. Then the
+/// cutoff is never after the release bound the seed decides at (the slowest partition's
+/// watermark less the lateness), so no record the old version accepts is late for the new
+/// one. `None` for other jobs (and while nothing is complete), which the backfill clamps alone.
+pub async fn replay_backfill_limit(
+    job: &Job,
+    lake: &Lake,
+    pipeline: &Pipeline,
+) -> Result<Option<i64>> {
+    if pipeline.stateful().is_none() {
+        return Ok(None);
+    }
+    let raw = TableLocation::new(lake.raw_table(job));
+    let lateness = job.spec.source.allowed_lateness.as_micros() as i64;
+    Ok(raw_completeness(&raw, job)
+        .await?
+        .until_us()
+        .map(|until| floor_to(until.saturating_sub(lateness), job.bucket_micros())))
+}
+
+/// The release bound of a seed whose partitions' largest event times are `max_events`: the
+/// slowest one's watermark less the allowed lateness (the speed layer's rule), not below
+/// `from_us`.
+fn release_bound(job: &Job, max_events: impl Iterator<Item = i64>, from_us: i64) -> i64 {
+    let source = &job.spec.source;
+    let behind = (source.watermark_delay + source.allowed_lateness).as_micros() as i64;
+    max_events.min().map_or(from_us, |slowest| {
+        slowest.saturating_sub(behind).max(from_us)
+    })
 }
 
 /// Row indices per source partition of the rows at or before the partition's last landed

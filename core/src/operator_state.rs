@@ -107,6 +107,20 @@ impl MemState {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+
+    /// Every entry, its space's tag before its key: the keys of the speed layer's store and
+    /// `<job>.state` records, so a replay can seed them with what the batch layer computed.
+    pub fn into_tagged(self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.entries
+            .into_iter()
+            .map(|((tag, key), value)| {
+                let mut tagged = Vec::with_capacity(1 + key.len());
+                tagged.push(tag);
+                tagged.extend_from_slice(&key);
+                (tagged, value)
+            })
+            .collect()
+    }
 }
 
 impl OperatorState for MemState {

@@ -91,6 +91,12 @@ pub struct SpeedSeed {
     /// The source offset the speed layer continues from: every record before it is in the
     /// raw table (seeded, below the cutoff, or dead-lettered).
     pub next_offset: i64,
+    /// A job with stateful stages (dedup, `unique`): the release bound the seed decided the
+    /// partition's rows at (see [`PartitionWatermark::purge_us`]); `None` for other jobs.
+    pub purge_us: Option<i64>,
+    /// The stages' state after that release (held rows, last-seen keys), keyed as the speed
+    /// layer's `<job>.state` records are (see `MemState::into_tagged`); empty for other jobs.
+    pub operator_state: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// Encodes partial-state rows as `<job>.speed` records and decodes them back.

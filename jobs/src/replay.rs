@@ -101,12 +101,6 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let job_toml = std::fs::read_to_string(&args.target.job)?;
     let transform = transforms::registry().for_job(&job)?;
     let pipeline = Arc::new(Pipeline::compile(&job, transform.clone())?);
-    if let Some(held) = pipeline.holding() {
-        anyhow::bail!(
-            "job `{}` {held}: replay cannot seed its held rows and keys from the lake yet; start the new version with `sluice stream` and backfill it",
-            job.name()
-        );
-    }
     if pipeline.plan().aggregate().is_none() {
         anyhow::bail!(
             "job `{}` is stateless: it has no view state to replay; run `sluice stream` on the new version",
@@ -130,22 +124,21 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         }
         (ReplayFrom::Earliest, false) => (None, None),
         (ReplayFrom::Lake, false) => {
+            let limit = sluice_batch::replay_backfill_limit(&job, &lake, &pipeline).await?;
             let request = BackfillRequest {
                 progress: args.output == OutputFormat::Text,
+                to: limit,
                 ..BackfillRequest::default()
             };
             let report = match sluice_batch::backfill(&job, &lake, transform, request).await {
                 Ok(report) => report,
+                // A deduplicating job's range ends the lateness before the lake's completeness:
+                // with less than that landed, the range is empty, which is as incomplete.
+                Err(error @ BatchError::Range { .. }) if limit.is_some() => {
+                    return incomplete(&job, &error, args.output);
+                }
                 Err(error @ BatchError::Incomplete { .. }) => {
-                    if args.output == OutputFormat::Json {
-                        let body = serde_json::json!({
-                            "job": job.name(), "version": job.version(), "status": "incomplete",
-                            "message": error.to_string(),
-                        });
-                        println!("{body}");
-                    }
-                    eprintln!("error: {error}; replay --from earliest reads Kafka instead");
-                    return Ok(ExitCode::from(EXIT_INCOMPLETE));
+                    return incomplete(&job, &error, args.output);
                 }
                 Err(error) => return Err(error.into()),
             };
@@ -187,6 +180,19 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Exit 4: the raw table holds too little completely for the version's backfill.
+fn incomplete(job: &Job, error: &BatchError, output: OutputFormat) -> anyhow::Result<ExitCode> {
+    if output == OutputFormat::Json {
+        let body = serde_json::json!({
+            "job": job.name(), "version": job.version(), "status": "incomplete",
+            "message": error.to_string(),
+        });
+        println!("{body}");
+    }
+    eprintln!("error: {error}; replay --from earliest reads Kafka instead");
+    Ok(ExitCode::from(EXIT_INCOMPLETE))
 }
 
 /// The speed layer's settings: the defaults `sluice stream` has for the same job file, so that

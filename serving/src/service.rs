@@ -623,6 +623,9 @@ pub struct MergedView {
     pub batch_version: Option<u64>,
     /// Per source partition, the offset the speed side reflects.
     pub speed_offsets: std::collections::BTreeMap<i32, i64>,
+    /// Per source partition, the release bound of a job's stateful stages the speed side had
+    /// reached (rows before it decided, the later ones still held); empty for other jobs.
+    pub speed_release_bounds: std::collections::BTreeMap<i32, i64>,
     /// The speed side is exactly the state of `speed_offsets` (no transaction half read).
     pub speed_consistent: bool,
 }
@@ -676,6 +679,7 @@ impl MergedViewReader {
             counts: snapshot.counts,
             batch_version: snapshot.batch_version,
             speed_offsets: snapshot.speed_offsets.clone(),
+            speed_release_bounds: snapshot.speed_release_bounds.clone(),
             speed_consistent: snapshot.speed_consistent,
         })
     }

@@ -60,6 +60,11 @@ pub(crate) struct Snapshot {
     /// Per source partition, the offset the speed rows reflect (see
     /// [`sluice_core::speed::PartitionWatermark::source_next_offset`]).
     pub speed_offsets: BTreeMap<i32, i64>,
+    /// Per source partition of a job with stateful stages (dedup, `unique`), the release
+    /// bound its newest watermark record names (see
+    /// [`sluice_core::speed::PartitionWatermark::purge_us`]): the speed rows hold the rows
+    /// before it and none after.
+    pub speed_release_bounds: BTreeMap<i32, i64>,
     /// No partition's transaction was read part of the way: the speed rows are exactly the
     /// state of the offsets in `speed_offsets`.
     pub speed_consistent: bool,
@@ -97,6 +102,7 @@ impl Snapshot {
             batch_partial_rows: 0,
             speed_partial_rows: 0,
             speed_offsets: BTreeMap::new(),
+            speed_release_bounds: BTreeMap::new(),
             speed_consistent: true,
         }
     }
@@ -143,6 +149,12 @@ impl Snapshot {
             batch_partial_rows: batch_partials.iter().map(RecordBatch::num_rows).sum(),
             speed_partial_rows: speed.num_rows(),
             speed_offsets: inputs.speed.source_offsets.clone(),
+            speed_release_bounds: inputs
+                .speed
+                .watermarks
+                .iter()
+                .filter_map(|(&partition, w)| Some((partition, w.purge_us?)))
+                .collect(),
             speed_consistent: inputs.speed.mid_transaction.is_empty(),
         })
     }

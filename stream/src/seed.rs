@@ -4,7 +4,9 @@
 //! records of the version's `<job>.speed` partitions, with a watermark and a plan record each,
 //! and the group's offsets move to where the seeded rows end, all in ONE Kafka transaction: the
 //! daemon that starts next restores the seeds as it restores any changelog and continues from
-//! those offsets, so each record is counted once across the seam. A group that already has
+//! those offsets, so each record is counted once across the seam. A job with stateful stages
+//! (dedup, `unique`) also gets its held rows and remembered keys as the first records of
+//! `<job>.state`, and its release bound in the watermark record. A group that already has
 //! committed offsets has started (seeded, or streaming), and is never seeded again.
 
 use std::time::Duration;
@@ -71,7 +73,8 @@ pub fn seed_speed_layer(
     if committed.iter().any(Option::is_some) {
         return Ok(SeedOutcome::AlreadyStarted);
     }
-    ensure_topics(name, config, &topics, partitions, false)?;
+    let stateful = pipeline.stateful().is_some();
+    ensure_topics(name, config, &topics, partitions, stateful)?;
     let mut seeding = config.clone();
     seeding.transactional_id = format!("{}-seed", config.transactional_id);
     let producer: BaseProducer = producer_config(&seeding)
@@ -90,14 +93,20 @@ pub fn seed_speed_layer(
     let mut rows = 0;
     for seed in seeds {
         let partition = seed.partition;
-        let send = |key: &[u8], value: &[u8]| {
-            let record = BaseRecord::<[u8], [u8]>::to(&topics.speed)
+        let send_to = |topic: &str, key: &[u8], value: &[u8]| {
+            let record = BaseRecord::<[u8], [u8]>::to(topic)
                 .partition(partition)
                 .key(key)
                 .payload(value);
             send_waiting(&producer, record)
                 .map_err(kafka(name, format!("seeding partition {partition}")))
         };
+        let send = |key: &[u8], value: &[u8]| send_to(topics.speed.as_str(), key, value);
+        // The held rows and remembered keys, which the daemon restores from `<job>.state`
+        // before its first micro-batch.
+        for (key, value) in &seed.operator_state {
+            send_to(topics.state.as_str(), key, value)?;
+        }
         for row in 0..seed.partials.num_rows() {
             send(
                 &codec.key(&seed.partials, row)?,
@@ -111,7 +120,7 @@ pub fn seed_speed_layer(
                 watermark_us: max_event_us.saturating_sub(delay),
                 emitted_us: None,
                 source_next_offset: Some(seed.next_offset),
-                purge_us: None,
+                purge_us: seed.purge_us,
             };
             send(WATERMARK_KEY, &watermark.encode())?;
         }

@@ -78,7 +78,9 @@ measure() {
   local name=$1; shift
   local m=$bench_dir/$name.m
   if [ -x /usr/bin/time ]; then
-    /usr/bin/time -v -o "$m.time" "$@" >"$bench_dir/$name.out" 2>"$bench_dir/$name.err"
+    # The command's status, not the parse's, is the function's: a failed run must fail.
+    local status=0
+    /usr/bin/time -v -o "$m.time" "$@" >"$bench_dir/$name.out" 2>"$bench_dir/$name.err" || status=$?
     "$py" - "$m.time" >"$m" <<'EOF'
 import re, sys
 text = open(sys.argv[1]).read()
@@ -90,6 +92,7 @@ rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", text).group(
 cpu = re.search(r"Percent of CPU this job got: (\d+)%", text).group(1)
 print(seconds, rss, cpu)
 EOF
+    return "$status"
   else
     "$py" - "$m" "$@" >"$bench_dir/$name.out" 2>"$bench_dir/$name.err" <<'EOF'
 import os, subprocess, sys, time

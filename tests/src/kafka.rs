@@ -116,9 +116,18 @@ pub struct Read {
 
 /// Every committed record of `topic` (read_committed), up to its end now.
 pub fn read_all(topic: &str) -> Vec<Read> {
-    let consumer: BaseConsumer = sluice_kafka::reader_config(&bootstrap(), &[], &unique("reader"))
-        .create()
-        .expect("consumer");
+    // noida-db, the default test broker, ignores `fetch.max.bytes` and answers a fetch with
+    // everything unread; librdkafka refuses a response over `receive.message.max.bytes`
+    // ("Invalid response size", reported as BadMessage), so a reader of a topic larger than its
+    // 100 MB default would fail. A test reads whole topics of a few hundred MB at most.
+    let large_responses = [(
+        "receive.message.max.bytes".to_string(),
+        "1000000000".to_string(),
+    )];
+    let consumer: BaseConsumer =
+        sluice_kafka::reader_config(&bootstrap(), &large_responses, &unique("reader"))
+            .create()
+            .expect("consumer");
     let partitions = sluice_kafka::partition_count(&consumer, topic, Duration::from_secs(10))
         .expect("metadata") as i32;
     let watermarks =
@@ -258,9 +267,13 @@ pub fn spawn_stream(
         .arg(lake)
         .arg("--state-dir")
         .arg(state_dir)
+        // A test's own `--idle-timeout` in `extra` replaces the harness's (clap refuses two).
+        .args(
+            ["--idle-timeout", "2s"]
+                .into_iter()
+                .filter(|_| !extra.contains(&"--idle-timeout")),
+        )
         .args([
-            "--idle-timeout",
-            "2s",
             "--lake-commit-interval",
             "1s",
             "--max-record-bytes",

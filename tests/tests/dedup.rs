@@ -5,11 +5,13 @@
 //! The expected answer is computed here, in plain Rust, from the rule as docs/jobs.md states it
 //! (per partition, in (event time, offset) order, a row is dropped when the previous row of its
 //! order id is at most the horizon before it), never with Sluice's code. A daemon killed with
-//! kill -9 at random moments ends at the same answer, and `verify`/`replay`, which cannot
-//! handle such a job yet, refuse it saying why.
+//! kill -9 at random moments ends at the same answer; `sluice verify` passes on the live daemon
+//! while it holds rows and after it released them; `replay --from earliest` rebuilds a version
+//! that verifies, and `replay --from lake` seeds a version with the rows and keys held at the
+//! seam, after which it counts exactly what the rule says.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -424,32 +426,253 @@ fn kill_9_at_random_moments_drops_and_duplicates_nothing() {
     assert!(daemon.terminate().success(), "SIGTERM exits 0");
 }
 
+/// `sluice verify` of `job_file` (`s`'s job or a version of it), against the run's broker;
+/// panics unless it passes.
+fn assert_verify_passes(s: &Setup, job_file: &Path, when: &str) {
+    let (job, lake) = (job_file.to_str().unwrap(), s.lake());
+    let out = sluice(&[
+        "verify",
+        "--job",
+        job,
+        "--brokers",
+        &sluice_e2e::kafka::bootstrap(),
+        "--lake",
+        lake.to_str().unwrap(),
+        "--settle",
+        "10s",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "verify {when}:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
-fn verify_and_replay_refuse_a_deduplicating_job_with_the_reason() {
-    let dir = tempfile::tempdir().unwrap();
-    let job_file = dir.path().join("job.toml");
-    std::fs::write(&job_file, job_toml("dedup_refused", "dedup-refused-orders")).unwrap();
-    let lake = dir.path().join("lake");
-    let (job, lake) = (job_file.to_str().unwrap(), lake.to_str().unwrap());
-    // Both refuse right after compiling the plan, before any connection: nothing listens on
-    // this port, so a refusal that moved behind a broker call fails here without a reason.
-    let brokers = "127.0.0.1:9";
-    let verify = ["verify", "--job", job, "--brokers", brokers, "--lake", lake];
-    let replay = ["replay", "--job", job, "--brokers", brokers, "--lake", lake];
-    // verify: exit 2, "could not run"; replay: exit 1, an error.
-    for (args, code) in [(&verify[..], 2), (&replay[..], 1)] {
-        let out = sluice(args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "sluice {}: {stderr}",
-            args[0]
-        );
-        assert!(
-            stderr.contains("deduplicates by (order_id)"),
-            "sluice {} names the dedup key: {stderr}",
-            args[0]
-        );
-    }
+fn verify_passes_while_the_speed_layer_holds_rows_and_after_it_released_them() {
+    let s = Setup::new("dedupv");
+    // 3200 orders over 800 s: past the first 10-minute bucket, so a backfill sets a cutoff and
+    // the cut has a batch side (read back by the horizon) as well as a speed side.
+    let fixture = orders_with_copies(3_200, 250, 47);
+    let (expected, _) = by_the_rule(&fixture);
+    let (orders, pushers) = fixture.events.split_at(fixture.sent.len());
+    assert!(
+        !pushers.is_empty(),
+        "the fixture ends with watermark pushers"
+    );
+    produce(&s.job.spec.source.topic, orders);
+    let mut daemon = s.spawn(&["--batch-size", "200"]);
+    let lake = s.lake();
+    sluice_e2e::wait_raw_rows(&lake, &s.job, orders.len(), Duration::from_secs(90));
+    let out = sluice_ok(&[
+        "backfill",
+        "--job",
+        s.job_file.to_str().unwrap(),
+        "--lake",
+        lake.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    let report: Value = out
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON report from backfill: {out}"));
+    assert!(
+        report["cutoff_us"].as_i64().is_some(),
+        "the backfill set a cutoff: {report}"
+    );
+    // Without the pushers the release bound stays 35 s (delay and lateness) behind the newest
+    // order: the rows after it are held, and a recompute that released them would count them
+    // in windows the speed side has not (the cut holds them too).
+    assert!(
+        results(&s.topics).len() < expected.len(),
+        "the last windows wait for the pushers"
+    );
+    assert_verify_passes(&s, &s.job_file, "while the newest rows are held");
+    produce(&s.job.spec.source.topic, pushers);
+    wait_for_results(&s, &expected, Duration::from_secs(120));
+    assert_verify_passes(&s, &s.job_file, "once every row was released");
+    assert!(daemon.terminate().success(), "SIGTERM exits 0");
+}
+
+/// Kappa: version 2 of the job, replayed from the topic's start, builds its own dedup state and
+/// its merged view verifies (the rows it still holds when it stops are held in the cut too).
+#[test]
+fn replay_from_earliest_rebuilds_a_deduplicating_version_that_verifies() {
+    let s = Setup::new("dedupr");
+    let fixture = orders_with_copies(1_500, 250, 53);
+    produce(&s.job.spec.source.topic, &fixture.events);
+    // Version 1 lands the raw table that verify recomputes version 2 from.
+    let mut daemon = s.spawn(&["--batch-size", "200"]);
+    sluice_e2e::wait_raw_rows(
+        &s.lake(),
+        &s.job,
+        fixture.events.len(),
+        Duration::from_secs(90),
+    );
+    let v2_file = s.dir.path().join("v2.toml");
+    let v1_toml = std::fs::read_to_string(&s.job_file).unwrap();
+    let v2_toml = v1_toml.replacen("\n[view]\n", "\n[view]\nversion = 2\n", 1);
+    assert_ne!(
+        v2_toml, v1_toml,
+        "the job has a [view] table to put the version in"
+    );
+    std::fs::write(&v2_file, v2_toml).unwrap();
+    let (state, lake) = (s.dir.path().join("state-v2"), s.lake());
+    let out = sluice_ok(&[
+        "replay",
+        "--job",
+        v2_file.to_str().unwrap(),
+        "--brokers",
+        &sluice_e2e::kafka::bootstrap(),
+        "--lake",
+        lake.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--from",
+        "earliest",
+        "--caught-up",
+        "1",
+        "--timeout",
+        "2m",
+        "--output",
+        "json",
+    ]);
+    let report: Value = out
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON report from replay: {out}"));
+    assert_eq!(report["caught_up"], json!(true), "{report}");
+    assert_eq!(
+        report["records_in"],
+        json!(fixture.events.len()),
+        "version 2 read the whole topic: {report}"
+    );
+    assert_verify_passes(&s, &v2_file, "of version 2, replayed from earliest");
+    assert!(daemon.terminate().success(), "SIGTERM exits 0");
+}
+
+/// Lambda: version 2 replayed from the lake while orders are still held (no pushers yet): the
+/// seed carries the held rows and remembered keys across the seam, so once version 2's daemon
+/// reads the rest (copies of orders from before the seam among them) its emitted windows after
+/// the cutoff are exactly the rule's, and its merged view verifies.
+#[test]
+fn replay_from_the_lake_seeds_the_held_rows_and_keys_across_the_seam() {
+    let s = Setup::new("dedupl");
+    // 8000 orders over 2000 s: the first half reaches past the first 10-minute bucket, so the
+    // version's backfill has a cutoff to seed from.
+    let fixture = orders_with_copies(8_000, 250, 59);
+    let (expected, _) = by_the_rule(&fixture);
+    let (orders, pushers) = fixture.events.split_at(fixture.sent.len());
+    let (before, after) = orders.split_at(orders.len() / 2);
+    let ids = |sent: &[Order]| -> std::collections::HashSet<String> {
+        sent.iter().map(|o| o.order_id.clone()).collect()
+    };
+    let (sent_before, sent_after) = fixture.sent.split_at(before.len());
+    assert!(
+        ids(sent_before).intersection(&ids(sent_after)).count() > 0,
+        "some orders were re-sent across the seam (the seed's keys must drop or keep them)"
+    );
+    let topic = s.job.spec.source.topic.clone();
+    produce(&topic, before);
+    let mut daemon = s.spawn(&["--batch-size", "200"]);
+    let lake = s.lake();
+    sluice_e2e::wait_raw_rows(&lake, &s.job, before.len(), Duration::from_secs(90));
+    let v2_file = s.dir.path().join("v2.toml");
+    let v1_toml = std::fs::read_to_string(&s.job_file).unwrap();
+    std::fs::write(
+        &v2_file,
+        v1_toml.replacen("\n[view]\n", "\n[view]\nversion = 2\n", 1),
+    )
+    .unwrap();
+    let state = s.dir.path().join("state-v2");
+    let brokers = sluice_e2e::kafka::bootstrap();
+    let out = sluice_ok(&[
+        "replay",
+        "--job",
+        v2_file.to_str().unwrap(),
+        "--brokers",
+        &brokers,
+        "--lake",
+        lake.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--caught-up",
+        "1",
+        "--timeout",
+        "2m",
+        "--output",
+        "json",
+    ]);
+    let report: Value = out
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON report from replay: {out}"));
+    let cutoff_ms = report["backfill"]["cutoff_us"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("the version's backfill set a cutoff: {report}"))
+        / 1_000;
+    assert!(
+        report["seed"]["Seeded"]["partitions"] == json!(PARTITIONS),
+        "every partition seeded: {report}"
+    );
+    let v2 = Job::from_file(&v2_file).unwrap();
+    let v2_topics = Topics::for_job(&v2);
+    assert!(
+        !read_all(&v2_topics.state).is_empty(),
+        "the seed wrote the held rows and keys to version 2's <job>.state"
+    );
+    // Version 2 carries on with `sluice stream` over the rest.
+    produce(&topic, after);
+    produce(&topic, pushers);
+    let mut v2_daemon = spawn_stream(
+        &v2_file,
+        &lake,
+        &state,
+        &s.dir.path().join("v2.log"),
+        // Version 1's daemon lands the raw table (one master dataset).
+        &["--batch-size", "200", "--no-lake-sink"],
+    );
+    let after_cutoff: Vec<String> = expected
+        .iter()
+        .filter(|row| {
+            let start = serde_json::from_str::<Value>(row).unwrap()["window_start"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.timestamp_millis())
+                .expect("a window start");
+            start >= cutoff_ms
+        })
+        .cloned()
+        .collect();
+    assert!(
+        !after_cutoff.is_empty() && after_cutoff.len() < expected.len(),
+        "the cutoff splits the windows"
+    );
+    eventually(
+        Duration::from_secs(120),
+        "version 2's results after the cutoff to be the rule's",
+        || {
+            let got = results(&v2_topics);
+            if got == after_cutoff {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} rows vs {} expected; log:\n{}",
+                    got.len(),
+                    after_cutoff.len(),
+                    log_tail(&s.dir.path().join("v2.log"), 20)
+                ))
+            }
+        },
+    );
+    sluice_e2e::wait_raw_rows(&lake, &s.job, fixture.events.len(), Duration::from_secs(90));
+    assert_verify_passes(&s, &v2_file, "of version 2 after the seam");
+    assert!(v2_daemon.terminate().success(), "SIGTERM exits 0");
+    assert!(daemon.terminate().success(), "SIGTERM exits 0");
 }

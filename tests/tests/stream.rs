@@ -283,13 +283,26 @@ fn diagnose(s: &Scenario) -> String {
         late_times.iter().max(),
         read_all(&s.output("dlq")).len()
     );
+    for daemon in ["a", "b"] {
+        let log = s.log(daemon);
+        let errors: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("consumer error"))
+            .collect();
+        if let Some(first) = errors.first() {
+            report += &format!(
+                "\ndaemon {daemon}: {} consumer errors, the first: {first}",
+                errors.len()
+            );
+        }
+    }
     let source = read_all(s.topic());
     for p in 0..s.partitions {
         let (mut max, mut disordered, mut ids) = (i64::MIN, 0, BTreeSet::new());
         let mut total = 0;
         for (id, at) in source.iter().filter(|r| r.partition == p).filter_map(event) {
             total += 1;
-            disordered += usize::from(at < max - 3_000);
+            disordered += usize::from(at < max.saturating_sub(3_000));
             max = max.max(at);
             ids.insert(id);
         }
@@ -682,7 +695,13 @@ fn memory_stays_within_the_logged_bound_while_far_more_flows_through() {
         .collect();
     events.extend(pushers_after(events.len(), 4));
     let expected = truth(&s.job, &events);
+    // A partition is never idle here: production pauses (below) while the readers catch up,
+    // which on a loaded machine outlasts the harness's 2 s idle timeout, and a partition
+    // counted idle meanwhile lets the watermark pass its next records (late, not in the truth;
+    // a CI run on 2026-12-03 diverted 170 that way).
     let small_buffers = [
+        "--idle-timeout",
+        "10m",
         "--batch-max-mb",
         "1",
         "--lake-commit-mb",
@@ -714,11 +733,12 @@ fn memory_stays_within_the_logged_bound_while_far_more_flows_through() {
     let mut watched = small_buffers.to_vec();
     watched.extend(["--metrics-addr", metrics_addr.as_str()]);
     let mut daemon = s.spawn("a", &watched);
-    // In rounds of about 4 MB, each produced only once both readers (the speed layer and the
-    // raw-lake sink, which commits on its own clock) have caught up to within two rounds:
-    // noida-db ignores `fetch.max.bytes` and answers a fetch with everything unread, and the
-    // daemon's clients refuse responses over the 16 MiB `receive.message.max.bytes` set above,
-    // so a reader left more than 16 MiB behind (a loaded machine) would stall for good.
+    // In rounds of about 4.7 MB, each produced only once both readers (the speed layer and the
+    // raw-lake sink, which commits on its own clock) have caught up to within one round, so
+    // neither is ever more than two rounds (some 9.5 MB) behind: noida-db ignores
+    // `fetch.max.bytes` and answers a fetch with everything unread, and the daemon's clients
+    // refuse responses over the 16 MiB `receive.message.max.bytes` set above, so a reader left
+    // more than 16 MiB behind (a loaded machine) would stall for good.
     const ROUND: usize = 4_000;
     let job = s.job.name().to_string();
     let caught_up = || {
@@ -729,12 +749,12 @@ fn memory_stays_within_the_logged_bound_while_far_more_flows_through() {
     };
     let mut produced = 0;
     for round in events.chunks(ROUND) {
-        if produced > 2 * ROUND {
+        if produced > ROUND {
             wait_while_progressing(
                 Duration::from_secs(90),
                 Duration::from_millis(250),
                 "both readers to catch up before the next round",
-                produced - 2 * ROUND,
+                produced - ROUND,
                 caught_up,
             );
         }
