@@ -22,6 +22,10 @@ use crate::error::{BatchError, Result};
 
 /// Partial rows held before they are merged down, bounding memory during a backfill.
 const MERGE_EVERY_ROWS: usize = 1 << 20;
+/// A merge happens once the pending rows are this many times what the last merge left: with
+/// more groups than [`MERGE_EVERY_ROWS`] (1M+ keys), merging whenever the pending rows pass
+/// that fixed size re-merged every group on every batch, quadratic in the batches.
+const MERGE_GROWTH: usize = 2;
 
 /// Where each raw row of a scanned batch came from (its source partition and offset columns).
 pub(crate) struct RawOrigin {
@@ -71,6 +75,8 @@ pub(crate) struct Fold<'a> {
     plan: &'a JobPlan,
     pending: Vec<RecordBatch>,
     pending_rows: usize,
+    /// Rows the last merge left (the groups so far); the next merge waits for growth on it.
+    merged_rows: usize,
     pub(crate) rows_read: usize,
     pub(crate) rejected: Vec<RejectedRow>,
     /// Check violations summed over every batch added (the same checks, in the same order,
@@ -92,6 +98,7 @@ impl<'a> Fold<'a> {
             plan: pipeline.plan(),
             pending: Vec::new(),
             pending_rows: 0,
+            merged_rows: 0,
             rows_read: 0,
             rejected: Vec::new(),
             violations: Vec::new(),
@@ -241,7 +248,8 @@ impl<'a> Fold<'a> {
             self.pending_rows += rows.num_rows();
             self.pending.push(rows);
         }
-        if self.plan.aggregate().is_some() && self.pending_rows > MERGE_EVERY_ROWS {
+        let merge_at = MERGE_EVERY_ROWS.max(MERGE_GROWTH * self.merged_rows);
+        if self.plan.aggregate().is_some() && self.pending_rows > merge_at {
             self.compact()?;
         }
         Ok(())
@@ -264,6 +272,7 @@ impl<'a> Fold<'a> {
         if let Some(stage) = self.plan.aggregate() {
             let merged = stage.merge(&self.pending)?;
             self.pending_rows = merged.num_rows();
+            self.merged_rows = merged.num_rows();
             self.pending = vec![merged];
         }
         Ok(())
