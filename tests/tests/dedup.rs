@@ -107,6 +107,19 @@ impl Setup {
         self.dir.path().join("stream.log")
     }
 
+    /// Version 2 of the job (`[view] version = 2`): its own group, state, topics and view.
+    fn version_2(&self) -> PathBuf {
+        let v2_file = self.dir.path().join("v2.toml");
+        let v1_toml = std::fs::read_to_string(&self.job_file).unwrap();
+        let v2_toml = v1_toml.replacen("\n[view]\n", "\n[view]\nversion = 2\n", 1);
+        assert_ne!(
+            v2_toml, v1_toml,
+            "the job has a [view] table to put the version in"
+        );
+        std::fs::write(&v2_file, v2_toml).unwrap();
+        v2_file
+    }
+
     /// `sluice stream` on the job, always with the same state directory (a restart resumes it).
     fn spawn(&self, extra: &[&str]) -> Daemon {
         let state = self.dir.path().join("state");
@@ -366,11 +379,7 @@ fn both_layers_drop_the_same_duplicates_and_keep_those_beyond_the_horizon() {
         "--output",
         "json",
     ]);
-    let report: Value = out
-        .lines()
-        .rfind(|l| !l.trim().is_empty())
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("no JSON report from backfill: {out}"));
+    let report = last_json(&out, "backfill");
     assert_eq!(
         report["rows_read"],
         json!(fixture.events.len()),
@@ -426,6 +435,40 @@ fn kill_9_at_random_moments_drops_and_duplicates_nothing() {
     assert!(daemon.terminate().success(), "SIGTERM exits 0");
 }
 
+/// The JSON report a command printed last on stdout.
+fn last_json(out: &str, what: &str) -> Value {
+    out.lines()
+        .rfind(|l| !l.trim().is_empty())
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON report from {what}: {out}"))
+}
+
+/// `sluice replay --from FROM` of `job_file` with its own `state` directory, until caught up;
+/// its JSON report.
+fn replay(s: &Setup, job_file: &Path, state: &Path, from: &str) -> Value {
+    let lake = s.lake();
+    let out = sluice_ok(&[
+        "replay",
+        "--job",
+        job_file.to_str().unwrap(),
+        "--brokers",
+        &sluice_e2e::kafka::bootstrap(),
+        "--lake",
+        lake.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--from",
+        from,
+        "--caught-up",
+        "1",
+        "--timeout",
+        "2m",
+        "--output",
+        "json",
+    ]);
+    last_json(&out, "replay")
+}
+
 /// `sluice verify` of `job_file` (`s`'s job or a version of it), against the run's broker;
 /// panics unless it passes.
 fn assert_verify_passes(s: &Setup, job_file: &Path, when: &str) {
@@ -475,11 +518,7 @@ fn verify_passes_while_the_speed_layer_holds_rows_and_after_it_released_them() {
         "--output",
         "json",
     ]);
-    let report: Value = out
-        .lines()
-        .rfind(|l| !l.trim().is_empty())
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("no JSON report from backfill: {out}"));
+    let report = last_json(&out, "backfill");
     assert!(
         report["cutoff_us"].as_i64().is_some(),
         "the backfill set a cutoff: {report}"
@@ -513,39 +552,9 @@ fn replay_from_earliest_rebuilds_a_deduplicating_version_that_verifies() {
         fixture.events.len(),
         Duration::from_secs(90),
     );
-    let v2_file = s.dir.path().join("v2.toml");
-    let v1_toml = std::fs::read_to_string(&s.job_file).unwrap();
-    let v2_toml = v1_toml.replacen("\n[view]\n", "\n[view]\nversion = 2\n", 1);
-    assert_ne!(
-        v2_toml, v1_toml,
-        "the job has a [view] table to put the version in"
-    );
-    std::fs::write(&v2_file, v2_toml).unwrap();
-    let (state, lake) = (s.dir.path().join("state-v2"), s.lake());
-    let out = sluice_ok(&[
-        "replay",
-        "--job",
-        v2_file.to_str().unwrap(),
-        "--brokers",
-        &sluice_e2e::kafka::bootstrap(),
-        "--lake",
-        lake.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--from",
-        "earliest",
-        "--caught-up",
-        "1",
-        "--timeout",
-        "2m",
-        "--output",
-        "json",
-    ]);
-    let report: Value = out
-        .lines()
-        .rfind(|l| !l.trim().is_empty())
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("no JSON report from replay: {out}"));
+    let v2_file = s.version_2();
+    let state = s.dir.path().join("state-v2");
+    let report = replay(&s, &v2_file, &state, "earliest");
     assert_eq!(report["caught_up"], json!(true), "{report}");
     assert_eq!(
         report["records_in"],
@@ -582,37 +591,9 @@ fn replay_from_the_lake_seeds_the_held_rows_and_keys_across_the_seam() {
     let mut daemon = s.spawn(&["--batch-size", "200"]);
     let lake = s.lake();
     sluice_e2e::wait_raw_rows(&lake, &s.job, before.len(), Duration::from_secs(90));
-    let v2_file = s.dir.path().join("v2.toml");
-    let v1_toml = std::fs::read_to_string(&s.job_file).unwrap();
-    std::fs::write(
-        &v2_file,
-        v1_toml.replacen("\n[view]\n", "\n[view]\nversion = 2\n", 1),
-    )
-    .unwrap();
+    let v2_file = s.version_2();
     let state = s.dir.path().join("state-v2");
-    let brokers = sluice_e2e::kafka::bootstrap();
-    let out = sluice_ok(&[
-        "replay",
-        "--job",
-        v2_file.to_str().unwrap(),
-        "--brokers",
-        &brokers,
-        "--lake",
-        lake.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--caught-up",
-        "1",
-        "--timeout",
-        "2m",
-        "--output",
-        "json",
-    ]);
-    let report: Value = out
-        .lines()
-        .rfind(|l| !l.trim().is_empty())
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("no JSON report from replay: {out}"));
+    let report = replay(&s, &v2_file, &state, "lake");
     let cutoff_ms = report["backfill"]["cutoff_us"]
         .as_i64()
         .unwrap_or_else(|| panic!("the version's backfill set a cutoff: {report}"))
