@@ -12,6 +12,7 @@
 //!                                 # timestamp are dead-lettered as clock_skew; "0s" disables
 //! format = "json"                 # default; or "avro-confluent" (registry) or "avro" (schema file)
 //! registry = "http://registry:8081" # avro-confluent only; SLUICE_REGISTRY_URL overrides it
+//! registry_ca = "ca.pem"          # https registries with a private CA; SLUICE_REGISTRY_CA overrides it
 //! schema = "order_event.avsc"     # avro only: the writer schema, relative to the job file
 //! fields = [
 //!   { name = "order_id", type = "string", nullable = false },
@@ -99,6 +100,10 @@ pub struct SourceSpec {
     /// (`SLUICE_REGISTRY_URL` overrides it; credentials come from the URL or the environment,
     /// never from the job file).
     pub registry: Option<String>,
+    /// An `https://` registry with a private CA: a PEM file of the CA certificates its
+    /// certificate is checked against instead of the public roots, relative to the job file
+    /// (`SLUICE_REGISTRY_CA` overrides it).
+    pub registry_ca: Option<PathBuf>,
     /// `format = "avro"`: the file holding the writer schema every record is written with,
     /// relative to the job file.
     pub schema: Option<PathBuf>,
@@ -107,6 +112,8 @@ pub struct SourceSpec {
 
 /// The environment variable that overrides `[source] registry`.
 pub const REGISTRY_ENV: &str = "SLUICE_REGISTRY_URL";
+/// The environment variable that overrides `[source] registry_ca`.
+pub const REGISTRY_CA_ENV: &str = "SLUICE_REGISTRY_CA";
 
 fn default_watermark_delay() -> Duration {
     Duration::from_secs(5)
@@ -396,6 +403,20 @@ impl Job {
             .ok()
             .filter(|v| !v.trim().is_empty())
             .or_else(|| self.spec.source.registry.clone())
+    }
+
+    /// The PEM file of CA certificates an `https://` registry's certificate is checked
+    /// against: `SLUICE_REGISTRY_CA` (as given), else `[source] registry_ca` resolved against
+    /// the job file's directory; `None`: the public roots.
+    pub fn registry_ca(&self) -> Option<PathBuf> {
+        if let Some(path) = std::env::var_os(REGISTRY_CA_ENV).filter(|v| !v.is_empty()) {
+            return Some(PathBuf::from(path));
+        }
+        let ca = self.spec.source.registry_ca.as_ref()?;
+        Some(match self.file.parent() {
+            Some(dir) if ca.is_relative() => dir.join(ca),
+            _ => ca.clone(),
+        })
     }
 
     /// `[source] schema`, resolved against the job file's directory.

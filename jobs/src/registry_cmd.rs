@@ -24,6 +24,15 @@ pub struct RegistryArgs {
     /// The topic that stores the schemas: one partition, compacted (created so if missing).
     #[arg(long, default_value = RegistryConfig::DEFAULT_TOPIC)]
     pub topic: String,
+    /// The schemas topic's replication factor, when the registry creates it (an existing
+    /// topic is used as it is). Default: 3, or the number of brokers when the cluster has
+    /// fewer.
+    #[arg(
+        long,
+        env = "SLUICE_REGISTRY_REPLICATION",
+        value_parser = clap::value_parser!(i32).range(1..)
+    )]
+    pub replication_factor: Option<i32>,
     /// Extra librdkafka property, `key=value` (repeatable).
     #[arg(short = 'X', value_parser = parse_property)]
     pub property: Vec<(String, String)>,
@@ -34,6 +43,7 @@ pub async fn run(args: RegistryArgs) -> anyhow::Result<ExitCode> {
     config.listen = args.listen;
     config.topic = args.topic.clone();
     config.kafka_overrides = args.property.clone();
+    config.replication_factor = args.replication_factor;
     let mut signals = StopSignals::new()?;
     let server = RegistryServer::start(config).await?;
     let addr = server.local_addr();

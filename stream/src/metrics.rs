@@ -179,7 +179,7 @@ impl StreamMetrics {
             registry_waits: counter(
                 &registry,
                 "sluice_registry_waits_total",
-                "Times records waited, partitions paused, because the schema registry did not answer.",
+                "Times records waited, partitions paused, for the schema registry: it did not answer, or does not know the schema id yet (a 404 is asked again for 30 s before the records are dead-lettered).",
                 &["job"],
             ),
             lake_rows: counter(

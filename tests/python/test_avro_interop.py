@@ -2,6 +2,11 @@
 against `sluice registry` (the built-in Confluent-compatible schema registry), `sluice stream`
 with `format = "avro-confluent"`, `sluice backfill` and `sluice verify`, on a real broker.
 
+One change to the seed's producer code: it calls `avro_serializer(order, None)`, which
+confluent-kafka 2.16.1 refuses (`ValueError: SerializationContext is required for
+topic_subject_name_strategy`), so these tests pass `SerializationContext(topic,
+MessageField.VALUE)`: the subject the seed meant, `<topic>-value`. Schema and records are the seed's.
+
 Proves, with Confluent's official Python client on the other side:
 1. records written exactly as the seed's producer writes them (its `OrderEvent` schema, the
    `timestamp` long read into the SQL's `event_time` with `from`) run through seed 000's SQL:
@@ -15,21 +20,29 @@ Proves, with Confluent's official Python client on the other side:
 3. bad records (no magic byte, an unknown schema id, a truncated body, a writer schema without
    the required `order_id`) reach `<job>.dlq` once each with their error type, original offset
    and a message naming the schema id, and every good record around them lands;
-4. while the registry is down the stream waits (alive, nothing landed, nothing dead-lettered,
+4. an `https://` registry with a private CA (`[source] registry_ca`, relative to the job file):
+   without the CA the stream waits (the certificate is not trusted, no request gets through),
+   with it every record lands;
+5. while the registry is down the stream waits (alive, nothing landed, nothing dead-lettered,
    `sluice_registry_waits_total` counting), and once it is back every record lands.
 
 Needs a Kafka-protocol broker (SLUICE_TEST_BOOTSTRAP; tests/run.sh starts one) and the `sluice`
-binary (SLUICE_BIN, default $CARGO_TARGET_DIR/debug/sluice). Runs in $SLUICE_VENV.
+binary (SLUICE_BIN, default $CARGO_TARGET_DIR/debug/sluice); test 4 the `openssl` CLI. Runs in
+$SLUICE_VENV.
 """
 import contextlib
+import http.server
 import json
 import os
 import pathlib
 import random
 import re
+import shutil
 import signal
 import socket
+import ssl
 import subprocess
+import threading
 import time
 import tomllib
 import urllib.error
@@ -381,10 +394,17 @@ def metric(port, name):
     return total
 
 
-def write_job(directory, name, topic, registry, extra_fields=""):
+def write_job(directory, name, topic, registry, extra_fields="", registry_ca=None):
+    """The job file `<directory>/<name>.toml`; `registry_ca` (a path, relative to the job file or
+    absolute) adds `[source] registry_ca`."""
     path = pathlib.Path(directory) / f"{name}.toml"
-    path.write_text(JOB.format(name=name, topic=topic, registry=registry, fields=SEED_FIELDS + extra_fields,
-                               sql=SEED_SQL.strip("\n") + "\n"))
+    text = JOB.format(name=name, topic=topic, registry=registry, fields=SEED_FIELDS + extra_fields,
+                      sql=SEED_SQL.strip("\n") + "\n")
+    if registry_ca is not None:
+        line = f'registry = "{registry}"\n'
+        assert line in text
+        text = text.replace(line, f"{line}registry_ca = {json.dumps(str(registry_ca))}\n", 1)
+    path.write_text(text)
     return path
 
 
@@ -506,7 +526,9 @@ def test_seed_producer_feeds_stream_and_results_equal_the_batch_view(registry, t
     lake = tmp_path / "lake"
     create_topic(topic, partitions)
 
-    # The seed's producer, as it is (its subject: <topic>-value, auto-registered).
+    # The seed's producer (its subject: <topic>-value, auto-registered). The seed passes no
+    # context (`avro_serializer(order, None)`), which confluent-kafka 2.16.1 refuses: this one
+    # names the subject the seed meant.
     client = SchemaRegistryClient({"url": registry["url"]})
     serializer = AvroSerializer(client, ORDER_EVENT_V1)
     context = SerializationContext(topic, MessageField.VALUE)
@@ -720,7 +742,10 @@ def test_bad_avro_records_reach_the_dlq_with_metadata_and_processing_continues(r
     good_offsets = {offset for i, (_, offset) in enumerate(where) if not kinds[i]}
 
     job = write_job(tmp_path, name, topic, registry["url"])
-    stream = start_stream(tmp_path, job, lake)
+    # An id the registry lacks is asked again for 30 s by default (a lagging replica) before its
+    # records are unknown_schema_id; 3 s here keeps the test quick and still goes through the wait.
+    env = {**os.environ, "SLUICE_REGISTRY_NOT_FOUND_GRACE": "3s"}
+    stream = start_stream(tmp_path, job, lake, env=env)
     procs = [stream, registry["proc"]]
     with logs_on_failure(procs):
         try:
@@ -759,7 +784,139 @@ def test_bad_avro_records_reach_the_dlq_with_metadata_and_processing_continues(r
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. A registry outage. (Last: it starts a second registry over the fixture's topic.)
+# 4. An https registry with a private CA.
+
+
+def make_ca_and_certificate(directory):
+    """A private CA and a server certificate for 127.0.0.1 signed by it, made with `openssl`; the
+    paths (ca, certificate, key). Not one self-signed certificate: `openssl req -x509` marks it a
+    CA, and rustls refuses a CA's certificate as a server's (CaUsedAsEndEntity)."""
+    d = pathlib.Path(directory)
+    ca_key, ca, key, csr, cert, ext = (d / n for n in (
+        "ca-key.pem", "ca.pem", "key.pem", "server.csr", "cert.pem", "server.ext"))
+
+    def openssl(*args):
+        out = subprocess.run(["openssl", *map(str, args)], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, f"openssl {' '.join(map(str, args))}: {out.stderr}"
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "1",
+            "-subj", "/CN=sluice test CA")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1")
+    ext.write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+                   "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n")
+    openssl("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
+            "-days", "1", "-extfile", ext)
+    return ca, cert, key
+
+
+class HttpsRegistry:
+    """An https front for the fixture's `sluice registry` (which speaks plain http): `http.server`
+    over `ssl` in a thread, passing every GET through and noting its path."""
+
+    def __init__(self, upstream, cert, key):
+        self.upstream, self.paths = upstream, []
+        front = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as ureq's pool expects
+
+            def do_GET(self):
+                front.paths.append(self.path)
+                status, body, kind = front.forward(self.path)
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+            block_on_close = False  # a connection kept alive must not hold up close()
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(cert), str(key))
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.url = f"https://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def forward(self, path):
+        try:
+            with urllib.request.urlopen(self.upstream + path, timeout=10) as answer:
+                return answer.status, answer.read(), answer.headers.get("Content-Type", "application/json")
+        except urllib.error.HTTPError as e:
+            return e.code, e.read(), e.headers.get("Content-Type", "application/json")
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_an_https_registry_with_a_private_ca_decodes_and_an_untrusted_one_waits(registry, tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl CLI to make a CA")
+    started = time.monotonic()
+    tag = ident()
+    name, topic = f"avro_tls_{tag}", f"avro-tls-{tag}"
+    create_topic(topic, 1)
+    serializer = AvroSerializer(SchemaRegistryClient({"url": registry["url"]}), ORDER_EVENT_V1)
+    context = SerializationContext(topic, MessageField.VALUE)
+    orders = seed_orders(60, seed=17, prefix="t")
+    records = [(o["order_id"], serializer(o, context), 0) for o in orders]
+    (sid,) = {schema_id(value) for _, value, _ in records}
+    where = produce(topic, records)
+
+    ca, cert, key = make_ca_and_certificate(tmp_path)
+    front = HttpsRegistry(registry["url"], cert, key)
+    # Only the job file says where the registry and its CA are.
+    env = {k: v for k, v in os.environ.items() if k not in ("SLUICE_REGISTRY_URL", "SLUICE_REGISTRY_CA")}
+    try:
+        # Without the CA the certificate is checked against the public roots and refused: the
+        # stream waits as for a registry that is down, and no request gets through.
+        untrusted = write_job(tmp_path, f"{name}_untrusted", topic, front.url)
+        untrusted_lake = tmp_path / "lake-untrusted"
+        metrics_port = free_port()
+        stream = start_stream(tmp_path, untrusted, untrusted_lake, env=env,
+                              extra=("--metrics-addr", f"127.0.0.1:{metrics_port}"))
+        with logs_on_failure([stream, registry["proc"]]):
+            try:
+                wait_for("the stream to wait on the untrusted registry",
+                         lambda: metric(metrics_port, "sluice_registry_waits_total"), stream)
+                assert raw_count(untrusted_lake, topic) == 0, "records landed through an untrusted certificate"
+                assert front.paths == [], f"requests got through an untrusted certificate: {front.paths}"
+                assert stream.alive(), "sluice stream exited on an untrusted certificate"
+            finally:
+                stream.stop()
+
+        # `registry_ca` relative to the job file (both in tmp_path; the stream runs elsewhere).
+        job = write_job(tmp_path, name, topic, front.url, registry_ca=ca.name)
+        lake = tmp_path / "lake"
+        stream = start_stream(tmp_path, job, lake, env=env)
+        with logs_on_failure([stream, registry["proc"]]):
+            try:
+                wait_for("every record in the raw table through the https registry",
+                         lambda: raw_count(lake, topic) >= len(records), stream)
+                rows = raw_rows(lake, topic)
+                assert sorted(r["order_id"] for r in rows.values()) == sorted(o["order_id"] for o in orders)
+                assert sorted(r["event_us"] for r in rows.values()) == sorted(o["timestamp"] * 1000 for o in orders)
+                assert f"/schemas/ids/{sid}" in front.paths, front.paths
+                wait_for("the speed layer to commit every record", speed_caught_up(name, topic, ends(where)), stream)
+                assert read_topic(f"{name}.dlq") == [], "records were dead-lettered"
+                assert stream.alive(), "sluice stream exited"
+            finally:
+                code = stream.stop()
+        assert code == 0, f"sluice stream exited {code} on SIGTERM\n{stream.tail()}"
+    finally:
+        front.close()
+    print(f"https registry: {time.monotonic() - started:.1f}s")
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. A registry outage. (Last: it starts a second registry over the fixture's topic.)
 
 OUTAGE_SECONDS = 8
 

@@ -12,7 +12,10 @@
 //! The decoder never does I/O. [`SourceDecoder::missing_writer_schemas`] names the ids it has
 //! no answer for; the caller fetches them (with retries while the registry is down) and hands
 //! them over with [`SourceDecoder::add_writer_schema`]. Answers are kept for the decoder's
-//! life: an id names one schema forever in every registry.
+//! life: an id names one schema forever in every registry. So the caller hands over "not
+//! found" only once it is final: a registry replica that lags behind the one the producer
+//! registered with says "not found" for a moment, and `sluice-stream` asks again for a while
+//! (its `schemas` module) before it believes it.
 //!
 //! A record that breaks its decoder (truncated, corrupt, bytes left over) leaves arrow-avro's
 //! builders mid-row, so that decoder is dropped and the good records since the last clean
@@ -46,13 +49,17 @@ const FIXED_SCHEMA_ID: u32 = 0;
 /// Consecutive records written with one schema: (input index, bytes).
 type Run<'r> = Vec<(usize, &'r [u8])>;
 
-/// What a registry answered for a schema id.
+/// What a registry answered for a schema id, once the answer is final.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriterSchemaLookup {
-    /// The schema's JSON text.
+    /// The schema's JSON text (whether it parses and resolves is decided here).
     Found(String),
-    /// The registry does not know the id (Confluent's error code 40403).
+    /// The registry does not know the id (HTTP 404, Confluent's error code 40403): its
+    /// records are `unknown_schema_id`.
     NotFound,
+    /// The registry answered for the id, but not with an Avro schema (another `schemaType`,
+    /// a body that is not a schema): why. Its records are `incompatible_schema`.
+    Unusable(String),
 }
 
 /// One writer schema, ready to decode with or known to be unusable.
@@ -144,6 +151,11 @@ impl AvroDecoder {
                 kind: DivertReason::UnknownSchemaId,
                 field: None,
                 reason: format!("schema id {id} is not in the schema registry"),
+            },
+            WriterSchemaLookup::Unusable(why) => Writer::Unusable {
+                kind: DivertReason::IncompatibleSchema,
+                field: None,
+                reason: format!("{}: {why}", self.describe(id)),
             },
             WriterSchemaLookup::Found(text) => self.prepare(id, text),
         };

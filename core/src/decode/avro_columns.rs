@@ -9,8 +9,9 @@
 //!   not name are ignored (removed fields, or fields the job never read);
 //! - a job field the writer lacks is null when the field is nullable; when it is required the
 //!   writer schema cannot be resolved (every record written with it is `incompatible_schema`);
-//! - promotions: int → long → float → double, string ↔ bytes (bytes must be UTF-8, row by
-//!   row), enum → string, uuid → its text, decimal → double;
+//! - promotions: int → long → float → double, bytes → string (bytes must be UTF-8, row by
+//!   row; jobs have no bytes type, so string → bytes never arises), enum → string, uuid → its
+//!   text, decimal (any precision and scale, bytes or fixed) → float64 only;
 //! - unions with null are nullable columns: a null in a required field is `missing_field`, as
 //!   in JSON;
 //! - times: timestamp-millis, timestamp-micros (and -nanos, local-timestamp-*) keep their

@@ -16,6 +16,10 @@ use super::{AvroDecoder, Decoded, SourceDecoder, WriterSchemaLookup};
 use crate::spec::Job;
 use crate::topics::DivertReason;
 
+/// Resolution rule by rule (logical types, decimals, promotions, required nulls) and the
+/// registry's unusable answers, kept apart so each file stays readable.
+mod resolution;
+
 /// The seed's producer schema, `logicalType` on the field (where Avro ignores it) and all.
 const ORDER_EVENT_V1: &str = r#"{"type":"record","name":"OrderEvent","fields":[
   {"name":"order_id","type":"string"},

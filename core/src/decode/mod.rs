@@ -77,7 +77,8 @@ pub struct Decoded {
 ///   [`SourceDecoder::missing_writer_schemas`] says which are needed and the caller, which
 ///   owns the network and the retries, hands them over with
 ///   [`SourceDecoder::add_writer_schema`]. A record whose schema is still missing is an error
-///   ([`DivertReason::UnknownSchemaId`]) only once the registry has said it does not exist.
+///   ([`DivertReason::UnknownSchemaId`]) only once the registry has said, finally, that it
+///   does not exist; [`DivertReason::IncompatibleSchema`] once it answered with no Avro schema.
 pub trait SourceDecoder: Send + Sync + std::fmt::Debug {
     /// The schema of every decoded batch.
     fn schema(&self) -> &SchemaRef;
@@ -96,7 +97,8 @@ pub trait SourceDecoder: Send + Sync + std::fmt::Debug {
         Vec::new()
     }
 
-    /// The registry's answer for schema `id`: its text, or that it does not exist.
+    /// The registry's final answer for schema `id`: its text, that it does not exist, or
+    /// why what it holds is no Avro schema ([`WriterSchemaLookup`]).
     fn add_writer_schema(&self, _id: u32, _answer: WriterSchemaLookup) {}
 
     /// What may be written out of a record this decoder read, when it is diverted (a dead

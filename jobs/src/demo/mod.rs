@@ -162,6 +162,7 @@ async fn start_registry(kafka: &self::kafka::Kafka) -> anyhow::Result<RegistrySe
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         topic: REGISTRY_TOPIC.to_string(),
         kafka_overrides: Vec::new(),
+        replication_factor: None,
     };
     RegistryServer::start(config)
         .await

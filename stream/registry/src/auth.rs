@@ -43,7 +43,7 @@ impl RegistryAuth {
     /// The URL without its userinfo (and without a trailing `/`), and the credentials: the
     /// URL's userinfo first (`http://user:pass@host:8081`, percent-decoded), else
     /// `SLUICE_REGISTRY_USER_INFO` (`user:password`), else `SLUICE_REGISTRY_BEARER_TOKEN`, else
-    /// none. Only `http://` URLs are accepted; the error says why for `https://` and garbage.
+    /// none. `http://` and `https://` URLs are accepted; the error says why for anything else.
     pub fn from_url_and_env(url: &str) -> Result<(String, RegistryAuth)> {
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         from_parts(url, env(USER_INFO_ENV), env(BEARER_TOKEN_ENV))
@@ -94,8 +94,8 @@ pub(crate) fn from_parts(
     Ok((base, RegistryAuth::None))
 }
 
-/// `http://[user[:password]@]host[:port][/path]` split into the URL without userinfo or a
-/// trailing `/`, and the decoded user and password.
+/// `http[s]://[user[:password]@]host[:port][/path]` split into the URL without userinfo or a
+/// trailing `/` (its scheme in lower case), and the decoded user and password.
 pub(crate) fn split_url(url: &str) -> Result<(String, Option<(String, String)>)> {
     let trimmed = url.trim();
     let refuse = |message: &str| RegistryError::Config {
@@ -104,17 +104,19 @@ pub(crate) fn split_url(url: &str) -> Result<(String, Option<(String, String)>)>
     };
     let Some((scheme, rest)) = trimmed.split_once("://") else {
         return Err(refuse(
-            "not a URL; expected http://HOST:PORT (e.g. http://127.0.0.1:8081)",
+            "not a URL; expected http://HOST:PORT or https://HOST:PORT (e.g. http://127.0.0.1:8081)",
         ));
     };
-    if scheme.eq_ignore_ascii_case("https") {
+    // ureq picks TLS by the scheme: spelled in lower case, whatever the user typed.
+    let scheme = if scheme.eq_ignore_ascii_case("http") {
+        "http"
+    } else if scheme.eq_ignore_ascii_case("https") {
+        "https"
+    } else {
         return Err(refuse(
-            "https is not supported: this client speaks plain http only; use http://, or put a TLS-terminating proxy next to Sluice",
+            "unsupported scheme; expected http://HOST:PORT or https://HOST:PORT",
         ));
-    }
-    if !scheme.eq_ignore_ascii_case("http") {
-        return Err(refuse("unsupported scheme; expected http://HOST:PORT"));
-    }
+    };
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(end);
     let (user_info, host) = match authority.rsplit_once('@') {
@@ -122,14 +124,14 @@ pub(crate) fn split_url(url: &str) -> Result<(String, Option<(String, String)>)>
         None => (None, authority),
     };
     if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c.is_control()) {
-        return Err(refuse("no host; expected http://HOST:PORT"));
+        return Err(refuse("no host; expected http(s)://HOST:PORT"));
     }
     if path.contains(['?', '#']) {
         return Err(refuse(
-            "a registry URL has no query or fragment; expected http://HOST:PORT[/PATH]",
+            "a registry URL has no query or fragment; expected http(s)://HOST:PORT[/PATH]",
         ));
     }
-    let base = format!("http://{host}{}", path.trim_end_matches('/'));
+    let base = format!("{scheme}://{host}{}", path.trim_end_matches('/'));
     let credentials = user_info.map(|info| {
         let (user, password) = info.split_once(':').unwrap_or((info, ""));
         (percent_decode(user), percent_decode(password))
@@ -198,16 +200,30 @@ mod tests {
     }
 
     #[test]
-    fn only_plain_http_urls_are_accepted_and_errors_say_why() {
-        let https = from_parts("https://u:secret@r:8081", None, None).unwrap_err();
-        let text = https.to_string();
-        assert!(text.contains("https is not supported"), "{text}");
+    fn http_and_https_urls_are_accepted_and_errors_say_why() {
+        let (url, auth) = from_parts("https://u:secret@r:8081/", None, None).unwrap();
+        assert_eq!(url, "https://r:8081");
+        assert_eq!(auth, basic("u", "secret"));
+        let (url, _) = from_parts(
+            " HTTPS://registry.example:443/apis/ccompat/v7/ ",
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(url, "https://registry.example:443/apis/ccompat/v7");
+        let (url, _) = from_parts("Http://r:1", None, None).unwrap();
+        assert_eq!(url, "http://r:1");
+        let refused = from_parts("ftp://u:secret@r:21", None, None).unwrap_err();
+        let text = refused.to_string();
+        assert!(text.contains("https://HOST:PORT"), "{text}");
         assert!(!text.contains("secret"), "{text}");
         for garbage in [
             "",
             "registry:8081",
             "ftp://r:1",
             "http://",
+            "https://",
+            "https:/r:1",
             "http://u:p@/x",
             "http://r:1/?a=b",
         ] {

@@ -3,12 +3,19 @@
 //! thread: the decoder asks for a writer schema the first time it meets its id and caches it,
 //! so a call per new id is cheap enough, and a blocking client keeps the async runtime out of
 //! the hot path. Every answer that is not the one asked for is an error that says whether a
-//! retry can help ([`RegistryError::is_transient`]).
+//! retry can help ([`RegistryError::is_transient`]); for a schema id, an answer that settles
+//! the id (no such id, not an Avro schema) is a value ([`SchemaLookup`]), so the caller can
+//! tell "ask again later" from "this id's records can never decode".
+//!
+//! `https://` registries are checked, by the system's OpenSSL, against its trusted roots, or
+//! against a private CA's certificates only ([`RegistryClient::with_ca_file`]).
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use ureq::tls::{PemItem, RootCerts, TlsConfig, TlsProvider};
 
 use crate::auth::{RegistryAuth, split_url};
 use crate::compat::Compatibility;
@@ -29,6 +36,8 @@ const ACCEPT: &str = "application/vnd.schemaregistry.v1+json, application/vnd.sc
 pub struct RegistryClient {
     base: String,
     auth: RegistryAuth,
+    /// The private CA file `https://` is checked against (`None`: the public roots).
+    ca: Option<PathBuf>,
     agent: ureq::Agent,
 }
 
@@ -37,8 +46,27 @@ impl fmt::Debug for RegistryClient {
         f.debug_struct("RegistryClient")
             .field("url", &self.base)
             .field("auth", &self.auth)
+            .field("ca", &self.ca)
             .finish()
     }
+}
+
+/// What the registry answered for a schema id ([`RegistryClient::schema_by_id`]), when the
+/// answer settles the id. Answers that say nothing about the id (no connection, 5xx, 401...)
+/// are errors instead: ask again later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SchemaLookup {
+    /// The writer schema's text: `schemaType` absent or `AVRO`. (Whether the text parses as
+    /// Avro is the decoder's to say.)
+    Avro(String),
+    /// The registry has no schema under the id: HTTP 404, with Confluent's error code 40403
+    /// or without it. What it said, for logs. A registry replica that lags behind the one the
+    /// producer registered with says this for a moment, so callers ask again before believing
+    /// it.
+    NotFound(String),
+    /// The registry answered for the id, but not with an Avro schema: another `schemaType`
+    /// (PROTOBUF, JSON), or a body that is not the API's answer. Why, for the dead letters.
+    NotAvro(String),
 }
 
 /// `GET /schemas/ids/{id}`.
@@ -65,7 +93,7 @@ struct ErrorBody {
 }
 
 impl RegistryClient {
-    /// A client of the registry at `url` (`http://host:port[/path]`), authenticating as
+    /// A client of the registry at `url` (`http[s]://host:port[/path]`), authenticating as
     /// [`RegistryAuth::from_url_and_env`] finds. Makes no request.
     pub fn new(url: &str) -> Result<RegistryClient> {
         let (base, auth) = RegistryAuth::from_url_and_env(url)?;
@@ -79,19 +107,36 @@ impl RegistryClient {
         if base.parse::<ureq::http::Uri>().is_err() {
             return Err(RegistryError::Config {
                 url: base,
-                message: "not a valid URL; expected http://HOST:PORT".into(),
+                message: "not a valid URL; expected http://HOST:PORT or https://HOST:PORT".into(),
             });
         }
-        let config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(TIMEOUT))
-            .timeout_global(Some(TIMEOUT))
-            .user_agent(concat!("sluice-registry/", env!("CARGO_PKG_VERSION")))
-            .build();
         Ok(RegistryClient {
             base,
             auth,
-            agent: ureq::Agent::new_with_config(config),
+            ca: None,
+            agent: agent(None),
+        })
+    }
+
+    /// This client, checking an `https://` registry's certificate against the CA
+    /// certificates in the PEM file `ca` only (a private CA), instead of the public roots.
+    /// The file is read now: a missing file, or one without a `CERTIFICATE` block, is a
+    /// [`RegistryError::Config`] naming it. (A block that is not a certificate fails the TLS
+    /// handshake later, as an unknown issuer.)
+    pub fn with_ca_file(self, ca: &Path) -> Result<RegistryClient> {
+        let roots = read_ca(&self.base, ca)?;
+        if !self.base.starts_with("https://") {
+            tracing::warn!(
+                registry = %self.base,
+                ca = %ca.display(),
+                "a registry CA file is set, but the registry URL is not https://: the CA is not used"
+            );
+        }
+        Ok(RegistryClient {
+            base: self.base,
+            auth: self.auth,
+            ca: Some(ca.to_path_buf()),
+            agent: agent(Some(roots)),
         })
     }
 
@@ -100,28 +145,19 @@ impl RegistryClient {
         &self.base
     }
 
-    /// The schema with id `id`: `Ok(None)` when the registry says the id does not exist (404
-    /// with error code 40403); an error for anything else (no connection, a timeout, 5xx,
-    /// 401/403, a body that is not a schema), transient for the first three.
-    pub fn schema_by_id(&self, id: u32) -> Result<Option<String>> {
+    /// What the registry holds under schema id `id` ([`SchemaLookup`]): an Avro schema's
+    /// text, no such id (404), or something that is not an Avro schema (another
+    /// `schemaType`, a body that is not a schema). An error when the answer says nothing
+    /// about the id: no connection, a timeout or 5xx (transient), 401/403 (the credentials),
+    /// or another refusal of the request (the URL).
+    pub fn schema_by_id(&self, id: u32) -> Result<SchemaLookup> {
         let during = format!("fetching schema id {id}");
         let (status, body) = self.call("GET", &format!("/schemas/ids/{id}"), None, &during)?;
         match status {
-            200 => {
-                let answer: SchemaAnswer = self.parse(&body, &during)?;
-                match answer.schema_type.as_deref() {
-                    None => Ok(Some(answer.schema)),
-                    Some(kind) if kind.eq_ignore_ascii_case("AVRO") => Ok(Some(answer.schema)),
-                    Some(kind) => Err(RegistryError::BadAnswer {
-                        url: self.base.clone(),
-                        during,
-                        message: format!(
-                            "schema id {id} is a {kind} schema; Sluice decodes Avro only"
-                        ),
-                    }),
-                }
-            }
-            404 if error_body(&body).error_code == Some(40403) => Ok(None),
+            200 => Ok(avro_schema(&body)),
+            // With or without the registry's code: a registry behind a path prefix or a proxy
+            // may answer a bare 404 for an id it lacks.
+            404 => Ok(SchemaLookup::NotFound(not_found(&body))),
             _ => Err(self.refused(&during, status, &body)),
         }
     }
@@ -253,6 +289,95 @@ impl RegistryClient {
                 .message
                 .unwrap_or_else(|| truncate(&String::from_utf8_lossy(body), 300)),
         }
+    }
+}
+
+/// The agent every request goes through: statuses as values (the caller maps them), the
+/// timeouts, and for `https://` the system's TLS library (OpenSSL, through native-tls) checking
+/// the registry's certificate against `roots` (`None`: the system's trusted roots).
+fn agent(roots: Option<RootCerts>) -> ureq::Agent {
+    let tls = TlsConfig::builder()
+        .provider(TlsProvider::NativeTls)
+        .root_certs(roots.unwrap_or(RootCerts::PlatformVerifier))
+        .build();
+    let config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(TIMEOUT))
+        .timeout_global(Some(TIMEOUT))
+        .user_agent(concat!("sluice-registry/", env!("CARGO_PKG_VERSION")))
+        .tls_config(tls);
+    ureq::Agent::new_with_config(config.build())
+}
+
+/// The certificates of the PEM file `path`, as the only roots (keys beside them are skipped).
+fn read_ca(url: &str, path: &Path) -> Result<RootCerts> {
+    let refuse = |message: String| RegistryError::Config {
+        url: url.to_string(),
+        message,
+    };
+    let pem = std::fs::read(path).map_err(|e| {
+        refuse(format!(
+            "reading the registry CA file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let mut certificates = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item {
+            Ok(PemItem::Certificate(certificate)) => certificates.push(certificate),
+            Ok(_) => {}
+            Err(e) => {
+                return Err(refuse(format!(
+                    "the registry CA file {} is not valid PEM: {e}",
+                    path.display()
+                )));
+            }
+        }
+    }
+    if certificates.is_empty() {
+        return Err(refuse(format!(
+            "the registry CA file {} holds no certificate (expected PEM `-----BEGIN CERTIFICATE-----` blocks)",
+            path.display()
+        )));
+    }
+    Ok(RootCerts::new_with_certs(&certificates))
+}
+
+/// A 200 answer to `GET /schemas/ids/{id}`: the Avro schema, or why it is none.
+fn avro_schema(body: &[u8]) -> SchemaLookup {
+    let answer: SchemaAnswer = match serde_json::from_slice(body) {
+        Ok(answer) => answer,
+        Err(e) => {
+            return SchemaLookup::NotAvro(format!(
+                "the registry's answer is not a schema ({e}); body: {}",
+                truncate(&String::from_utf8_lossy(body), 300)
+            ));
+        }
+    };
+    match answer.schema_type.as_deref() {
+        None => SchemaLookup::Avro(answer.schema),
+        Some(kind) if kind.eq_ignore_ascii_case("AVRO") => SchemaLookup::Avro(answer.schema),
+        Some(kind) => SchemaLookup::NotAvro(format!(
+            "the registry holds a {} schema under this id; Sluice decodes Avro only",
+            truncate(kind, 40)
+        )),
+    }
+}
+
+/// What a 404 for a schema id said, and whether it was the registry's own "no such id".
+fn not_found(body: &[u8]) -> String {
+    let parsed = error_body(body);
+    let message = parsed
+        .message
+        .unwrap_or_else(|| truncate(&String::from_utf8_lossy(body), 300));
+    match parsed.error_code {
+        Some(40403) => format!("HTTP 404, error code 40403: {message}"),
+        Some(code) => format!(
+            "HTTP 404 with error code {code}, not 40403 (does the URL point at a schema registry?): {message}"
+        ),
+        None => format!(
+            "HTTP 404 without an error code (does the URL point at a schema registry?): {message}"
+        ),
     }
 }
 

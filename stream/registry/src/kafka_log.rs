@@ -1,5 +1,6 @@
 //! The registry's log on Kafka: the schemas topic (one partition, so one total order; created
-//! compacted if missing), the producer writes go through (acks=all, idempotent, each write
+//! compacted if missing, replicated 3 times or on every broker of a smaller cluster: losing it
+//! loses every id), the producer writes go through (acks=all, idempotent, each write
 //! waiting for its own delivery report to learn its offset), and the follower, a thread that
 //! reads the topic from the beginning and applies every record to the replica's state, for as
 //! long as the replica runs. A replica serves only once its follower has read the log to the
@@ -175,6 +176,14 @@ pub(crate) fn open(config: &RegistryConfig, shared: Arc<Shared>) -> Result<(Kafk
     ))
 }
 
+/// The replication factor of a schemas topic the registry creates, unless told one: 3, or
+/// every broker of a smaller cluster (`brokers`: how many the metadata lists). A factor of 1
+/// on a real cluster would lose every schema id with one disk, silently.
+pub(crate) fn default_replication(brokers: usize) -> i32 {
+    // At most 3, so the cast cannot truncate.
+    brokers.clamp(1, 3) as i32
+}
+
 /// A Kafka failure as a [`RegistryError`] naming the brokers.
 fn kafka(config: &RegistryConfig, during: &str, error: impl std::fmt::Display) -> RegistryError {
     RegistryError::Kafka {
@@ -185,30 +194,78 @@ fn kafka(config: &RegistryConfig, during: &str, error: impl std::fmt::Display) -
 }
 
 /// Makes sure the topic exists with one partition: created compacted when missing (without
-/// the setting, with a warning, when the broker refuses it).
+/// the setting, with a warning, when the broker refuses it), with the configured replication
+/// factor or [`default_replication`].
 fn ensure_topic(config: &RegistryConfig) -> Result<()> {
     let topic = config.topic.as_str();
     let client = client_config(&config.brokers, &config.kafka_overrides, |_| {});
     let metadata: BaseConsumer = client
         .create()
         .map_err(|e| kafka(config, "creating a metadata client", e))?;
-    // One metadata request first: an unreachable Kafka is said so, naming the brokers.
-    let existing = sluice_kafka::topic_names(&metadata, REQUEST_TIMEOUT)
+    // One metadata request first: an unreachable Kafka is said so, naming the brokers. It also
+    // says how many brokers there are, for the default replication factor.
+    let cluster = metadata
+        .fetch_metadata(None, REQUEST_TIMEOUT)
         .map_err(|e| kafka(config, "connecting (is Kafka running there?)", e))?;
-    if !existing.iter().any(|name| name == topic) {
-        let compacted =
-            NewTopic::new(topic, 1, TopicReplication::Fixed(1)).set("cleanup.policy", "compact");
+    let existing = cluster
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+    if let Some(existing) = existing {
+        let replicas = existing
+            .partitions()
+            .first()
+            .map_or(0, |p| p.replicas().len());
+        if replicas < 3 && cluster.brokers().len() >= 3 {
+            tracing::warn!(
+                topic,
+                replicas,
+                brokers = cluster.brokers().len(),
+                "the schemas topic exists with fewer than 3 replicas: a broker's loss can lose every schema id; the registry uses the topic as it is (raise its replication with kafka-reassign-partitions)"
+            );
+        }
+    } else {
+        let brokers = cluster.brokers().len();
+        let (replication, chosen) = match config.replication_factor {
+            Some(factor) => (factor, "as configured"),
+            None => (
+                default_replication(brokers),
+                "the default: 3, or every broker of a smaller cluster (--replication-factor overrides it)",
+            ),
+        };
+        tracing::info!(
+            topic,
+            replication,
+            brokers,
+            chosen,
+            "creating the schemas topic"
+        );
+        let compacted = NewTopic::new(topic, 1, TopicReplication::Fixed(replication))
+            .set("cleanup.policy", "compact");
         match sluice_kafka::create_topics(&client, &[compacted], Some(TOPIC_TIMEOUT)) {
-            Ok(_) => tracing::info!(topic, "created the schemas topic (compacted, 1 partition)"),
+            Ok(_) => tracing::info!(
+                topic,
+                replication,
+                "created the schemas topic (compacted, 1 partition)"
+            ),
             Err(error) => {
                 tracing::warn!(
                     topic,
                     error = %error,
-                    "the broker refused a compacted topic; creating it without cleanup.policy=compact: set it on the topic, or old schemas expire with the broker's retention"
+                    "creating the schemas topic compacted failed; trying without cleanup.policy=compact (a broker may refuse the setting): if that works, set the policy on the topic, or old schemas expire with the broker's retention"
                 );
-                let plain = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
-                sluice_kafka::create_topics(&client, &[plain], Some(TOPIC_TIMEOUT))
-                    .map_err(|e| kafka(config, &format!("creating topic `{topic}`"), e))?;
+                let plain = NewTopic::new(topic, 1, TopicReplication::Fixed(replication));
+                sluice_kafka::create_topics(&client, &[plain], Some(TOPIC_TIMEOUT)).map_err(
+                    |e| {
+                        kafka(
+                            config,
+                            &format!(
+                                "creating topic `{topic}` with replication factor {replication}"
+                            ),
+                            e,
+                        )
+                    },
+                )?;
             }
         }
     }
@@ -301,5 +358,23 @@ fn run(consumer: &BaseConsumer<ReaderContext>, end: i64, shared: &Shared, stop: 
             }
             Some(Err(_)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_replication;
+
+    #[test]
+    fn the_default_replication_is_three_or_every_broker_of_a_smaller_cluster() {
+        assert_eq!(
+            default_replication(0),
+            1,
+            "no broker listed: still a valid factor"
+        );
+        assert_eq!(default_replication(1), 1);
+        assert_eq!(default_replication(2), 2);
+        assert_eq!(default_replication(3), 3);
+        assert_eq!(default_replication(12), 3);
     }
 }

@@ -28,7 +28,7 @@ mod state;
 mod testing;
 
 pub use auth::{BEARER_TOKEN_ENV, RegistryAuth, USER_INFO_ENV};
-pub use client::RegistryClient;
+pub use client::{RegistryClient, SchemaLookup};
 pub use compat::Compatibility;
 pub use error::{RegistryError, Result};
 pub use server::{RegistryConfig, RegistryServer, serve};

@@ -25,19 +25,26 @@ pub struct RegistryConfig {
     pub topic: String,
     /// Extra librdkafka properties (`-X key=value`), for every client of the replica.
     pub kafka_overrides: Vec<(String, String)>,
+    /// The replication factor of the topic when the replica creates it. Default (`None`): 3,
+    /// or the number of brokers in the cluster's metadata when it has fewer, so a real cluster
+    /// keeps its schemas through a broker's loss and a one-broker development cluster still
+    /// works. An existing topic is used as it is.
+    pub replication_factor: Option<i32>,
 }
 
 impl RegistryConfig {
     /// The topic Confluent's registry uses, and this one by default.
     pub const DEFAULT_TOPIC: &'static str = "_schemas";
 
-    /// Listens on 127.0.0.1:8081, stores in `_schemas`, no overrides.
+    /// Listens on 127.0.0.1:8081, stores in `_schemas`, no overrides, the default replication
+    /// factor (see [`RegistryConfig::replication_factor`]).
     pub fn new(brokers: impl Into<String>) -> RegistryConfig {
         RegistryConfig {
             brokers: brokers.into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             topic: RegistryConfig::DEFAULT_TOPIC.to_string(),
             kafka_overrides: Vec::new(),
+            replication_factor: None,
         }
     }
 }

@@ -1,7 +1,8 @@
-//! Holding a micro-batch while the schema registry cannot answer (`avro-confluent` jobs):
-//! the daemon pauses its partitions and keeps polling, so the group keeps them, rebalances
-//! still apply and librdkafka stops fetching (memory stays bounded), until every writer schema
-//! the batch names is known. See [`crate::schemas`].
+//! Holding a micro-batch while a writer schema it names has no final answer (`avro-confluent`
+//! jobs): the schema registry cannot answer, or has not found the id yet (a replica lagging
+//! behind a registration). The daemon pauses its partitions and keeps polling, so the group
+//! keeps them, rebalances still apply and librdkafka stops fetching (memory stays bounded),
+//! until every writer schema the batch names is known or settled. See [`crate::schemas`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -15,8 +16,8 @@ use crate::processor::SourceRecord;
 use crate::schemas::{Fetched, SchemaFetcher};
 
 impl StreamDaemon {
-    /// Holds the batch until the registry has answered for every writer schema it names (see
-    /// [`crate::schemas`]): its partitions are paused meanwhile and the consumer keeps
+    /// Holds the batch until the registry has answered for good for every writer schema it
+    /// names (see [`crate::schemas`]): its partitions are paused meanwhile and the consumer keeps
     /// polling, so the group keeps them and rebalances still apply. `false` when `stop` was
     /// set while waiting: the batch is dropped uncommitted and read again on the next start.
     pub(super) fn wait_for_schemas(
@@ -49,7 +50,8 @@ impl StreamDaemon {
                 .collect();
             let retry_at = match fetcher.fetch_missing(running.processor.decoder(), &payloads) {
                 Fetched::Ready => break,
-                Fetched::Unavailable { retry_at } => retry_at,
+                // The fetcher has logged why (the registry down, an id not found yet).
+                Fetched::Wait { retry_at, .. } => retry_at,
             };
             self.metrics.registry_waits.with_label_values(&[job]).inc();
             while Instant::now() < retry_at {
@@ -80,7 +82,7 @@ impl StreamDaemon {
             tracing::info!(
                 job,
                 registry = fetcher.url(),
-                "schema registry answered: partitions resumed"
+                "every writer schema of the batch is settled: partitions resumed"
             );
         }
         Ok(true)
@@ -98,13 +100,13 @@ impl StreamDaemon {
         if pause {
             running.consumer.pause(&list).map_err(kafka(
                 job,
-                "pausing while the schema registry is unavailable",
+                "pausing while writer schemas are awaited from the schema registry",
             ))
         } else {
             running
                 .consumer
                 .resume(&list)
-                .map_err(kafka(job, "resuming after the schema registry answered"))
+                .map_err(kafka(job, "resuming once the writer schemas were settled"))
         }
     }
 }

@@ -202,9 +202,10 @@ impl CommitTarget for DeltaTarget<'_> {
         Ok(next)
     }
 
-    /// `avro-confluent`: whether the registry has answered for every writer schema the
-    /// pending records name (see [`crate::schemas`]). While it has not, the loop keeps the
-    /// partitions paused, so the buffer stops growing; nothing is committed and nothing lost.
+    /// `avro-confluent`: whether the registry has answered for good for every writer schema
+    /// the pending records name (see [`crate::schemas`]: it may be down, or not have found an
+    /// id yet). While it has not, the loop keeps the partitions paused, so the buffer stops
+    /// growing; nothing is committed and nothing lost.
     fn ready(&mut self, pending: &Buffered) -> Result<(), SinkFailure> {
         let Some(fetcher) = self.schemas.as_mut() else {
             return Ok(());
@@ -217,16 +218,15 @@ impl CommitTarget for DeltaTarget<'_> {
             .collect();
         match fetcher.fetch_missing(self.sink.decoder.as_ref(), &payloads) {
             Fetched::Ready => Ok(()),
-            // The loop's backoff spaces the retries.
-            Fetched::Unavailable { retry_at: _ } => {
+            // The loop's backoff spaces the retries; the fetcher asks an id not found yet
+            // again only at its own time, however often it is called.
+            Fetched::Wait { reason, .. } => {
                 self.sink
                     .metrics
                     .registry_waits
                     .with_label_values(&[job])
                     .inc();
-                Err(SinkFailure::Unavailable(
-                    "the schema registry is unavailable".into(),
-                ))
+                Err(SinkFailure::Unavailable(reason))
             }
         }
     }

@@ -61,8 +61,8 @@ fn a_schema_by_id_and_the_request_that_fetched_it() {
     )
     .unwrap();
     assert_eq!(
-        client.schema_by_id(7).unwrap().as_deref(),
-        Some("\"string\"")
+        client.schema_by_id(7).unwrap(),
+        SchemaLookup::Avro("\"string\"".into())
     );
     let request = server.join().unwrap().to_ascii_lowercase();
     assert!(
@@ -80,29 +80,76 @@ fn a_schema_by_id_and_the_request_that_fetched_it() {
 }
 
 #[test]
-fn an_unknown_id_is_none_other_404s_are_errors() {
+fn a_404_with_or_without_the_registrys_code_is_not_found_and_says_which() {
     let (url, server) = one_shot(
         "404 Not Found",
         r#"{"error_code":40403,"message":"Schema 9 not found"}"#,
     );
     let client = RegistryClient::with_auth(&url, RegistryAuth::None).unwrap();
-    assert_eq!(client.schema_by_id(9).unwrap(), None);
+    match client.schema_by_id(9).unwrap() {
+        SchemaLookup::NotFound(message) => {
+            assert!(message.contains("40403"), "{message}");
+            assert!(message.contains("Schema 9 not found"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
     server.join().unwrap();
 
-    // A 404 without the registry's code: the URL points at something else.
-    let (url, server) = one_shot(
-        "404 Not Found",
+    // Without the registry's code (a proxy, a path prefix): still no schema, but the message
+    // asks whether the URL is a registry's.
+    for body in [
         r#"{"error_code":404,"message":"HTTP 404"}"#,
-    );
-    let client = RegistryClient::with_auth(&url, RegistryAuth::None).unwrap();
-    let error = client.schema_by_id(9).unwrap_err();
-    assert!(!error.is_transient(), "{error}");
-    assert_eq!(error.error_code(), Some(404));
-    server.join().unwrap();
+        "<html>gone</html>",
+    ] {
+        let (url, server) = one_shot("404 Not Found", body);
+        let client = RegistryClient::with_auth(&url, RegistryAuth::None).unwrap();
+        match client.schema_by_id(9).unwrap() {
+            SchemaLookup::NotFound(message) => {
+                assert!(message.contains("schema registry?"), "{message}");
+            }
+            other => panic!("{body}: {other:?}"),
+        }
+        server.join().unwrap();
+    }
 }
 
 #[test]
-fn server_errors_are_transient_auth_failures_are_not() {
+fn a_non_avro_schema_or_a_body_that_is_no_schema_is_not_avro() {
+    let (url, server) = one_shot(
+        "200 OK",
+        r#"{"schema":"syntax = \"proto3\";","schemaType":"PROTOBUF"}"#,
+    );
+    let client = RegistryClient::with_auth(&url, RegistryAuth::None).unwrap();
+    match client.schema_by_id(3).unwrap() {
+        SchemaLookup::NotAvro(message) => assert!(message.contains("PROTOBUF"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    server.join().unwrap();
+
+    // `schemaType` in any case is Avro's.
+    let (url, server) = one_shot("200 OK", r#"{"schema":"\"long\"","schemaType":"avro"}"#);
+    let client = RegistryClient::with_auth(&url, RegistryAuth::None).unwrap();
+    assert_eq!(
+        client.schema_by_id(4).unwrap(),
+        SchemaLookup::Avro("\"long\"".into())
+    );
+    server.join().unwrap();
+
+    for body in ["<html>not a registry</html>", r#"{"id":1}"#] {
+        let (url, server) = one_shot("200 OK", body);
+        let client = RegistryClient::with_auth(&url, RegistryAuth::None).unwrap();
+        match client.schema_by_id(1).unwrap() {
+            SchemaLookup::NotAvro(message) => {
+                assert!(message.contains("not a schema"), "{body}: {message}")
+            }
+            other => panic!("{body}: {other:?}"),
+        }
+        server.join().unwrap();
+    }
+}
+
+#[test]
+fn server_errors_are_transient_auth_failures_are_not_and_both_are_errors() {
     let (url, server) = one_shot(
         "500 Internal Server Error",
         r#"{"error_code":50001,"message":"Error in the backend data store"}"#,
@@ -123,10 +170,17 @@ fn server_errors_are_transient_auth_failures_are_not() {
     );
     server.join().unwrap();
 
-    let (url, server) = one_shot("200 OK", "<html>not a registry</html>");
+    // A refusal of the request rather than of the id: an error, not a verdict on the id.
+    let (url, server) = one_shot(
+        "400 Bad Request",
+        "The plain HTTP request was sent to HTTPS port",
+    );
     let client = RegistryClient::with_auth(&url, RegistryAuth::None).unwrap();
     let error = client.schema_by_id(1).unwrap_err();
-    assert!(matches!(error, RegistryError::BadAnswer { .. }), "{error}");
+    assert!(
+        matches!(error, RegistryError::Http { status: 400, .. }),
+        "{error}"
+    );
     server.join().unwrap();
 }
 
@@ -237,5 +291,36 @@ fn the_client_names_its_url_without_credentials() {
         !printed.contains("secret") && !printed.contains("t0k3n"),
         "{printed}"
     );
-    assert!(RegistryClient::with_auth("https://registry:8081", RegistryAuth::None).is_err());
+    let https =
+        RegistryClient::with_auth("https://alice:secret@registry:8443/", RegistryAuth::None)
+            .unwrap();
+    assert_eq!(https.url(), "https://registry:8443");
+}
+
+/// Any certificate block will do here: the roots are only checked at a TLS handshake.
+const PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIBAA==\n-----END CERTIFICATE-----\n";
+
+#[test]
+fn a_ca_file_must_exist_and_hold_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = || RegistryClient::with_auth("https://registry:8443", RegistryAuth::None).unwrap();
+
+    let good = dir.path().join("ca.pem");
+    std::fs::write(&good, format!("a comment line\n{PEM}{PEM}")).unwrap();
+    let with_ca = client().with_ca_file(&good).unwrap();
+    assert_eq!(with_ca.url(), "https://registry:8443");
+    assert!(format!("{with_ca:?}").contains("ca.pem"));
+
+    let missing = dir.path().join("nope.pem");
+    let error = client().with_ca_file(&missing).unwrap_err();
+    assert!(matches!(error, RegistryError::Config { .. }), "{error}");
+    assert!(error.to_string().contains("nope.pem"), "{error}");
+
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "no certificate here\n").unwrap();
+    let error = client().with_ca_file(&empty).unwrap_err();
+    assert!(
+        error.to_string().contains("holds no certificate"),
+        "{error}"
+    );
 }
