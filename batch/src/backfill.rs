@@ -19,16 +19,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arrow::array::{AsArray, RecordBatch};
-use arrow::datatypes::TimestampMicrosecondType;
-use futures::StreamExt;
+use arrow::datatypes::{DataType, TimeUnit, TimestampMicrosecondType};
+use datafusion::common::Column;
+use datafusion::functions_aggregate::expr_fn::min;
+use datafusion::logical_expr::Expr;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use sluice_core::anomaly::{self, Anomaly, RowCounter, Rule};
-use sluice_core::lake::{
-    CUTOFF_KEY, SOURCE_OFFSET_COLUMN, SOURCE_PARTITION_COLUMN, TableLocation, commit_key,
-};
+use sluice_core::lake::{CUTOFF_KEY, TableLocation, commit_key};
 use sluice_core::lake_progress::{Completeness, raw_completeness};
-use sluice_core::pii::PiiProtection;
 use sluice_core::time::{ceil_to, floor_to, format_time};
 use sluice_core::topics::view_writer_app_id;
 use sluice_core::{
@@ -37,6 +36,7 @@ use sluice_core::{
 
 use crate::error::{BatchError, Result};
 pub(crate) use crate::fold::{Fold, RawOrigin};
+use crate::raw_scan::{ScanColumns, scan_error, scan_raw};
 
 /// Which range to recompute. `None` bounds default to the raw table's first bucket and the
 /// start of the current (incomplete) bucket.
@@ -129,20 +129,30 @@ pub async fn backfill(
     let pinned = raw_version.map_or_else(|| raw.clone(), |v| raw.at_version(v));
     let progress = progress_bar(request.progress);
     let rule = Rule::for_job(job);
-    let mut fold = Fold::starting_at(&pipeline, from);
-    fold.window_rows = rule.as_ref().map(|rule| RowCounter::new(job, rule));
+    let new_fold = || {
+        let mut fold = Fold::starting_at(&pipeline, from);
+        fold.window_rows = rule.as_ref().map(|rule| RowCounter::new(job, rule));
+        fold
+    };
     // A job with stateful stages (dedup, `unique`) reads back by their horizons: those rows
     // decide which rows of the range are duplicates.
     let reach = pipeline.stateful().map_or(0, |stages| stages.reach_us());
-    let scan_from = from.saturating_sub(reach);
-    fold_raw(
-        job,
-        &pinned,
-        &mut fold,
-        (Some(scan_from), Some(to)),
-        &progress,
-    )
-    .await?;
+    let range = (Some(from.saturating_sub(reach)), Some(to));
+    let mut fold = new_fold();
+    let columns = ScanColumns::ReadByPlan;
+    fold_raw(job, &pinned, &mut fold, range, &progress, columns).await?;
+    if !fold.rejected.is_empty() && pipeline.source_columns_read().is_some() {
+        // Rejected rows are reported with every column, which the scan skipped: the range is
+        // read again whole (rows are rarely rejected, and the same rows are, whatever is read).
+        tracing::info!(
+            job = job.name(),
+            rejected = fold.rejected.len(),
+            "rows were rejected: reading the range again with every column, to report them whole"
+        );
+        progress.reset();
+        fold = new_fold();
+        fold_raw(job, &pinned, &mut fold, range, &progress, ScanColumns::All).await?;
+    }
     progress.finish_and_clear();
     let rows = fold.finish()?;
     // Before the commit, so that failing to count the history fails the backfill rather than
@@ -261,17 +271,6 @@ pub async fn backfill(
     })
 }
 
-fn scan_error<'a>(
-    job: &'a Job,
-    raw: &'a TableLocation,
-) -> impl Fn(datafusion::error::DataFusionError) -> BatchError + 'a {
-    move |source| BatchError::Scan {
-        job: job.name().to_string(),
-        url: raw.location.clone(),
-        source: Box::new(source),
-    }
-}
-
 /// Runs the raw rows with event time in `range` through `fold`.
 async fn fold_raw(
     job: &Job,
@@ -279,56 +278,15 @@ async fn fold_raw(
     fold: &mut Fold<'_>,
     range: (Option<i64>, Option<i64>),
     progress: &ProgressBar,
+    columns: ScanColumns,
 ) -> Result<()> {
-    scan_raw(job, raw, range, |source, origin| {
+    let columns = (columns, fold.pipeline());
+    scan_raw(job, raw, range, columns, |source, origin| {
         fold.add(source, origin)?;
         progress.inc(source.num_rows() as u64);
         Ok(())
     })
     .await
-}
-
-/// Hands every raw batch with event time in `range` to `each`, as the job's source columns
-/// with where each row came from.
-pub(crate) async fn scan_raw(
-    job: &Job,
-    raw: &TableLocation,
-    range: (Option<i64>, Option<i64>),
-    mut each: impl FnMut(&RecordBatch, &RawOrigin) -> Result<()>,
-) -> Result<()> {
-    let source_schema = job.source_schema();
-    let mut columns: Vec<String> = source_schema
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect();
-    columns.extend([
-        SOURCE_PARTITION_COLUMN.to_string(),
-        SOURCE_OFFSET_COLUMN.to_string(),
-    ]);
-    let mut stream = raw
-        .scan(&columns, &job.spec.source.event_time, range.0, range.1)
-        .await?;
-    let width = source_schema.fields().len();
-    // The raw table is the topic's, shared by every version of every job on it: rows an
-    // untagged version (or history from before the tags) landed hold clear values. The
-    // policies are applied again as the rows are read, and protection is idempotent, so rows
-    // landed protected come out as they are.
-    let pii = PiiProtection::for_job(job)?;
-    while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(scan_error(job, raw))?;
-        let source = RecordBatch::try_new(source_schema.clone(), batch.columns()[..width].to_vec())
-            .map_err(|source| sluice_core::Error::Arrow {
-                during: "reading raw rows with the job's schema",
-                source: Box::new(source),
-            })?;
-        let source = match &pii {
-            Some(pii) => pii.protect_batch(&source)?,
-            None => source,
-        };
-        each(&source, &RawOrigin::of(&batch, width))?;
-    }
-    Ok(())
 }
 
 /// The partial states of every raw row, merged per (key, window, bucket): the whole view
@@ -340,7 +298,9 @@ pub async fn recompute_partials(
 ) -> Result<RecordBatch> {
     let raw = TableLocation::new(lake.raw_table(job));
     let mut fold = Fold::new(pipeline);
-    fold_raw(job, &raw, &mut fold, (None, None), &ProgressBar::hidden()).await?;
+    let hidden = ProgressBar::hidden();
+    let columns = ScanColumns::ReadByPlan;
+    fold_raw(job, &raw, &mut fold, (None, None), &hidden, columns).await?;
     fold.partials(job)
 }
 
@@ -428,25 +388,41 @@ async fn earliest_event(job: &Job, raw: &TableLocation) -> Result<i64> {
         })
 }
 
-/// The raw table's earliest event time (µs), `None` when it has no rows.
+/// The raw table's earliest event time (µs), `None` when it has no rows. Asked as `MIN(…)`
+/// so that DataFusion may answer it from the Delta log's file statistics instead of reading the
+/// column.
 async fn first_event(job: &Job, raw: &TableLocation) -> Result<Option<i64>> {
     if raw.open().await?.version().is_none() {
         return Ok(None);
     }
-    let time = job.spec.source.event_time.clone();
-    let mut stream = raw
-        .scan(std::slice::from_ref(&time), &time, None, None)
-        .await?;
+    let time = Expr::Column(Column::from_name(&job.spec.source.event_time));
+    let ctx = raw.session("t").await?;
+    let batches = ctx
+        .table("t")
+        .await
+        .and_then(|frame| frame.aggregate(vec![], vec![min(time)]))
+        .map_err(scan_error(job, raw))?
+        .collect()
+        .await
+        .map_err(scan_error(job, raw))?;
     let mut earliest: Option<i64> = None;
-    while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(scan_error(job, raw))?;
-        let times = batch.column(0).as_primitive::<TimestampMicrosecondType>();
+    for batch in &batches {
+        let times = arrow::compute::cast(batch.column(0), &TIMESTAMP_MICROS).map_err(|source| {
+            sluice_core::Error::Arrow {
+                during: "reading the raw table's earliest event time",
+                source: Box::new(source),
+            }
+        })?;
+        let times = times.as_primitive::<TimestampMicrosecondType>();
         if let Some(min) = arrow::compute::min(times) {
             earliest = Some(earliest.map_or(min, |e| e.min(min)));
         }
     }
     Ok(earliest)
 }
+
+/// Event times as the cast target of [`first_event`] (the zone does not change the value).
+const TIMESTAMP_MICROS: DataType = DataType::Timestamp(TimeUnit::Microsecond, None);
 
 fn progress_bar(enabled: bool) -> ProgressBar {
     if !enabled || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {

@@ -16,8 +16,9 @@ use arrow::compute::take_record_batch;
 use sluice_core::lake::{BackfillSource, TableLocation};
 use sluice_core::{Job, Lake, Pipeline};
 
-use crate::backfill::{Fold, RawOrigin, scan_raw};
+use crate::backfill::{Fold, RawOrigin};
 use crate::error::{BatchError, Result};
+use crate::raw_scan::{ScanColumns, scan_raw};
 
 /// What each layer had seen when the merged view was read.
 #[derive(Debug, Clone, Default)]
@@ -63,6 +64,7 @@ pub async fn recompute_cut(
                 job,
                 &table,
                 (Some(from.saturating_sub(reach)), Some(to)),
+                (ScanColumns::ReadByPlan, pipeline),
                 |rows, origin| fold.add(rows, origin),
             )
             .await?;
@@ -76,7 +78,8 @@ pub async fn recompute_cut(
         };
         let mut fold = fold.released_at(cut.release_bounds.clone());
         let scan_from = cut.cutoff_us.map(|cutoff| cutoff.saturating_sub(reach));
-        scan_raw(job, &raw, (scan_from, None), |rows, origin| {
+        let columns = (ScanColumns::ReadByPlan, pipeline);
+        scan_raw(job, &raw, (scan_from, None), columns, |rows, origin| {
             let keep = speed_side_rows(origin, cut);
             if keep.is_empty() {
                 return Ok(());

@@ -1,5 +1,5 @@
 //! Folding raw rows through the shared plan into view rows: what `sluice backfill`, `sluice
-//! verify`'s recompute and the replay seed all run on the batches `scan_raw` hands them.
+//! verify`'s recompute and the replay seed all run on the batches [`crate::raw_scan::scan_raw`] hands them.
 //! Rows the plan fails on or checks quarantine are kept aside with where they came from; a
 //! deduplicating job's rows are held first ([`crate::dedup_fold`]).
 
@@ -106,6 +106,11 @@ impl<'a> Fold<'a> {
             held: pipeline.stateful().map(|_| HeldRows::new(None)),
             release_bounds: None,
         }
+    }
+
+    /// The pipeline the rows are folded through.
+    pub(crate) fn pipeline(&self) -> &'a Pipeline {
+        self.pipeline
     }
 
     /// The stateful stages' state per source partition once the fold has finished (after

@@ -15,6 +15,7 @@ mod fold;
 pub mod load;
 #[cfg(feature = "polars")]
 pub mod polars;
+mod raw_scan;
 pub mod seed;
 pub mod status;
 pub mod view;

@@ -23,8 +23,9 @@ use sluice_core::time::floor_to;
 use sluice_core::topics::lake_app_id;
 use sluice_core::{Job, Lake, Pipeline};
 
-use crate::backfill::{Fold, RawOrigin, scan_raw};
+use crate::backfill::{Fold, RawOrigin};
 use crate::error::Result;
+use crate::raw_scan::{ScanColumns, scan_raw};
 
 /// Where a source partition's records continue after what the raw table holds: after its
 /// last landed offset, or (nothing landed) where the lake sink found it read to its end.
@@ -81,29 +82,36 @@ pub async fn speed_seeds(
     let reach = pipeline.stateful().map_or(0, |stages| stages.reach_us());
     if raw.open().await?.version().is_some() {
         let scan_from = from_us.saturating_sub(reach);
-        scan_raw(job, &raw, (Some(scan_from), None), |source, origin| {
-            for (partition, rows) in rows_landed_before(origin, &offsets) {
-                let Some((fold, max_event)) = folds.get_mut(&partition) else {
-                    continue;
-                };
-                let indices = UInt32Array::from(rows.clone());
-                let part = take_record_batch(source, &indices).map_err(|source| {
-                    sluice_core::Error::Arrow {
-                        during: "selecting a partition's raw rows",
-                        source: Box::new(source),
+        let columns = (ScanColumns::All, pipeline);
+        scan_raw(
+            job,
+            &raw,
+            (Some(scan_from), None),
+            columns,
+            |source, origin| {
+                for (partition, rows) in rows_landed_before(origin, &offsets) {
+                    let Some((fold, max_event)) = folds.get_mut(&partition) else {
+                        continue;
+                    };
+                    let indices = UInt32Array::from(rows.clone());
+                    let part = take_record_batch(source, &indices).map_err(|source| {
+                        sluice_core::Error::Arrow {
+                            during: "selecting a partition's raw rows",
+                            source: Box::new(source),
+                        }
+                    })?;
+                    let times = part
+                        .column(time_index)
+                        .as_primitive::<TimestampMicrosecondType>();
+                    if let Some(max) = arrow::compute::max(times) {
+                        *max_event = Some(max_event.map_or(max, |m: i64| m.max(max)));
                     }
-                })?;
-                let times = part
-                    .column(time_index)
-                    .as_primitive::<TimestampMicrosecondType>();
-                if let Some(max) = arrow::compute::max(times) {
-                    *max_event = Some(max_event.map_or(max, |m: i64| m.max(max)));
+                    let sub_origin = origin.take(rows.iter().map(|&i| i as usize));
+                    fold.add(&part, &sub_origin)?;
                 }
-                let sub_origin = origin.take(rows.iter().map(|&i| i as usize));
-                fold.add(&part, &sub_origin)?;
-            }
-            Ok(())
-        })
+                Ok(())
+            },
+        )
         .await?;
     }
     let purge_us = pipeline

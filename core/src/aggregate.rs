@@ -188,6 +188,18 @@ impl AggregateStage {
         self.bucket
     }
 
+    /// Every expression this stage evaluates on its input rows (keys, aggregate arguments,
+    /// `FILTER (WHERE …)`), beside the event time; HAVING and the SELECT list run on its own
+    /// aggregated rows.
+    pub(crate) fn input_exprs(&self) -> Vec<Arc<dyn PhysicalExpr>> {
+        let mut exprs = self.keys.clone();
+        for aggregate in &self.aggregates {
+            exprs.extend(aggregate.function.expressions());
+            exprs.extend(aggregate.filter.clone());
+        }
+        exprs
+    }
+
     /// The stable binary codec of one partial row's state columns.
     pub fn state_codec(&self) -> StateCodec {
         StateCodec::new(self.state_fields.clone())

@@ -11,11 +11,13 @@
 //! A row the predicate itself fails on (an `expect` with a CAST of bad text) counts as a
 //! violation: it could not be shown to pass.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::utils::collect_columns;
 
 use crate::error::{Error, Result};
 use crate::predicate::{self, PredicateCompiler};
@@ -109,6 +111,15 @@ impl QualityChecks {
             schema: source_schema.clone(),
             checks,
         }))
+    }
+
+    /// The source columns (indices) the checks read.
+    pub fn input_columns(&self) -> BTreeSet<usize> {
+        self.checks
+            .iter()
+            .filter_map(|check| check.violated.as_ref())
+            .flat_map(|violated| collect_columns(violated).into_iter().map(|c| c.index()))
+            .collect()
     }
 
     pub fn checks(&self) -> &[CompiledCheck] {

@@ -14,6 +14,7 @@
 //! `quarantine` check rejects are failed rows too (as `check_failed`), and the plan runs on
 //! the others; every check's violations are counted for both layers to report.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use arrow::array::{BooleanArray, RecordBatch};
@@ -140,6 +141,24 @@ impl Pipeline {
     /// on the rows a step lets through.
     pub fn stateful(&self) -> Option<&StatefulStages> {
         self.stateful.as_ref()
+    }
+
+    /// The source columns (indices into the job's source schema) whose values decide what
+    /// [`Pipeline::evaluate_isolating`] gives, when that is fewer than all of them; `None`
+    /// when every column matters. A batch whose other columns hold placeholders then gives
+    /// the same pieces, violations and failed rows, so a scan may skip reading them; only a
+    /// failed row's record (which shows every column) needs them read. A transform sees whole
+    /// rows, and a stateful stage's row ids of file rows encode whole rows, so neither
+    /// allows it.
+    pub fn source_columns_read(&self) -> Option<BTreeSet<usize>> {
+        if self.transform.is_some() || self.stateful.is_some() {
+            return None;
+        }
+        let mut columns = self.plan.input_columns();
+        if let Some(checks) = &self.checks {
+            columns.extend(checks.input_columns());
+        }
+        (columns.len() < self.plan.input_schema().fields().len()).then_some(columns)
     }
 
     /// The SQL's first-row dedup, when the SQL deduplicates.
@@ -499,6 +518,75 @@ sql = "SELECT SUM(CAST(qty AS BIGINT)) AS units, COUNT(*) AS n FROM t GROUP BY T
         let clean = decoded.batch.slice(4, 100);
         let isolated = pipeline.evaluate_isolating(&clean).expect("clean");
         assert_eq!((isolated.pieces.len(), isolated.failed.len()), (1, 0));
+    }
+
+    #[test]
+    fn the_plan_reads_only_the_columns_it_names_and_placeholders_elsewhere_change_nothing() {
+        use crate::fixture::{OrderGenerator, OrderShape, OrdersJob, REGION_PER_MINUTE_SQL};
+        let orders = OrdersJob::default();
+        let names = |pipeline: &Pipeline, job: &Job| -> Option<Vec<String>> {
+            let schema = job.source_schema();
+            pipeline.source_columns_read().map(|read| {
+                read.iter()
+                    .map(|&i| schema.field(i).name().clone())
+                    .collect()
+            })
+        };
+        let job = orders.job(REGION_PER_MINUTE_SQL);
+        let pipeline = Pipeline::compile(&job, None).expect("plan");
+        let read = names(&pipeline, &job).expect("fewer than all columns");
+        for name in ["region", "amount", "status", "event_time"] {
+            assert!(read.contains(&name.to_string()), "{name} in {read:?}");
+        }
+        for name in ["order_id", "customer_id"] {
+            assert!(!read.contains(&name.to_string()), "{name} in {read:?}");
+        }
+        // Filling the other columns with placeholders gives the same partial states.
+        let records = OrderGenerator::new(3, OrderShape::default()).records(500);
+        let decoded = crate::JsonDecoder::new(&job)
+            .decode(&records)
+            .expect("decode")
+            .batch;
+        let indices = pipeline.source_columns_read().expect("read");
+        let columns = decoded
+            .columns()
+            .iter()
+            .enumerate()
+            .map(|(i, column)| match indices.contains(&i) {
+                true => column.clone(),
+                false => arrow::array::new_null_array(column.data_type(), column.len()),
+            })
+            .collect();
+        let nullable = arrow::datatypes::Schema::new(
+            decoded
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect::<Vec<_>>(),
+        );
+        let placeholders =
+            RecordBatch::try_new(Arc::new(nullable), columns).expect("placeholder batch");
+        let partial = |batch: &RecordBatch| pipeline.evaluate(batch).expect("evaluate").output;
+        assert_eq!(partial(&decoded), partial(&placeholders));
+        // A check reads its column too.
+        let checked = format!(
+            "{}\n[[checks]]\ncheck = \"not_null\"\ncolumn = \"customer_id\"\n",
+            orders.toml(REGION_PER_MINUTE_SQL)
+        );
+        let job = Job::from_toml(&checked, Path::new("t.toml")).expect("job");
+        let pipeline = Pipeline::compile(&job, None).expect("plan");
+        let read = names(&pipeline, &job).expect("fewer than all columns");
+        assert!(read.contains(&"customer_id".to_string()), "{read:?}");
+        // A job reading every column scans them all.
+        let stateless = OrdersJob {
+            key: "[]",
+            ..OrdersJob::default()
+        };
+        let all = stateless
+            .job("SELECT order_id, customer_id, region, amount, status, event_time FROM orders");
+        let pipeline = Pipeline::compile(&all, None).expect("plan");
+        assert_eq!(names(&pipeline, &all), None);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! same code. Stage 1 (WHERE, and the projection of a stateless job) is in this module; stage 2
 //! (windows, partial states, merge, finalize) is [`crate::aggregate::AggregateStage`].
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{AsArray, RecordBatch};
@@ -21,6 +21,7 @@ use datafusion::logical_expr::simplify::SimplifyContext;
 use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan};
 use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
+use datafusion::physical_expr::utils::collect_columns;
 use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DFStatement;
@@ -141,6 +142,22 @@ impl JobPlan {
     /// [`JobPlan::input_schema`] in PARTITION BY order; `None` when the SQL does not deduplicate.
     pub fn dedup_keys(&self) -> Option<&[String]> {
         self.dedup_keys.as_deref()
+    }
+
+    /// The input columns (indices into [`JobPlan::input_schema`]) the plan reads: the event
+    /// time and every column WHERE, the keys, the aggregates' arguments or a stateless
+    /// SELECT name. The plan's results do not depend on the other columns' values.
+    pub fn input_columns(&self) -> BTreeSet<usize> {
+        let mut exprs: Vec<Arc<dyn PhysicalExpr>> = self.filter.iter().cloned().collect();
+        match &self.kind {
+            PlanKind::Stateless { projection, .. } => exprs.extend(projection.iter().cloned()),
+            PlanKind::Aggregate(stage) => exprs.extend(stage.input_exprs()),
+        }
+        let mut columns = BTreeSet::from([self.event_time_index]);
+        for expr in &exprs {
+            columns.extend(collect_columns(expr).iter().map(|c| c.index()));
+        }
+        columns
     }
 
     /// Stage 2, when the job aggregates.

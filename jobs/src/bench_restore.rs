@@ -180,7 +180,11 @@ pub(crate) fn topic_records(brokers: &str, topic: &str, partitions: i32) -> anyh
 
 /// Starts the daemon on `state`, waits until every partition is restored, stops it; returns
 /// the summed restore time.
-fn timed_restore(args: &StreamBenchArgs, job: &Job, state: &Path) -> anyhow::Result<f64> {
+pub(crate) fn timed_restore(
+    args: &StreamBenchArgs,
+    job: &Job,
+    state: &Path,
+) -> anyhow::Result<f64> {
     let metrics = StreamMetrics::new();
     let restores = metrics.restore_seconds.with_label_values(&[job.name()]);
     let (stop, handle) = start_daemon(args, job, Guarantee::ExactlyOnce, state, metrics.clone())?;

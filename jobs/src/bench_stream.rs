@@ -35,6 +35,8 @@ pub struct StreamBenchArgs {
     pub rate: u64,
     pub seconds: u64,
     pub batch_size: usize,
+    /// `-X` librdkafka properties for the daemon's clients.
+    pub client_overrides: Vec<(String, String)>,
 }
 
 pub struct ThroughputRow {
@@ -107,6 +109,7 @@ pub(crate) fn start_daemon(
         .with_state_dir(job.name(), state.join(job.name()));
     config.guarantee = guarantee;
     config.batch_max_records = args.batch_size;
+    config.client_overrides = args.client_overrides.clone();
     let daemon = StreamDaemon::new(job.clone(), pipeline, config, metrics);
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();

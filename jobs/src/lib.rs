@@ -4,6 +4,7 @@
 //! `jobs/examples/`, the Airflow DAG in `jobs/airflow/`.
 
 pub mod bench;
+pub mod bench_keyed;
 pub mod bench_postgres;
 pub mod bench_restore;
 pub mod bench_serve;

@@ -149,7 +149,7 @@ enum Command {
     /// and produce -> <job>.speed latency at a fixed rate (prints tables).
     #[command(
         name = "bench-stream",
-        after_help = "Examples:\n  eval \"$(tests/broker.sh start)\"; sluice bench-stream --brokers $BOOTSTRAP\n  sluice bench-stream --brokers $BOOTSTRAP --restore --events 200000\n\nThe producer and the daemon run in this process and share the machine's cores."
+        after_help = "Examples:\n  eval \"$(tests/broker.sh start)\"; sluice bench-stream --brokers $BOOTSTRAP\n  sluice bench-stream --brokers $BOOTSTRAP --restore --events 200000\n  sluice bench-stream --brokers $BOOTSTRAP --keyed --events 2000000 --partitions 3 -X receive.message.max.bytes=1000000000\n\nThe producer and the daemon run in this process and share the machine's cores."
     )]
     BenchStream {
         #[arg(long, env = "SLUICE_BROKERS")]
@@ -169,8 +169,18 @@ enum Command {
         batch_size: usize,
         /// Measure restore time against history instead: a clean restart (checkpoint) and a
         /// full changelog replay, for events/100, events/10 and events orders of history.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "keyed")]
         restore: bool,
+        /// Measure a high-cardinality running aggregate instead (`GROUP BY customer_id` over
+        /// --customers keys): backlog drain exactly-once, peak memory, both restore times.
+        #[arg(long)]
+        keyed: bool,
+        /// Distinct customers of the --keyed run.
+        #[arg(long, default_value_t = 1_000_000, requires = "keyed")]
+        customers: u32,
+        /// Extra librdkafka property for the daemon's clients, `key=value` (repeatable).
+        #[arg(short = 'X', value_parser = stream_cmd::parse_property)]
+        property: Vec<(String, String)>,
     },
 }
 
@@ -302,6 +312,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             seconds,
             batch_size,
             restore,
+            keyed,
+            customers,
+            property,
         } => {
             let args = bench_stream::StreamBenchArgs {
                 brokers,
@@ -310,8 +323,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 rate: rate.max(1),
                 seconds,
                 batch_size: batch_size.max(1),
+                client_overrides: property,
             };
-            if restore {
+            if keyed {
+                tokio::task::spawn_blocking(move || {
+                    sluice_jobs::bench_keyed::run(&args, customers)
+                })
+                .await??;
+            } else if restore {
                 tokio::task::spawn_blocking(move || sluice_jobs::bench_restore::run(&args))
                     .await??;
             } else {

@@ -120,7 +120,7 @@ pub(crate) fn parse_duration_arg(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("expected a duration like 100ms, 5s, 1m or 1h, got `{text}`"))
 }
 
-pub(crate) fn parse_property(text: &str) -> Result<(String, String), String> {
+pub fn parse_property(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("expected key=value, got `{text}`"))

@@ -264,6 +264,31 @@ impl StateStore {
         Ok(out)
     }
 
+    /// Every `(key, value)` of `partition` whose key starts with one of `prefixes` (ascending,
+    /// none a prefix of another), in key order. One iterator seeks from prefix to prefix, where
+    /// an iterator per prefix pays RocksDB's iterator setup once per emitted key.
+    pub(crate) fn scan_prefixes<'p>(
+        &self,
+        partition: i32,
+        prefixes: impl IntoIterator<Item = &'p [u8]>,
+        out: &mut Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<()> {
+        let mut iterator = self.db.raw_iterator();
+        for prefix in prefixes {
+            let start = store_key(partition, prefix);
+            iterator.seek(&start);
+            while let (Some(key), Some(value)) = (iterator.key(), iterator.value()) {
+                if !key.starts_with(&start) {
+                    break;
+                }
+                out.push((key[4..].to_vec(), value.to_vec()));
+                iterator.next();
+            }
+            iterator.status().map_err(self.error())?;
+        }
+        Ok(())
+    }
+
     /// Calls `visit` with every `(key, value)` of `partition` whose key starts with `prefix`, in
     /// key order, without collecting them (a partition's state may be larger than memory).
     pub(crate) fn for_each(

@@ -22,14 +22,15 @@
 #
 # The raw table, once per event count: its own venv (BENCH_DIR/venv, with
 # duckdb==$DUCKDB_VERSION from PyPI) generates JSON lines with DuckDB as tests/bench/lake_load.sh
-# does (seed 000's order fields plus `email` and `region`, amounts in quarters, event times
-# 100 ms apart from 2024-05-01T10:00:00Z, 60% completed), except that customer ids are
-# 'c-' || hash(i * 7) % (2 × EVENTS): about 0.52 × EVENTS distinct customers place a completed
-# order (1.04M at 2M events) and nearly every completed order opens its own (customer, hour)
-# group (1.2M view rows at 2M events). `sluice lake load` lands the file in
-# BENCH_DIR/lake-EVENTS/raw/orders.events (both shapes read the topic's one raw table); the
-# JSON file is then deleted and the lake kept for the next run, which rebuilds it only when its
-# live Parquet files (from the Delta log) or their row count do not match.
+# does, with tests/bench/lib.sh's generate_orders (seed 000's order fields plus `email` and
+# `region`, amounts in quarters, event times 100 ms apart from 2024-05-01T10:00:00Z, 60%
+# completed), except that customer ids are 'c-' || hash(i * 7) % (2 × EVENTS) (its `wide`):
+# about 0.52 × EVENTS distinct customers place a completed order (1.04M at 2M events) and nearly
+# every completed order opens its own (customer, hour) group (1.2M view rows at 2M events).
+# `sluice lake load` lands the file in BENCH_DIR/lake-EVENTS/raw/orders.events (both shapes
+# read the topic's one raw table); the JSON file is then deleted and the lake kept for the next
+# run, which rebuilds it only when its live Parquet files (from the Delta log) or their row
+# count do not match.
 #
 # What each side does, over every event (--from the first event's day --to the day after the
 # last, whole buckets):
@@ -51,18 +52,20 @@
 #
 # Environment: SLUICE_BIN, CARGO_TARGET_DIR, BENCH_DIR (default
 # $HOME/.cache/sluice/bench-backfill), DUCKDB_VERSION (default 2.0.0), RUNS (default 1: the best
-# of RUNS runs of each is shown), SHAPES, SCALE, EVENTS.
+# of RUNS runs of each is shown), SHAPES, SCALE, EVENTS, RESULTS_FILE (if set, the best run of
+# each side of each shape is also appended to it as a TSV row, path backfill-SHAPE, for
+# tests/bench/all.sh: see tests/bench/lib.sh).
+#
+# The shared parts (finding the binary, the venv, generating the events, measuring) are in
+# tests/bench/lib.sh.
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/../.."
 
 fixed_events=${1:-${EVENTS:-}}
 shapes=${SHAPES:-seed keyed}
 scale=${SCALE:-1}
-target=${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}
-if [ -z "${SLUICE_BIN:-}" ]; then
-  if [ -x "$target/release/sluice" ]; then SLUICE_BIN=$target/release/sluice; else SLUICE_BIN=$target/debug/sluice; fi
-fi
-[ -x "$SLUICE_BIN" ] || { echo "no sluice binary at $SLUICE_BIN: build one (cargo build --release -p sluice) or set SLUICE_BIN" >&2; exit 1; }
+find_sluice_bin
 bench_dir=${BENCH_DIR:-$HOME/.cache/sluice/bench-backfill}
 duckdb_version=${DUCKDB_VERSION:-2.0.0}
 runs=${RUNS:-1}
@@ -78,11 +81,7 @@ done
 
 venv=$bench_dir/venv
 py=$venv/bin/python
-if ! "$py" -c "import duckdb, sys; sys.exit(duckdb.__version__ != '$duckdb_version')" 2>/dev/null; then
-  echo "bench: creating $venv with duckdb==$duckdb_version" >&2
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check "duckdb==$duckdb_version"
-fi
+ensure_venv "$venv" "duckdb==$duckdb_version"
 
 # raw_rows RAW: the raw table's row count, or -1 when it is missing or its top-level Parquet
 # files are not exactly the Delta log's live files (what DuckDB's glob must read).
@@ -120,28 +119,7 @@ prepare_lake() {
   if [ "$(raw_rows "$raw")" = "$events" ]; then return; fi
   rm -rf "$lake"
   local data=$bench_dir/orders-$events.jsonl
-  echo "bench: generating $events events into $data" >&2
-  "$py" - "$events" "$data.tmp" <<'EOF'
-import sys
-import duckdb
-
-events, path = int(sys.argv[1]), sys.argv[2]
-duckdb.sql(f"""
-COPY (
-  SELECT
-    'o' || i::VARCHAR AS order_id,
-    'c-' || (hash(i * 7) % {2 * events})::VARCHAR AS customer_id,
-    'user' || (hash(i * 11) % 100000)::VARCHAR || '@example.com' AS email,
-    (['eu', 'us', 'apac', 'latam'])[((hash(i * 13) % 4) + 1)::BIGINT] AS region,
-    ((hash(i * 17) % 39996) + 4)::DOUBLE / 4 AS amount,
-    CASE WHEN hash(i * 19) % 100 < 60 THEN 'completed'
-         WHEN hash(i * 19) % 2 = 0 THEN 'pending' ELSE 'cancelled' END AS status,
-    1714557600000 + i * 100 AS event_time
-  FROM range({events}) t(i)
-) TO '{path}' (FORMAT JSON)
-""")
-EOF
-  mv "$data.tmp" "$data"
+  generate_orders "$events" "$data" wide
   echo "bench: sluice lake load of $events events into $lake" >&2
   "$SLUICE_BIN" lake load --job jobs/examples/orders_per_minute.toml --lake "$lake" --output json "$data" \
     >"$bench_dir/load-$events.out" 2>"$bench_dir/load-$events.err" \
@@ -150,46 +128,6 @@ EOF
   local rows
   rows=$(raw_rows "$raw")
   [ "$rows" = "$events" ] || { echo "the raw table $raw holds $rows rows of $events (-1: its files are not the Delta log's)" >&2; exit 1; }
-}
-
-# measure NAME CMD...: runs CMD, leaves "seconds max_rss_kib cpu_percent" in $bench_dir/NAME.m
-measure() {
-  local name=$1; shift
-  local m=$bench_dir/$name.m
-  if [ -x /usr/bin/time ]; then
-    # The command's status, not the parse's, is the function's: a failed run must fail.
-    local status=0
-    /usr/bin/time -v -o "$m.time" "$@" >"$bench_dir/$name.out" 2>"$bench_dir/$name.err" || status=$?
-    "$py" - "$m.time" >"$m" <<'EOF'
-import re, sys
-text = open(sys.argv[1]).read()
-wall = re.search(r"Elapsed \(wall clock\) time.*: (.*)", text).group(1).strip()
-seconds = 0.0
-for part in wall.split(":"):
-    seconds = seconds * 60 + float(part)
-rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", text).group(1))
-cpu = re.search(r"Percent of CPU this job got: (\d+)%", text).group(1)
-print(seconds, rss, cpu)
-EOF
-    return "$status"
-  else
-    "$py" - "$m" "$@" >"$bench_dir/$name.out" 2>"$bench_dir/$name.err" <<'EOF'
-import os, subprocess, sys, time
-out, argv = sys.argv[1], sys.argv[2:]
-start = time.monotonic()
-child = subprocess.Popen(argv)
-_, status, usage = os.wait4(child.pid, 0)
-seconds = time.monotonic() - start
-cpu = round(100 * (usage.ru_utime + usage.ru_stime) / seconds)
-with open(out, "w") as f:
-    f.write(f"{seconds} {usage.ru_maxrss} {cpu}\n")
-sys.exit(os.waitstatus_to_exitcode(status))
-EOF
-  fi
-}
-
-best() { # best NAME: the run with the fewest seconds
-  sort -n "$bench_dir"/"$1"-*.m | head -1
 }
 
 day_of() { # day_of EPOCH_MS: its UTC date
@@ -281,10 +219,12 @@ EOF
   files=$(find "$raw" -maxdepth 1 -name '*.parquet' | wc -l)
   bytes=$(find "$raw" -maxdepth 1 -name '*.parquet' -printf '%s\n' | awk '{ s += $1 } END { print s + 0 }')
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$shape" "$events" "$view_rows" "$files" "$bytes" \
-    "$(best "sluice-$shape")" "$(best "duckdb-$shape")" >>"$results"
+    "$(best_run "sluice-$shape")" "$(best_run "duckdb-$shape")" >>"$results"
+  record_result "backfill-$shape" sluice "$events" "$(best_run "sluice-$shape")" "${sluice_cmd[@]}"
+  record_result "backfill-$shape" duckdb "$events" "$(best_run "duckdb-$shape")" "${duck_cmd[@]}"
 done
 
-profile=dev; case "$SLUICE_BIN" in */release/*) profile=release ;; esac
+profile=$(build_profile "$SLUICE_BIN")
 echo "Commands, exactly as run:"
 echo
 cat "$commands"

@@ -11,8 +11,8 @@
 # Its own venv (BENCH_DIR/venv, with apache-flink==$FLINK_VERSION, duckdb==$DUCKDB_VERSION and
 # psutil==$PSUTIL_VERSION from PyPI; PyFlink brings its jars and a local mini-cluster, so nothing
 # else is downloaded). The events are lake_load.sh's file for the same EVENTS when it is in
-# LAKE_LOAD_DIR; otherwise they are generated here with the same DuckDB SQL (copied from
-# lake_load.sh: keep the two in step) and DuckDB version, so the bytes are the same, and kept in
+# LAKE_LOAD_DIR; otherwise they are generated here with the same DuckDB SQL (tests/bench/lib.sh's
+# generate_orders, as lake_load.sh) and DuckDB version, so the bytes are the same, and kept in
 # BENCH_DIR for the next run.
 #
 # What Flink does (tests/bench/flink_seed_query.py): PyFlink's Table API in streaming mode, a
@@ -38,8 +38,14 @@
 #
 # Environment: BENCH_DIR (default $HOME/.cache/sluice/bench-flink), LAKE_LOAD_DIR (default
 # $HOME/.cache/sluice/bench-lake-load), FLINK_VERSION (default 2.3.0), DUCKDB_VERSION (default
-# 2.0.0, as lake_load.sh), PSUTIL_VERSION (default 7.2.2), PARALLELISM (default 2), JVM_ARGS.
+# 2.0.0, as lake_load.sh), PSUTIL_VERSION (default 7.2.2), PARALLELISM (default 2), JVM_ARGS,
+# RESULTS_FILE (if set, two TSV rows are also appended to it for tests/bench/all.sh, see
+# tests/bench/lib.sh: path seed-query, the job alone, and seed-query-process, the whole
+# process; both with the process tree's peak RSS, the one to set beside a single-process peer).
+#
+# The shared parts (the venv, generating the events, measuring) are in tests/bench/lib.sh.
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/../.."
 
 events=${1:-1000000}
@@ -54,48 +60,13 @@ mkdir -p "$bench_dir"
 
 venv=$bench_dir/venv
 py=$venv/bin/python
-if ! "$py" - "$flink_version" "$duckdb_version" "$psutil_version" 2>/dev/null <<'EOF'
-import sys
-import duckdb, psutil
-from pyflink.version import __version__ as flink
-sys.exit([flink, duckdb.__version__, psutil.__version__] != sys.argv[1:])
-EOF
-then
-  echo "bench: creating $venv with apache-flink==$flink_version duckdb==$duckdb_version" >&2
-  [ -x "$py" ] || python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check "apache-flink==$flink_version" \
-    "duckdb==$duckdb_version" "psutil==$psutil_version"
-fi
+ensure_venv "$venv" "apache-flink==$flink_version" "duckdb==$duckdb_version" "psutil==$psutil_version"
 
 data=$lake_load_dir/orders-$events.jsonl
 if [ ! -s "$data" ]; then
   data=$bench_dir/orders-$events.jsonl
 fi
-if [ ! -s "$data" ]; then
-  echo "bench: generating $events events into $data" >&2
-  # Copied from lake_load.sh, byte for byte in what it writes.
-  "$py" - "$events" "$data.tmp" <<'EOF'
-import sys
-import duckdb
-
-events, path = int(sys.argv[1]), sys.argv[2]
-duckdb.sql(f"""
-COPY (
-  SELECT
-    'o' || i::VARCHAR AS order_id,
-    'c-' || lpad((hash(i * 7) % 5000)::VARCHAR, 5, '0') AS customer_id,
-    'user' || (hash(i * 11) % 100000)::VARCHAR || '@example.com' AS email,
-    (['eu', 'us', 'apac', 'latam'])[((hash(i * 13) % 4) + 1)::BIGINT] AS region,
-    ((hash(i * 17) % 39996) + 4)::DOUBLE / 4 AS amount,
-    CASE WHEN hash(i * 19) % 100 < 60 THEN 'completed'
-         WHEN hash(i * 19) % 2 = 0 THEN 'pending' ELSE 'cancelled' END AS status,
-    1714557600000 + i * 100 AS event_time
-  FROM range({events}) t(i)
-) TO '{path}' (FORMAT JSON)
-""")
-EOF
-  mv "$data.tmp" "$data"
-fi
+[ -s "$data" ] || generate_orders "$events" "$data"
 size=$(stat -c %s "$data")
 
 result=$bench_dir/flink-windows.csv
@@ -103,35 +74,7 @@ rm -f "$result" "$bench_dir/flink.m"
 cmd=("$py" tests/bench/flink_seed_query.py "$data" "$job" "$parallelism" "$result")
 echo "bench: flink streaming job, parallelism $parallelism, over $data" >&2
 # Whole process: "seconds max_rss_kib cpu_percent" into $bench_dir/flink.m.
-if [ -x /usr/bin/time ]; then
-  /usr/bin/time -v -o "$bench_dir/flink.time" "${cmd[@]}" \
-    >"$bench_dir/flink.out" 2>"$bench_dir/flink.err" || { tail -50 "$bench_dir/flink.err" >&2; exit 1; }
-  "$py" - "$bench_dir/flink.time" >"$bench_dir/flink.m" <<'EOF'
-import re, sys
-text = open(sys.argv[1]).read()
-wall = re.search(r"Elapsed \(wall clock\) time.*: (.*)", text).group(1).strip()
-seconds = 0.0
-for part in wall.split(":"):
-    seconds = seconds * 60 + float(part)
-rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", text).group(1))
-cpu = re.search(r"Percent of CPU this job got: (\d+)%", text).group(1)
-print(seconds, rss, cpu)
-EOF
-else
-  "$py" - "$bench_dir/flink.m" "${cmd[@]}" >"$bench_dir/flink.out" 2>"$bench_dir/flink.err" <<'EOF' \
-    || { tail -50 "$bench_dir/flink.err" >&2; exit 1; }
-import os, subprocess, sys, time
-out, argv = sys.argv[1], sys.argv[2:]
-start = time.monotonic()
-child = subprocess.Popen(argv)
-_, status, usage = os.wait4(child.pid, 0)
-seconds = time.monotonic() - start
-cpu = round(100 * (usage.ru_utime + usage.ru_stime) / seconds)
-with open(out, "w") as f:
-    f.write(f"{seconds} {usage.ru_maxrss} {cpu}\n")
-sys.exit(os.waitstatus_to_exitcode(status))
-EOF
-fi
+measure flink "${cmd[@]}" || { tail -50 "$bench_dir/flink.err" >&2; exit 1; }
 
 # The check: DuckDB's windows on the same file, compared row by row with Flink's.
 "$py" - "$data" "$result" <<'EOF' || exit 1
@@ -161,6 +104,17 @@ if duck_rows != flink_rows or wrong:
     sys.exit(1)
 print(f"bench: Flink's {flink_rows} windows equal DuckDB's", file=sys.stderr)
 EOF
+
+if [ -n "${RESULTS_FILE:-}" ]; then
+  read -r job_seconds tree_rss job_cpu < <("$py" -c '
+import json, sys
+inner = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+print(inner["job_seconds"], inner["tree_peak_rss_kib"], inner["job_cpu_percent"])
+' "$bench_dir/flink.out")
+  read -r seconds _ cpu <"$bench_dir/flink.m"
+  record_result seed-query flink "$events" "$job_seconds $tree_rss $job_cpu" "${cmd[@]}"
+  record_result seed-query-process flink "$events" "$seconds $tree_rss $cpu" "${cmd[@]}"
+fi
 
 "$py" - "$bench_dir/flink.m" "$bench_dir/flink.out" "$events" "$size" "$parallelism" "$(nproc)" \
   "$(printf '%q ' "${cmd[@]}")" <<'EOF'

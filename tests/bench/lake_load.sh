@@ -22,16 +22,17 @@
 #
 # Environment: SLUICE_BIN, CARGO_TARGET_DIR, BENCH_DIR (default
 # $HOME/.cache/sluice/bench-lake-load), DUCKDB_VERSION (default 2.0.0), RUNS (default 1: the
-# best of RUNS runs of each is shown).
+# best of RUNS runs of each is shown), RESULTS_FILE (if set, the best run of each side is also
+# appended to it as a TSV row, path lake-load, for tests/bench/all.sh: see tests/bench/lib.sh).
+#
+# The shared parts (finding the binary, the venv, generating the events, measuring) are in
+# tests/bench/lib.sh.
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/../.."
 
 events=${1:-10000000}
-target=${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}
-if [ -z "${SLUICE_BIN:-}" ]; then
-  if [ -x "$target/release/sluice" ]; then SLUICE_BIN=$target/release/sluice; else SLUICE_BIN=$target/debug/sluice; fi
-fi
-[ -x "$SLUICE_BIN" ] || { echo "no sluice binary at $SLUICE_BIN: build one (cargo build --release -p sluice) or set SLUICE_BIN" >&2; exit 1; }
+find_sluice_bin
 bench_dir=${BENCH_DIR:-$HOME/.cache/sluice/bench-lake-load}
 duckdb_version=${DUCKDB_VERSION:-2.0.0}
 runs=${RUNS:-1}
@@ -40,100 +41,36 @@ mkdir -p "$bench_dir"
 
 venv=$bench_dir/venv
 py=$venv/bin/python
-if ! "$py" -c "import duckdb, sys; sys.exit(duckdb.__version__ != '$duckdb_version')" 2>/dev/null; then
-  echo "bench: creating $venv with duckdb==$duckdb_version" >&2
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check "duckdb==$duckdb_version"
-fi
+ensure_venv "$venv" "duckdb==$duckdb_version"
 
 data=$bench_dir/orders-$events.jsonl
-if [ ! -s "$data" ]; then
-  echo "bench: generating $events events into $data" >&2
-  "$py" - "$events" "$data.tmp" <<'EOF'
-import sys
-import duckdb
-
-events, path = int(sys.argv[1]), sys.argv[2]
-duckdb.sql(f"""
-COPY (
-  SELECT
-    'o' || i::VARCHAR AS order_id,
-    'c-' || lpad((hash(i * 7) % 5000)::VARCHAR, 5, '0') AS customer_id,
-    'user' || (hash(i * 11) % 100000)::VARCHAR || '@example.com' AS email,
-    (['eu', 'us', 'apac', 'latam'])[((hash(i * 13) % 4) + 1)::BIGINT] AS region,
-    ((hash(i * 17) % 39996) + 4)::DOUBLE / 4 AS amount,
-    CASE WHEN hash(i * 19) % 100 < 60 THEN 'completed'
-         WHEN hash(i * 19) % 2 = 0 THEN 'pending' ELSE 'cancelled' END AS status,
-    1714557600000 + i * 100 AS event_time
-  FROM range({events}) t(i)
-) TO '{path}' (FORMAT JSON)
-""")
-EOF
-  mv "$data.tmp" "$data"
-fi
+[ -s "$data" ] || generate_orders "$events" "$data"
 size=$(stat -c %s "$data")
 
-# measure NAME CMD...: runs CMD, leaves "seconds max_rss_kib cpu_percent" in $bench_dir/NAME.m
-measure() {
-  local name=$1; shift
-  local m=$bench_dir/$name.m
-  if [ -x /usr/bin/time ]; then
-    # The command's status, not the parse's, is the function's: a failed run must fail.
-    local status=0
-    /usr/bin/time -v -o "$m.time" "$@" >"$bench_dir/$name.out" 2>"$bench_dir/$name.err" || status=$?
-    "$py" - "$m.time" >"$m" <<'EOF'
-import re, sys
-text = open(sys.argv[1]).read()
-wall = re.search(r"Elapsed \(wall clock\) time.*: (.*)", text).group(1).strip()
-seconds = 0.0
-for part in wall.split(":"):
-    seconds = seconds * 60 + float(part)
-rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", text).group(1))
-cpu = re.search(r"Percent of CPU this job got: (\d+)%", text).group(1)
-print(seconds, rss, cpu)
-EOF
-    return "$status"
-  else
-    "$py" - "$m" "$@" >"$bench_dir/$name.out" 2>"$bench_dir/$name.err" <<'EOF'
-import os, subprocess, sys, time
-out, argv = sys.argv[1], sys.argv[2:]
-start = time.monotonic()
-child = subprocess.Popen(argv)
-_, status, usage = os.wait4(child.pid, 0)
-seconds = time.monotonic() - start
-cpu = round(100 * (usage.ru_utime + usage.ru_stime) / seconds)
-with open(out, "w") as f:
-    f.write(f"{seconds} {usage.ru_maxrss} {cpu}\n")
-sys.exit(os.waitstatus_to_exitcode(status))
-EOF
-  fi
-}
-
-best() { # best NAME: the run with the fewest seconds
-  sort -n "$bench_dir"/"$1"-*.m | head -1
-}
-
-rm -f "$bench_dir"/*.m
-for run in $(seq 1 "$runs"); do
-  lake=$bench_dir/lake
-  rm -rf "$lake"
-  echo "bench: sluice lake load, run $run" >&2
-  measure "sluice-$run" "$SLUICE_BIN" lake load --job "$job" --lake "$lake" --output json "$data" \
-    || { cat "$bench_dir/sluice-$run.err" >&2; exit 1; }
-  rm -f "$bench_dir/duckdb.parquet"
-  echo "bench: duckdb read_json → parquet, run $run" >&2
-  measure "duckdb-$run" "$py" -c "
+lake=$bench_dir/lake
+sluice_cmd=("$SLUICE_BIN" lake load --job "$job" --lake "$lake" --output json "$data")
+duck_cmd=("$py" -c "
 import sys, duckdb
 duckdb.sql(f\"\"\"COPY (SELECT * REPLACE (epoch_ms(event_time) AS event_time)
   FROM read_json('{sys.argv[1]}', format = 'newline_delimited'))
   TO '{sys.argv[2]}' (FORMAT PARQUET)\"\"\")
-" "$data" "$bench_dir/duckdb.parquet" || { cat "$bench_dir/duckdb-$run.err" >&2; exit 1; }
+" "$data" "$bench_dir/duckdb.parquet")
+rm -f "$bench_dir"/*.m
+for run in $(seq 1 "$runs"); do
+  rm -rf "$lake"
+  echo "bench: sluice lake load, run $run" >&2
+  measure "sluice-$run" "${sluice_cmd[@]}" || { cat "$bench_dir/sluice-$run.err" >&2; exit 1; }
+  rm -f "$bench_dir/duckdb.parquet"
+  echo "bench: duckdb read_json → parquet, run $run" >&2
+  measure "duckdb-$run" "${duck_cmd[@]}" || { cat "$bench_dir/duckdb-$run.err" >&2; exit 1; }
 done
 rows=$(tail -1 "$bench_dir/sluice-1.out" | "$py" -c "import json, sys; print(json.load(sys.stdin)['rows_loaded'])")
 [ "$rows" = "$events" ] || { echo "sluice loaded $rows rows of $events" >&2; exit 1; }
+record_result lake-load sluice "$events" "$(best_run sluice)" "${sluice_cmd[@]}"
+record_result lake-load duckdb "$events" "$(best_run duckdb)" "${duck_cmd[@]}"
 
-profile=dev; case "$SLUICE_BIN" in */release/*) profile=release ;; esac
-"$py" - "$(best sluice)" "$(best duckdb)" "$events" "$size" "$profile" "$duckdb_version" "$(nproc)" <<'EOF'
+profile=$(build_profile "$SLUICE_BIN")
+"$py" - "$(best_run sluice)" "$(best_run duckdb)" "$events" "$size" "$profile" "$duckdb_version" "$(nproc)" <<'EOF'
 import sys
 sluice, duck = [list(map(float, s.split())) for s in sys.argv[1:3]]
 events, size = int(sys.argv[3]), int(sys.argv[4])

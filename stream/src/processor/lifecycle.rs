@@ -89,6 +89,8 @@ impl Processor {
         if partial.num_rows() == 0 {
             return Ok(());
         }
+        // Rows without a group window have no end to index; finding that out decodes the key.
+        let windowed = stage.window().is_some();
         let existing = existing_rows(&self.store, codec, stage, partition, &partial)?;
         let merged = stage.merge(&[codec.decode(&existing)?, partial])?;
         let old: HashMap<Vec<u8>, Vec<u8>> = existing.into_iter().collect();
@@ -101,7 +103,9 @@ impl Processor {
             if old.get(&key) == Some(&value) {
                 continue;
             }
-            self.windows.track(codec, partition, &key)?;
+            if windowed {
+                self.windows.track(codec, partition, &key)?;
+            }
             output.speed.push(SpeedRecord {
                 partition,
                 key: key.clone(),
@@ -169,10 +173,9 @@ impl Processor {
         }
         let partitions: Vec<i32> = self.watermarks.partitions().map(|(p, _)| p).collect();
         let mut rows = Vec::new();
-        for prefix in due {
-            for &partition in &partitions {
-                rows.extend(self.store.scan(partition, prefix)?);
-            }
+        for &partition in &partitions {
+            let prefixes = due.iter().map(Vec::as_slice);
+            self.store.scan_prefixes(partition, prefixes, &mut rows)?;
         }
         let finalized = stage.finalize(&[codec.decode(&rows)?])?;
         if let Some(router) = self.pipeline.outputs() {

@@ -164,6 +164,16 @@ impl Processor {
         let Some(codec) = &self.codec else {
             return Ok(());
         };
+        // Without a group window no row ever expires and there is no end to index: scanning
+        // (and decoding) every key of a 1M-key state would only find that out.
+        if self
+            .pipeline
+            .plan()
+            .aggregate()
+            .is_none_or(|s| s.window().is_none())
+        {
+            return Ok(());
+        }
         let (store, windows) = (&self.store, &mut self.windows);
         let mut expired = Vec::new();
         store.for_each(partition, b"", |key, _| {
