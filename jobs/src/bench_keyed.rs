@@ -14,13 +14,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::Context;
 use sluice_core::Job;
 use sluice_core::fixture::{OrderGenerator, OrderShape, OrdersJob};
 use sluice_core::topics::{Topics, stream_group};
 use sluice_stream::{Guarantee, StreamMetrics};
 
-use crate::bench_restore::{timed_restore, topic_records};
+use crate::bench_restore::{fresh_job_file, timed_restore, topic_records};
 use crate::bench_stream::{
     StreamBenchArgs, committed_total, create_topic, produce_all, start_daemon, wait_for_commits,
 };
@@ -42,20 +41,11 @@ pub struct KeyedRow {
 
 /// The job under a fresh name and topic, written to `dir` and parsed back from there.
 fn keyed_job(dir: &Path) -> anyhow::Result<(Job, PathBuf)> {
-    let suffix = format!("{}_{:08x}", std::process::id(), rand::random::<u32>());
-    let name = format!("bench_keyed_{suffix}");
-    let topic = format!("bench.keyed.{suffix}");
-    let toml = OrdersJob {
-        name: &name,
-        topic: &topic,
+    let orders = OrdersJob {
         key: r#"["customer_id"]"#,
         ..OrdersJob::default()
-    }
-    .toml(PER_CUSTOMER_SQL);
-    let file = dir.join(format!("{name}.toml"));
-    std::fs::write(&file, toml).with_context(|| format!("writing {}", file.display()))?;
-    let job = Job::from_file(&file)?;
-    Ok((job, file))
+    };
+    fresh_job_file(dir, "keyed", orders, PER_CUSTOMER_SQL)
 }
 
 /// Orders 3 ms apart over `customers` customers, from the shared generator.

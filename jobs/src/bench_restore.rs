@@ -128,16 +128,30 @@ impl History {
 /// window. Written to `dir` and parsed back from there, so the daemons of this process and the
 /// `sluice serve` processes run the same plan.
 fn history_job(dir: &Path) -> anyhow::Result<(Job, PathBuf)> {
+    let orders = OrdersJob {
+        bucket: "1m",
+        ..OrdersJob::default()
+    };
+    fresh_job_file(dir, "restore", orders, REGION_PER_MINUTE_SQL)
+}
+
+/// `orders` running `sql` under a fresh name (`bench_<tag>_…`) and topic (`bench.<tag>.…`),
+/// written to `dir` and parsed back from there.
+pub(crate) fn fresh_job_file(
+    dir: &Path,
+    tag: &str,
+    orders: OrdersJob<'_>,
+    sql: &str,
+) -> anyhow::Result<(Job, PathBuf)> {
     let suffix = format!("{}_{:08x}", std::process::id(), rand::random::<u32>());
-    let name = format!("bench_restore_{suffix}");
-    let topic = format!("bench.restore.{suffix}");
+    let name = format!("bench_{tag}_{suffix}");
+    let topic = format!("bench.{tag}.{suffix}");
     let toml = OrdersJob {
         name: &name,
         topic: &topic,
-        bucket: "1m",
-        ..OrdersJob::default()
+        ..orders
     }
-    .toml(REGION_PER_MINUTE_SQL);
+    .toml(sql);
     let file = dir.join(format!("{name}.toml"));
     std::fs::write(&file, toml).with_context(|| format!("writing {}", file.display()))?;
     let job = Job::from_file(&file)?;
