@@ -129,8 +129,9 @@ pub async fn backfill(
     let pinned = raw_version.map_or_else(|| raw.clone(), |v| raw.at_version(v));
     let progress = progress_bar(request.progress);
     let rule = Rule::for_job(job);
+    let versions = crate::join_fold::load_versions(job, lake, &pipeline, Some(to)).await?;
     let new_fold = || {
-        let mut fold = Fold::starting_at(&pipeline, from);
+        let mut fold = Fold::starting_at(&pipeline, from).with_versions(versions.clone());
         fold.window_rows = rule.as_ref().map(|rule| RowCounter::new(job, rule));
         fold
     };
@@ -297,7 +298,8 @@ pub async fn recompute_partials(
     pipeline: &Pipeline,
 ) -> Result<RecordBatch> {
     let raw = TableLocation::new(lake.raw_table(job));
-    let mut fold = Fold::new(pipeline);
+    let versions = crate::join_fold::load_versions(job, lake, pipeline, None).await?;
+    let mut fold = Fold::new(pipeline).with_versions(versions);
     let hidden = ProgressBar::hidden();
     let columns = ScanColumns::ReadByPlan;
     fold_raw(job, &raw, &mut fold, (None, None), &hidden, columns).await?;

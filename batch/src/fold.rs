@@ -89,6 +89,9 @@ pub(crate) struct Fold<'a> {
     /// Where the held rows are released at the end: `None`, all of them; else per source
     /// partition before the speed layer's bound (see [`Fold::released_at`]).
     release_bounds: Option<BTreeMap<i32, i64>>,
+    /// A joining job's table versions ([`crate::join_fold`]), which every row is joined with
+    /// before the plan.
+    versions: Option<Arc<MemState>>,
 }
 
 impl<'a> Fold<'a> {
@@ -105,7 +108,14 @@ impl<'a> Fold<'a> {
             window_rows: None,
             held: pipeline.stateful().map(|_| HeldRows::new(None)),
             release_bounds: None,
+            versions: None,
         }
+    }
+
+    /// The joined table's versions the rows are joined with (a joining job's folds need them).
+    pub(crate) fn with_versions(mut self, versions: Option<Arc<MemState>>) -> Fold<'a> {
+        self.versions = versions;
+        self
     }
 
     /// The pipeline the rows are folded through.
@@ -154,8 +164,47 @@ impl<'a> Fold<'a> {
         if let Some(counter) = &mut self.window_rows {
             counter.add(raw)?;
         }
+        if self.pipeline.join().is_some() {
+            let checked = self.pipeline.check(raw)?;
+            let rejected = Isolated {
+                pieces: Vec::new(),
+                failed: checked.failed,
+                violations: checked.violations,
+            };
+            self.absorb(raw, origin, rejected)?;
+            let kept_origin = origin.take(checked.kept_rows.iter().copied());
+            return self.absorb_plan(&checked.kept, &kept_origin, Vec::new());
+        }
         let isolated = self.pipeline.evaluate_isolating(raw)?;
         self.absorb(raw, origin, isolated)
+    }
+
+    /// The plan on rows the checks (and stateful stages) let through, joined first when the
+    /// job joins a table; `violations` are the stateful stages' counts to report beside.
+    fn absorb_plan(
+        &mut self,
+        rows: &RecordBatch,
+        origin: &RawOrigin,
+        violations: Vec<CheckViolations>,
+    ) -> Result<()> {
+        let Some(join) = self.pipeline.join() else {
+            let mut isolated = self.pipeline.evaluate_plan(rows)?;
+            isolated.violations = violations;
+            return self.absorb(rows, origin, isolated);
+        };
+        let Some(versions) = &self.versions else {
+            return Err(BatchError::Core(sluice_core::Error::OperatorState(
+                format!(
+                    "the versions of `{}` were not loaded for this fold",
+                    join.table_input()
+                ),
+            )));
+        };
+        let (joined, inputs, _) = join.join_now(&**versions, rows)?;
+        let origin = origin.take(inputs);
+        let mut isolated = self.pipeline.evaluate_plan(&joined)?;
+        isolated.violations = violations;
+        self.absorb(&joined, &origin, isolated)
     }
 
     /// Checks `raw` and holds what passes for the dedup; `counted` rows are the fold's (read,
@@ -205,9 +254,8 @@ impl<'a> Fold<'a> {
             folded.push(held.foldable(stages, step)?);
         }
         for (step, (rows, origin)) in steps.into_iter().zip(folded) {
-            let mut isolated = self.pipeline.evaluate_plan(&rows)?;
-            isolated.violations = self.pipeline.violations_of(&step.stepped.violations);
-            self.absorb(&rows, &origin, isolated)?;
+            let violations = self.pipeline.violations_of(&step.stepped.violations);
+            self.absorb_plan(&rows, &origin, violations)?;
             for rejected in step.stepped.rejected {
                 let failed = self.pipeline.check_failure(rejected.check);
                 let origin = origin_of(step.partition, &[&rejected.id]);

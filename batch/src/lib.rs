@@ -12,6 +12,7 @@ pub mod cut;
 mod dedup_fold;
 pub mod error;
 mod fold;
+mod join_fold;
 pub mod load;
 #[cfg(feature = "polars")]
 pub mod polars;

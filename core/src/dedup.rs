@@ -27,7 +27,7 @@ use arrow::datatypes::{FieldRef, SchemaRef, TimestampMicrosecondType};
 
 use crate::error::{Error, Result, arrow_err};
 use crate::operator_state::{
-    OperatorState, Space, SpaceKind, time_key, time_of_key, time_prefixed,
+    OperatorState, Space, SpaceKind, keyed_value, split_keyed, time_key, time_of_key, time_prefixed,
 };
 use crate::state_codec::StateCodec;
 
@@ -66,6 +66,20 @@ impl RowId {
     /// interchangeable, so which is first does not matter).
     pub fn content(encoded: Vec<u8>) -> RowId {
         RowId(encoded)
+    }
+
+    /// A Kafka record's id when records of several partitions meet (a table's versions):
+    /// its partition, then its offset.
+    pub fn at(partition: i32, offset: i64) -> RowId {
+        let mut bytes = Vec::with_capacity(12);
+        bytes.extend_from_slice(&partition.to_be_bytes());
+        bytes.extend_from_slice(&offset.to_be_bytes());
+        RowId(bytes)
+    }
+
+    /// An id as stored: the bytes [`RowId::as_bytes`] gave.
+    pub fn from_bytes(bytes: Vec<u8>) -> RowId {
+        RowId(bytes)
     }
 
     /// The offset of an [`RowId::offset`] id.
@@ -208,9 +222,7 @@ impl DedupStage {
             let mut dedup_key = Vec::new();
             self.key_codec
                 .encode_row(&key_columns, row, &mut dedup_key)?;
-            let mut value = Vec::with_capacity(dedup_key.len() + 64);
-            value.extend_from_slice(&(dedup_key.len() as u32).to_le_bytes());
-            value.extend_from_slice(&dedup_key);
+            let mut value = keyed_value(Some(&dedup_key), 64);
             self.row_codec.encode_row(rows.columns(), row, &mut value)?;
             state.put(self.space(SpaceKind::DedupHeld), held_key, value);
         }
@@ -343,15 +355,12 @@ fn corrupt(what: &str) -> Error {
     Error::OperatorState(format!("corrupt dedup state: bad {what}"))
 }
 
-/// A held value: `len u32 LE ‖ dedup key ‖ encoded row`.
+/// A held value: the dedup key and the encoded row ([`keyed_value`]).
 fn split_held(value: &[u8]) -> Result<(&[u8], &[u8])> {
-    let len: [u8; 4] = value
-        .get(..4)
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| corrupt("held row"))?;
-    let len = u32::from_le_bytes(len) as usize;
-    let key = value.get(4..4 + len).ok_or_else(|| corrupt("held row"))?;
-    Ok((key, &value[4 + len..]))
+    match split_keyed(value) {
+        Some((Some(key), row)) => Ok((key, row)),
+        _ => Err(corrupt("held row")),
+    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,13 @@ pub enum Error {
         expected: String,
         got: String,
     },
+    /// A command named an input (`--input`) the job does not have.
+    #[error("job `{job}` has no input `{input}`; its inputs are: {known}")]
+    UnknownInput {
+        job: String,
+        input: String,
+        known: String,
+    },
     /// The SQL transform cannot run as a Sluice job.
     #[error("job `{job}`: SQL not supported: {what}: {why}")]
     UnsupportedSql {

@@ -18,6 +18,7 @@ use datafusion::sql::sqlparser::parser::Parser;
 
 use crate::dedup_sql;
 use crate::error::{Error, Result};
+use crate::join::sql::{OtherInput, TemporalSql, Versioned};
 use crate::window::WindowKind;
 
 pub(crate) const WINDOW_START: &str = "__window_start";
@@ -30,6 +31,8 @@ pub(crate) struct Rewritten {
     pub statement: Statement,
     pub window: Option<WindowKind>,
     pub dedup: Option<Vec<Ident>>,
+    /// The table joined `FOR SYSTEM_TIME AS OF` the stream's event time, if any.
+    pub join: Option<TemporalSql>,
 }
 
 /// The job's names that the SQL is checked against.
@@ -37,6 +40,8 @@ pub(crate) struct Context<'a> {
     pub(crate) job: &'a str,
     pub(crate) table: &'a str,
     pub(crate) event_time: &'a str,
+    /// The job's inputs beside the primary stream, which a join may name.
+    pub(crate) others: &'a [OtherInput],
 }
 
 impl Context<'_> {
@@ -49,14 +54,28 @@ impl Context<'_> {
     }
 }
 
+#[cfg(test)]
 pub(crate) fn rewrite(job: &str, sql: &str, table: &str, event_time: &str) -> Result<Rewritten> {
+    rewrite_with_inputs(job, sql, (table, event_time), &[])
+}
+
+/// Rewrites the SQL of a job whose primary stream is `(table, event_time)` and whose other
+/// inputs are `others`.
+pub(crate) fn rewrite_with_inputs(
+    job: &str,
+    sql: &str,
+    (table, event_time): (&str, &str),
+    others: &[OtherInput],
+) -> Result<Rewritten> {
     let cx = Context {
         job,
         table,
         event_time,
+        others,
     };
+    let (sql, versions) = crate::join::sql::strip_versions(&cx, sql)?;
     let mut statements =
-        Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| Error::InvalidSql {
+        Parser::parse_sql(&GenericDialect {}, &sql).map_err(|e| Error::InvalidSql {
             job: job.to_string(),
             source: Box::new(e.into()),
         })?;
@@ -67,12 +86,13 @@ pub(crate) fn rewrite(job: &str, sql: &str, table: &str, event_time: &str) -> Re
         ));
     }
     let mut statement = statements.remove(0);
-    let (window, dedup) = rewrite_query(&cx, &mut statement)?;
+    let (window, dedup, join) = rewrite_query(&cx, &mut statement, &versions)?;
     replace_window_functions(&cx, &mut statement, window.as_ref())?;
     Ok(Rewritten {
         statement,
         window: window.map(|w| w.kind),
         dedup,
+        join,
     })
 }
 
@@ -82,10 +102,14 @@ struct GroupWindow {
     args: String,
 }
 
-/// The group window, and the dedup keys of a first-row deduplication.
-type QueryParts = (Option<GroupWindow>, Option<Vec<Ident>>);
+/// The group window, the dedup keys of a first-row deduplication, and the temporal join.
+type QueryParts = (Option<GroupWindow>, Option<Vec<Ident>>, Option<TemporalSql>);
 
-fn rewrite_query(cx: &Context, statement: &mut Statement) -> Result<QueryParts> {
+fn rewrite_query(
+    cx: &Context,
+    statement: &mut Statement,
+    versions: &[Versioned],
+) -> Result<QueryParts> {
     let Statement::Query(query) = statement else {
         return Err(cx.refuse(
             first_word(&statement.to_string()),
@@ -129,7 +153,7 @@ fn rewrite_query(cx: &Context, statement: &mut Statement) -> Result<QueryParts> 
         ));
     }
     let dedup = dedup_sql::strip(cx, select)?;
-    check_from(cx, &select.from)?;
+    let join = check_outer_from(cx, &select.from, versions)?;
     let GroupByExpr::Expressions(group_by, modifiers) = &mut select.group_by else {
         return Err(cx.refuse("GROUP BY ALL", "name the grouping columns"));
     };
@@ -167,7 +191,23 @@ fn rewrite_query(cx: &Context, statement: &mut Statement) -> Result<QueryParts> 
         kept.push(Expr::Identifier(Ident::new(WINDOW_END)));
     }
     *group_by = kept;
-    Ok((window, dedup))
+    Ok((window, dedup, join))
+}
+
+/// The statement's own FROM: the primary stream alone, or joined with one table
+/// ([`crate::join::sql::temporal_join`]).
+fn check_outer_from(
+    cx: &Context,
+    from: &[datafusion::sql::sqlparser::ast::TableWithJoins],
+    versions: &[Versioned],
+) -> Result<Option<TemporalSql>> {
+    if let [table] = from
+        && (!table.joins.is_empty() || !versions.is_empty())
+    {
+        return crate::join::sql::temporal_join(cx, table, versions);
+    }
+    check_from(cx, from)?;
+    Ok(None)
 }
 
 pub(crate) fn check_from(

@@ -25,6 +25,7 @@ pub mod fixture;
 pub mod fixture_avro;
 mod flat_json;
 mod flink_sql;
+pub mod join;
 mod json_escapes;
 pub mod lake;
 pub mod lake_progress;
@@ -40,6 +41,7 @@ mod predicate;
 pub mod rows;
 pub mod spec;
 mod spec_checks;
+pub mod spec_inputs;
 #[cfg(test)]
 mod spec_props;
 mod spec_sinks;

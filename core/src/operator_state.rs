@@ -27,28 +27,42 @@ pub enum SpaceKind {
     DedupSeenByTime,
     /// Rows waiting for the watermark, keyed (event time ‖ row id).
     DedupHeld,
+    /// A temporal join's table versions, keyed (join key ‖ valid_from ‖ row id); see
+    /// [`crate::join::temporal`].
+    JoinVersion,
+    /// A temporal join's probe rows waiting for the table, keyed (event time ‖ row id).
+    JoinWaiting,
 }
 
+/// The first tag of the join spaces: above every dedup stage's (at most 80 stages, tags up
+/// to 243), one join per job.
+const JOIN_TAGS: u8 = 250;
+
 impl SpaceKind {
-    const ALL: [SpaceKind; 3] = [
+    /// The kinds of a dedup stage.
+    const DEDUP: [SpaceKind; 3] = [
         SpaceKind::DedupSeen,
         SpaceKind::DedupSeenByTime,
         SpaceKind::DedupHeld,
     ];
+    /// The kinds of the join.
+    const JOIN: [SpaceKind; 2] = [SpaceKind::JoinVersion, SpaceKind::JoinWaiting];
 
     fn tag(self) -> u8 {
         match self {
             SpaceKind::DedupSeen => 1,
             SpaceKind::DedupSeenByTime => 2,
             SpaceKind::DedupHeld => 3,
+            SpaceKind::JoinVersion => 0,
+            SpaceKind::JoinWaiting => 1,
         }
     }
 }
 
 /// A key space: a kind of a stage's state. A job may have several dedup stages (the SQL's
 /// and each `unique` check), numbered in pipeline order; each has spaces of its own. The tag
-/// byte (`stage · 3 + kind`) is part of what the speed layer stores, so tags never change
-/// meaning.
+/// byte (`stage · 3 + kind` for dedup, `250 + kind` for the join) is part of what the speed
+/// layer stores, so tags never change meaning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Space {
     pub stage: u8,
@@ -60,17 +74,28 @@ impl Space {
         Space { stage, kind }
     }
 
-    /// Every space of `stage`.
+    /// Every space of dedup stage `stage`.
     pub fn all(stage: u8) -> [Space; 3] {
-        SpaceKind::ALL.map(|kind| Space { stage, kind })
+        SpaceKind::DEDUP.map(|kind| Space { stage, kind })
+    }
+
+    /// The spaces of the job's join (its stage number is 0).
+    pub fn join() -> [Space; 2] {
+        SpaceKind::JOIN.map(|kind| Space { stage: 0, kind })
     }
 
     /// The stored tag of the space.
     pub fn tag(self) -> u8 {
-        self.stage.wrapping_mul(3).wrapping_add(self.kind.tag())
+        match self.kind {
+            SpaceKind::JoinVersion | SpaceKind::JoinWaiting => JOIN_TAGS + self.kind.tag(),
+            _ => self.stage.wrapping_mul(3).wrapping_add(self.kind.tag()),
+        }
     }
 
     pub fn from_tag(tag: u8) -> Option<Space> {
+        if tag >= JOIN_TAGS {
+            return Space::join().into_iter().find(|s| s.tag() == tag);
+        }
         let stage = tag.checked_sub(1)? / 3;
         Space::all(stage).into_iter().find(|s| s.tag() == tag)
     }
@@ -83,6 +108,12 @@ pub trait OperatorState {
     fn delete(&mut self, space: Space, key: Vec<u8>);
     /// The entries of `space` with `from <= key < to`, ascending.
     fn range(&self, space: Space, from: &[u8], to: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+
+    /// The greatest entry of `space` with `from <= key < to` (the as-of lookup). The default
+    /// reads the whole range; a store that can seek backwards should.
+    fn last_in(&self, space: Space, from: &[u8], to: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        Ok(self.range(space, from, to)?.pop())
+    }
 }
 
 /// [`OperatorState`] in memory: the batch layer's, and the unit tests'.
@@ -145,6 +176,43 @@ impl OperatorState for MemState {
             .range((space.tag(), from.to_vec())..(space.tag(), to.to_vec()))
             .map(|((_, k), v)| (k.clone(), v.clone()))
             .collect())
+    }
+
+    fn last_in(&self, space: Space, from: &[u8], to: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        if from >= to {
+            return Ok(None);
+        }
+        Ok(self
+            .entries
+            .range((space.tag(), from.to_vec())..(space.tag(), to.to_vec()))
+            .next_back()
+            .map(|((_, k), v)| (k.clone(), v.clone())))
+    }
+}
+
+/// A stage's value that carries a key before a row: `len u32 LE ‖ key ‖ row`, with the length
+/// `u32::MAX` for no key (a null join key, which matches nothing).
+pub(crate) fn keyed_value(key: Option<&[u8]>, row_capacity: usize) -> Vec<u8> {
+    let mut value = Vec::with_capacity(4 + key.map_or(0, <[u8]>::len) + row_capacity);
+    match key {
+        Some(key) => {
+            value.extend_from_slice(&(key.len() as u32).to_le_bytes());
+            value.extend_from_slice(key);
+        }
+        None => value.extend_from_slice(&u32::MAX.to_le_bytes()),
+    }
+    value
+}
+
+/// The key and the row of a [`keyed_value`]; `None` when it is malformed.
+pub(crate) fn split_keyed(value: &[u8]) -> Option<(Option<&[u8]>, &[u8])> {
+    let len: [u8; 4] = value.get(..4)?.try_into().ok()?;
+    match u32::from_le_bytes(len) {
+        u32::MAX => Some((None, &value[4..])),
+        len => {
+            let end = 4usize.checked_add(len as usize)?;
+            Some((Some(value.get(4..end)?), &value[end..]))
+        }
     }
 }
 
@@ -217,10 +285,24 @@ mod tests {
                 .expect("range")
                 .is_empty()
         );
-        for stage in 0..5 {
+        for stage in 0..80 {
             for space in Space::all(stage) {
                 assert_eq!(Space::from_tag(space.tag()), Some(space));
+                assert!(space.tag() < JOIN_TAGS);
             }
         }
+        for space in Space::join() {
+            assert_eq!(Space::from_tag(space.tag()), Some(space));
+        }
+        let version = Space::join()[0];
+        state.put(version, vec![5, 1], vec![51]);
+        state.put(version, vec![5, 2], vec![52]);
+        state.put(version, vec![6, 0], vec![60]);
+        let last = |from: &[u8], to: &[u8]| state.last_in(version, from, to).expect("last_in");
+        assert_eq!(last(&[5], &[5, 3]), Some((vec![5, 2], vec![52])));
+        assert_eq!(last(&[5], &[5, 2]), Some((vec![5, 1], vec![51])));
+        assert_eq!(last(&[5], &[5, 1]), None);
+        assert_eq!(last(&[6], &[5]), None);
+        assert_eq!(state.len(version), 3);
     }
 }

@@ -23,6 +23,7 @@ use arrow::compute::filter_record_batch;
 use crate::checks::QualityChecks;
 use crate::dedup::DedupStage;
 use crate::error::{Error, Result, arrow_err};
+use crate::join::temporal::TemporalJoin;
 use crate::outputs::OutputRouter;
 use crate::plan::JobPlan;
 use crate::spec::{Job, Severity};
@@ -121,6 +122,13 @@ impl Pipeline {
             None => source,
         };
         let plan = JobPlan::compile(job, input)?;
+        if plan.join().is_some() && transform.is_some() {
+            return Err(Error::UnsupportedSql {
+                job: job.name().to_string(),
+                what: "a join with `[transform] polars`".to_string(),
+                why: "the Polars transform runs on one input's rows; join without it".to_string(),
+            });
+        }
         let outputs = OutputRouter::compile(job, &plan.output_schema())?;
         let dedup = match plan.dedup_keys() {
             Some(keys) => Some(dedup_stage(job, &plan, keys, transform.is_some())?),
@@ -151,7 +159,7 @@ impl Pipeline {
     /// rows, and a stateful stage's row ids of file rows encode whole rows, so neither
     /// allows it.
     pub fn source_columns_read(&self) -> Option<BTreeSet<usize>> {
-        if self.transform.is_some() || self.stateful.is_some() {
+        if self.transform.is_some() || self.stateful.is_some() || self.plan.join().is_some() {
             return None;
         }
         let mut columns = self.plan.input_columns();
@@ -159,6 +167,13 @@ impl Pipeline {
             columns.extend(checks.input_columns());
         }
         (columns.len() < self.plan.input_schema().fields().len()).then_some(columns)
+    }
+
+    /// The temporal join, when the SQL joins a table: the caller joins the rows the checks
+    /// and stateful stages let through ([`TemporalJoin::join_now`] in the batch layer) and
+    /// runs [`Pipeline::evaluate_plan`] on the joined rows.
+    pub fn join(&self) -> Option<&TemporalJoin> {
+        self.plan.join()
     }
 
     /// The SQL's first-row dedup, when the SQL deduplicates.

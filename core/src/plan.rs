@@ -30,6 +30,8 @@ use crate::aggregate::{AggregateStage, LoweredAggregateFn};
 use crate::dedup_sql;
 use crate::error::{Error, Result, arrow_err};
 use crate::flink_sql::{self, WINDOW_END, WINDOW_START};
+use crate::join::sql::OtherInput;
+use crate::join::temporal::TemporalJoin;
 use crate::spec::{Job, timestamp_type};
 use crate::udf;
 
@@ -50,6 +52,9 @@ pub struct JobPlan {
     filter: Option<Arc<dyn PhysicalExpr>>,
     kind: PlanKind,
     dedup_keys: Option<Vec<String>>,
+    /// The temporal join whose output rows the plan reads (its `input_schema` is then the
+    /// joined rows': the stream's columns, then the table's).
+    join: Option<TemporalJoin>,
 }
 
 #[derive(Debug)]
@@ -60,6 +65,14 @@ enum PlanKind {
     },
     Aggregate(Box<AggregateStage>),
 }
+
+/// The planned SQL, its group window, its dedup keys and its temporal join.
+type LogicalParts = (
+    LogicalPlan,
+    Option<crate::window::WindowKind>,
+    Option<Vec<String>>,
+    Option<crate::join::sql::TemporalSql>,
+);
 
 /// What the compiler needs to know about the job beside its SQL.
 pub(crate) struct Compilation<'a> {
@@ -99,16 +112,31 @@ impl JobPlan {
                 "the event time must stay a UTC timestamp",
             ));
         }
-        let compilation = Compilation {
+        let mut compilation = Compilation {
             job,
             input_schema: input_schema.clone(),
             ctx: SessionContext::new(),
         };
-        let (plan, window, dedup_keys) = compilation.logical_plan()?;
+        let (plan, window, dedup_keys, join_sql) = compilation.logical_plan()?;
+        let join = match &join_sql {
+            Some(sql) => Some(compilation.temporal_join(&plan, sql, event_time_index)?),
+            None => None,
+        };
+        // Above a join the plan reads joined rows: the stream's columns (so its event time
+        // keeps its index), then the table's.
+        if let Some(join) = &join {
+            compilation.input_schema = join.output_schema().clone();
+        }
         let mut compiled = compilation.lower(&plan, window)?;
         compiled.event_time_index = event_time_index;
         compiled.dedup_keys = dedup_keys;
+        compiled.join = join;
         Ok(compiled)
+    }
+
+    /// The temporal join the plan reads the output of, when the SQL joins a table.
+    pub fn join(&self) -> Option<&TemporalJoin> {
+        self.join.as_ref()
     }
 
     pub fn job(&self) -> &str {
@@ -266,45 +294,63 @@ impl Compilation<'_> {
         }
     }
 
-    fn refuse(&self, what: impl Into<String>, why: impl Into<String>) -> Error {
+    pub(crate) fn refuse(&self, what: impl Into<String>, why: impl Into<String>) -> Error {
         refuse(self.job, what, why)
     }
 
     /// Rewrites the Flink windows and deduplication, plans the SQL with DataFusion, and
     /// type-coerces the plan; also returns the group window and the resolved dedup keys.
-    fn logical_plan(
-        &self,
-    ) -> Result<(
-        LogicalPlan,
-        Option<crate::window::WindowKind>,
-        Option<Vec<String>>,
-    )> {
+    fn logical_plan(&self) -> Result<LogicalParts> {
         let job = self.job;
-        let rewritten = flink_sql::rewrite(
+        let inputs = job.inputs();
+        let others: Vec<OtherInput> = inputs
+            .iter()
+            .skip(1)
+            .map(|i| OtherInput {
+                name: i.table.clone(),
+                kind: i.kind,
+            })
+            .collect();
+        let rewritten = flink_sql::rewrite_with_inputs(
             job.name(),
             &job.spec.transform.sql,
-            &job.table_name(),
-            &job.spec.source.event_time,
+            (&job.table_name(), &job.spec.source.event_time),
+            &others,
         )?;
         let dedup_keys = rewritten
             .dedup
             .as_deref()
             .map(|keys| dedup_sql::resolve_keys(job.name(), keys, &self.input_schema))
             .transpose()?;
-        let mut fields: Vec<Field> = self
-            .input_schema
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect();
-        if rewritten.window.is_some() {
-            fields.push(Field::new(WINDOW_START, timestamp_type(), false));
-            fields.push(Field::new(WINDOW_END, timestamp_type(), false));
+        // The window bounds are placeholder columns of the last table the plan reads, so
+        // that every real column keeps, in the plan's rows, the index it has in the physical
+        // rows (the stream's columns, then a joined table's): they are never evaluated.
+        let joined = match &rewritten.join {
+            Some(sql) => Some(
+                inputs
+                    .iter()
+                    .find(|i| i.table == sql.table)
+                    .ok_or_else(|| self.refuse(format!("JOIN {}", sql.table), "not an input"))?,
+            ),
+            None => None,
+        };
+        let with_window = |schema: &SchemaRef| {
+            let mut fields: Vec<Field> =
+                schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+            if rewritten.window.is_some() {
+                fields.push(Field::new(WINDOW_START, timestamp_type(), false));
+                fields.push(Field::new(WINDOW_END, timestamp_type(), false));
+            }
+            Arc::new(Schema::new(fields))
+        };
+        let primary = match joined {
+            Some(_) => self.input_schema.clone(),
+            None => with_window(&self.input_schema),
+        };
+        self.register(&job.table_name(), primary)?;
+        if let Some(table) = joined {
+            self.register(&table.table, with_window(&table.job.source_schema()))?;
         }
-        let table = EmptyTable::new(Arc::new(Schema::new(fields)));
-        self.ctx
-            .register_table(job.table_name().to_ascii_lowercase(), Arc::new(table))
-            .map_err(|e| self.invalid_sql(e))?;
         udf::register(&self.ctx);
         let state = self.ctx.state();
         let statement = DFStatement::Statement(Box::new(rewritten.statement));
@@ -314,7 +360,14 @@ impl Compilation<'_> {
             .analyzer()
             .execute_and_check(plan, state.config_options(), |_, _| {})
             .map_err(|e| self.invalid_sql(e))?;
-        Ok((plan, rewritten.window, dedup_keys))
+        Ok((plan, rewritten.window, dedup_keys, rewritten.join))
+    }
+
+    fn register(&self, name: &str, schema: SchemaRef) -> Result<()> {
+        self.ctx
+            .register_table(name.to_ascii_lowercase(), Arc::new(EmptyTable::new(schema)))
+            .map_err(|e| self.invalid_sql(e))?;
+        Ok(())
     }
 
     /// DataFusion's expression simplifier, which its physical planner expects to have run
@@ -422,6 +475,7 @@ impl Compilation<'_> {
             filter,
             kind,
             dedup_keys: None,
+            join: None,
         }
     }
 
@@ -631,12 +685,18 @@ fn key_output_columns(
         .collect()
 }
 
-/// The schema rows have where WHERE applies: the scan, possibly under a table alias.
-fn source_schema(plan: &LogicalPlan) -> Option<&DFSchema> {
+/// The schema rows have where WHERE applies: the scan, possibly under a table alias, or the
+/// temporal join of two (whose rows [`crate::join::temporal`] makes).
+pub(crate) fn source_schema(plan: &LogicalPlan) -> Option<&DFSchema> {
     match plan {
         LogicalPlan::TableScan(scan) => Some(scan.projected_schema.as_ref()),
         LogicalPlan::SubqueryAlias(alias) if source_schema(&alias.input).is_some() => {
             Some(alias.schema.as_ref())
+        }
+        LogicalPlan::Join(join)
+            if source_schema(&join.left).is_some() && source_schema(&join.right).is_some() =>
+        {
+            Some(join.schema.as_ref())
         }
         _ => None,
     }

@@ -101,14 +101,23 @@ impl Job {
         } else {
             canonical
         };
+        // Inputs beside the primary stream (appended only when there are any, so one-input
+        // jobs keep their fingerprints; `[[sources]]` with one entry is `[source]`).
+        let canonical = match self.other_inputs_fingerprint() {
+            Some(inputs) => format!("{canonical}\0inputs {inputs}"),
+            None => canonical,
+        };
         // Hashed PII fields hash differently under another key: name the key (its id, never
         // the key), so a process with another key is told its state and views are not its own.
-        let hashed = self
-            .spec
-            .source
-            .fields
-            .iter()
-            .any(|f| f.pii.is_some() && f.policy == Some(crate::pii::PiiPolicy::Hash));
+        let hashed = self.inputs().iter().any(|input| {
+            input
+                .job
+                .spec
+                .source
+                .fields
+                .iter()
+                .any(|f| f.pii.is_some() && f.policy == Some(crate::pii::PiiPolicy::Hash))
+        });
         let canonical = if hashed {
             let key = crate::pii::PiiProtection::for_job(self)
                 .ok()

@@ -40,6 +40,8 @@ use serde::Deserialize;
 use crate::duration::serde_duration;
 use crate::error::{Error, Result};
 pub use crate::spec_checks::{CheckKind, CheckSpec, CheckValue, Severity};
+pub use crate::spec_inputs::{Input, InputKind, RawLocation, TableSpec};
+use crate::spec_inputs::{InputForm, JobFile};
 pub use crate::spec_sinks::{
     OutputSpec, POSTGRES_URL_ENV, SinkKind, SinkMode, SinkSpec, redact_url,
 };
@@ -53,27 +55,28 @@ pub fn timestamp_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some(UTC.into()))
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A job file, normalised (see [`crate::spec_inputs`]): read from TOML through
+/// `spec_inputs::JobFile`, which has the same keys with `[source]` or `[[sources]]`.
+#[derive(Debug, Clone)]
 pub struct JobSpec {
     pub name: String,
+    /// The primary stream: `[source]`, or the first `[[sources]]` entry. The SQL reads it.
     pub source: SourceSpec,
+    /// The other `[[sources]]` entries, in file order.
+    pub more_sources: Vec<SourceSpec>,
+    /// `[[tables]]`: versioned reference data from compacted topics.
+    pub tables: Vec<TableSpec>,
     pub transform: TransformSpec,
-    #[serde(default)]
     pub view: ViewSpec,
-    #[serde(default)]
     pub lake: LakeSpec,
     /// Branching: result rows routed to further topics by predicate.
-    #[serde(default)]
     pub outputs: Vec<OutputSpec>,
     /// External stores the results are written to, exactly once.
-    #[serde(default)]
     pub sinks: Vec<SinkSpec>,
-    /// Data-quality checks on the source rows (see [`crate::checks`]).
-    #[serde(default)]
+    /// Data-quality checks on the primary stream's rows (see [`crate::checks`]).
     pub checks: Vec<CheckSpec>,
-    /// Row-count anomaly detection on the source rows per window (see [`crate::anomaly`]).
-    #[serde(default)]
+    /// Row-count anomaly detection on the primary stream's rows per window (see
+    /// [`crate::anomaly`]).
     pub anomalies: Option<crate::anomaly::AnomalySpec>,
 }
 
@@ -108,6 +111,11 @@ pub struct SourceSpec {
     /// relative to the job file.
     pub schema: Option<PathBuf>,
     pub fields: Vec<FieldSpec>,
+    /// A non-null `timestamp` column filled from each record's Kafka timestamp instead of read
+    /// from the record, after the fields: a `[[tables]]` entry without `valid_from` gets
+    /// [`crate::spec_inputs::KAFKA_VALID_FROM`]. Never set from a job file.
+    #[serde(skip)]
+    pub kafka_time_field: Option<String>,
 }
 
 /// The environment variable that overrides `[source] registry`.
@@ -115,11 +123,11 @@ pub const REGISTRY_ENV: &str = "SLUICE_REGISTRY_URL";
 /// The environment variable that overrides `[source] registry_ca`.
 pub const REGISTRY_CA_ENV: &str = "SLUICE_REGISTRY_CA";
 
-fn default_watermark_delay() -> Duration {
+pub(crate) fn default_watermark_delay() -> Duration {
     Duration::from_secs(5)
 }
 
-fn default_max_future_skew() -> Duration {
+pub(crate) fn default_max_future_skew() -> Duration {
     Duration::from_secs(3600)
 }
 
@@ -312,8 +320,9 @@ fn default_bucket() -> Duration {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LakeSpec {
-    /// The raw (master dataset) Delta table. Default `<lake>/raw/<topic>`.
-    pub raw: Option<String>,
+    /// The raw (master dataset) Delta table. Default `<lake>/raw/<topic>`. A job with several
+    /// inputs names one per input table (`[lake.raw]`, `customers = "s3://…"`), each optional.
+    pub raw: Option<RawLocation>,
     /// The batch view Delta table. Default `<lake>/views/<job>`.
     pub view: Option<String>,
 }
@@ -323,6 +332,8 @@ pub struct LakeSpec {
 pub struct Job {
     pub spec: JobSpec,
     pub file: PathBuf,
+    /// How the file wrote its streams, so errors name keys as the file has them.
+    pub(crate) form: InputForm,
 }
 
 impl Job {
@@ -336,13 +347,15 @@ impl Job {
 
     /// Parses job TOML; `file` only names the origin in errors.
     pub fn from_toml(text: &str, file: &Path) -> Result<Job> {
-        let spec: JobSpec = toml::from_str(text).map_err(|e| Error::ParseJob {
+        let parsed: JobFile = toml::from_str(text).map_err(|e| Error::ParseJob {
             file: file.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
         })?;
+        let (spec, form) = parsed.normalise(file)?;
         let job = Job {
             spec,
             file: file.to_path_buf(),
+            form,
         };
         job.validate()?;
         Ok(job)
@@ -354,11 +367,7 @@ impl Job {
 
     /// The table name the SQL reads from.
     pub fn table_name(&self) -> String {
-        self.spec
-            .source
-            .table
-            .clone()
-            .unwrap_or_else(|| self.spec.source.topic.replace(['.', '-'], "_"))
+        crate::spec_inputs::table_name(self.spec.source.table.as_deref(), &self.spec.source.topic)
     }
 
     /// The schema of decoded source records (event time as UTC microseconds, non-null).
@@ -384,6 +393,10 @@ impl Job {
 
     fn schema_with(&self, data_type: impl Fn(FieldType) -> DataType) -> Schema {
         let source = &self.spec.source;
+        let kafka_time = source
+            .kafka_time_field
+            .iter()
+            .map(|name| Field::new(name, data_type(FieldType::Timestamp), false));
         Schema::new(
             source
                 .fields
@@ -392,6 +405,7 @@ impl Job {
                     let nullable = f.nullable && f.name != source.event_time;
                     Field::new(&f.name, data_type(f.data_type), nullable)
                 })
+                .chain(kafka_time)
                 .collect::<Vec<_>>(),
         )
     }
@@ -432,7 +446,7 @@ impl Job {
         self.spec.view.bucket.as_micros() as i64
     }
 
-    fn invalid(&self, field: &str, expected: &str, got: impl Into<String>) -> Error {
+    pub(crate) fn invalid(&self, field: &str, expected: &str, got: impl Into<String>) -> Error {
         Error::InvalidField {
             file: self.file.clone(),
             field: field.to_string(),
@@ -455,6 +469,32 @@ impl Job {
                 format!("{:?}", spec.name),
             ));
         }
+        self.validate_inputs()?;
+        if spec.view.version == 0 {
+            return Err(self.invalid("view.version", "a version number from 1", "0"));
+        }
+        if spec.view.bucket.as_millis() == 0 {
+            return Err(self.invalid("view.bucket", "a positive duration", "0"));
+        }
+        if spec.view.freshness_sla.is_some_and(|sla| sla.is_zero()) {
+            return Err(self.invalid("view.freshness_sla", "a positive duration", "0"));
+        }
+        if spec.transform.sql.trim().is_empty() {
+            return Err(self.invalid("transform.sql", "a SELECT statement", "empty text"));
+        }
+        self.validate_outputs()?;
+        self.validate_sinks()?;
+        self.validate_checks()?;
+        if let Some(anomalies) = &spec.anomalies {
+            anomalies.validate(&self.file)?;
+        }
+        Ok(())
+    }
+
+    /// The rules of one input (`spec.source`): fields, event time, format, PII. Errors say
+    /// `source.…`; [`Job::validate_inputs`] renames them for `[[sources]]` and `[[tables]]`.
+    pub(crate) fn validate_source(&self) -> Result<()> {
+        let spec = &self.spec;
         if spec.source.topic.is_empty() {
             return Err(self.invalid("source.topic", "a Kafka topic name", "\"\""));
         }
@@ -492,10 +532,11 @@ impl Job {
             .iter()
             .find(|f| f.name == spec.source.event_time);
         match event_time {
+            None if spec.source.kafka_time_field.as_ref() == Some(&spec.source.event_time) => {}
             None => {
                 return Err(self.invalid(
                     "source.event_time",
-                    "the name of a field in source.fields",
+                    "the name of one of its fields",
                     format!("`{}`", spec.source.event_time),
                 ));
             }
@@ -509,26 +550,7 @@ impl Job {
             Some(_) => {}
         }
         self.validate_format()?;
-        crate::pii::validate(self)?;
-        if spec.view.version == 0 {
-            return Err(self.invalid("view.version", "a version number from 1", "0"));
-        }
-        if spec.view.bucket.as_millis() == 0 {
-            return Err(self.invalid("view.bucket", "a positive duration", "0"));
-        }
-        if spec.view.freshness_sla.is_some_and(|sla| sla.is_zero()) {
-            return Err(self.invalid("view.freshness_sla", "a positive duration", "0"));
-        }
-        if spec.transform.sql.trim().is_empty() {
-            return Err(self.invalid("transform.sql", "a SELECT statement", "empty text"));
-        }
-        self.validate_outputs()?;
-        self.validate_sinks()?;
-        self.validate_checks()?;
-        if let Some(anomalies) = &spec.anomalies {
-            anomalies.validate(&self.file)?;
-        }
-        Ok(())
+        crate::pii::validate(self)
     }
 
     /// Each check has the keys its kind needs and no others, a unique name, and a column
@@ -810,11 +832,9 @@ impl Lake {
         }
     }
 
+    /// The raw table of `job`'s primary stream (of the input itself for an [`Input`]'s job).
     pub fn raw_table(&self, job: &Job) -> String {
-        job.spec
-            .lake
-            .raw
-            .clone()
+        job.raw_location_of(&job.table_name())
             .unwrap_or_else(|| format!("{}/raw/{}", self.root, job.spec.source.topic))
     }
 

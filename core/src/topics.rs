@@ -2,7 +2,7 @@
 //!
 //! | topic | key | value |
 //! | --- | --- | --- |
-//! | `source.topic` | anything | one JSON object |
+//! | `source.topic` (and each input's) | anything | one record of the input's `format` |
 //! | `<job>.speed` (compacted) | see [`crate::speed`] | encoded partial states, or a tombstone |
 //! | `<job>.results` | JSON object of the result key: the view key columns and the window bounds the SELECT keeps | one finalized row as JSON |
 //! | `<job>.dlq` | the original key | the original value bytes, unchanged |
@@ -18,7 +18,11 @@ use crate::spec::Job;
 /// The topic names one job reads and writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topics {
+    /// The primary stream's topic (the one the SQL reads).
     pub source: String,
+    /// Every input as (table name, topic), the primary stream first (see
+    /// [`crate::spec_inputs`]); each is landed in its own raw table.
+    pub inputs: Vec<(String, String)>,
     pub speed: String,
     pub results: String,
     pub dlq: String,
@@ -40,6 +44,11 @@ impl Topics {
         let name = job.versioned_name();
         Topics {
             source: job.spec.source.topic.clone(),
+            inputs: job
+                .inputs()
+                .into_iter()
+                .map(|input| (input.table, input.topic))
+                .collect(),
             speed: format!("{name}.speed"),
             results: format!("{name}.results"),
             dlq: format!("{name}.dlq"),

@@ -189,7 +189,7 @@ enum LakeCommand {
     /// Append JSON-lines files or stdin to the job's raw Delta table (content already loaded is
     /// skipped).
     #[command(
-        after_help = "Examples:\n  sluice lake load --job jobs/examples/orders_per_minute.toml tests/golden/orders.input.jsonl\n  sluice lake load --job jobs/examples/orders_per_minute.toml orders-05-01.jsonl.gz orders-05-02.jsonl.zst\n  zcat orders.jsonl.gz | sluice lake load --job jobs/examples/orders_per_minute.toml -\n  curl -s https://example.com/orders.jsonl.gz | sluice lake load --job job.toml --output json -\n\nInputs are plain, gzip or zstd, told by their first bytes whatever their names; `-` reads stdin\n(plain or compressed). Each input streams into the table, so memory stays bounded (under 384 MiB)\nwhatever its size, and lands in one commit at its end; a failed load commits nothing. Content\nloaded before is skipped: a file is hashed first and skipped before anything is written, stdin is\nhashed as it is read and then commits nothing. Bad lines are reported on stderr with line, field\nand reason as they are met, and written to --rejects if given; exit 3 when any line was rejected.\nA progress bar is drawn on stderr when it is a terminal (not with --output json)."
+        after_help = "Examples:\n  sluice lake load --job jobs/examples/orders_per_minute.toml tests/golden/orders.input.jsonl\n  sluice lake load --job jobs/examples/orders_per_minute.toml orders-05-01.jsonl.gz orders-05-02.jsonl.zst\n  zcat orders.jsonl.gz | sluice lake load --job jobs/examples/orders_per_minute.toml -\n  curl -s https://example.com/orders.jsonl.gz | sluice lake load --job job.toml --output json -\n  sluice lake load --job jobs/examples/orders_with_customers.toml --input customers customers.jsonl\n\nA job with several inputs ([[sources]], [[tables]]) keeps a raw table per input: --input names\nthe one the lines go to. Inputs are plain, gzip or zstd, told by their first bytes whatever their names; `-` reads stdin\n(plain or compressed). Each input streams into the table, so memory stays bounded (under 384 MiB)\nwhatever its size, and lands in one commit at its end; a failed load commits nothing. Content\nloaded before is skipped: a file is hashed first and skipped before anything is written, stdin is\nhashed as it is read and then commits nothing. Bad lines are reported on stderr with line, field\nand reason as they are met, and written to --rejects if given; exit 3 when any line was rejected.\nA progress bar is drawn on stderr when it is a terminal (not with --output json)."
     )]
     Load {
         #[command(flatten)]
@@ -203,13 +203,23 @@ enum LakeCommand {
         /// Lines longer than this many bytes are rejected as `oversized`.
         #[arg(long, default_value_t = sluice_core::decode::DEFAULT_MAX_RECORD_BYTES)]
         max_record_bytes: usize,
+        /// The input whose raw table the lines go to (its `table` name); needed when the job
+        /// has several (`[[sources]]`, `[[tables]]`).
+        #[arg(long)]
+        input: Option<String>,
     },
     /// Show what the raw table holds completely (per source partition) and the batch view's
     /// cutoff: what a scheduler waits on before a backfill.
     #[command(
-        after_help = "Example:\n  sluice lake status --job jobs/examples/orders_per_minute.toml --output json\n\n`completeness` is `unbounded` (files loaded whole only), `until` (every partition's records before `lake_complete_until` have landed) or `nothing` (no raw table yet, or a partition not reported by the lake sink yet)."
+        after_help = "Example:\n  sluice lake status --job jobs/examples/orders_per_minute.toml --output json\n  sluice lake status --job jobs/examples/orders_with_customers.toml --input customers\n\n`completeness` is `unbounded` (files loaded whole only), `until` (every partition's records before `lake_complete_until` have landed) or `nothing` (no raw table yet, or a partition not reported by the lake sink yet)."
     )]
-    Status(JobArgs),
+    Status {
+        #[command(flatten)]
+        job: JobArgs,
+        /// The input whose raw table to show [default: the primary stream]
+        #[arg(long)]
+        input: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -292,9 +302,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             files,
             rejects,
             max_record_bytes,
-        }) => lake_load(job, files, rejects, max_record_bytes).await,
-        Command::Lake(LakeCommand::Status(args)) => {
+            input,
+        }) => lake_load(job, files, rejects, max_record_bytes, input).await,
+        Command::Lake(LakeCommand::Status { job: args, input }) => {
             let (job, lake) = load_job(&args)?;
+            let job = match input {
+                Some(name) => job.input(&name)?.job,
+                None => job,
+            };
             let status = sluice_batch::lake_status(&job, &lake).await?;
             match args.output {
                 Output::Json => println!("{}", serde_json::to_string(&status)?),
@@ -368,14 +383,42 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The job as the input `lake load` fills sees it: the one input of a one-input job, else the
+/// one `--input` names, which must carry its own time (a Kafka-timestamped table cannot be
+/// loaded from files).
+fn input_to_load(job: &Job, name: Option<&str>) -> anyhow::Result<Job> {
+    let input = match name {
+        Some(name) => job.input(name)?,
+        None if job.has_several_inputs() => {
+            let names: Vec<String> = job.inputs().into_iter().map(|i| i.table).collect();
+            anyhow::bail!(
+                "job `{}` has several inputs ({}): name the one these lines belong to with --input",
+                job.name(),
+                names.join(", ")
+            );
+        }
+        None => job.primary_input(),
+    };
+    if input.timed_by_kafka() {
+        anyhow::bail!(
+            "input `{}` of job `{}` takes its valid_from from each record's Kafka timestamp, which lines in a file do not have: land it from Kafka (`sluice ingest`), or give the table a `valid_from` field",
+            input.table,
+            job.name()
+        );
+    }
+    Ok(input.job)
+}
+
 async fn lake_load(
     args: JobArgs,
     files: Vec<PathBuf>,
     rejects: Option<PathBuf>,
     max_record_bytes: usize,
+    input: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     use std::io::Write as _;
     let (job, lake) = load_job(&args)?;
+    let job = input_to_load(&job, input.as_deref())?;
     if files.iter().filter(|f| f.as_os_str() == "-").count() > 1 {
         anyhow::bail!("`-` (stdin) can be loaded once per command");
     }

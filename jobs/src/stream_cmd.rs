@@ -239,37 +239,25 @@ pub async fn stream(args: StreamArgs) -> anyhow::Result<ExitCode> {
         2 * postgres.len() as u64,
         args.sink_commit_mb.max(1) << 20,
     );
+    if let Some(sink_config) = &sink_config {
+        bound = bound.with_other_lake_sinks(&config, job.inputs().len() - 1, sink_config);
+    }
     if pipeline.stateful().is_some() {
         bound = bound.with_operator_state(&config);
     }
     tracing::info!(job = job.name(), bound_mib = bound.total_mib(), terms = %bound, "memory bound (beyond the process's fixed footprint)");
-    let sink = match sink_config {
+    let lake_sinks = match sink_config {
         Some(sink_config) => {
-            let sink = LakeSink::new(
-                job.clone(),
-                &lake,
-                args.source.sink_client(&job, &config),
-                sink_config,
-                metrics.clone(),
-            )?
-            .with_health(health.clone());
-            let (runtime, stop) = (tokio::runtime::Handle::current(), stop.clone());
-            Some(std::thread::spawn(move || sink.run(runtime, stop)))
+            let client = args.source.sink_client(&job, &config);
+            spawn_lake_sinks(&job, &lake, &client, &sink_config, &metrics, &health, &stop)?
         }
-        None => None,
+        None => Vec::new(),
     };
     let daemon = StreamDaemon::new(job, pipeline, config, metrics).with_batch_cutoff(cutoff);
     let daemon_stop = stop.clone();
     let summary = tokio::task::spawn_blocking(move || daemon.run(daemon_stop)).await?;
     stop.store(true, Ordering::SeqCst);
-    if let Some(sink) = sink {
-        match sink.join() {
-            Ok(result) => {
-                result?;
-            }
-            Err(_) => anyhow::bail!("the raw-lake sink thread panicked"),
-        }
-    }
+    join_lake_sinks(lake_sinks)?;
     for (name, thread) in postgres {
         match thread.join() {
             Ok(result) => result?,
@@ -282,6 +270,76 @@ pub async fn stream(args: StreamArgs) -> anyhow::Result<ExitCode> {
         summary.batches, summary.records_in, summary.dlq, summary.late, summary.aborted
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A raw-lake sink's thread, named by its input.
+type LakeSinkThread = (
+    String,
+    std::thread::JoinHandle<sluice_stream::Result<sluice_stream::SinkSummary>>,
+);
+
+/// One raw-lake sink per input of `job` (its primary stream, then the others), each on its own
+/// thread; one failing stops them all and the process.
+fn spawn_lake_sinks(
+    job: &Job,
+    lake: &Lake,
+    client: &StreamConfig,
+    sink_config: &LakeSinkConfig,
+    metrics: &StreamMetrics,
+    health: &SinkHealth,
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<Vec<LakeSinkThread>> {
+    let mut threads = Vec::new();
+    for input in job.inputs() {
+        let table = input.table.clone();
+        let sink = LakeSink::for_input(
+            input,
+            lake,
+            client.clone(),
+            sink_config.clone(),
+            metrics.clone(),
+        )?
+        .with_health(health.clone());
+        let (runtime, stop) = (tokio::runtime::Handle::current(), stop.clone());
+        threads.push((
+            table,
+            std::thread::spawn(move || {
+                let result = sink.run(runtime, stop.clone());
+                if result.is_err() {
+                    stop.store(true, Ordering::SeqCst);
+                }
+                result
+            }),
+        ));
+    }
+    Ok(threads)
+}
+
+/// Waits for every raw-lake sink; the first failure is the answer.
+fn join_lake_sinks(
+    threads: Vec<LakeSinkThread>,
+) -> anyhow::Result<Vec<sluice_stream::SinkSummary>> {
+    let mut summaries = Vec::new();
+    let mut failure = None;
+    for (table, thread) in threads {
+        match thread.join() {
+            Ok(Ok(summary)) => summaries.push(summary),
+            Ok(Err(e)) => {
+                failure.get_or_insert_with(|| {
+                    anyhow::Error::new(e).context(format!("the raw-lake sink of input `{table}`"))
+                });
+            }
+            Err(_) => {
+                failure.get_or_insert_with(|| {
+                    anyhow::anyhow!("the raw-lake sink thread of input `{table}` panicked")
+                });
+            }
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(summaries),
+    }
 }
 
 /// A sink's two loops in one thread each, joined as one.
@@ -370,13 +428,23 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
     start_metrics(args.source.metrics_addr, &metrics, &health);
     let stop = StopSignals::new()?.into_flag();
     let lake = Lake::resolve(args.source.target.lake.as_deref());
-    let sink =
-        LakeSink::new(job, &lake, config, args.source.sink_config(), metrics)?.with_health(health);
-    let runtime = tokio::runtime::Handle::current();
-    let summary = tokio::task::spawn_blocking(move || sink.run(runtime, stop)).await??;
-    eprintln!(
-        "stopped: {} lake commits, {} rows, {} duplicates skipped",
-        summary.commits, summary.rows, summary.skipped_duplicates
-    );
+    let sinks = spawn_lake_sinks(
+        &job,
+        &lake,
+        &config,
+        &args.source.sink_config(),
+        &metrics,
+        &health,
+        &stop,
+    )?;
+    let summaries = tokio::task::spawn_blocking(move || join_lake_sinks(sinks)).await??;
+    let (commits, rows, skipped) = summaries.iter().fold((0, 0, 0), |(c, r, s), summary| {
+        (
+            c + summary.commits,
+            r + summary.rows,
+            s + summary.skipped_duplicates,
+        )
+    });
+    eprintln!("stopped: {commits} lake commits, {rows} rows, {skipped} duplicates skipped");
     Ok(ExitCode::SUCCESS)
 }

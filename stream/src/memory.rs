@@ -56,6 +56,28 @@ impl MemoryBound {
         MemoryBound { terms }
     }
 
+    /// Adds the raw-lake sinks of a job's inputs beyond its primary stream (`others` of
+    /// them, each with `sink`'s settings): a consumer and a buffer each.
+    pub fn with_other_lake_sinks(
+        mut self,
+        config: &StreamConfig,
+        others: usize,
+        sink: &LakeSinkConfig,
+    ) -> MemoryBound {
+        if others > 0 {
+            let others = others as u64;
+            self.terms.push((
+                "other inputs' raw-lake sinks (fetch queues)",
+                others * fetch_queue(config),
+            ));
+            self.terms.push((
+                "other inputs' raw-lake sinks (buffers)",
+                others * SINK_BUFFER_COPIES * sink.commit_bytes as u64,
+            ));
+        }
+        self
+    }
+
     /// Adds `loops` sink loops (a PostgreSQL sink runs two: results and dead letters) that
     /// commit every `commit_bytes`: each has a consumer and a buffer.
     pub fn with_sinks(

@@ -102,6 +102,47 @@ def completed_orders_masked(rows):
     return sorted(out, key=lambda o: o["order_id"])
 
 
+def make_customers():
+    """Versions of customers c00..c10 (c11 has none), valid from times around the orders'."""
+    rng = random.Random(20261204)
+    base = dt.datetime(2024, 5, 1, 10, 50, 0, tzinfo=UTC)
+    rows = []
+    for c in range(11):
+        for s in sorted(rng.sample(range(0, 20 * 60), rng.randrange(1, 4))):
+            t = base + dt.timedelta(seconds=s)
+            rows.append({
+                "customer_id": f"c{c:02d}",
+                "region": rng.choice(["eu", "us", "apac", None]),
+                "tier": rng.choice(["gold", "silver"]),
+                "updated_at": t.isoformat().replace("+00:00", "Z"),
+            })
+    rng.shuffle(rows)
+    return rows
+
+
+def rfc3339_ms(text):
+    return int(dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def orders_by_customer_region(rows, customers):
+    """Each order with the customer version valid at its time (the latest updated_at at or
+    before it; none: null region), counted and summed per that region."""
+    groups = {}
+    for r in rows:
+        valid = [c for c in customers
+                 if c["customer_id"] == r["customer_id"] and rfc3339_ms(c["updated_at"]) <= event_ms(r)]
+        version = max(valid, key=lambda c: rfc3339_ms(c["updated_at"])) if valid else None
+        region = version["region"] if version else None
+        g = groups.setdefault(region, [0, 0.0, 0])
+        g[0] += 1
+        if r["amount"] is not None:
+            g[1] += r["amount"]
+            g[2] += 1
+    keys = sorted(groups, key=lambda k: (k is None, k or ""))
+    return [{"customer_region": k, "orders": groups[k][0],
+             "revenue": groups[k][1] if groups[k][2] else None} for k in keys]
+
+
 def dump(path, rows):
     with open(path, "w") as f:
         for r in rows:
@@ -115,3 +156,6 @@ if __name__ == "__main__":
     dump(HERE / "orders_per_minute_polars.expected.jsonl", orders_per_minute(rows))
     dump(HERE / "region_totals.expected.jsonl", region_totals(rows))
     dump(HERE / "completed_orders_masked.expected.jsonl", completed_orders_masked(rows))
+    customers = make_customers()
+    dump(HERE / "customers.input.jsonl", customers)
+    dump(HERE / "orders_by_customer_region.expected.jsonl", orders_by_customer_region(rows, customers))

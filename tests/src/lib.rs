@@ -77,6 +77,54 @@ pub fn canonical_rows(batches: &[RecordBatch]) -> Vec<String> {
     text.lines().map(str::to_string).collect()
 }
 
+/// The SQL condition that `column` lies in one of `ranges` (each `[from, to)`), for a
+/// reference query over backfilled ranges.
+pub fn in_ranges_sql(column: &str, ranges: &[(i64, i64)]) -> String {
+    ranges
+        .iter()
+        .map(|(from, to)| format!("({column} >= {from} AND {column} < {to})"))
+        .collect::<Vec<_>>()
+        .join(" OR ")
+}
+
+/// The columns `names` of each batch (a view's result columns, without its partial states).
+pub fn project_columns(batches: &[RecordBatch], names: &[&str]) -> Vec<RecordBatch> {
+    batches
+        .iter()
+        .map(|b| {
+            let schema = b.schema();
+            let indices: Vec<usize> = names
+                .iter()
+                .map(|n| {
+                    schema
+                        .index_of(n)
+                        .unwrap_or_else(|_| panic!("no column {n}"))
+                })
+                .collect();
+            b.project(&indices).expect("projecting columns")
+        })
+        .collect()
+}
+
+/// `sluice backfill` of `[from, to)` over raw rows appended by a test, which record no lake
+/// progress (so the range is not clamped to completeness); panics naming `context`.
+pub async fn backfill_range(
+    job: &Job,
+    lake: &Lake,
+    (from, to): (i64, i64),
+    context: &str,
+) -> sluice_batch::BackfillReport {
+    let request = sluice_batch::BackfillRequest {
+        from: Some(from),
+        to: Some(to),
+        allow_incomplete: true,
+        ..sluice_batch::BackfillRequest::default()
+    };
+    sluice_batch::backfill(job, lake, None, request)
+        .await
+        .unwrap_or_else(|e| panic!("backfill of [{from}, {to}): {e}; {context}"))
+}
+
 /// Rows of `job`'s raw Delta table in the lake at `lake` (0 while it does not exist).
 pub fn raw_rows(lake: &std::path::Path, job: &Job) -> usize {
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");

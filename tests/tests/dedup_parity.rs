@@ -19,10 +19,9 @@ use arrow::array::{Float64Array, RecordBatch, StringArray, TimestampMicrosecondA
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use proptest::prelude::*;
-use sluice_batch::{BackfillRequest, backfill};
 use sluice_core::Job;
 use sluice_core::lake::{TableLocation, raw_rows, raw_schema};
-use sluice_e2e::{canonical_rows, temp_lake};
+use sluice_e2e::{backfill_range, canonical_rows, in_ranges_sql, project_columns, temp_lake};
 
 /// 2024-05-01T10:00:00Z: aligned to every bucket used here.
 const BASE_MS: i64 = 1_714_557_600_000;
@@ -61,11 +60,7 @@ impl Shape {
     /// Over the raw rows as table `ev`. File rows have a null partition, one window partition
     /// of their own, and a null offset: they tie only with identical rows (`file_quarters`).
     fn reference_sql(self, within_us: i64, ranges: &[(i64, i64)]) -> String {
-        let in_ranges = ranges
-            .iter()
-            .map(|(from, to)| format!("(t >= {from} AND t < {to})"))
-            .collect::<Vec<_>>()
-            .join(" OR ");
+        let in_ranges = in_ranges_sql("t", ranges);
         let kept = format!(
             "SELECT k, a, t FROM ( \
                SELECT k, a, t, t - LAG(t) OVER ( \
@@ -168,18 +163,6 @@ async fn reference(ctx: &SessionContext, case: &Case, ranges: &[(i64, i64)]) -> 
     canonical_rows(&rows)
 }
 
-/// The result columns of view rows.
-fn result_columns(batches: &[RecordBatch], names: &[&str]) -> Vec<RecordBatch> {
-    batches
-        .iter()
-        .map(|b| {
-            let schema = b.schema();
-            let indices: Vec<usize> = names.iter().map(|n| schema.index_of(n).expect(n)).collect();
-            b.project(&indices).expect("the view's result columns")
-        })
-        .collect()
-}
-
 /// Lands `case`'s raw rows, backfills its ranges, checks each report and the view against the
 /// reference; returns the view's result rows (canonical).
 async fn check(case: &Case) -> Vec<String> {
@@ -206,16 +189,7 @@ async fn check(case: &Case) -> Vec<String> {
         case.shape, case.within.0, case.bucket, case.ranges
     );
     for &(from, to) in &case.ranges {
-        let request = BackfillRequest {
-            from: Some(from),
-            to: Some(to),
-            // The appends record no lake progress; the range is never clamped anyway.
-            allow_incomplete: true,
-            ..BackfillRequest::default()
-        };
-        let report = backfill(&job, &lake, None, request)
-            .await
-            .unwrap_or_else(|e| panic!("backfill of [{from}, {to}): {e}; {context}"));
+        let report = backfill_range(&job, &lake, (from, to), &context).await;
         let in_range = case
             .appends
             .iter()
@@ -236,7 +210,7 @@ async fn check(case: &Case) -> Vec<String> {
         .read_all()
         .await
         .expect("reading the view");
-    let got = canonical_rows(&result_columns(&view, case.shape.view().1));
+    let got = canonical_rows(&project_columns(&view, case.shape.view().1));
     assert_eq!(got, reference(&ctx, case, &case.ranges).await, "{context}");
     got
 }

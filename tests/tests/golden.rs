@@ -1,6 +1,7 @@
-//! Golden files: each example job over `tests/golden/orders.input.jsonl`, loaded into a real
-//! lake directory and backfilled, must print exactly `tests/golden/<job>.expected.jsonl`
-//! (computed independently by `tests/golden/reference.py`).
+//! Golden files: each example job over `tests/golden/orders.input.jsonl` (and, for a job
+//! with a table, `tests/golden/customers.input.jsonl`), loaded into a real lake directory and
+//! backfilled, must print exactly `tests/golden/<job>.expected.jsonl` (computed independently
+//! by `tests/golden/reference.py`).
 
 use sluice_batch::{BackfillRequest, backfill, load_jsonl};
 use sluice_core::lake::TableLocation;
@@ -9,6 +10,12 @@ use sluice_core::time::parse_time;
 use sluice_e2e::{example_job, repo_path, temp_lake};
 
 async fn golden(name: &str) {
+    golden_with(name, &[]).await;
+}
+
+/// [`golden`] for a job with more inputs: `(input, file, rows)` loaded into each one's raw
+/// table beside the orders.
+async fn golden_with(name: &str, more: &[(&str, &str, usize)]) {
     let (_dir, lake) = temp_lake();
     let job = example_job(name);
     let report = load_jsonl(&job, &lake, &repo_path("tests/golden/orders.input.jsonl"))
@@ -19,6 +26,17 @@ async fn golden(name: &str) {
         (60, 0),
         "{name}: load"
     );
+    for (input, file, rows) in more {
+        let input = job.input(input).unwrap();
+        let report = load_jsonl(&input.job, &lake, &repo_path(file))
+            .await
+            .unwrap();
+        assert_eq!(
+            (report.rows_loaded, report.rejected.len()),
+            (*rows, 0),
+            "{name}: load of {file}"
+        );
+    }
     let transform = sluice_jobs::transforms::registry().for_job(&job).unwrap();
     let request = BackfillRequest {
         from: Some(parse_time("2024-05-01").unwrap()),
@@ -61,4 +79,13 @@ async fn completed_orders_masked_is_stateless() {
 #[tokio::test(flavor = "multi_thread")]
 async fn polars_filter_gives_the_same_view_as_the_sql_filter() {
     golden("orders_per_minute_polars").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn orders_by_customer_region_joins_the_customer_version_valid_at_each_order() {
+    golden_with(
+        "orders_by_customer_region",
+        &[("customers", "tests/golden/customers.input.jsonl", 23)],
+    )
+    .await;
 }

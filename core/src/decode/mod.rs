@@ -19,6 +19,7 @@ mod avro_columns;
 mod avro_tests;
 mod checks;
 pub mod json;
+mod kafka_time;
 
 use std::sync::Arc;
 
@@ -110,20 +111,23 @@ pub trait SourceDecoder: Send + Sync + std::fmt::Debug {
 }
 
 /// The decoder of `job`'s `[source] format`, accepting records up to `max_record_bytes`,
-/// with the job's PII policies applied to what it decodes ([`protected`]).
+/// with the job's PII policies applied to what it decodes ([`protected`]) and its Kafka time
+/// column, if any, filled ([`kafka_time`]).
 pub fn for_job(job: &Job, max_record_bytes: usize) -> Result<Arc<dyn SourceDecoder>> {
-    let decoder: Arc<dyn SourceDecoder> = match job.spec.source.format {
-        SourceFormat::Json => {
-            Arc::new(JsonDecoder::new(job).with_max_record_bytes(max_record_bytes))
-        }
-        SourceFormat::AvroConfluent => {
-            Arc::new(AvroDecoder::confluent(job)?.with_max_record_bytes(max_record_bytes))
-        }
-        SourceFormat::Avro => {
-            Arc::new(AvroDecoder::with_schema_file(job)?.with_max_record_bytes(max_record_bytes))
-        }
-    };
-    protected(job, decoder)
+    kafka_time::KafkaTimeColumn::wrap(job, |job| {
+        let decoder: Arc<dyn SourceDecoder> = match job.spec.source.format {
+            SourceFormat::Json => {
+                Arc::new(JsonDecoder::new(job).with_max_record_bytes(max_record_bytes))
+            }
+            SourceFormat::AvroConfluent => {
+                Arc::new(AvroDecoder::confluent(job)?.with_max_record_bytes(max_record_bytes))
+            }
+            SourceFormat::Avro => Arc::new(
+                AvroDecoder::with_schema_file(job)?.with_max_record_bytes(max_record_bytes),
+            ),
+        };
+        protected(job, decoder)
+    })
 }
 
 /// `decoder` with `job`'s PII policies applied to every batch it decodes and scrubbed from

@@ -24,6 +24,7 @@ fn strip_sql(sql: &str) -> Result<(Option<Vec<Key>>, String)> {
         job: "j",
         table: "orders",
         event_time: "ts",
+        others: &[],
     };
     let keys = strip(&cx, select)?.map(|keys| {
         keys.into_iter()

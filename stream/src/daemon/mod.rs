@@ -30,7 +30,7 @@ mod registry_wait;
 
 use crate::config::{Guarantee, StreamConfig};
 use crate::cutoff::BatchCutoff;
-use crate::error::{Result, kafka};
+use crate::error::{Result, StreamError, kafka};
 use crate::kafka::{
     Change, GroupContext, REQUEST_TIMEOUT, consumer_config, ensure_topics, partition_count,
     producer_config, read_changelog, read_to_end,
@@ -227,6 +227,17 @@ impl StreamDaemon {
 
     fn start(&self) -> Result<Running> {
         let job = self.name();
+        if let Some(join) = self.pipeline.join() {
+            // docs/design/joins.md, milestone 5: the table reader, held rows and the table
+            // watermark. Until then a joining job runs in backfills only.
+            return Err(StreamError::Config {
+                job: job.to_string(),
+                message: format!(
+                    "the SQL joins `{}` FOR SYSTEM_TIME AS OF the event time: temporal joins run in the batch layer (`sluice backfill`) so far, not in the speed layer; its raw tables are landed by `sluice ingest`",
+                    join.table_input()
+                ),
+            });
+        }
         let context = GroupContext::new(job, &self.topics.source, "speed", self.metrics.clone());
         let consumer: BaseConsumer<GroupContext> =
             consumer_config(&self.config, &self.config.group_id, "")

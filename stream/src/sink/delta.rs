@@ -22,6 +22,7 @@ use serde_json::json;
 use sluice_core::decode::SourceDecoder;
 use sluice_core::lake::{TableLocation, WritableTable, commit_key, raw_rows, raw_schema};
 use sluice_core::lake_progress::{Completeness, LakeProgress, PartitionProgress};
+use sluice_core::spec::Input;
 use sluice_core::topics::lake_app_id;
 use sluice_core::{Job, Lake};
 
@@ -67,6 +68,10 @@ impl Default for LakeSinkConfig {
 
 pub struct LakeSink {
     job: Job,
+    /// Its consumer group (see [`sluice_core::spec::Input::lake_group`]).
+    group: String,
+    /// Its name in logs, metrics and `/health`: `lake`, `lake.<table>` for a job's other inputs.
+    name: String,
     decoder: Arc<dyn SourceDecoder>,
     config: StreamConfig,
     sink: LakeSinkConfig,
@@ -89,7 +94,27 @@ impl LakeSink {
         sink: LakeSinkConfig,
         metrics: StreamMetrics,
     ) -> Result<LakeSink> {
+        LakeSink::for_input(job.primary_input(), lake, config, sink, metrics)
+    }
+
+    /// The sink of one input of a job: its records into its own raw table, under its own
+    /// consumer group. A job with several inputs runs one per input.
+    pub fn for_input(
+        input: Input,
+        lake: &Lake,
+        config: StreamConfig,
+        sink: LakeSinkConfig,
+        metrics: StreamMetrics,
+    ) -> Result<LakeSink> {
+        let group = input.lake_group(&config.group_id);
+        let name = match input.is_primary() {
+            true => "lake".to_string(),
+            false => format!("lake.{}", input.table),
+        };
+        let job = input.job;
         Ok(LakeSink {
+            group,
+            name,
             table: TableLocation::new(lake.raw_table(&job)).failing_fast(),
             decoder: sluice_core::decode::for_job(&job, config.max_record_bytes)?,
             job,
@@ -121,7 +146,7 @@ impl LakeSink {
                 .unwrap_or_default(),
         };
         tracing::info!(job, table = %self.table.location, "raw lake sink started");
-        let group = format!("{}.lake", self.config.group_id);
+        let group = &self.group;
         let policy = CommitPolicy {
             interval: self.sink.commit_interval,
             bytes: self.sink.commit_bytes,
@@ -136,7 +161,7 @@ impl LakeSink {
         SinkLoop {
             job,
             topic: &self.job.spec.source.topic,
-            group: &group,
+            group,
             client: &self.config,
             policy: &policy,
             metrics: &self.metrics,
@@ -170,7 +195,7 @@ fn lake_failure(error: StreamError) -> SinkFailure {
 
 impl CommitTarget for DeltaTarget<'_> {
     fn name(&self) -> &str {
-        "lake"
+        &self.sink.name
     }
 
     fn committed(
