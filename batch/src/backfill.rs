@@ -122,6 +122,16 @@ pub async fn backfill(
     let bucket = job.bucket_micros();
     let (from, requested_to) = resolve_range(job, &raw, &request, bucket).await?;
     let completeness = raw_completeness(&raw, job).await?;
+    // A joining job's rows are decided by the table's versions too: the range ends where both
+    // raw tables are complete (the speed layer likewise waits for the table's watermark).
+    let completeness = match pipeline.join() {
+        Some(join) => {
+            let table = job.input(join.table_input())?;
+            let table_raw = TableLocation::new(lake.raw_table(&table.job));
+            completeness.and(raw_completeness(&table_raw, &table.job).await?)
+        }
+        None => completeness,
+    };
     let (to, clamped_from, incomplete) =
         clamp_to_lake(job, (from, requested_to), completeness, &request)?;
     // The rows of one raw version, recorded in the commit (what `sluice verify` cuts at).

@@ -154,6 +154,22 @@ fn rewrite_query(
     }
     let dedup = dedup_sql::strip(cx, select)?;
     let join = check_outer_from(cx, &select.from, versions)?;
+    // With a join, a window's time must be the stream's own, named by its table or alias
+    // (the table's `valid_from` may share its name).
+    let stream_names: Option<Vec<String>> =
+        join.as_ref()
+            .and_then(|_| match &select.from.first()?.relation {
+                TableFactor::Table { name, alias, .. } => Some(
+                    name.0
+                        .last()
+                        .and_then(|p| p.as_ident())
+                        .map(|i| i.value.clone())
+                        .into_iter()
+                        .chain(alias.as_ref().map(|a| a.name.value.clone()))
+                        .collect(),
+                ),
+                _ => None,
+            });
     let GroupByExpr::Expressions(group_by, modifiers) = &mut select.group_by else {
         return Err(cx.refuse("GROUP BY ALL", "name the grouping columns"));
     };
@@ -175,7 +191,7 @@ fn rewrite_query(
                 "each result row must have one grouping key so partial states merge exactly",
             ));
         }
-        match parse_group_window(cx, &expr)? {
+        match parse_group_window(cx, &expr, stream_names.as_deref())? {
             Some(found) if window.is_some() => {
                 return Err(cx.refuse(
                     format!("a second group window {}", found.kind.sql_name()),
@@ -267,7 +283,13 @@ fn args_text(args: &[&Expr]) -> String {
         .join(", ")
 }
 
-fn parse_group_window(cx: &Context, expr: &Expr) -> Result<Option<GroupWindow>> {
+/// A group window in GROUP BY; with `stream_names` (a joining query), a qualified time must
+/// name the stream.
+fn parse_group_window(
+    cx: &Context,
+    expr: &Expr,
+    stream_names: Option<&[String]>,
+) -> Result<Option<GroupWindow>> {
     let Expr::Function(f) = expr else {
         return Ok(None);
     };
@@ -285,12 +307,20 @@ fn parse_group_window(cx: &Context, expr: &Expr) -> Result<Option<GroupWindow>> 
     let args = unnamed_args(f)
         .filter(|a| a.len() == arity)
         .ok_or_else(|| cx.refuse(format!("{name}(...)"), format!("expected {usage}")))?;
-    let time = match args[0] {
-        Expr::Identifier(id) => id.value.clone(),
-        Expr::CompoundIdentifier(ids) => ids.last().map(|i| i.value.clone()).unwrap_or_default(),
-        other => other.to_string(),
+    let (time, of_stream) = match args[0] {
+        Expr::Identifier(id) => (id.value.clone(), true),
+        Expr::CompoundIdentifier(ids) => {
+            let qualifier = ids.len().checked_sub(2).and_then(|i| ids.get(i));
+            let of_stream = match (stream_names, qualifier) {
+                (Some(names), Some(q)) => names.iter().any(|n| n.eq_ignore_ascii_case(&q.value)),
+                _ => true,
+            };
+            let time = ids.last().map(|i| i.value.clone()).unwrap_or_default();
+            (time, of_stream)
+        }
+        other => (other.to_string(), true),
     };
-    if !time.eq_ignore_ascii_case(cx.event_time) {
+    if !time.eq_ignore_ascii_case(cx.event_time) || !of_stream {
         return Err(cx.refuse(
             format!("{name} over `{time}`"),
             format!(

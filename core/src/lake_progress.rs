@@ -81,6 +81,18 @@ impl Completeness {
         }
     }
 
+    /// What two raw tables hold completely together (a stream and the table it joins): the
+    /// earlier bound, nothing when either holds nothing complete.
+    pub fn and(self, other: Completeness) -> Completeness {
+        match (self, other) {
+            (Completeness::Nothing, _) | (_, Completeness::Nothing) => Completeness::Nothing,
+            (Completeness::Until(a), Completeness::Until(b)) => Completeness::Until(a.min(b)),
+            (Completeness::Until(a), Completeness::Unbounded)
+            | (Completeness::Unbounded, Completeness::Until(a)) => Completeness::Until(a),
+            (Completeness::Unbounded, Completeness::Unbounded) => Completeness::Unbounded,
+        }
+    }
+
     /// `unbounded`, `until` or `nothing`, as `sluice lake status --output json` names it.
     pub fn kind(self) -> &'static str {
         match self {
@@ -174,6 +186,17 @@ impl LakeProgress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_tables_are_complete_as_far_as_both_are() {
+        use Completeness::{Nothing, Unbounded, Until};
+        assert_eq!(Until(5).and(Until(3)), Until(3));
+        assert_eq!(Until(5).and(Unbounded), Until(5));
+        assert_eq!(Unbounded.and(Until(7)), Until(7));
+        assert_eq!(Unbounded.and(Unbounded), Unbounded);
+        assert_eq!(Until(5).and(Nothing), Nothing);
+        assert_eq!(Nothing.and(Unbounded), Nothing);
+    }
 
     fn progress(entries: &[(i32, i64, Option<i64>, bool)], partitions: i32) -> LakeProgress {
         LakeProgress {

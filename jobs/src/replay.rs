@@ -107,6 +107,13 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             job.name()
         );
     }
+    if let Some(join) = pipeline.join() {
+        anyhow::bail!(
+            "job `{}` joins `{}` FOR SYSTEM_TIME AS OF its event time, which the speed layer does not run yet: backfill the new version with `sluice backfill` instead",
+            job.name(),
+            join.table_input()
+        );
+    }
     let lake = Lake::resolve(args.target.lake.as_deref());
     crate::versions_cmd::register(&job, &job_toml, &args.target.brokers, &args.target.property)?;
     let config = stream_config(&args, &job);

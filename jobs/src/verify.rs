@@ -115,6 +115,13 @@ pub async fn check(
         job,
         transforms::registry().for_job(job)?,
     )?);
+    if let Some(join) = pipeline.join() {
+        anyhow::bail!(
+            "job `{}` joins `{}` FOR SYSTEM_TIME AS OF its event time, which the speed layer does not run yet: there is no speed-layer state to verify",
+            job.name(),
+            join.table_input()
+        );
+    }
     let served = ServedJob::new(job.clone(), pipeline.clone());
     let reader = MergedViewReader::start(served, brokers, lake, overrides)?;
     let context = Context {

@@ -160,4 +160,9 @@ fn joins_no_backfill_reproduces_are_refused_with_the_alternative() {
         "SELECT c.region FROM orders o CROSS JOIN customers FOR SYSTEM_TIME AS OF o.event_time AS c",
         "JOIN or LEFT JOIN",
     );
+    // A window is over the stream's time, even when the table has a column of its name.
+    refused(
+        "SELECT c.region AS r, COUNT(*) AS n FROM orders o JOIN customers FOR SYSTEM_TIME AS OF o.event_time AS c ON o.customer_id = c.customer_id GROUP BY c.region, TUMBLE(c.event_time, INTERVAL '1' MINUTE)",
+        "group windows are over the job's event time column",
+    );
 }
