@@ -160,23 +160,44 @@ impl<'a> Fold<'a> {
             self.add_held(&range.0, &range.1, true)?;
             return self.add_held(&reach.0, &reach.1, false);
         }
+        if self.pipeline.join().is_some() {
+            let (kept, kept_origin) = self.checked(raw, origin, true)?;
+            return self.absorb_plan(&kept, &kept_origin, Vec::new());
+        }
+        self.count_read(raw)?;
+        let isolated = self.pipeline.evaluate_isolating(raw)?;
+        self.absorb(raw, origin, isolated)
+    }
+
+    /// Counts `raw` as rows the fold read (and per `[anomalies]` window).
+    fn count_read(&mut self, raw: &RecordBatch) -> Result<()> {
         self.rows_read += raw.num_rows();
         if let Some(counter) = &mut self.window_rows {
             counter.add(raw)?;
         }
-        if self.pipeline.join().is_some() {
-            let checked = self.pipeline.check(raw)?;
+        Ok(())
+    }
+
+    /// The checks on `raw`: the rows they let through, with their origin. `counted` rows are
+    /// the fold's (read, and rejected and violations reported), the others its reach.
+    fn checked(
+        &mut self,
+        raw: &RecordBatch,
+        origin: &RawOrigin,
+        counted: bool,
+    ) -> Result<(RecordBatch, RawOrigin)> {
+        let checked = self.pipeline.check(raw)?;
+        let kept_origin = origin.take(checked.kept_rows.iter().copied());
+        if counted {
+            self.count_read(raw)?;
             let rejected = Isolated {
                 pieces: Vec::new(),
                 failed: checked.failed,
                 violations: checked.violations,
             };
             self.absorb(raw, origin, rejected)?;
-            let kept_origin = origin.take(checked.kept_rows.iter().copied());
-            return self.absorb_plan(&checked.kept, &kept_origin, Vec::new());
         }
-        let isolated = self.pipeline.evaluate_isolating(raw)?;
-        self.absorb(raw, origin, isolated)
+        Ok((checked.kept, kept_origin))
     }
 
     /// The plan on rows the checks (and stateful stages) let through, joined first when the
@@ -213,22 +234,9 @@ impl<'a> Fold<'a> {
         if raw.num_rows() == 0 {
             return Ok(());
         }
-        let checked = self.pipeline.check(raw)?;
-        if counted {
-            self.rows_read += raw.num_rows();
-            if let Some(counter) = &mut self.window_rows {
-                counter.add(raw)?;
-            }
-            let isolated = Isolated {
-                pieces: Vec::new(),
-                failed: checked.failed,
-                violations: checked.violations,
-            };
-            self.absorb(raw, origin, isolated)?;
-        }
-        let kept_origin = origin.take(checked.kept_rows.iter().copied());
+        let (kept, kept_origin) = self.checked(raw, origin, counted)?;
         let steps = match (self.pipeline.stateful(), &mut self.held) {
-            (Some(stages), Some(held)) => held.add(stages, &checked.kept, &kept_origin)?,
+            (Some(stages), Some(held)) => held.add(stages, &kept, &kept_origin)?,
             _ => Vec::new(),
         };
         self.absorb_steps(steps)

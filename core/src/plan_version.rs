@@ -109,15 +109,10 @@ impl Job {
         };
         // Hashed PII fields hash differently under another key: name the key (its id, never
         // the key), so a process with another key is told its state and views are not its own.
-        let hashed = self.inputs().iter().any(|input| {
-            input
-                .job
-                .spec
-                .source
-                .fields
-                .iter()
-                .any(|f| f.pii.is_some() && f.policy == Some(crate::pii::PiiPolicy::Hash))
-        });
+        let hashed = self
+            .input_fields()
+            .flatten()
+            .any(|f| f.pii.is_some() && f.policy == Some(crate::pii::PiiPolicy::Hash));
         let canonical = if hashed {
             let key = crate::pii::PiiProtection::for_job(self)
                 .ok()

@@ -287,6 +287,31 @@ impl Job {
             .collect()
     }
 
+    /// Every input's (name the SQL reads it by, topic), in [`Job::inputs`]' order, without
+    /// building each input's job (what topic names and counts need).
+    pub fn input_names(&self) -> Vec<(String, String)> {
+        let streams = std::iter::once(&self.spec.source)
+            .chain(&self.spec.more_sources)
+            .map(|s| (s.table.as_deref(), s.topic.as_str()));
+        let tables = self
+            .spec
+            .tables
+            .iter()
+            .map(|t| (t.table.as_deref(), t.topic.as_str()));
+        streams
+            .chain(tables)
+            .map(|(table, topic)| (table_name(table, topic), topic.to_string()))
+            .collect()
+    }
+
+    /// Every input's declared fields, in [`Job::inputs`]' order.
+    pub(crate) fn input_fields(&self) -> impl Iterator<Item = &[FieldSpec]> {
+        std::iter::once(&self.spec.source)
+            .chain(&self.spec.more_sources)
+            .map(|s| s.fields.as_slice())
+            .chain(self.spec.tables.iter().map(|t| t.fields.as_slice()))
+    }
+
     /// The primary stream as an input (the first of [`Job::inputs`]).
     pub fn primary_input(&self) -> Input {
         // `inputs` starts with the primary stream, whatever the job file says.

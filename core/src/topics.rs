@@ -44,11 +44,7 @@ impl Topics {
         let name = job.versioned_name();
         Topics {
             source: job.spec.source.topic.clone(),
-            inputs: job
-                .inputs()
-                .into_iter()
-                .map(|input| (input.table, input.topic))
-                .collect(),
+            inputs: job.input_names(),
             speed: format!("{name}.speed"),
             results: format!("{name}.results"),
             dlq: format!("{name}.dlq"),

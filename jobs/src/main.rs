@@ -390,7 +390,11 @@ fn input_to_load(job: &Job, name: Option<&str>) -> anyhow::Result<Job> {
     let input = match name {
         Some(name) => job.input(name)?,
         None if job.has_several_inputs() => {
-            let names: Vec<String> = job.inputs().into_iter().map(|i| i.table).collect();
+            let names: Vec<String> = job
+                .input_names()
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect();
             anyhow::bail!(
                 "job `{}` has several inputs ({}): name the one these lines belong to with --input",
                 job.name(),

@@ -240,7 +240,7 @@ pub async fn stream(args: StreamArgs) -> anyhow::Result<ExitCode> {
         args.sink_commit_mb.max(1) << 20,
     );
     if let Some(sink_config) = &sink_config {
-        bound = bound.with_other_lake_sinks(&config, job.inputs().len() - 1, sink_config);
+        bound = bound.with_other_lake_sinks(&config, job.input_names().len() - 1, sink_config);
     }
     if pipeline.stateful().is_some() {
         bound = bound.with_operator_state(&config);
