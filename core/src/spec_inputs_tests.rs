@@ -7,7 +7,7 @@ use arrow::datatypes::TimestampMicrosecondType;
 
 use super::*;
 use crate::Lake;
-use crate::topics::Topics;
+use crate::topics::{DivertReason, Topics};
 
 const ORDERS: &str = r#"
 topic = "orders.events"
@@ -215,6 +215,42 @@ fn a_table_without_valid_from_is_timed_by_the_kafka_timestamp() {
     // The record's own `__valid_from` key is not a field: the Kafka timestamp wins.
     assert_eq!(times.values().to_vec(), [1_000_000, 3_000_000]);
     assert_eq!(column.null_count(), 0);
+
+    // A producer's timestamp outside the supported range is a bad record, not a bad batch.
+    let records: Vec<&[u8]> = vec![
+        br#"{"customer_id":"c1"}"#,
+        br#"{"customer_id":"c2"}"#,
+        br#"{"customer_id":null}"#,
+    ];
+    let out = decoder
+        .decode_stamped(&records, &[Some(i64::MAX), Some(7), Some(i64::MIN)])
+        .unwrap();
+    assert_eq!(out.rows, [1]);
+    let errors: Vec<(usize, DivertReason, Option<&str>)> = out
+        .errors
+        .iter()
+        .map(|e| (e.index, e.kind, e.field.as_deref()))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            (0, DivertReason::SchemaViolation, Some(KAFKA_VALID_FROM)),
+            (2, DivertReason::MissingField, Some("customer_id")),
+        ]
+    );
+    assert!(
+        out.errors[0]
+            .reason
+            .contains("outside the supported time range")
+    );
+    let column = out.batch.column(out.batch.num_columns() - 1);
+    assert_eq!(
+        column
+            .as_primitive::<TimestampMicrosecondType>()
+            .values()
+            .to_vec(),
+        [7_000]
+    );
 }
 
 #[test]

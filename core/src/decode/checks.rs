@@ -239,7 +239,7 @@ pub(crate) fn to_output(output: &SchemaRef, batch: RecordBatch) -> Result<Record
     RecordBatch::try_new(output.clone(), columns).map_err(arrow_err("building the decoded batch"))
 }
 
-fn out_of_range(value: i64, unit: &str) -> String {
+pub(crate) fn out_of_range(value: i64, unit: &str) -> String {
     let range = timestamp_range_ms();
     format!(
         "{value} {unit} since the epoch is outside the supported time range ({} .. {})",
